@@ -1,0 +1,228 @@
+//! The ABI shared by probe's kernel program and its userspace CLI.
+//!
+//! Everything here is `#[repr(C)]` with explicit padding, so both sides agree on every byte and no
+//! uninitialised padding ever crosses the ring buffer. The `user` feature adds the `aya::Pod` impls
+//! the loader needs to read maps and set globals.
+#![no_std]
+
+/// `IPPROTO_TCP`: the only protocol probe traces.
+pub const IPPROTO_TCP: u16 = 6;
+/// `AF_INET`, as the tracepoint reports it.
+pub const AF_INET: u16 = 2;
+/// `AF_INET6`, as the tracepoint reports it.
+pub const AF_INET6: u16 = 10;
+
+/// Names of the kernel program and maps, so the loader cannot drift from the kernel side.
+pub mod names {
+    /// The tracepoint program on `sock:inet_sock_set_state`.
+    pub const PROGRAM: &str = "inet_sock_set_state";
+    /// The ring buffer of [`TransitionEvent`](crate::TransitionEvent)s.
+    pub const EVENTS: &str = "EVENTS";
+    /// Processes (tgids) being traced.
+    pub const TARGETS: &str = "TARGETS";
+    /// Socket address -> owner tgid, for sockets of traced processes.
+    pub const OWNERS: &str = "OWNERS";
+    /// Listening endpoint -> owner tgid, so accepted sockets inherit their listener's owner.
+    pub const LISTENERS: &str = "LISTENERS";
+    /// Per-CPU [`Counter`](crate::Counter)s.
+    pub const COUNTERS: &str = "COUNTERS";
+    /// The [`SetStateLayout`](crate::SetStateLayout) global.
+    pub const LAYOUT: &str = "LAYOUT";
+}
+
+/// A TCP state, numbered as in the kernel's `include/net/tcp_states.h`.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum TcpState {
+    Established = 1,
+    SynSent = 2,
+    SynRecv = 3,
+    FinWait1 = 4,
+    FinWait2 = 5,
+    TimeWait = 6,
+    Close = 7,
+    CloseWait = 8,
+    LastAck = 9,
+    Listen = 10,
+    Closing = 11,
+    NewSynRecv = 12,
+}
+
+impl TcpState {
+    /// Every state, in kernel order.
+    pub const ALL: [TcpState; 12] = [
+        TcpState::Established,
+        TcpState::SynSent,
+        TcpState::SynRecv,
+        TcpState::FinWait1,
+        TcpState::FinWait2,
+        TcpState::TimeWait,
+        TcpState::Close,
+        TcpState::CloseWait,
+        TcpState::LastAck,
+        TcpState::Listen,
+        TcpState::Closing,
+        TcpState::NewSynRecv,
+    ];
+
+    /// The state with the kernel's number `raw`, if there is one.
+    pub const fn from_raw(raw: u8) -> Option<TcpState> {
+        if raw >= 1 && raw as usize <= Self::ALL.len() {
+            Some(Self::ALL[raw as usize - 1])
+        } else {
+            None
+        }
+    }
+
+    /// The kernel's name without the `TCP_` prefix (`ESTABLISHED`, `CLOSE_WAIT`, ...).
+    pub const fn name(self) -> &'static str {
+        match self {
+            TcpState::Established => "ESTABLISHED",
+            TcpState::SynSent => "SYN_SENT",
+            TcpState::SynRecv => "SYN_RECV",
+            TcpState::FinWait1 => "FIN_WAIT1",
+            TcpState::FinWait2 => "FIN_WAIT2",
+            TcpState::TimeWait => "TIME_WAIT",
+            TcpState::Close => "CLOSE",
+            TcpState::CloseWait => "CLOSE_WAIT",
+            TcpState::LastAck => "LAST_ACK",
+            TcpState::Listen => "LISTEN",
+            TcpState::Closing => "CLOSING",
+            TcpState::NewSynRecv => "NEW_SYN_RECV",
+        }
+    }
+}
+
+/// How the kernel program decided which process owns a socket.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attribution {
+    /// Already in the owner map from an earlier transition.
+    Known = 0,
+    /// A transition that only runs in the owner's own context (connect, listen, close, shutdown).
+    ProcessContext = 1,
+    /// An accepted socket, owned by the owner of its listener.
+    Listener = 2,
+}
+
+impl Attribution {
+    /// The attribution numbered `raw`, if there is one.
+    pub const fn from_raw(raw: u8) -> Option<Attribution> {
+        match raw {
+            0 => Some(Attribution::Known),
+            1 => Some(Attribution::ProcessContext),
+            2 => Some(Attribution::Listener),
+            _ => None,
+        }
+    }
+}
+
+/// One TCP state transition of a traced process's socket, as the kernel sends it.
+///
+/// Addresses are always 16 bytes: IPv4 addresses arrive IPv4-mapped (`::ffff:a.b.c.d`), exactly as
+/// the tracepoint's `saddr_v6`/`daddr_v6` fields hold them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TransitionEvent {
+    /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC nanoseconds.
+    pub ts_ns: u64,
+    /// The kernel socket address: an opaque id, reused after the socket reaches CLOSE.
+    pub sock_id: u64,
+    /// The owning process.
+    pub owner_tgid: u32,
+    /// `AF_INET` or `AF_INET6`.
+    pub family: u16,
+    /// Local port, host byte order.
+    pub sport: u16,
+    /// Remote port, host byte order.
+    pub dport: u16,
+    /// [`TcpState`] number before the transition.
+    pub old_state: u8,
+    /// [`TcpState`] number after the transition.
+    pub new_state: u8,
+    /// [`Attribution`] number.
+    pub attribution: u8,
+    /// Explicit padding, always zero.
+    pub _pad: [u8; 3],
+    /// Local address.
+    pub saddr: [u8; 16],
+    /// Remote address.
+    pub daddr: [u8; 16],
+}
+
+/// Key of the listener map: a listening socket's local address and port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ListenerKey {
+    /// Local address, IPv4-mapped for IPv4; all zeros (or `::ffff:0.0.0.0`) for a wildcard bind.
+    pub addr: [u8; 16],
+    /// Local port, host byte order.
+    pub port: u16,
+    /// Explicit padding, always zero.
+    pub _pad: [u8; 6],
+}
+
+/// Offsets of the `sock:inet_sock_set_state` fields in the tracepoint record, read by userspace
+/// from the tracefs `format` file and handed to the kernel program as a global.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SetStateLayout {
+    pub skaddr: u32,
+    pub oldstate: u32,
+    pub newstate: u32,
+    pub sport: u32,
+    pub dport: u32,
+    pub family: u32,
+    pub protocol: u32,
+    pub saddr_v6: u32,
+    pub daddr_v6: u32,
+}
+
+/// Indexes of the per-CPU counters of things the kernel program could not do.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// Events dropped because the ring buffer was full.
+    RingBufFull = 0,
+    /// Sockets left untracked because the owner map was full.
+    OwnerMapFull = 1,
+    /// Listeners left untracked because the listener map was full.
+    ListenerMapFull = 2,
+}
+
+impl Counter {
+    /// How many counters there are (the size of the counter array).
+    pub const COUNT: u32 = 3;
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all three are `#[repr(C)]`, made only of integers and byte arrays, with every
+    // padding byte an explicit field, so any bit pattern is a valid value.
+    unsafe impl aya::Pod for super::TransitionEvent {}
+    unsafe impl aya::Pod for super::ListenerKey {}
+    unsafe impl aya::Pod for super::SetStateLayout {}
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+
+    #[test]
+    fn event_layout_is_stable() {
+        assert_eq!(core::mem::size_of::<TransitionEvent>(), 64);
+        assert_eq!(core::mem::offset_of!(TransitionEvent, saddr), 32);
+        assert_eq!(core::mem::size_of::<ListenerKey>(), 24);
+    }
+
+    #[test]
+    fn states_round_trip_through_their_numbers() {
+        for state in TcpState::ALL {
+            assert_eq!(TcpState::from_raw(state as u8), Some(state));
+        }
+        assert_eq!(TcpState::from_raw(0), None);
+        assert_eq!(TcpState::from_raw(13), None);
+        assert_eq!(TcpState::CloseWait.name(), "CLOSE_WAIT");
+    }
+}

@@ -1,0 +1,190 @@
+//! Decoding the kernel's [`TransitionEvent`] into a [`Transition`].
+
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+
+use probe_common::{AF_INET, AF_INET6, Attribution, TcpState, TransitionEvent};
+
+use super::time::Timestamp;
+
+/// The address family of a socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Family {
+    Ipv4,
+    Ipv6,
+}
+
+impl Family {
+    /// `"ipv4"` or `"ipv6"`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Family::Ipv4 => "ipv4",
+            Family::Ipv6 => "ipv6",
+        }
+    }
+}
+
+/// Where a connection runs: local and remote address and port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Endpoints {
+    pub family: Family,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+}
+
+/// One decoded state transition of a traced socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Transition {
+    /// The kernel socket address, an opaque id reused after CLOSE.
+    pub sock_id: u64,
+    /// The owning process.
+    pub pid: u32,
+    /// When the socket entered `new`.
+    pub at: Timestamp,
+    pub endpoints: Endpoints,
+    pub old: TcpState,
+    pub new: TcpState,
+    /// How the kernel program knew the owner.
+    pub attribution: Attribution,
+}
+
+/// Why a ring buffer record is not a valid [`Transition`].
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("event of {0} bytes is shorter than the {size} bytes of the event ABI", size = size_of::<TransitionEvent>())]
+    TooShort(usize),
+    #[error("unknown TCP state number {0}")]
+    UnknownState(u8),
+    #[error("unknown address family {0}")]
+    UnknownFamily(u16),
+    #[error("unknown attribution number {0}")]
+    UnknownAttribution(u8),
+}
+
+impl Transition {
+    /// Decodes one ring buffer record.
+    pub fn decode(bytes: &[u8]) -> Result<Transition, DecodeError> {
+        if bytes.len() < size_of::<TransitionEvent>() {
+            return Err(DecodeError::TooShort(bytes.len()));
+        }
+        // SAFETY: the length is checked above, the read is unaligned, and `TransitionEvent` is
+        // plain old data for which every bit pattern is a valid value.
+        let raw = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<TransitionEvent>()) };
+        Transition::from_event(&raw)
+    }
+
+    /// Validates and converts the kernel's event.
+    pub fn from_event(raw: &TransitionEvent) -> Result<Transition, DecodeError> {
+        let state = |n: u8| TcpState::from_raw(n).ok_or(DecodeError::UnknownState(n));
+        let family = match raw.family {
+            AF_INET => Family::Ipv4,
+            AF_INET6 => Family::Ipv6,
+            other => return Err(DecodeError::UnknownFamily(other)),
+        };
+        let addr = |bytes: [u8; 16]| -> IpAddr {
+            let v6 = Ipv6Addr::from(bytes);
+            match (family, v6.to_ipv4_mapped()) {
+                (Family::Ipv4, Some(v4)) => IpAddr::V4(v4),
+                _ => IpAddr::V6(v6),
+            }
+        };
+        Ok(Transition {
+            sock_id: raw.sock_id,
+            pid: raw.owner_tgid,
+            at: Timestamp::from_nanos(raw.ts_ns),
+            endpoints: Endpoints {
+                family,
+                local: SocketAddr::new(addr(raw.saddr), raw.sport),
+                remote: SocketAddr::new(addr(raw.daddr), raw.dport),
+            },
+            old: state(raw.old_state)?,
+            new: state(raw.new_state)?,
+            attribution: Attribution::from_raw(raw.attribution)
+                .ok_or(DecodeError::UnknownAttribution(raw.attribution))?,
+        })
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A kernel event as the tracepoint program would send it.
+    pub(crate) fn raw_event(old: TcpState, new: TcpState) -> TransitionEvent {
+        let mut saddr = [0u8; 16];
+        saddr[10..].copy_from_slice(&[0xff, 0xff, 127, 0, 0, 1]);
+        let mut daddr = saddr;
+        daddr[15] = 2;
+        TransitionEvent {
+            ts_ns: 42,
+            sock_id: 0xffff_8881_0000_1000,
+            owner_tgid: 1234,
+            family: AF_INET,
+            sport: 40000,
+            dport: 8080,
+            old_state: old as u8,
+            new_state: new as u8,
+            attribution: Attribution::ProcessContext as u8,
+            _pad: [0; 3],
+            saddr,
+            daddr,
+        }
+    }
+
+    fn bytes_of(event: &TransitionEvent) -> Vec<u8> {
+        // SAFETY: reading the bytes of a plain `#[repr(C)]` value with explicit padding.
+        unsafe {
+            std::slice::from_raw_parts((event as *const TransitionEvent).cast::<u8>(), 64).to_vec()
+        }
+    }
+
+    #[test]
+    fn decodes_an_ipv4_event_from_mapped_addresses() {
+        let raw = raw_event(TcpState::Close, TcpState::SynSent);
+        let t = Transition::decode(&bytes_of(&raw)).unwrap();
+        assert_eq!(t.endpoints.family, Family::Ipv4);
+        assert_eq!(t.endpoints.local, "127.0.0.1:40000".parse().unwrap());
+        assert_eq!(t.endpoints.remote, "127.0.0.2:8080".parse().unwrap());
+        assert_eq!((t.old, t.new), (TcpState::Close, TcpState::SynSent));
+        assert_eq!((t.pid, t.at.as_nanos()), (1234, 42));
+        assert_eq!(t.attribution, Attribution::ProcessContext);
+    }
+
+    #[test]
+    fn decodes_ipv6_and_keeps_mapped_addresses_of_dual_stack_sockets() {
+        let mut raw = raw_event(TcpState::Established, TcpState::CloseWait);
+        raw.family = AF_INET6;
+        raw.daddr = Ipv6Addr::LOCALHOST.octets();
+        let t = Transition::decode(&bytes_of(&raw)).unwrap();
+        assert_eq!(t.endpoints.family, Family::Ipv6);
+        assert_eq!(t.endpoints.remote, "[::1]:8080".parse().unwrap());
+        assert_eq!(t.endpoints.local, "[::ffff:127.0.0.1]:40000".parse().unwrap());
+    }
+
+    #[test]
+    fn rejects_short_and_malformed_records() {
+        let raw = raw_event(TcpState::Close, TcpState::SynSent);
+        let bytes = bytes_of(&raw);
+        assert_eq!(
+            Transition::decode(&bytes[..63]),
+            Err(DecodeError::TooShort(63))
+        );
+        let mut bad = raw;
+        bad.new_state = 0;
+        assert_eq!(
+            Transition::from_event(&bad),
+            Err(DecodeError::UnknownState(0))
+        );
+        let mut bad = raw;
+        bad.family = 1;
+        assert_eq!(
+            Transition::from_event(&bad),
+            Err(DecodeError::UnknownFamily(1))
+        );
+        let mut bad = raw;
+        bad.attribution = 9;
+        assert_eq!(
+            Transition::from_event(&bad),
+            Err(DecodeError::UnknownAttribution(9))
+        );
+    }
+}

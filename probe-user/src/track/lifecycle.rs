@@ -1,0 +1,348 @@
+//! One connection's lifecycle: the states it went through, who opened it, who closed first and
+//! how it ended, rebuilt from the transitions the kernel reports.
+
+use std::{sync::Arc, time::Duration};
+
+use probe_common::TcpState;
+
+use super::{event::Endpoints, event::Transition, time::Timestamp};
+
+/// The process that owns a socket.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Owner {
+    pub pid: u32,
+    /// The process name (`/proc/PID/comm`), shared by all its connections.
+    pub comm: Arc<str>,
+}
+
+/// Which side opened a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpenedBy {
+    /// This process called connect() (or listen(), for a listening socket).
+    Local,
+    /// The peer connected and this process accepted it.
+    Remote,
+    /// The connection was already open when probe first saw it.
+    Unknown,
+}
+
+impl OpenedBy {
+    /// `"local"`, `"remote"` or `"unknown"`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            OpenedBy::Local => "local",
+            OpenedBy::Remote => "remote",
+            OpenedBy::Unknown => "unknown",
+        }
+    }
+}
+
+/// Which side sent the first FIN.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClosedFirst {
+    /// This process closed or shut down first (ESTABLISHED -> FIN_WAIT1).
+    Local,
+    /// The peer closed first (ESTABLISHED -> CLOSE_WAIT).
+    Remote,
+    /// Both FINs crossed (FIN_WAIT1 -> CLOSING).
+    Simultaneous,
+}
+
+/// How a connection reached CLOSE.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ending {
+    /// Graceful close by this side; the kernel hands the socket to a TIME_WAIT socket, which the
+    /// tracepoint does not show (FIN_WAIT2 or CLOSING -> CLOSE).
+    TimeWait,
+    /// Graceful close after the peer closed first (LAST_ACK -> CLOSE).
+    LastAck,
+    /// Aborted before a complete FIN exchange: a reset, or an abortive close (ESTABLISHED,
+    /// SYN_RECV, FIN_WAIT1 or CLOSE_WAIT -> CLOSE).
+    Reset,
+    /// connect() failed: refused, timed out or aborted (SYN_SENT -> CLOSE).
+    ConnectFailed,
+    /// A listening socket was closed (LISTEN -> CLOSE).
+    ListenerClosed,
+}
+
+impl Ending {
+    fn after(old: TcpState) -> Ending {
+        match old {
+            TcpState::FinWait2 | TcpState::Closing | TcpState::TimeWait => Ending::TimeWait,
+            TcpState::LastAck => Ending::LastAck,
+            TcpState::SynSent => Ending::ConnectFailed,
+            TcpState::Listen => Ending::ListenerClosed,
+            _ => Ending::Reset,
+        }
+    }
+}
+
+/// A state a connection entered, and when, where probe saw it enter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StateVisit {
+    pub state: TcpState,
+    /// `None` when the connection was already in this state when probe first saw it.
+    pub since: Option<Timestamp>,
+    /// True for TIME_WAIT, which probe infers: the tracepoint never shows it.
+    pub inferred: bool,
+}
+
+/// One socket's lifecycle, from the first transition probe saw to CLOSE.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Connection {
+    pub id: u64,
+    pub owner: Owner,
+    pub endpoints: Endpoints,
+    pub opened_by: OpenedBy,
+    pub closed_first: Option<ClosedFirst>,
+    pub ending: Option<Ending>,
+    /// Every state entered, oldest first; the last one is the current state.
+    pub history: Vec<StateVisit>,
+}
+
+impl Connection {
+    /// A connection first seen in `transition`, not yet applied (see [`Connection::advance`]).
+    pub fn first_seen(transition: &Transition, owner: Owner) -> Connection {
+        let (opened_by, before) = match (transition.old, transition.new) {
+            (TcpState::Close, TcpState::SynSent | TcpState::Listen) => (OpenedBy::Local, None),
+            (TcpState::Listen, TcpState::SynRecv) => (OpenedBy::Remote, None),
+            // Already open before probe saw it: the old state is known, not since when.
+            (old, _) => (
+                OpenedBy::Unknown,
+                Some(StateVisit {
+                    state: old,
+                    since: None,
+                    inferred: false,
+                }),
+            ),
+        };
+        Connection {
+            id: transition.sock_id,
+            owner,
+            endpoints: transition.endpoints,
+            opened_by,
+            closed_first: None,
+            ending: None,
+            history: before.into_iter().collect(),
+        }
+    }
+
+    /// Applies one transition; returns how long the connection had been in the state it left,
+    /// where that is known.
+    pub fn advance(&mut self, transition: &Transition) -> Option<Duration> {
+        let (old, new, at) = (transition.old, transition.new, transition.at);
+        let in_old = self
+            .state_since()
+            .map(|since| at.saturating_since(since));
+        match (old, new) {
+            (TcpState::Established | TcpState::SynRecv, TcpState::FinWait1) => {
+                self.closed_first.get_or_insert(ClosedFirst::Local);
+            }
+            (TcpState::Established | TcpState::SynRecv, TcpState::CloseWait) => {
+                self.closed_first.get_or_insert(ClosedFirst::Remote);
+            }
+            (TcpState::FinWait1, TcpState::Closing) => {
+                self.closed_first = Some(ClosedFirst::Simultaneous);
+            }
+            _ => {}
+        }
+        if new == TcpState::Close {
+            let ending = Ending::after(old);
+            self.ending = Some(ending);
+            if ending == Ending::TimeWait && old != TcpState::TimeWait {
+                self.enter(TcpState::TimeWait, at, true);
+            }
+        }
+        self.enter(new, at, false);
+        in_old
+    }
+
+    /// The current state: the last one entered.
+    pub fn state(&self) -> TcpState {
+        self.history
+            .last()
+            .map_or(TcpState::Close, |visit| visit.state)
+    }
+
+    /// When the current state was entered, where known.
+    pub fn state_since(&self) -> Option<Timestamp> {
+        self.history.last().and_then(|visit| visit.since)
+    }
+
+    /// True once the connection reached CLOSE.
+    pub fn is_closed(&self) -> bool {
+        self.ending.is_some()
+    }
+
+    fn enter(&mut self, state: TcpState, at: Timestamp, inferred: bool) {
+        self.history.push(StateVisit {
+            state,
+            since: Some(at),
+            inferred,
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::track::event::Family;
+    use probe_common::{Attribution, TcpState::*};
+
+    fn transition(old: TcpState, new: TcpState, at_ms: u64) -> Transition {
+        Transition {
+            sock_id: 7,
+            pid: 100,
+            at: Timestamp::from_nanos(at_ms * 1_000_000),
+            endpoints: Endpoints {
+                family: Family::Ipv4,
+                local: "127.0.0.1:40000".parse().unwrap(),
+                remote: "127.0.0.1:80".parse().unwrap(),
+            },
+            old,
+            new,
+            attribution: Attribution::Known,
+        }
+    }
+
+    /// Runs a path of (state, ms) through a fresh connection; returns it and each `in_old`.
+    fn run(path: &[(TcpState, TcpState, u64)]) -> (Connection, Vec<Option<u64>>) {
+        let owner = Owner {
+            pid: 100,
+            comm: "test".into(),
+        };
+        let first = transition(path[0].0, path[0].1, path[0].2);
+        let mut conn = Connection::first_seen(&first, owner);
+        let in_old = path
+            .iter()
+            .map(|&(old, new, at)| {
+                conn.advance(&transition(old, new, at))
+                    .map(|d| d.as_millis() as u64)
+            })
+            .collect();
+        (conn, in_old)
+    }
+
+    fn states(conn: &Connection) -> Vec<&'static str> {
+        conn.history.iter().map(|v| v.state.name()).collect()
+    }
+
+    #[test]
+    fn active_open_then_active_close_ends_in_inferred_time_wait() {
+        let (conn, in_old) = run(&[
+            (Close, SynSent, 0),
+            (SynSent, Established, 2),
+            (Established, FinWait1, 1002),
+            (FinWait1, FinWait2, 1003),
+            (FinWait2, Close, 1010),
+        ]);
+        assert_eq!(conn.opened_by, OpenedBy::Local);
+        assert_eq!(conn.closed_first, Some(ClosedFirst::Local));
+        assert_eq!(conn.ending, Some(Ending::TimeWait));
+        assert_eq!(
+            states(&conn),
+            [
+                "SYN_SENT",
+                "ESTABLISHED",
+                "FIN_WAIT1",
+                "FIN_WAIT2",
+                "TIME_WAIT",
+                "CLOSE"
+            ]
+        );
+        assert!(conn.history[4].inferred);
+        assert_eq!(in_old, [None, Some(2), Some(1000), Some(1), Some(7)]);
+        assert!(conn.is_closed());
+    }
+
+    #[test]
+    fn passive_open_then_passive_close_ends_through_last_ack() {
+        let (conn, _) = run(&[
+            (Listen, SynRecv, 0),
+            (SynRecv, Established, 1),
+            (Established, CloseWait, 50),
+            (CloseWait, LastAck, 60),
+            (LastAck, Close, 61),
+        ]);
+        assert_eq!(conn.opened_by, OpenedBy::Remote);
+        assert_eq!(conn.closed_first, Some(ClosedFirst::Remote));
+        assert_eq!(conn.ending, Some(Ending::LastAck));
+    }
+
+    #[test]
+    fn simultaneous_close_goes_through_closing() {
+        let (conn, _) = run(&[
+            (Close, SynSent, 0),
+            (SynSent, Established, 1),
+            (Established, FinWait1, 5),
+            (FinWait1, Closing, 6),
+            (Closing, Close, 7),
+        ]);
+        assert_eq!(conn.closed_first, Some(ClosedFirst::Simultaneous));
+        assert_eq!(conn.ending, Some(Ending::TimeWait));
+        assert_eq!(states(&conn)[4..], ["TIME_WAIT", "CLOSE"]);
+    }
+
+    #[test]
+    fn reset_while_established_has_no_fin() {
+        let (conn, _) = run(&[
+            (Close, SynSent, 0),
+            (SynSent, Established, 1),
+            (Established, Close, 9),
+        ]);
+        assert_eq!(conn.closed_first, None);
+        assert_eq!(conn.ending, Some(Ending::Reset));
+    }
+
+    #[test]
+    fn reset_in_close_wait_is_a_reset_after_the_peer_closed() {
+        let (conn, _) = run(&[
+            (Listen, SynRecv, 0),
+            (SynRecv, Established, 1),
+            (Established, CloseWait, 3),
+            (CloseWait, Close, 4),
+        ]);
+        assert_eq!(conn.closed_first, Some(ClosedFirst::Remote));
+        assert_eq!(conn.ending, Some(Ending::Reset));
+    }
+
+    #[test]
+    fn refused_connect_is_a_connect_failure() {
+        let (conn, in_old) = run(&[(Close, SynSent, 0), (SynSent, Close, 1)]);
+        assert_eq!(conn.ending, Some(Ending::ConnectFailed));
+        assert_eq!(conn.closed_first, None);
+        assert_eq!(in_old, [None, Some(1)]);
+    }
+
+    #[test]
+    fn listener_lifecycle() {
+        let (conn, _) = run(&[(Close, Listen, 0), (Listen, Close, 100)]);
+        assert_eq!(conn.opened_by, OpenedBy::Local);
+        assert_eq!(conn.ending, Some(Ending::ListenerClosed));
+    }
+
+    #[test]
+    fn a_connection_seen_mid_life_has_an_unknown_start() {
+        let (conn, in_old) = run(&[
+            (Established, FinWait1, 10),
+            (FinWait1, FinWait2, 11),
+            (FinWait2, Close, 12),
+        ]);
+        assert_eq!(conn.opened_by, OpenedBy::Unknown);
+        assert_eq!(conn.history[0].state, Established);
+        assert_eq!(conn.history[0].since, None);
+        assert_eq!(in_old, [None, Some(1), Some(1)]);
+        assert_eq!(conn.closed_first, Some(ClosedFirst::Local));
+    }
+
+    #[test]
+    fn local_close_of_a_half_open_accepted_socket() {
+        let (conn, _) = run(&[
+            (Listen, SynRecv, 0),
+            (SynRecv, FinWait1, 1),
+            (FinWait1, Close, 2),
+        ]);
+        assert_eq!(conn.closed_first, Some(ClosedFirst::Local));
+        assert_eq!(conn.ending, Some(Ending::Reset));
+    }
+}

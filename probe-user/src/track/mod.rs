@@ -1,0 +1,19 @@
+//! Pure connection tracking: decode kernel events, rebuild each connection's lifecycle, and flag
+//! the connections that stay too long in CLOSE_WAIT or ESTABLISHED.
+//!
+//! Nothing here knows about aya, terminals or JSON, and nothing reads a clock: every time comes in
+//! as a [`Timestamp`], so the whole module is tested with event sequences and made-up times.
+
+pub mod event;
+pub mod lifecycle;
+pub mod stuck;
+pub mod summary;
+pub mod time;
+pub mod tracker;
+
+pub use event::{DecodeError, Endpoints, Family, Transition};
+pub use lifecycle::{ClosedFirst, Connection, Ending, OpenedBy, Owner, StateVisit};
+pub use stuck::{Diagnosis, Thresholds};
+pub use summary::{ClosedCounts, OpenConnection, Summary};
+pub use time::Timestamp;
+pub use tracker::{StateChange, StuckAlert, Tracker};

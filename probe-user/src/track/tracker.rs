@@ -1,0 +1,433 @@
+//! The connection table: every open connection of the traced processes, keyed by socket id, fed
+//! by transitions and watched for stuck states.
+
+use std::{
+    collections::{HashMap, hash_map::Entry},
+    sync::Arc,
+    time::Duration,
+};
+
+use probe_common::TcpState;
+
+use super::{
+    event::{Endpoints, Transition},
+    lifecycle::{Connection, Ending, Owner},
+    stuck::{Diagnosis, StuckDetector, Thresholds},
+    summary::{ClosedCounts, OpenConnection, Summary},
+    time::Timestamp,
+};
+
+/// What one transition did to a connection, for the sinks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StateChange {
+    pub id: u64,
+    pub owner: Owner,
+    pub endpoints: Endpoints,
+    pub old: TcpState,
+    pub new: TcpState,
+    pub at: Timestamp,
+    /// Time spent in `old`, where probe saw the connection enter it.
+    pub in_old: Option<Duration>,
+    /// How the connection ended, when `new` is CLOSE.
+    pub ending: Option<Ending>,
+}
+
+impl StateChange {
+    /// True when the connection went on into TIME_WAIT, which the tracepoint does not show.
+    pub fn time_wait(&self) -> bool {
+        self.ending == Some(Ending::TimeWait)
+    }
+}
+
+/// A connection that just crossed its state's threshold.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StuckAlert {
+    pub id: u64,
+    pub owner: Owner,
+    pub endpoints: Endpoints,
+    pub state: TcpState,
+    /// When it entered `state`.
+    pub since: Timestamp,
+    /// How long it has been in `state`.
+    pub age: Duration,
+    pub diagnosis: Diagnosis,
+}
+
+#[derive(Debug)]
+struct Tracked {
+    connection: Connection,
+    /// Number of the current state visit, unique across all connections: a queued deadline is
+    /// still valid only while the connection is in that same visit.
+    visit: u64,
+    /// Flagged as stuck in the current visit.
+    stuck: bool,
+}
+
+/// Connection table and stuck detection.
+#[derive(Debug)]
+pub struct Tracker {
+    table: HashMap<u64, Tracked>,
+    processes: HashMap<u32, Arc<str>>,
+    detector: StuckDetector,
+    closed: ClosedCounts,
+    next_visit: u64,
+}
+
+/// Deadlines queued beyond this many per open connection (plus a constant) trigger a clean-up of
+/// the ones whose connection moved on, so churn cannot grow the queues without bound.
+const STALE_DEADLINES_PER_CONNECTION: usize = 2;
+const STALE_DEADLINES_SLACK: usize = 1024;
+
+impl Tracker {
+    /// An empty table with these thresholds.
+    pub fn new(thresholds: Thresholds) -> Self {
+        Tracker {
+            table: HashMap::new(),
+            processes: HashMap::new(),
+            detector: StuckDetector::new(thresholds),
+            closed: ClosedCounts::default(),
+            next_visit: 0,
+        }
+    }
+
+    /// Names a traced process, so its connections show its name.
+    pub fn register_process(&mut self, pid: u32, comm: &str) {
+        self.processes.insert(pid, Arc::from(comm));
+    }
+
+    /// Applies one transition from the kernel.
+    pub fn apply(&mut self, transition: &Transition) -> StateChange {
+        let owner = self.owner(transition.pid);
+        let starts_lifecycle = matches!(
+            (transition.old, transition.new),
+            (TcpState::Close, _) | (TcpState::Listen, TcpState::SynRecv)
+        );
+        let tracked = match self.table.entry(transition.sock_id) {
+            Entry::Occupied(entry) => {
+                let tracked = entry.into_mut();
+                if starts_lifecycle {
+                    // The socket id was reused and the old lifecycle's CLOSE was never seen (a
+                    // lost event): the old lifecycle cannot go on, start afresh.
+                    tracked.connection = Connection::first_seen(transition, owner);
+                }
+                tracked
+            }
+            Entry::Vacant(entry) => entry.insert(Tracked {
+                connection: Connection::first_seen(transition, owner),
+                visit: 0,
+                stuck: false,
+            }),
+        };
+        let in_old = tracked.connection.advance(transition);
+        tracked.visit = self.next_visit;
+        tracked.stuck = false;
+        self.next_visit += 1;
+
+        let connection = &tracked.connection;
+        let change = StateChange {
+            id: connection.id,
+            owner: connection.owner.clone(),
+            endpoints: connection.endpoints,
+            old: transition.old,
+            new: transition.new,
+            at: transition.at,
+            in_old,
+            ending: connection.ending,
+        };
+        let (closed, visit) = (connection.is_closed(), tracked.visit);
+        if closed {
+            if let Some(done) = self.table.remove(&transition.sock_id) {
+                self.closed.record(&done.connection);
+            }
+        } else {
+            self.detector
+                .watch(transition.sock_id, visit, transition.new, transition.at);
+            self.drop_stale_deadlines();
+        }
+        change
+    }
+
+    /// Flags the connections whose deadline has come at `now`, each once per state visit.
+    pub fn due_stuck(&mut self, now: Timestamp) -> Vec<StuckAlert> {
+        let mut alerts = Vec::new();
+        for due in self.detector.due(now) {
+            let Some(tracked) = self.table.get_mut(&due.id) else {
+                continue;
+            };
+            if tracked.visit != due.visit || tracked.stuck {
+                continue;
+            }
+            let Some(diagnosis) = Diagnosis::for_state(due.state) else {
+                continue;
+            };
+            tracked.stuck = true;
+            let connection = &tracked.connection;
+            alerts.push(StuckAlert {
+                id: connection.id,
+                owner: connection.owner.clone(),
+                endpoints: connection.endpoints,
+                state: due.state,
+                since: due.since,
+                age: now.saturating_since(due.since),
+                diagnosis,
+            });
+        }
+        alerts
+    }
+
+    /// When [`Tracker::due_stuck`] will next have something to flag.
+    pub fn next_deadline(&self) -> Option<Timestamp> {
+        self.detector.next_deadline()
+    }
+
+    /// The open connections (oldest in their state first) and the totals, as of `now`.
+    pub fn summary(&self, now: Timestamp) -> Summary {
+        let mut open: Vec<OpenConnection> = self
+            .table
+            .values()
+            .map(|tracked| {
+                let connection = &tracked.connection;
+                OpenConnection {
+                    id: connection.id,
+                    owner: connection.owner.clone(),
+                    endpoints: connection.endpoints,
+                    state: connection.state(),
+                    since: connection.state_since(),
+                    age: connection
+                        .state_since()
+                        .map(|since| now.saturating_since(since)),
+                    stuck: tracked.stuck,
+                    opened_by: connection.opened_by,
+                }
+            })
+            .collect();
+        // Unknown starts (already open before probe saw them) are the oldest of all.
+        open.sort_by_key(|c| (c.since, c.id));
+        Summary::new(open, self.closed)
+    }
+
+    /// How many connections are open.
+    pub fn open_count(&self) -> usize {
+        self.table.len()
+    }
+
+    fn owner(&self, pid: u32) -> Owner {
+        Owner {
+            pid,
+            comm: self
+                .processes
+                .get(&pid)
+                .cloned()
+                .unwrap_or_else(|| Arc::from("?")),
+        }
+    }
+
+    fn drop_stale_deadlines(&mut self) {
+        let limit = self.table.len() * STALE_DEADLINES_PER_CONNECTION + STALE_DEADLINES_SLACK;
+        if self.detector.pending() > limit {
+            let table = &self.table;
+            self.detector.retain(|id, visit| {
+                table
+                    .get(&id)
+                    .is_some_and(|tracked| tracked.visit == visit)
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::track::{
+        event::Family,
+        lifecycle::OpenedBy,
+    };
+    use probe_common::{Attribution, TcpState::*};
+
+    const MS: u64 = 1_000_000;
+
+    fn at(ms: u64) -> Timestamp {
+        Timestamp::from_nanos(ms * MS)
+    }
+
+    fn t(id: u64, old: TcpState, new: TcpState, ms: u64) -> Transition {
+        Transition {
+            sock_id: id,
+            pid: 42,
+            at: at(ms),
+            endpoints: Endpoints {
+                family: Family::Ipv4,
+                local: format!("127.0.0.1:{}", 40000 + id % 20000).parse().unwrap(),
+                remote: "127.0.0.1:8080".parse().unwrap(),
+            },
+            old,
+            new,
+            attribution: Attribution::Known,
+        }
+    }
+
+    fn tracker() -> Tracker {
+        let mut tracker = Tracker::new(Thresholds {
+            close_wait: Duration::from_secs(5),
+            established: Duration::from_secs(60),
+        });
+        tracker.register_process(42, "client");
+        tracker
+    }
+
+    fn open_client(tracker: &mut Tracker, id: u64, ms: u64) {
+        tracker.apply(&t(id, Close, SynSent, ms));
+        tracker.apply(&t(id, SynSent, Established, ms + 1));
+    }
+
+    #[test]
+    fn close_wait_is_flagged_once_when_it_crosses_the_threshold() {
+        let mut tracker = tracker();
+        open_client(&mut tracker, 1, 0);
+        let change = tracker.apply(&t(1, Established, CloseWait, 1_000));
+        assert_eq!(change.in_old, Some(Duration::from_millis(999)));
+        assert_eq!(&*change.owner.comm, "client");
+        assert_eq!(tracker.next_deadline(), Some(at(6_000)));
+        assert!(tracker.due_stuck(at(5_999)).is_empty());
+        let alerts = tracker.due_stuck(at(6_000));
+        assert_eq!(alerts.len(), 1);
+        assert_eq!(alerts[0].state, CloseWait);
+        assert_eq!(alerts[0].age, Duration::from_secs(5));
+        assert_eq!(alerts[0].diagnosis, Diagnosis::PeerClosedNeverClosedLocally);
+        assert!(tracker.due_stuck(at(100_000)).is_empty(), "flagged once only");
+
+        let summary = tracker.summary(at(10_000));
+        assert_eq!(summary.open.len(), 1);
+        assert!(summary.open[0].stuck);
+        assert_eq!(summary.open[0].age, Some(Duration::from_secs(9)));
+        assert_eq!(summary.stuck_count(CloseWait), 1);
+        assert_eq!(summary.count(CloseWait), 1);
+    }
+
+    #[test]
+    fn a_connection_that_moves_on_before_its_deadline_is_not_flagged() {
+        let mut tracker = tracker();
+        open_client(&mut tracker, 1, 0);
+        tracker.apply(&t(1, Established, CloseWait, 1_000));
+        tracker.apply(&t(1, CloseWait, LastAck, 2_000));
+        tracker.apply(&t(1, LastAck, Close, 2_001));
+        assert!(tracker.due_stuck(at(1_000_000)).is_empty());
+        assert_eq!(tracker.open_count(), 0);
+        let summary = tracker.summary(at(1_000_000));
+        assert_eq!(summary.closed.total, 1);
+        assert_eq!(summary.closed.remote_first, 1);
+    }
+
+    #[test]
+    fn idle_established_is_flagged_then_close_wait_is_flagged_again() {
+        let mut tracker = tracker();
+        open_client(&mut tracker, 1, 0);
+        let alerts = tracker.due_stuck(at(61_000));
+        assert_eq!(alerts.len(), 1);
+        assert_eq!(alerts[0].state, Established);
+        assert_eq!(alerts[0].diagnosis, Diagnosis::OpenAndUnused);
+        tracker.apply(&t(1, Established, CloseWait, 70_000));
+        assert!(!tracker.summary(at(70_000)).open[0].stuck);
+        assert_eq!(tracker.due_stuck(at(75_000)).len(), 1);
+    }
+
+    #[test]
+    fn socket_ids_are_reused_after_close() {
+        let mut tracker = tracker();
+        open_client(&mut tracker, 1, 0);
+        tracker.apply(&t(1, Established, FinWait1, 10));
+        tracker.apply(&t(1, FinWait1, FinWait2, 11));
+        let change = tracker.apply(&t(1, FinWait2, Close, 12));
+        assert!(change.time_wait());
+        open_client(&mut tracker, 1, 20);
+        let summary = tracker.summary(at(30));
+        assert_eq!(summary.open.len(), 1);
+        assert_eq!(summary.open[0].opened_by, OpenedBy::Local);
+        assert_eq!(summary.open[0].since, Some(at(21)));
+        assert_eq!(summary.closed.local_first, 1);
+    }
+
+    #[test]
+    fn a_reused_id_whose_close_was_lost_starts_a_new_lifecycle() {
+        let mut tracker = tracker();
+        open_client(&mut tracker, 1, 0);
+        tracker.apply(&t(1, Established, CloseWait, 5));
+        // The CLOSE of that socket was lost; a new socket gets the same address.
+        let change = tracker.apply(&t(1, Close, SynSent, 100));
+        assert_eq!(change.in_old, None);
+        tracker.apply(&t(1, SynSent, Established, 101));
+        // The stale CLOSE_WAIT deadline must not flag the new connection.
+        assert!(tracker.due_stuck(at(10_000)).is_empty());
+        let summary = tracker.summary(at(10_000));
+        assert_eq!(summary.open[0].state, Established);
+    }
+
+    #[test]
+    fn closed_counts_tell_who_closed_first_and_resets() {
+        let mut tracker = tracker();
+        // local first
+        open_client(&mut tracker, 1, 0);
+        for (old, new) in [(Established, FinWait1), (FinWait1, FinWait2), (FinWait2, Close)] {
+            tracker.apply(&t(1, old, new, 5));
+        }
+        // remote first
+        open_client(&mut tracker, 2, 0);
+        for (old, new) in [(Established, CloseWait), (CloseWait, LastAck), (LastAck, Close)] {
+            tracker.apply(&t(2, old, new, 5));
+        }
+        // reset
+        open_client(&mut tracker, 3, 0);
+        tracker.apply(&t(3, Established, Close, 5));
+        // refused
+        tracker.apply(&t(4, Close, SynSent, 0));
+        tracker.apply(&t(4, SynSent, Close, 1));
+        // a listener is not a connection
+        tracker.apply(&t(5, Close, Listen, 0));
+        tracker.apply(&t(5, Listen, Close, 1));
+
+        let closed = tracker.summary(at(10)).closed;
+        assert_eq!(
+            closed,
+            ClosedCounts {
+                total: 4,
+                local_first: 1,
+                remote_first: 1,
+                simultaneous: 0,
+                reset: 1,
+                connect_failed: 1,
+            }
+        );
+    }
+
+    #[test]
+    fn summary_lists_oldest_first_with_unknown_starts_first() {
+        let mut tracker = tracker();
+        open_client(&mut tracker, 1, 50);
+        open_client(&mut tracker, 2, 10);
+        // Seen mid-life: a pre-existing connection whose owner shut it down.
+        tracker.apply(&t(3, Established, FinWait1, 70));
+        let summary = tracker.summary(at(100));
+        let ids: Vec<u64> = summary.open.iter().map(|c| c.id).collect();
+        assert_eq!(ids, [2, 1, 3]);
+        assert_eq!(summary.open[2].opened_by, OpenedBy::Unknown);
+    }
+
+    #[test]
+    fn churn_does_not_grow_the_deadline_queues_without_bound() {
+        let mut tracker = tracker();
+        for i in 0..100_000 {
+            open_client(&mut tracker, i, i);
+            tracker.apply(&t(i, Established, Close, i + 2));
+        }
+        assert_eq!(tracker.open_count(), 0);
+        assert!(tracker.detector.pending() <= STALE_DEADLINES_SLACK + 1);
+    }
+
+    #[test]
+    fn unknown_processes_get_a_placeholder_name() {
+        let mut tracker = tracker();
+        let mut other = t(1, Close, SynSent, 0);
+        other.pid = 7;
+        assert_eq!(&*tracker.apply(&other).owner.comm, "?");
+    }
+}
