@@ -134,6 +134,9 @@ impl Connection {
         let in_old = self
             .state_since()
             .map(|since| at.saturating_since(since));
+        // connect() enters SYN_SENT before the kernel picks the local port: the latest
+        // transition always has the most complete endpoints.
+        self.endpoints = transition.endpoints;
         match (old, new) {
             (TcpState::Established | TcpState::SynRecv, TcpState::FinWait1) => {
                 self.closed_first.get_or_insert(ClosedFirst::Local);
@@ -253,6 +256,21 @@ mod tests {
         assert!(conn.history[4].inferred);
         assert_eq!(in_old, [None, Some(2), Some(1000), Some(1), Some(7)]);
         assert!(conn.is_closed());
+    }
+
+    #[test]
+    fn endpoints_follow_the_latest_transition() {
+        let owner = Owner {
+            pid: 1,
+            comm: "c".into(),
+        };
+        let mut connect = transition(Close, SynSent, 0);
+        connect.endpoints.local.set_port(0);
+        let mut conn = Connection::first_seen(&connect, owner);
+        conn.advance(&connect);
+        assert_eq!(conn.endpoints.local.port(), 0);
+        conn.advance(&transition(SynSent, Established, 1));
+        assert_eq!(conn.endpoints.local.port(), 40000);
     }
 
     #[test]

@@ -14,6 +14,6 @@ pub mod tracker;
 pub use event::{DecodeError, Endpoints, Family, Transition};
 pub use lifecycle::{ClosedFirst, Connection, Ending, OpenedBy, Owner, StateVisit};
 pub use stuck::{Diagnosis, Thresholds};
-pub use summary::{ClosedCounts, OpenConnection, Summary};
+pub use summary::{ClosedCounts, EndpointGroup, OpenConnection, Summary};
 pub use time::Timestamp;
 pub use tracker::{StateChange, StuckAlert, Tracker};

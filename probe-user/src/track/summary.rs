@@ -1,6 +1,6 @@
 //! The picture at the end of a run (or at any moment): open connections and totals.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
 use probe_common::TcpState;
 
@@ -63,6 +63,20 @@ impl ClosedCounts {
     }
 }
 
+/// The open connections of one state to one remote endpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EndpointGroup {
+    pub state: TcpState,
+    pub remote: SocketAddr,
+    pub connections: usize,
+    pub stuck: usize,
+    /// The longest time one of them has been in `state`; `None` when the oldest was already in
+    /// it before probe saw it.
+    pub oldest: Option<Duration>,
+    /// The processes that own them, lowest pid first.
+    pub pids: Vec<u32>,
+}
+
 /// Open connections, oldest in their state first, with counts by state.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Summary {
@@ -115,5 +129,111 @@ impl Summary {
     /// Stuck connections in `state`.
     pub fn stuck_count(&self, state: TcpState) -> usize {
         self.stuck.get(&state).copied().unwrap_or(0)
+    }
+
+    /// Open connections grouped by state (CLOSE_WAIT, then ESTABLISHED, then the rest) and
+    /// remote endpoint, the group with the oldest connection first within each state.
+    pub fn groups(&self) -> Vec<EndpointGroup> {
+        let mut groups: Vec<EndpointGroup> = Vec::new();
+        // `open` is already oldest first, so each group's first member is its oldest.
+        for connection in &self.open {
+            let (state, remote) = (connection.state, connection.endpoints.remote);
+            match groups
+                .iter_mut()
+                .find(|g| g.state == state && g.remote == remote)
+            {
+                Some(group) => {
+                    group.connections += 1;
+                    group.stuck += usize::from(connection.stuck);
+                    if !group.pids.contains(&connection.owner.pid) {
+                        group.pids.push(connection.owner.pid);
+                    }
+                }
+                None => groups.push(EndpointGroup {
+                    state,
+                    remote,
+                    connections: 1,
+                    stuck: usize::from(connection.stuck),
+                    oldest: connection.age,
+                    pids: vec![connection.owner.pid],
+                }),
+            }
+        }
+        for group in &mut groups {
+            group.pids.sort_unstable();
+        }
+        // Stable sort: keeps oldest-first order inside each state.
+        groups.sort_by_key(|g| state_rank(g.state));
+        groups
+    }
+}
+
+/// The order states are shown in: the ones that can be stuck first.
+pub fn state_rank(state: TcpState) -> (u8, TcpState) {
+    let rank = match state {
+        TcpState::CloseWait => 0,
+        TcpState::Established => 1,
+        _ => 2,
+    };
+    (rank, state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::track::event::Family;
+
+    fn open(id: u64, pid: u32, state: TcpState, remote: &str, age_s: Option<u64>) -> OpenConnection {
+        OpenConnection {
+            id,
+            owner: Owner {
+                pid,
+                comm: "c".into(),
+            },
+            endpoints: Endpoints {
+                family: Family::Ipv4,
+                local: "127.0.0.1:1".parse().unwrap(),
+                remote: remote.parse().unwrap(),
+            },
+            state,
+            since: age_s.map(|s| Timestamp::from_nanos(1_000_000_000_000 - s * 1_000_000_000)),
+            age: age_s.map(Duration::from_secs),
+            stuck: state == TcpState::CloseWait,
+            opened_by: OpenedBy::Local,
+        }
+    }
+
+    #[test]
+    fn groups_by_state_then_endpoint_with_stuck_states_first() {
+        let summary = Summary::new(
+            vec![
+                open(1, 9, TcpState::Established, "10.0.0.1:5432", None),
+                open(2, 8, TcpState::CloseWait, "10.0.0.2:80", Some(30)),
+                open(3, 7, TcpState::CloseWait, "10.0.0.2:80", Some(20)),
+                open(4, 7, TcpState::CloseWait, "10.0.0.3:80", Some(10)),
+                open(5, 7, TcpState::FinWait2, "10.0.0.3:80", Some(5)),
+            ],
+            ClosedCounts::default(),
+        );
+        let groups = summary.groups();
+        let shape: Vec<(&str, String, usize, usize)> = groups
+            .iter()
+            .map(|g| (g.state.name(), g.remote.to_string(), g.connections, g.stuck))
+            .collect();
+        assert_eq!(
+            shape,
+            [
+                ("CLOSE_WAIT", "10.0.0.2:80".to_string(), 2, 2),
+                ("CLOSE_WAIT", "10.0.0.3:80".to_string(), 1, 1),
+                ("ESTABLISHED", "10.0.0.1:5432".to_string(), 1, 0),
+                ("FIN_WAIT2", "10.0.0.3:80".to_string(), 1, 0),
+            ]
+        );
+        assert_eq!(groups[0].oldest, Some(Duration::from_secs(30)));
+        assert_eq!(groups[0].pids, [7, 8]);
+        assert_eq!(groups[2].oldest, None);
+        assert_eq!(summary.count(TcpState::CloseWait), 3);
+        assert_eq!(summary.stuck_count(TcpState::CloseWait), 3);
+        assert_eq!(summary.stuck_count(TcpState::Established), 0);
     }
 }

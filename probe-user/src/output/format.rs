@@ -1,0 +1,62 @@
+//! Small formatting helpers shared by the human-readable outputs.
+
+use std::time::{Duration, SystemTime};
+
+/// A short, human duration: `850us`, `12ms`, `4.2s`, `3m07s`, `2h05m`, `3d04h`.
+pub fn short_duration(duration: Duration) -> String {
+    let secs = duration.as_secs();
+    match secs {
+        0 if duration.as_millis() == 0 => format!("{}us", duration.as_micros()),
+        0 => format!("{}ms", duration.as_millis()),
+        1..60 => format!("{:.1}s", duration.as_secs_f64()),
+        60..3600 => format!("{}m{:02}s", secs / 60, secs % 60),
+        3600..86400 => format!("{}h{:02}m", secs / 3600, secs % 3600 / 60),
+        _ => format!("{}d{:02}h", secs / 86400, secs % 86400 / 3600),
+    }
+}
+
+/// A duration that may be unknown because it started before probe was watching.
+pub fn age(duration: Option<Duration>) -> String {
+    duration.map_or_else(|| "before start".to_string(), short_duration)
+}
+
+/// RFC 3339 with microseconds, UTC: `2026-11-24T05:43:12.123456Z`.
+pub fn rfc3339(time: SystemTime) -> String {
+    humantime::format_rfc3339_micros(time).to_string()
+}
+
+/// Time of day, UTC, with milliseconds: `05:43:12.123`.
+pub fn time_of_day(time: SystemTime) -> String {
+    let full = humantime::format_rfc3339_millis(time).to_string();
+    // `YYYY-MM-DDTHH:MM:SS.mmmZ`: the time sits between the `T` and the `Z`.
+    full.get(11..23).unwrap_or(&full).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::UNIX_EPOCH;
+
+    #[test]
+    fn durations_are_short_and_readable() {
+        let cases = [
+            (Duration::from_micros(850), "850us"),
+            (Duration::from_millis(12), "12ms"),
+            (Duration::from_millis(4_249), "4.2s"),
+            (Duration::from_secs(187), "3m07s"),
+            (Duration::from_secs(2 * 3600 + 5 * 60 + 9), "2h05m"),
+            (Duration::from_secs(3 * 86400 + 4 * 3600), "3d04h"),
+        ];
+        for (duration, text) in cases {
+            assert_eq!(short_duration(duration), text);
+        }
+        assert_eq!(age(None), "before start");
+    }
+
+    #[test]
+    fn times_are_utc() {
+        let t = UNIX_EPOCH + Duration::from_micros(1_764_000_000_123_456);
+        assert_eq!(rfc3339(t), "2025-11-24T16:00:00.123456Z");
+        assert_eq!(time_of_day(t), "16:00:00.123");
+    }
+}

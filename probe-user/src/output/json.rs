@@ -1,0 +1,208 @@
+//! NDJSON output: one object per line, each with a `"type"`: `transition`, `stuck`, and
+//! `summary` (always the last line).
+
+use std::{
+    collections::BTreeMap,
+    io::{self, Write},
+    time::Duration,
+};
+
+use serde::Serialize;
+
+use crate::{
+    clock::WallClock,
+    track::{Endpoints, OpenConnection, StateChange, StuckAlert, Summary, Timestamp},
+};
+
+use super::{Sink, format::rfc3339};
+
+/// Writes NDJSON to `out`.
+pub struct JsonSink<W: Write> {
+    out: W,
+    clock: WallClock,
+}
+
+impl<W: Write> JsonSink<W> {
+    /// A sink writing NDJSON to `out`.
+    pub fn new(out: W, clock: WallClock) -> Self {
+        JsonSink { out, clock }
+    }
+
+    fn line(&mut self, value: &impl Serialize) -> io::Result<()> {
+        serde_json::to_writer(&mut self.out, value)?;
+        self.out.write_all(b"\n")
+    }
+
+    fn ts(&self, at: Timestamp) -> String {
+        rfc3339(self.clock.to_system_time(at))
+    }
+}
+
+/// The endpoint fields every record carries.
+#[derive(Serialize)]
+struct Connection<'a> {
+    pid: u32,
+    comm: &'a str,
+    /// The kernel socket address, as hex: too large for a JSON number to keep exactly.
+    id: String,
+    family: &'static str,
+    saddr: String,
+    sport: u16,
+    daddr: String,
+    dport: u16,
+}
+
+impl<'a> Connection<'a> {
+    fn new(id: u64, pid: u32, comm: &'a str, endpoints: &Endpoints) -> Self {
+        Connection {
+            pid,
+            comm,
+            id: format!("{id:#x}"),
+            family: endpoints.family.name(),
+            saddr: endpoints.local.ip().to_string(),
+            sport: endpoints.local.port(),
+            daddr: endpoints.remote.ip().to_string(),
+            dport: endpoints.remote.port(),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct TransitionRecord<'a> {
+    r#type: &'static str,
+    ts: String,
+    #[serde(flatten)]
+    connection: Connection<'a>,
+    old: &'static str,
+    new: &'static str,
+    in_old_ms: Option<u64>,
+    /// The connection went on into TIME_WAIT (inferred: the tracepoint does not show it).
+    time_wait: bool,
+}
+
+#[derive(Serialize)]
+struct StuckRecord<'a> {
+    r#type: &'static str,
+    ts: String,
+    #[serde(flatten)]
+    connection: Connection<'a>,
+    state: &'static str,
+    since: String,
+    age_ms: u64,
+    reason: &'static str,
+}
+
+#[derive(Serialize)]
+struct OpenRecord<'a> {
+    #[serde(flatten)]
+    connection: Connection<'a>,
+    state: &'static str,
+    age_ms: Option<u64>,
+    stuck: bool,
+    opened_by: &'static str,
+}
+
+#[derive(Serialize)]
+struct ClosedRecord {
+    total: u64,
+    local_first: u64,
+    remote_first: u64,
+    simultaneous: u64,
+    reset: u64,
+    connect_failed: u64,
+}
+
+#[derive(Serialize)]
+struct SummaryRecord<'a> {
+    r#type: &'static str,
+    open: Vec<OpenRecord<'a>>,
+    counts: BTreeMap<&'static str, usize>,
+    stuck: BTreeMap<&'static str, usize>,
+    closed: ClosedRecord,
+    lost_events: u64,
+    untracked_sockets: u64,
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn open_record(open: &OpenConnection) -> OpenRecord<'_> {
+    OpenRecord {
+        connection: Connection::new(open.id, open.owner.pid, &open.owner.comm, &open.endpoints),
+        state: open.state.name(),
+        age_ms: open.age.map(millis),
+        stuck: open.stuck,
+        opened_by: open.opened_by.name(),
+    }
+}
+
+impl<W: Write> Sink for JsonSink<W> {
+    fn transition(&mut self, change: &StateChange) -> io::Result<()> {
+        let record = TransitionRecord {
+            r#type: "transition",
+            ts: self.ts(change.at),
+            connection: Connection::new(
+                change.id,
+                change.owner.pid,
+                &change.owner.comm,
+                &change.endpoints,
+            ),
+            old: change.old.name(),
+            new: change.new.name(),
+            in_old_ms: change.in_old.map(millis),
+            time_wait: change.time_wait(),
+        };
+        self.line(&record)
+    }
+
+    fn stuck(&mut self, alert: &StuckAlert) -> io::Result<()> {
+        let record = StuckRecord {
+            r#type: "stuck",
+            ts: self.ts(alert.since.saturating_add(alert.age)),
+            connection: Connection::new(
+                alert.id,
+                alert.owner.pid,
+                &alert.owner.comm,
+                &alert.endpoints,
+            ),
+            state: alert.state.name(),
+            since: self.ts(alert.since),
+            age_ms: millis(alert.age),
+            reason: alert.diagnosis.reason(),
+        };
+        self.line(&record)
+    }
+
+    fn summary(&mut self, summary: &Summary) -> io::Result<()> {
+        let names = |counts: &BTreeMap<_, usize>| {
+            counts
+                .iter()
+                .map(|(state, n): (&probe_common::TcpState, &usize)| (state.name(), *n))
+                .collect()
+        };
+        let closed = summary.closed;
+        let record = SummaryRecord {
+            r#type: "summary",
+            open: summary.open.iter().map(open_record).collect(),
+            counts: names(summary.counts()),
+            stuck: names(summary.stuck()),
+            closed: ClosedRecord {
+                total: closed.total,
+                local_first: closed.local_first,
+                remote_first: closed.remote_first,
+                simultaneous: closed.simultaneous,
+                reset: closed.reset,
+                connect_failed: closed.connect_failed,
+            },
+            lost_events: summary.lost_events,
+            untracked_sockets: summary.untracked_sockets,
+        };
+        self.line(&record)?;
+        self.out.flush()
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}

@@ -1,0 +1,160 @@
+//! Human-readable output: one line per transition, stuck alerts that stand out, and a summary
+//! grouped by state and remote endpoint.
+
+use std::io::{self, Write};
+
+use crate::{
+    clock::WallClock,
+    track::{StateChange, StuckAlert, Summary},
+};
+
+use super::{
+    Sink,
+    format::{age, short_duration, time_of_day},
+};
+
+/// Writes text for people to `out`.
+pub struct TextSink<W: Write> {
+    out: W,
+    clock: WallClock,
+    /// Emphasise alerts with ANSI colour (only on a terminal).
+    colour: bool,
+    header_written: bool,
+}
+
+impl<W: Write> TextSink<W> {
+    /// A sink writing to `out`; `colour` only when `out` is a terminal.
+    pub fn new(out: W, clock: WallClock, colour: bool) -> Self {
+        TextSink {
+            out,
+            clock,
+            colour,
+            header_written: false,
+        }
+    }
+
+    fn emphasis(&self, text: &str) -> String {
+        if self.colour {
+            format!("\x1b[1;31m{text}\x1b[0m")
+        } else {
+            text.to_string()
+        }
+    }
+
+    fn header(&mut self) -> io::Result<()> {
+        if !self.header_written {
+            self.header_written = true;
+            writeln!(
+                self.out,
+                "{:<12} {:>7} {:<15} {:<22} {:<22} {:<27} {}",
+                "TIME(UTC)", "PID", "COMM", "LOCAL", "REMOTE", "OLD -> NEW", "IN OLD"
+            )?;
+        }
+        Ok(())
+    }
+}
+
+impl<W: Write> Sink for TextSink<W> {
+    fn transition(&mut self, change: &StateChange) -> io::Result<()> {
+        self.header()?;
+        let mut states = format!("{} -> {}", change.old.name(), change.new.name());
+        if change.time_wait() {
+            states.push_str(" (TIME_WAIT)");
+        }
+        writeln!(
+            self.out,
+            "{:<12} {:>7} {:<15} {:<22} {:<22} {:<27} {}",
+            time_of_day(self.clock.to_system_time(change.at)),
+            change.owner.pid,
+            change.owner.comm,
+            change.endpoints.local.to_string(),
+            change.endpoints.remote.to_string(),
+            states,
+            change.in_old.map_or_else(|| "-".to_string(), short_duration),
+        )
+    }
+
+    fn stuck(&mut self, alert: &StuckAlert) -> io::Result<()> {
+        self.header()?;
+        let label = self.emphasis(&format!(
+            "STUCK in {} for {}",
+            alert.state.name(),
+            short_duration(alert.age)
+        ));
+        writeln!(
+            self.out,
+            "{label}: pid {} ({}) {} -> {}: {}",
+            alert.owner.pid,
+            alert.owner.comm,
+            alert.endpoints.local,
+            alert.endpoints.remote,
+            alert.diagnosis.reason()
+        )
+    }
+
+    fn summary(&mut self, summary: &Summary) -> io::Result<()> {
+        let stuck: usize = summary.stuck().values().sum();
+        writeln!(self.out)?;
+        writeln!(
+            self.out,
+            "== summary: {} open connection(s), {} stuck ==",
+            summary.open.len(),
+            stuck
+        )?;
+        let mut current = None;
+        for group in summary.groups() {
+            if current != Some(group.state) {
+                current = Some(group.state);
+                let stuck_here = summary.stuck_count(group.state);
+                let stuck_note = if stuck_here > 0 {
+                    self.emphasis(&format!(", {stuck_here} STUCK"))
+                } else {
+                    String::new()
+                };
+                writeln!(
+                    self.out,
+                    "{}: {} open{}",
+                    group.state.name(),
+                    summary.count(group.state),
+                    stuck_note
+                )?;
+                if let Some(diagnosis) = crate::track::Diagnosis::for_state(group.state)
+                    && stuck_here > 0
+                {
+                    writeln!(self.out, "  why: {}", diagnosis.reason())?;
+                }
+            }
+            let pids: Vec<String> = group.pids.iter().map(u32::to_string).collect();
+            writeln!(
+                self.out,
+                "  {:<26} {:>5} connection(s), oldest {:<13} stuck {:<5} pid {}",
+                group.remote.to_string(),
+                group.connections,
+                age(group.oldest),
+                group.stuck,
+                pids.join(",")
+            )?;
+        }
+        let closed = &summary.closed;
+        writeln!(
+            self.out,
+            "closed: {} (this side closed first {}, peer closed first {}, both at once {}, reset {}, connect failed {})",
+            closed.total,
+            closed.local_first,
+            closed.remote_first,
+            closed.simultaneous,
+            closed.reset,
+            closed.connect_failed
+        )?;
+        writeln!(
+            self.out,
+            "lost events: {}, untracked sockets: {}",
+            summary.lost_events, summary.untracked_sockets
+        )?;
+        self.out.flush()
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
