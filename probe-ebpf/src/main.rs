@@ -142,14 +142,15 @@ fn owner_of(ctx: &TracePointContext, record: &Record) -> Option<(u32, Attributio
             TARGETS.get_ptr(&tgid)?;
             (tgid, Attribution::ProcessContext)
         }
-        (TcpState::Listen, TcpState::SynRecv) => {
-            (listener_owner(record)?, Attribution::Listener)
-        }
+        (TcpState::Listen, TcpState::SynRecv) => (listener_owner(record)?, Attribution::Listener),
         _ => return None,
     };
     if new != TcpState::Close && OWNERS.insert(&record.sock_id, &owner, 0).is_err() {
         count(Counter::OwnerMapFull);
-        debug!(ctx, "owner map full: socket of pid {} left untracked", owner);
+        debug!(
+            ctx,
+            "owner map full: socket of pid {} left untracked", owner
+        );
     }
     if new == TcpState::Listen
         && LISTENERS
@@ -157,7 +158,10 @@ fn owner_of(ctx: &TracePointContext, record: &Record) -> Option<(u32, Attributio
             .is_err()
     {
         count(Counter::ListenerMapFull);
-        debug!(ctx, "listener map full: port {} of pid {} left untracked", record.sport, owner);
+        debug!(
+            ctx,
+            "listener map full: port {} of pid {} left untracked", record.sport, owner
+        );
     }
     Some((owner, attribution))
 }

@@ -217,7 +217,11 @@ async fn event_loop(
 }
 
 /// Moves every event waiting in the ring buffer through the tracker to the sink.
-fn drain(ring: &mut RingBuf<MapData>, tracker: &mut Tracker, sink: &mut dyn Sink) -> io::Result<()> {
+fn drain(
+    ring: &mut RingBuf<MapData>,
+    tracker: &mut Tracker,
+    sink: &mut dyn Sink,
+) -> io::Result<()> {
     while let Some(item) = ring.next() {
         match Transition::decode(&item) {
             Ok(transition) => sink.transition(&tracker.apply(&transition))?,

@@ -70,7 +70,10 @@ impl Cli {
             );
         }
         if self.pids.len() >= MAX_TARGETS as usize {
-            return Err(format!("at most {} processes can be traced", MAX_TARGETS - 1));
+            return Err(format!(
+                "at most {} processes can be traced",
+                MAX_TARGETS - 1
+            ));
         }
         Ok(())
     }

@@ -1,1 +1,91 @@
-fn main() {}
+//! `cargo xtask`: build, run, test and demo probe. One way to build: everything goes through here.
+
+mod build;
+mod cmd;
+mod demo;
+mod test;
+mod toolchain;
+mod workload;
+
+use std::{ffi::OsString, net::SocketAddr, process::Command, time::Duration};
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Build, run, test and demo probe")]
+struct Xtask {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Build the kernel program (installing its toolchain when needed) and the probe CLI.
+    Build,
+    /// Build, then run probe with these arguments (through sudo when not root).
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+    /// Lints, unit tests, and the integration tests on the running kernel.
+    Test,
+    /// The leaking HTTP client, traced by probe, then its fix.
+    Demo,
+    /// The demo's HTTP client (used by `demo`).
+    #[command(hide = true)]
+    DemoClient {
+        #[arg(long)]
+        server: SocketAddr,
+        #[arg(long, default_value_t = 6)]
+        requests: usize,
+        #[arg(long, default_value = "200ms", value_parser = humantime::parse_duration)]
+        interval: Duration,
+        #[arg(long, default_value = "4s", value_parser = humantime::parse_duration)]
+        hold: Duration,
+        /// Close each connection after its response.
+        #[arg(long)]
+        fixed: bool,
+    },
+}
+
+fn main() -> Result<()> {
+    match Xtask::parse().task {
+        Task::Build => {
+            let built = build::all()?;
+            eprintln!(
+                "xtask: built {} (kernel object {})",
+                built.probe.display(),
+                built.object.display()
+            );
+            Ok(())
+        }
+        Task::Run { args } => {
+            let built = build::all()?;
+            let mut command = if cmd::is_root() {
+                Command::new(&built.probe)
+            } else {
+                let mut sudo = Command::new("sudo");
+                sudo.arg(&built.probe);
+                sudo
+            };
+            cmd::run(command.args(args))
+        }
+        Task::Test => test::test(),
+        Task::Demo => demo::demo(),
+        Task::DemoClient {
+            server,
+            requests,
+            interval,
+            hold,
+            fixed,
+        } => {
+            let kind = if fixed {
+                workload::ClientKind::Fixed
+            } else {
+                workload::ClientKind::Leaky
+            };
+            workload::client(server, requests, interval, hold, kind)
+        }
+    }
+}

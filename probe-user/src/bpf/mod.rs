@@ -49,14 +49,18 @@ pub enum LoadError {
          buffer) built with CONFIG_BPF_SYSCALL"
     )]
     Load(String),
-    #[error("the kernel refused probe's tracepoint program ({0}); run with -v to see the verifier log")]
+    #[error(
+        "the kernel refused probe's tracepoint program ({0}); run with -v to see the verifier log"
+    )]
     Verify(String),
     #[error(
         "cannot attach to the sock:inet_sock_set_state tracepoint ({0}); the kernel needs \
          CONFIG_BPF_EVENTS"
     )]
     Attach(String),
-    #[error("the kernel object has no `{0}`: it does not match this probe binary; rebuild with `cargo xtask build`")]
+    #[error(
+        "the kernel object has no `{0}`: it does not match this probe binary; rebuild with `cargo xtask build`"
+    )]
     Missing(&'static str),
     #[error("cannot use the kernel map `{name}`: {error}")]
     Map { name: &'static str, error: MapError },
@@ -109,8 +113,7 @@ impl Tracer {
             .map_max_entries(names::TARGETS, config.max_targets)
             .load(OBJECT)
             .map_err(|error| LoadError::Load(error.to_string()))?;
-        let logger = EbpfLogger::init(&mut ebpf)
-            .map_err(|_| LoadError::Missing("AYA_LOGS"))?;
+        let logger = EbpfLogger::init(&mut ebpf).map_err(|_| LoadError::Missing("AYA_LOGS"))?;
 
         let program: &mut TracePoint = ebpf
             .program_mut(names::PROGRAM)

@@ -53,11 +53,8 @@ mod tests {
     #[test]
     fn bpf_and_perfmon_together_are_enough() {
         assert!(
-            required_missing(|cap| matches!(
-                cap,
-                Capability::CAP_BPF | Capability::CAP_PERFMON
-            ))
-            .is_ok()
+            required_missing(|cap| matches!(cap, Capability::CAP_BPF | Capability::CAP_PERFMON))
+                .is_ok()
         );
     }
 

@@ -35,7 +35,9 @@ pub enum TraceFsError {
         path: PathBuf,
         error: std::io::Error,
     },
-    #[error("the sock:inet_sock_set_state format has no `{0}` field; this kernel's layout is not supported")]
+    #[error(
+        "the sock:inet_sock_set_state format has no `{0}` field; this kernel's layout is not supported"
+    )]
     MissingField(&'static str),
     #[error(
         "the sock:inet_sock_set_state field `{name}` is {found} bytes, probe expects {expected}; \
@@ -111,7 +113,8 @@ pub fn parse_layout(format: &str) -> Result<SetStateLayout, TraceFsError> {
     })
 }
 
-/// `field:__u8 saddr_v6[16];	offset:40;	size:16;	signed:0;` -> `("saddr_v6", 40, 16)`.
+/// `field:__u8 saddr_v6[16]; offset:40; size:16; signed:0;` (tab separated) ->
+/// `("saddr_v6", 40, 16)`.
 fn parse_field(line: &str) -> Option<(&str, u32, u32)> {
     let mut parts = line.trim().split(';').map(str::trim);
     let declaration = parts.next()?.strip_prefix("field:")?;

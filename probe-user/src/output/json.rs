@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::{
     clock::WallClock,
-    track::{Endpoints, OpenConnection, StateChange, StuckAlert, Summary, Timestamp},
+    track::{Ending, Endpoints, OpenConnection, StateChange, StuckAlert, Summary, Timestamp},
 };
 
 use super::{Sink, format::rfc3339};
@@ -78,6 +78,8 @@ struct TransitionRecord<'a> {
     in_old_ms: Option<u64>,
     /// The connection went on into TIME_WAIT (inferred: the tracepoint does not show it).
     time_wait: bool,
+    /// How the connection ended, on the transition into CLOSE.
+    ending: Option<&'static str>,
 }
 
 #[derive(Serialize)]
@@ -152,6 +154,7 @@ impl<W: Write> Sink for JsonSink<W> {
             new: change.new.name(),
             in_old_ms: change.in_old.map(millis),
             time_wait: change.time_wait(),
+            ending: change.ending.map(Ending::name),
         };
         self.line(&record)
     }

@@ -19,3 +19,179 @@ pub trait Sink {
     /// Pushes buffered output out (called after each batch of events).
     fn flush(&mut self) -> io::Result<()>;
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use probe_common::{Attribution, TcpState, TcpState::*};
+
+    use super::{Sink, json::JsonSink, text::TextSink};
+    use crate::{
+        clock::WallClock,
+        track::{Endpoints, Family, Thresholds, Timestamp, Tracker, Transition},
+    };
+
+    const SECOND: u64 = 1_000_000_000;
+
+    fn at(ms: u64) -> Timestamp {
+        Timestamp::from_nanos(100 * SECOND + ms * 1_000_000)
+    }
+
+    fn transition(
+        id: u64,
+        local: &str,
+        remote: &str,
+        old: TcpState,
+        new: TcpState,
+        ms: u64,
+    ) -> Transition {
+        let local: std::net::SocketAddr = local.parse().unwrap();
+        Transition {
+            sock_id: id,
+            pid: 4242,
+            at: at(ms),
+            endpoints: Endpoints {
+                family: if local.is_ipv4() {
+                    Family::Ipv4
+                } else {
+                    Family::Ipv6
+                },
+                local,
+                remote: remote.parse().unwrap(),
+            },
+            old,
+            new,
+            attribution: Attribution::Known,
+        }
+    }
+
+    /// A leaked client connection stuck in CLOSE_WAIT, a clean active close, an idle IPv6
+    /// connection, and a reset, run through a sink.
+    fn scenario(sink: &mut dyn Sink) {
+        let mut tracker = Tracker::new(Thresholds {
+            close_wait: Duration::from_secs(5),
+            established: Duration::from_secs(60),
+        });
+        tracker.register_process(4242, "leaky-client");
+        let cw = "127.0.0.1:41000";
+        let server = "127.0.0.1:8080";
+        let v6 = "[::1]:41002";
+        let steps = [
+            transition(
+                0xffff_8881_0000_0100,
+                "127.0.0.1:0",
+                server,
+                Close,
+                SynSent,
+                0,
+            ),
+            transition(0xffff_8881_0000_0100, cw, server, SynSent, Established, 1),
+            transition(
+                0xffff_8881_0000_0100,
+                cw,
+                server,
+                Established,
+                CloseWait,
+                1_001,
+            ),
+            transition(
+                0xffff_8881_0000_0200,
+                "127.0.0.1:41001",
+                server,
+                Close,
+                SynSent,
+                2_000,
+            ),
+            transition(
+                0xffff_8881_0000_0200,
+                "127.0.0.1:41001",
+                server,
+                SynSent,
+                Established,
+                2_001,
+            ),
+            transition(
+                0xffff_8881_0000_0200,
+                "127.0.0.1:41001",
+                server,
+                Established,
+                FinWait1,
+                2_500,
+            ),
+            transition(
+                0xffff_8881_0000_0200,
+                "127.0.0.1:41001",
+                server,
+                FinWait1,
+                FinWait2,
+                2_501,
+            ),
+            transition(
+                0xffff_8881_0000_0200,
+                "127.0.0.1:41001",
+                server,
+                FinWait2,
+                Close,
+                2_502,
+            ),
+            transition(
+                0xffff_8881_0000_0300,
+                v6,
+                "[::1]:5432",
+                Close,
+                SynSent,
+                3_000,
+            ),
+            transition(
+                0xffff_8881_0000_0300,
+                v6,
+                "[::1]:5432",
+                SynSent,
+                Established,
+                3_001,
+            ),
+            transition(
+                0xffff_8881_0000_0400,
+                "127.0.0.1:41003",
+                server,
+                Established,
+                Close,
+                4_000,
+            ),
+        ];
+        for step in &steps {
+            sink.transition(&tracker.apply(step)).unwrap();
+        }
+        for alert in tracker.due_stuck(at(6_001)) {
+            sink.stuck(&alert).unwrap();
+        }
+        let mut summary = tracker.summary(at(9_000));
+        summary.lost_events = 2;
+        sink.summary(&summary).unwrap();
+    }
+
+    fn clock() -> WallClock {
+        // Monotonic 0 is 2026-11-24T06:00:00Z.
+        WallClock::from_readings(Timestamp::from_nanos(0), Duration::from_secs(1_795_500_000))
+    }
+
+    #[test]
+    fn text_output() {
+        let mut out = Vec::new();
+        scenario(&mut TextSink::new(&mut out, clock(), false));
+        insta::assert_snapshot!(String::from_utf8(out).unwrap());
+    }
+
+    #[test]
+    fn json_output() {
+        let mut out = Vec::new();
+        scenario(&mut JsonSink::new(&mut out, clock()));
+        let text = String::from_utf8(out).unwrap();
+        for line in text.lines() {
+            let value: serde_json::Value = serde_json::from_str(line).unwrap();
+            assert!(value["type"].is_string(), "{line}");
+        }
+        insta::assert_snapshot!(text);
+    }
+}

@@ -5,7 +5,7 @@ use std::io::{self, Write};
 
 use crate::{
     clock::WallClock,
-    track::{StateChange, StuckAlert, Summary},
+    track::{Ending, StateChange, StuckAlert, Summary},
 };
 
 use super::{
@@ -46,8 +46,8 @@ impl<W: Write> TextSink<W> {
             self.header_written = true;
             writeln!(
                 self.out,
-                "{:<12} {:>7} {:<15} {:<22} {:<22} {:<27} {}",
-                "TIME(UTC)", "PID", "COMM", "LOCAL", "REMOTE", "OLD -> NEW", "IN OLD"
+                "{:<12} {:>7} {:<15} {:<22} {:<22} {:<31} IN OLD",
+                "TIME(UTC)", "PID", "COMM", "LOCAL", "REMOTE", "OLD -> NEW"
             )?;
         }
         Ok(())
@@ -58,19 +58,24 @@ impl<W: Write> Sink for TextSink<W> {
     fn transition(&mut self, change: &StateChange) -> io::Result<()> {
         self.header()?;
         let mut states = format!("{} -> {}", change.old.name(), change.new.name());
-        if change.time_wait() {
-            states.push_str(" (TIME_WAIT)");
+        match change.ending {
+            Some(Ending::TimeWait) => states.push_str(" (TIME_WAIT)"),
+            Some(Ending::Reset) => states.push_str(" (reset)"),
+            Some(Ending::ConnectFailed) => states.push_str(" (connect failed)"),
+            _ => {}
         }
         writeln!(
             self.out,
-            "{:<12} {:>7} {:<15} {:<22} {:<22} {:<27} {}",
+            "{:<12} {:>7} {:<15} {:<22} {:<22} {:<31} {}",
             time_of_day(self.clock.to_system_time(change.at)),
             change.owner.pid,
             change.owner.comm,
             change.endpoints.local.to_string(),
             change.endpoints.remote.to_string(),
             states,
-            change.in_old.map_or_else(|| "-".to_string(), short_duration),
+            change
+                .in_old
+                .map_or_else(|| "-".to_string(), short_duration),
         )
     }
 

@@ -157,7 +157,10 @@ pub(crate) mod tests {
         let t = Transition::decode(&bytes_of(&raw)).unwrap();
         assert_eq!(t.endpoints.family, Family::Ipv6);
         assert_eq!(t.endpoints.remote, "[::1]:8080".parse().unwrap());
-        assert_eq!(t.endpoints.local, "[::ffff:127.0.0.1]:40000".parse().unwrap());
+        assert_eq!(
+            t.endpoints.local,
+            "[::ffff:127.0.0.1]:40000".parse().unwrap()
+        );
     }
 
     #[test]

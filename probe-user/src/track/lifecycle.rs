@@ -66,6 +66,17 @@ pub enum Ending {
 }
 
 impl Ending {
+    /// `"time_wait"`, `"last_ack"`, `"reset"`, `"connect_failed"` or `"listener_closed"`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Ending::TimeWait => "time_wait",
+            Ending::LastAck => "last_ack",
+            Ending::Reset => "reset",
+            Ending::ConnectFailed => "connect_failed",
+            Ending::ListenerClosed => "listener_closed",
+        }
+    }
+
     fn after(old: TcpState) -> Ending {
         match old {
             TcpState::FinWait2 | TcpState::Closing | TcpState::TimeWait => Ending::TimeWait,
@@ -131,9 +142,7 @@ impl Connection {
     /// where that is known.
     pub fn advance(&mut self, transition: &Transition) -> Option<Duration> {
         let (old, new, at) = (transition.old, transition.new, transition.at);
-        let in_old = self
-            .state_since()
-            .map(|since| at.saturating_since(since));
+        let in_old = self.state_since().map(|since| at.saturating_since(since));
         // connect() enters SYN_SENT before the kernel picks the local port: the latest
         // transition always has the most complete endpoints.
         self.endpoints = transition.endpoints;

@@ -204,7 +204,10 @@ mod tests {
         d.watch(3, 12, TcpState::FinWait2, secs(100));
         assert_eq!(d.pending(), 2);
         assert_eq!(d.next_deadline(), Some(secs(105)));
-        assert!(d.due(Timestamp::from_nanos(secs(105).as_nanos() - 1)).is_empty());
+        assert!(
+            d.due(Timestamp::from_nanos(secs(105).as_nanos() - 1))
+                .is_empty()
+        );
         let due = d.due(secs(105));
         assert_eq!(
             due,

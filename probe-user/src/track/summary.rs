@@ -183,7 +183,13 @@ mod tests {
     use super::*;
     use crate::track::event::Family;
 
-    fn open(id: u64, pid: u32, state: TcpState, remote: &str, age_s: Option<u64>) -> OpenConnection {
+    fn open(
+        id: u64,
+        pid: u32,
+        state: TcpState,
+        remote: &str,
+        age_s: Option<u64>,
+    ) -> OpenConnection {
         OpenConnection {
             id,
             owner: Owner {

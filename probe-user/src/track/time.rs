@@ -45,7 +45,10 @@ mod tests {
     #[test]
     fn adding_saturates() {
         let t = Timestamp::from_nanos(u64::MAX - 1);
-        assert_eq!(t.saturating_add(Duration::from_secs(5)).as_nanos(), u64::MAX);
+        assert_eq!(
+            t.saturating_add(Duration::from_secs(5)).as_nanos(),
+            u64::MAX
+        );
         assert_eq!(
             Timestamp::from_nanos(1).saturating_add(Duration::from_nanos(2)),
             Timestamp::from_nanos(3)

@@ -226,11 +226,8 @@ impl Tracker {
         let limit = self.table.len() * STALE_DEADLINES_PER_CONNECTION + STALE_DEADLINES_SLACK;
         if self.detector.pending() > limit {
             let table = &self.table;
-            self.detector.retain(|id, visit| {
-                table
-                    .get(&id)
-                    .is_some_and(|tracked| tracked.visit == visit)
-            });
+            self.detector
+                .retain(|id, visit| table.get(&id).is_some_and(|tracked| tracked.visit == visit));
         }
     }
 }
@@ -238,10 +235,7 @@ impl Tracker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::track::{
-        event::Family,
-        lifecycle::OpenedBy,
-    };
+    use crate::track::{event::Family, lifecycle::OpenedBy};
     use probe_common::{Attribution, TcpState::*};
 
     const MS: u64 = 1_000_000;
@@ -294,7 +288,10 @@ mod tests {
         assert_eq!(alerts[0].state, CloseWait);
         assert_eq!(alerts[0].age, Duration::from_secs(5));
         assert_eq!(alerts[0].diagnosis, Diagnosis::PeerClosedNeverClosedLocally);
-        assert!(tracker.due_stuck(at(100_000)).is_empty(), "flagged once only");
+        assert!(
+            tracker.due_stuck(at(100_000)).is_empty(),
+            "flagged once only"
+        );
 
         let summary = tracker.summary(at(10_000));
         assert_eq!(summary.open.len(), 1);
@@ -367,12 +364,20 @@ mod tests {
         let mut tracker = tracker();
         // local first
         open_client(&mut tracker, 1, 0);
-        for (old, new) in [(Established, FinWait1), (FinWait1, FinWait2), (FinWait2, Close)] {
+        for (old, new) in [
+            (Established, FinWait1),
+            (FinWait1, FinWait2),
+            (FinWait2, Close),
+        ] {
             tracker.apply(&t(1, old, new, 5));
         }
         // remote first
         open_client(&mut tracker, 2, 0);
-        for (old, new) in [(Established, CloseWait), (CloseWait, LastAck), (LastAck, Close)] {
+        for (old, new) in [
+            (Established, CloseWait),
+            (CloseWait, LastAck),
+            (LastAck, Close),
+        ] {
             tracker.apply(&t(2, old, new, 5));
         }
         // reset

@@ -1,0 +1,540 @@
+//! Integration tests: the real `probe` binary, loaded into the running kernel, watching real
+//! processes on loopback, checked against what they did and against `ss`.
+//!
+//! They need root, BPF, and a probe binary with its kernel program (`cargo xtask test` gives all
+//! three). Without BPF they are skipped, loudly; without root or the kernel program they fail when
+//! `PROBE_REQUIRE_INTEGRATION=1` (as `cargo xtask test` sets) and are skipped, loudly, otherwise
+//! (a plain `cargo test` of the pure modules).
+//!
+//! This binary is also every helper process of the tests: `integration helper ROLE ARGS...`.
+
+mod support;
+
+use std::{
+    collections::HashSet,
+    io::{BufRead, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    process::ExitCode,
+    thread,
+    time::Duration,
+};
+
+use libtest_mimic::{Arguments, Trial};
+use support::{
+    Helper, Probe, ServerMode, TestResult, connect, ensure, of_type, render, server, ss_sockets_of,
+    ss_state, stuck, transitions,
+};
+
+const WAIT: Duration = Duration::from_secs(15);
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("helper") {
+        return helper(&args[2..]);
+    }
+    let trials = vec![
+        Trial::test("close_wait_is_flagged_and_matches_ss", || {
+            Ok(close_wait_is_flagged_and_matches_ss()?)
+        }),
+        Trial::test("idle_established_is_flagged", || {
+            Ok(idle_established_is_flagged()?)
+        }),
+        Trial::test("clean_active_close_goes_to_time_wait", || {
+            Ok(clean_active_close_goes_to_time_wait()?)
+        }),
+        Trial::test("accepted_connections_belong_to_the_server", || {
+            Ok(accepted_connections_belong_to_the_server()?)
+        }),
+        Trial::test("ipv6_on_loopback", || Ok(ipv6_on_loopback()?)),
+        Trial::test("a_noisy_neighbour_is_not_traced", || {
+            Ok(a_noisy_neighbour_is_not_traced()?)
+        }),
+        Trial::test("a_command_is_traced_from_its_first_connection", || {
+            Ok(a_command_is_traced_from_its_first_connection()?)
+        }),
+        Trial::test("a_missing_pid_is_a_clear_error", || {
+            Ok(a_missing_pid_is_a_clear_error()?)
+        }),
+    ];
+    let trials = match prerequisites() {
+        Ok(()) => trials,
+        Err(Missing::Bpf(why)) => skip_loudly(trials, &why),
+        Err(Missing::Setup(why)) if required() => trials
+            .into_iter()
+            .map(|trial| {
+                let why = why.clone();
+                Trial::test(trial.name().to_string(), move || Err(why.into()))
+            })
+            .collect(),
+        Err(Missing::Setup(why)) => skip_loudly(trials, &why),
+    };
+    libtest_mimic::run(&Arguments::from_args(), trials).exit_code()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The tests.
+
+/// A client whose server closes while the client keeps its sockets: CLOSE_WAIT, flagged, and
+/// exactly the sockets `ss` shows in CLOSE-WAIT for that process.
+fn close_wait_is_flagged_and_matches_ss() -> TestResult {
+    let addr = server("127.0.0.1:0", ServerMode::CloseAtOnce)?;
+    let mut client = Helper::start("hold-clients", &[&addr.to_string(), "5"])?;
+    let pid = client.pid();
+    let mut probe = Probe::start(&["--pid", &pid.to_string(), "--close-wait-after", "1s"])?;
+    client.say("go")?;
+    ensure(client.hear()? == "ready", || "client not ready".into())?;
+
+    let records = probe.wait_until("5 CLOSE_WAIT alerts", WAIT, |r| {
+        stuck(r, pid, "CLOSE_WAIT").len() >= 5
+    })?;
+    let alerts = stuck(records, pid, "CLOSE_WAIT");
+    for alert in &alerts {
+        ensure(alert["age_ms"].as_u64() >= Some(1000), || {
+            format!("flagged before the threshold: {alert}")
+        })?;
+        ensure(alert["dport"] == addr.port(), || {
+            format!("wrong peer: {alert}")
+        })?;
+    }
+    let ss = ss_sockets_of(pid, "close-wait")?;
+    ensure(ss.len() == 5, || {
+        format!(
+            "ss shows {} CLOSE-WAIT sockets for {pid}:\n{}",
+            ss.len(),
+            ss.join("\n")
+        )
+    })?;
+    for alert in &alerts {
+        let local = format!("127.0.0.1:{} ", alert["sport"]);
+        ensure(ss.iter().any(|line| line.contains(&local)), || {
+            format!("ss does not show {local}in CLOSE-WAIT:\n{}", ss.join("\n"))
+        })?;
+    }
+
+    let records = probe.stop()?;
+    let summary = records.last().unwrap();
+    ensure(
+        summary["stuck"]["CLOSE_WAIT"] == 5 && summary["counts"]["CLOSE_WAIT"] == 5,
+        || format!("summary: {summary}"),
+    )?;
+    let open = summary["open"].as_array().unwrap();
+    ensure(
+        open.iter().all(|c| {
+            c["stuck"] == true
+                && c["opened_by"] == "local"
+                && c["pid"] == pid
+                && c["state"] == "CLOSE_WAIT"
+        }),
+        || format!("open connections: {}", render(open)),
+    )?;
+    client.finish()
+}
+
+/// Idle connections held open: flagged ESTABLISHED after the threshold, as many as `ss` shows.
+fn idle_established_is_flagged() -> TestResult {
+    let addr = server("127.0.0.1:0", ServerMode::Hold)?;
+    let mut client = Helper::start("hold-clients", &[&addr.to_string(), "3"])?;
+    let pid = client.pid();
+    let mut probe = Probe::start(&["--pid", &pid.to_string(), "--established-after", "1500ms"])?;
+    client.say("go")?;
+    ensure(client.hear()? == "ready", || "client not ready".into())?;
+    // Not yet: the threshold has not passed.
+    thread::sleep(Duration::from_millis(500));
+    let early = probe.wait_until("the connects", WAIT, |r| {
+        transitions(r, pid, "SYN_SENT", "ESTABLISHED").len() >= 3
+    })?;
+    ensure(stuck(early, pid, "ESTABLISHED").is_empty(), || {
+        format!("flagged too early:\n{}", render(early))
+    })?;
+
+    let records = probe.wait_until("3 ESTABLISHED alerts", WAIT, |r| {
+        stuck(r, pid, "ESTABLISHED").len() >= 3
+    })?;
+    for alert in stuck(records, pid, "ESTABLISHED") {
+        ensure(alert["age_ms"].as_u64() >= Some(1500), || {
+            format!("early: {alert}")
+        })?;
+    }
+    let ss = ss_sockets_of(pid, "established")?;
+    ensure(ss.len() == 3, || {
+        format!("ss shows {}:\n{}", ss.len(), ss.join("\n"))
+    })?;
+    let records = probe.stop()?;
+    let summary = records.last().unwrap();
+    ensure(summary["stuck"]["ESTABLISHED"] == 3, || {
+        format!("summary: {summary}")
+    })?;
+    client.finish()
+}
+
+/// A clean active close: FIN_WAIT1 -> FIN_WAIT2 -> CLOSE with TIME_WAIT inferred (and `ss` shows
+/// the TIME-WAIT sockets), nothing flagged, counted as closed by this side first.
+fn clean_active_close_goes_to_time_wait() -> TestResult {
+    let addr = server("127.0.0.1:0", ServerMode::CloseAfterPeer)?;
+    let mut client = Helper::start("close-clients", &[&addr.to_string(), "3"])?;
+    let pid = client.pid();
+    let mut probe = Probe::start(&["--pid", &pid.to_string(), "--close-wait-after", "1s"])?;
+    client.say("go")?;
+    ensure(client.hear()? == "done", || "client not done".into())?;
+    let records = probe.wait_until("3 closes into TIME_WAIT", WAIT, |r| {
+        transitions(r, pid, "FIN_WAIT2", "CLOSE").len() >= 3
+    })?;
+    for (old, new) in [
+        ("CLOSE", "SYN_SENT"),
+        ("SYN_SENT", "ESTABLISHED"),
+        ("ESTABLISHED", "FIN_WAIT1"),
+        ("FIN_WAIT1", "FIN_WAIT2"),
+    ] {
+        let found = transitions(records, pid, old, new).len();
+        ensure(found == 3, || {
+            format!("{found} {old} -> {new} transitions:\n{}", render(records))
+        })?;
+    }
+    let closes = transitions(records, pid, "FIN_WAIT2", "CLOSE");
+    let time_wait = ss_state("time-wait")?;
+    for close in &closes {
+        ensure(close["time_wait"] == true, || {
+            format!("no TIME_WAIT: {close}")
+        })?;
+        let local = format!("127.0.0.1:{} ", close["sport"]);
+        ensure(time_wait.contains(&local), || {
+            format!("ss shows no TIME-WAIT socket at {local}:\n{time_wait}")
+        })?;
+    }
+    client.finish()?;
+    let records = probe.stop()?;
+    ensure(of_type(&records, "stuck").is_empty(), || {
+        format!("something was flagged:\n{}", render(&records))
+    })?;
+    let summary = records.last().unwrap();
+    ensure(
+        summary["closed"]["local_first"] == 3
+            && summary["closed"]["total"] == 3
+            && summary["closed"]["reset"] == 0
+            && summary["open"].as_array().is_some_and(Vec::is_empty),
+        || format!("summary: {summary}"),
+    )
+}
+
+/// A traced server: connections it accepts are attributed to it (not to the clients, which are
+/// this untraced test process), opened by the remote side.
+fn accepted_connections_belong_to_the_server() -> TestResult {
+    let mut server = Helper::start("server", &[])?;
+    let pid = server.pid();
+    let mut probe = Probe::start(&["--pid", &pid.to_string(), "--established-after", "1h"])?;
+    server.say("go")?;
+    let port: u16 = server
+        .hear()?
+        .parse()
+        .map_err(|_| "no port from the server")?;
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let clients: Vec<TcpStream> = (0..3).map(|_| connect(addr)).collect::<Result<_, _>>()?;
+    let client_ports: HashSet<u16> = clients
+        .iter()
+        .map(|c| c.local_addr().unwrap().port())
+        .collect();
+
+    let records = probe.wait_until("3 accepted connections", WAIT, |r| {
+        transitions(r, pid, "SYN_RECV", "ESTABLISHED").len() >= 3
+    })?;
+    ensure(
+        transitions(records, pid, "CLOSE", "LISTEN").len() == 1,
+        || format!("no listen:\n{}", render(records)),
+    )?;
+    let accepted = transitions(records, pid, "LISTEN", "SYN_RECV");
+    let remote_ports: HashSet<u16> = accepted
+        .iter()
+        .filter_map(|r| r["dport"].as_u64().map(|p| p as u16))
+        .collect();
+    ensure(remote_ports == client_ports, || {
+        format!("accepted from {remote_ports:?}, clients at {client_ports:?}")
+    })?;
+    ensure(
+        of_type(records, "transition")
+            .iter()
+            .all(|r| r["pid"] == pid),
+        || format!("a transition not of the server:\n{}", render(records)),
+    )?;
+    let ss = ss_sockets_of(pid, "established")?;
+    ensure(ss.len() == 3, || {
+        format!("ss shows {}:\n{}", ss.len(), ss.join("\n"))
+    })?;
+
+    let records = probe.stop()?;
+    let summary = records.last().unwrap();
+    let open = summary["open"].as_array().unwrap();
+    let remote_opened = open.iter().filter(|c| c["opened_by"] == "remote").count();
+    let listening = open
+        .iter()
+        .filter(|c| c["state"] == "LISTEN" && c["opened_by"] == "local")
+        .count();
+    ensure(remote_opened == 3 && listening == 1, || {
+        format!("open: {}", render(open))
+    })?;
+    drop(clients);
+    server.finish()
+}
+
+/// IPv6 on ::1: the same CLOSE_WAIT story, with IPv6 endpoints.
+fn ipv6_on_loopback() -> TestResult {
+    let addr = server("[::1]:0", ServerMode::CloseAtOnce)?;
+    let mut client = Helper::start("hold-clients", &[&addr.to_string(), "2"])?;
+    let pid = client.pid();
+    let mut probe = Probe::start(&["--pid", &pid.to_string(), "--close-wait-after", "1s"])?;
+    client.say("go")?;
+    ensure(client.hear()? == "ready", || "client not ready".into())?;
+    let records = probe.wait_until("2 CLOSE_WAIT alerts", WAIT, |r| {
+        stuck(r, pid, "CLOSE_WAIT").len() >= 2
+    })?;
+    for record in of_type(records, "transition") {
+        ensure(
+            record["family"] == "ipv6" && record["daddr"] == "::1" && record["saddr"] == "::1",
+            || format!("not IPv6 loopback: {record}"),
+        )?;
+    }
+    let ss = ss_sockets_of(pid, "close-wait")?;
+    ensure(ss.len() == 2, || {
+        format!("ss shows {}:\n{}", ss.len(), ss.join("\n"))
+    })?;
+    probe.stop()?;
+    client.finish()
+}
+
+/// A second, noisy process connecting at the same time: none of its sockets appear.
+fn a_noisy_neighbour_is_not_traced() -> TestResult {
+    let addr = server("127.0.0.1:0", ServerMode::CloseAfterPeer)?;
+    let mut traced = Helper::start("close-clients", &[&addr.to_string(), "2"])?;
+    let mut noisy = Helper::start("close-clients", &[&addr.to_string(), "200"])?;
+    let pid = traced.pid();
+    let probe = Probe::start(&["--pid", &pid.to_string()])?;
+    noisy.say("go")?;
+    traced.say("go")?;
+    ensure(traced.hear()? == "done", || "traced client not done".into())?;
+    ensure(noisy.hear()? == "done", || "noisy client not done".into())?;
+    thread::sleep(Duration::from_millis(500));
+    traced.finish()?;
+    noisy.finish()?;
+    let records = probe.stop()?;
+    ensure(
+        records
+            .iter()
+            .filter(|r| r["type"] != "summary")
+            .all(|r| r["pid"] == pid),
+        || format!("records of another process:\n{}", render(&records)),
+    )?;
+    let connects = transitions(&records, pid, "CLOSE", "SYN_SENT").len();
+    ensure(connects == 2, || {
+        format!(
+            "{connects} connects, expected the traced 2:\n{}",
+            render(&records)
+        )
+    })
+}
+
+/// `probe -- COMMAND`: the command's very first connection is seen, and probe exits with it.
+fn a_command_is_traced_from_its_first_connection() -> TestResult {
+    let addr = server("127.0.0.1:0", ServerMode::CloseAfterPeer)?;
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let exe = exe.to_string_lossy().into_owned();
+    let probe = Probe::start(&["--", &exe, "helper", "connect-once", &addr.to_string()])?;
+    let stderr = probe.stderr();
+    let records = probe.finish()?;
+    let all = of_type(&records, "transition");
+    let first = all
+        .first()
+        .ok_or_else(|| format!("no transition; stderr: {stderr}"))?;
+    ensure(
+        first["old"] == "CLOSE" && first["new"] == "SYN_SENT" && first["dport"] == addr.port(),
+        || format!("the first connection is missing:\n{}", render(&records)),
+    )?;
+    let pid = first["pid"].as_u64().unwrap_or(0);
+    ensure(stderr.contains(&format!("of {pid} (")), || {
+        format!("pid {pid} is not the command's: {stderr}")
+    })?;
+    ensure(all.iter().all(|r| r["pid"] == pid), || render(&records))?;
+    ensure(
+        transitions(&records, pid as u32, "SYN_SENT", "ESTABLISHED").len() == 1,
+        || render(&records),
+    )
+}
+
+/// A pid that does not exist: a clear error and a non-zero exit, not a panic.
+fn a_missing_pid_is_a_clear_error() -> TestResult {
+    // pid_max is at most 2^22: this pid cannot exist.
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_probe"))
+        .args(["--pid", "4194305"])
+        .output()
+        .map_err(|e| e.to_string())?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    ensure(output.status.code() == Some(1), || {
+        format!("exit {:?}: {stderr}", output.status)
+    })?;
+    ensure(
+        stderr.contains("no process with pid 4194305") && !stderr.contains("panicked"),
+        || stderr.to_string(),
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helper roles: real, separate processes for probe to trace. Each waits for `go` on stdin before
+// touching the network (so probe is attached first), answers on stdout, and exits at stdin EOF.
+
+fn helper(args: &[String]) -> ExitCode {
+    match run_helper(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("helper {args:?}: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_helper(args: &[String]) -> Result<(), String> {
+    let role = args.first().map(String::as_str).unwrap_or_default();
+    let addr = || -> Result<SocketAddr, String> {
+        args.get(1)
+            .ok_or("no address")?
+            .parse()
+            .map_err(|e| format!("{e}"))
+    };
+    let count = || -> Result<usize, String> {
+        args.get(2)
+            .ok_or("no count")?
+            .parse()
+            .map_err(|e| format!("{e}"))
+    };
+    let err = |e: std::io::Error| e.to_string();
+    match role {
+        // Connects at once, holds a moment, closes, exits: for `probe -- COMMAND`.
+        "connect-once" => {
+            let stream = TcpStream::connect(addr()?).map_err(err)?;
+            thread::sleep(Duration::from_millis(200));
+            drop(stream);
+            thread::sleep(Duration::from_millis(200));
+            Ok(())
+        }
+        // Connects N times and holds every connection until stdin closes.
+        "hold-clients" => {
+            wait_for_go()?;
+            let held: Vec<TcpStream> = (0..count()?)
+                .map(|_| TcpStream::connect(addr()?).map_err(err))
+                .collect::<Result<_, _>>()?;
+            answer("ready")?;
+            wait_for_eof();
+            drop(held);
+            Ok(())
+        }
+        // Connects and closes at once, N times (this side closes first).
+        "close-clients" => {
+            wait_for_go()?;
+            for _ in 0..count()? {
+                drop(TcpStream::connect(addr()?).map_err(err)?);
+            }
+            answer("done")?;
+            wait_for_eof();
+            Ok(())
+        }
+        // Listens on a fresh loopback port (told on stdout) and holds what it accepts.
+        "server" => {
+            wait_for_go()?;
+            let listener = TcpListener::bind("127.0.0.1:0").map_err(err)?;
+            answer(&listener.local_addr().map_err(err)?.port().to_string())?;
+            thread::spawn(move || {
+                let held: Vec<TcpStream> = listener.incoming().map_while(Result::ok).collect();
+                drop(held);
+            });
+            wait_for_eof();
+            Ok(())
+        }
+        other => Err(format!("unknown helper role {other:?}")),
+    }
+}
+
+fn wait_for_go() -> Result<(), String> {
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .map_err(|e| e.to_string())?;
+    ensure(line.trim() == "go", || format!("expected go, got {line:?}"))
+}
+
+fn answer(line: &str) -> Result<(), String> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}")
+        .and_then(|()| out.flush())
+        .map_err(|e| e.to_string())
+}
+
+fn wait_for_eof() {
+    let mut sink = String::new();
+    while matches!(std::io::stdin().lock().read_line(&mut sink), Ok(n) if n > 0) {}
+}
+
+// ---------------------------------------------------------------------------------------------
+// Prerequisites.
+
+enum Missing {
+    /// The kernel has no usable BPF: skip, loudly.
+    Bpf(String),
+    /// The run lacks root or the kernel program: fail when required, else skip loudly.
+    Setup(String),
+}
+
+fn required() -> bool {
+    std::env::var("PROBE_REQUIRE_INTEGRATION").is_ok_and(|v| v == "1")
+}
+
+fn prerequisites() -> Result<(), Missing> {
+    if option_env!("PROBE_EBPF_EMBEDDED").is_none() {
+        return Err(Missing::Setup(
+            "the probe binary was built without its kernel program: run `cargo xtask test`".into(),
+        ));
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(Missing::Setup(
+            "the integration tests need root: run `cargo xtask test` (it uses sudo)".into(),
+        ));
+    }
+    bpf_available().map_err(Missing::Bpf)
+}
+
+/// Creates (and closes) a one-entry BPF array map: the smallest proof that BPF works here.
+fn bpf_available() -> Result<(), String> {
+    // union bpf_attr for BPF_MAP_CREATE: map_type, key_size, value_size, max_entries; the rest
+    // zero.
+    let mut attr = [0u32; 32];
+    attr[..4].copy_from_slice(&[2 /* BPF_MAP_TYPE_ARRAY */, 4, 4, 1]);
+    // SAFETY: bpf(BPF_MAP_CREATE) reads `size_of_val(&attr)` bytes of a live, zeroed buffer.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            0, /* BPF_MAP_CREATE */
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(&attr),
+        )
+    };
+    if fd < 0 {
+        return Err(format!(
+            "this kernel has no usable BPF (bpf(BPF_MAP_CREATE) failed: {})",
+            std::io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: closing the fd the syscall just returned.
+    unsafe { libc::close(fd as i32) };
+    Ok(())
+}
+
+fn skip_loudly(trials: Vec<Trial>, why: &str) -> Vec<Trial> {
+    eprintln!("\n{}", "!".repeat(100));
+    eprintln!(
+        "!! SKIPPING {} eBPF INTEGRATION TESTS: {why}\n!! A skipped integration test is not a pass.",
+        trials.len()
+    );
+    eprintln!("{}\n", "!".repeat(100));
+    trials
+        .into_iter()
+        .map(|trial| trial.with_ignored_flag(true))
+        .collect()
+}

@@ -1,0 +1,47 @@
+//! `cargo xtask test`: lints, unit tests, and the integration tests that load the real program
+//! into the running kernel (as root: through `sudo` when xtask itself is not root).
+
+use std::process::Command;
+
+use anyhow::{Context, Result};
+
+use crate::{
+    build,
+    cmd::{is_root, run, tool_exists},
+    toolchain,
+};
+
+/// Runs every check and test; fails on the first failure.
+pub fn test() -> Result<()> {
+    if !tool_exists("ss") {
+        // `ss`, the independent oracle of the integration tests.
+        toolchain::apt_install(&["iproute2"])?;
+    }
+    if tool_exists("rustup") {
+        run(Command::new("rustup").args(["component", "add", "rustfmt", "clippy"]))?;
+    }
+    let object = build::kernel_object()?;
+
+    run(build::host_cargo(&object).args(["fmt", "--all", "--", "--check"]))
+        .context("code is not formatted: run `cargo fmt --all`")?;
+    run(build::host_cargo(&object).args([
+        "clippy",
+        "--release",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))
+    .context("clippy found problems")?;
+
+    let mut tests = build::host_cargo(&object);
+    tests
+        .args(["test", "--release"])
+        // The integration tests must run, not skip, here: lacking root or the embedded kernel
+        // object is a failure. Only a kernel without BPF makes them skip (loudly).
+        .env("PROBE_REQUIRE_INTEGRATION", "1");
+    if !is_root() {
+        tests.env("CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER", "sudo -E");
+    }
+    run(&mut tests).context("tests failed")
+}
