@@ -3,9 +3,9 @@
 //! piles them up in CLOSE_WAIT, and probe says so. Then the fixed client, for contrast.
 
 use std::{
-    env,
+    env, fs,
     net::{SocketAddr, TcpListener},
-    path::Path,
+    path::{Path, PathBuf},
     process::Command,
     thread,
     time::Duration,
@@ -41,15 +41,19 @@ pub fn demo() -> Result<()> {
     traced_client(&built.probe, server, &["--fixed"])?;
     println!(
         "\nRead it like this: CLOSE_WAIT means the peer closed and this process did not. In the \
-         first run every connection\nwas stuck there until the client exited. With the fix, the \
-         client closes first (ESTABLISHED -> FIN_WAIT1 ->\nFIN_WAIT2 -> TIME_WAIT) and nothing \
-         is flagged."
+         first run every connection\nwas stuck there, and stays there until the client exits. \
+         With the fix, the client closes first\n(ESTABLISHED -> FIN_WAIT1 -> FIN_WAIT2 -> \
+         TIME_WAIT) and nothing is flagged."
     );
     Ok(())
 }
 
 fn traced_client(probe: &Path, server: SocketAddr, extra: &[&str]) -> Result<()> {
-    let xtask = env::current_exe().context("cannot find the xtask binary")?;
+    let client = client_binary(if extra.is_empty() {
+        "leaky-client"
+    } else {
+        "fixed-client"
+    })?;
     let mut command = if is_root() {
         Command::new(probe)
     } else {
@@ -61,11 +65,25 @@ fn traced_client(probe: &Path, server: SocketAddr, extra: &[&str]) -> Result<()>
         // probe stops while the leaky client still holds its connections, so the summary shows
         // them stuck; the client exits on its own a moment later.
         .args(["--close-wait-after", "2s", "--duration", "4500ms", "--"])
-        .arg(xtask)
+        .arg(client)
         .args(["demo-client", "--server", &server.to_string()])
         .args(["--requests", "6", "--interval", "200ms", "--hold", "4s"])
         .args(extra);
     run(&mut command)
+}
+
+/// The xtask binary under a telling name (a hard link, or a copy across file systems), so the
+/// client shows up in probe's output as what it is.
+fn client_binary(name: &str) -> Result<PathBuf> {
+    let xtask = env::current_exe().context("cannot find the xtask binary")?;
+    let dir = build::workspace_root().join("target").join("demo");
+    fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let path = dir.join(name);
+    let _ = fs::remove_file(&path);
+    fs::hard_link(&xtask, &path)
+        .or_else(|_| fs::copy(&xtask, &path).map(drop))
+        .with_context(|| format!("cannot place the demo client at {}", path.display()))?;
+    Ok(path)
 }
 
 fn banner(text: &str) {
