@@ -26,8 +26,22 @@ pub mod names {
     pub const LISTENERS: &str = "LISTENERS";
     /// Per-CPU [`Counter`](crate::Counter)s.
     pub const COUNTERS: &str = "COUNTERS";
+    /// [`SocketTuple`](crate::SocketTuple) -> owner tgid, for sockets that existed before attach.
+    pub const SEEDS: &str = "SEEDS";
+    /// The ring buffer of [`ProcessEvent`](crate::ProcessEvent)s.
+    pub const PROCESS_EVENTS: &str = "PROCESS_EVENTS";
     /// The [`SetStateLayout`](crate::SetStateLayout) global.
     pub const LAYOUT: &str = "LAYOUT";
+    /// The [`ForkLayout`](crate::ForkLayout) global.
+    pub const FORK_LAYOUT: &str = "FORK_LAYOUT";
+    /// Global `u8`: 1 to add the children of traced processes to the targets.
+    pub const FOLLOW_FORKS: &str = "FOLLOW_FORKS";
+    /// Global `[u8; 16]`: a process name whose new execs become targets (all zero: none).
+    pub const COMM_FILTER: &str = "COMM_FILTER";
+    /// The tracepoint program on `sched:sched_process_fork`.
+    pub const FORK_PROGRAM: &str = "sched_process_fork";
+    /// The tracepoint program on `sched:sched_process_exec`.
+    pub const EXEC_PROGRAM: &str = "sched_process_exec";
 }
 
 /// A TCP state, numbered as in the kernel's `include/net/tcp_states.h`.
@@ -115,6 +129,8 @@ pub enum Attribution {
     ProcessContext = 1,
     /// An accepted socket, owned by the owner of its listener.
     Listener = 2,
+    /// A socket that existed before attach, seeded by userspace by its 4-tuple.
+    Snapshot = 3,
 }
 
 impl Attribution {
@@ -124,6 +140,7 @@ impl Attribution {
             0 => Some(Attribution::Known),
             1 => Some(Attribution::ProcessContext),
             2 => Some(Attribution::Listener),
+            3 => Some(Attribution::Snapshot),
             _ => None,
         }
     }
@@ -174,6 +191,53 @@ pub struct ListenerKey {
     pub _pad: [u8; 6],
 }
 
+/// Key of the seed map: a connection's local and remote address and port, as the tracepoint shows
+/// them (IPv4 addresses IPv4-mapped).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SocketTuple {
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub sport: u16,
+    pub dport: u16,
+    /// Explicit padding, always zero.
+    pub _pad: [u8; 4],
+}
+
+/// What happened to a process, for userspace to follow.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProcessEventKind {
+    /// A traced process forked `pid` (a process or a thread), already added to the targets.
+    Fork = 1,
+    /// Process `pid` exec'd: a traced one (new name), or one matching the name filter (new target).
+    Exec = 2,
+}
+
+/// A fork or exec that concerns the targets.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProcessEvent {
+    /// [`ProcessEventKind`] number.
+    pub kind: u32,
+    /// The new child (fork) or the process that exec'd.
+    pub pid: u32,
+    /// The forking process (tgid); for exec, the same as `pid`.
+    pub parent: u32,
+    /// Explicit padding, always zero.
+    pub _pad: u32,
+    /// The process name, NUL padded.
+    pub comm: [u8; 16],
+}
+
+/// Offsets of the `sched:sched_process_fork` fields probe reads.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ForkLayout {
+    pub parent_pid: u32,
+    pub child_pid: u32,
+}
+
 /// Offsets of the `sock:inet_sock_set_state` fields in the tracepoint record, read by userspace
 /// from the tracefs `format` file and handed to the kernel program as a global.
 #[repr(C)]
@@ -200,20 +264,27 @@ pub enum Counter {
     OwnerMapFull = 1,
     /// Listeners left untracked because the listener map was full.
     ListenerMapFull = 2,
+    /// Fork or exec events dropped because their ring buffer was full.
+    ProcessEventsFull = 3,
+    /// Children not followed because the target map was full.
+    TargetMapFull = 4,
 }
 
 impl Counter {
     /// How many counters there are (the size of the counter array).
-    pub const COUNT: u32 = 3;
+    pub const COUNT: u32 = 5;
 }
 
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: all three are `#[repr(C)]`, made only of integers and byte arrays, with every
+    // SAFETY: all of these are `#[repr(C)]`, made only of integers and byte arrays, with every
     // padding byte an explicit field, so any bit pattern is a valid value.
     unsafe impl aya::Pod for super::TransitionEvent {}
     unsafe impl aya::Pod for super::ListenerKey {}
+    unsafe impl aya::Pod for super::SocketTuple {}
     unsafe impl aya::Pod for super::SetStateLayout {}
+    unsafe impl aya::Pod for super::ForkLayout {}
+    unsafe impl aya::Pod for super::ProcessEvent {}
 }
 
 #[cfg(test)]
@@ -226,6 +297,8 @@ mod tests {
         assert_eq!(core::mem::size_of::<TransitionEvent>(), 64);
         assert_eq!(core::mem::offset_of!(TransitionEvent, saddr), 32);
         assert_eq!(core::mem::size_of::<ListenerKey>(), 24);
+        assert_eq!(core::mem::size_of::<SocketTuple>(), 40);
+        assert_eq!(core::mem::size_of::<ProcessEvent>(), 32);
     }
 
     #[test]

@@ -1,4 +1,6 @@
-//! probe's kernel side: one classic tracepoint program on `sock:inet_sock_set_state`.
+//! probe's kernel side: classic tracepoint programs, `set_state` on `sock:inet_sock_set_state`
+//! (the transitions) and `process` on `sched:sched_process_fork` and `sched:sched_process_exec`
+//! (following children and new processes of a name).
 //!
 //! Many transitions run in softirq context, where the current task is whoever happened to be on the
 //! CPU, so the current pid cannot say whose socket it is. Instead each socket is attributed once,
@@ -7,24 +9,25 @@
 //! - CLOSE -> SYN_SENT (connect), CLOSE -> LISTEN (listen), ESTABLISHED -> FIN_WAIT1 and
 //!   CLOSE_WAIT -> LAST_ACK (close or shutdown): the current process is the owner;
 //! - LISTEN -> SYN_RECV (the first transition of an accepted socket): the owner of the listener on
-//!   that local address and port.
+//!   that local address and port;
+//! - any transition of a socket that existed before attach: the owner userspace seeded for its
+//!   4-tuple (userspace cannot see socket addresses, the tracepoint has the tuple).
 //!
 //! Every later transition of an attributed socket is sent to userspace, whatever runs the CPU.
 //! Entries are removed at CLOSE, because the kernel reuses socket addresses.
 #![no_std]
 #![no_main]
 
+mod process;
+mod set_state;
+
 use aya_ebpf::{
     Global,
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
-    macros::{map, tracepoint},
+    macros::map,
     maps::{HashMap, PerCpuArray, RingBuf},
     programs::TracePointContext,
 };
-use aya_log_ebpf::debug;
-use probe_common::{
-    Attribution, Counter, IPPROTO_TCP, ListenerKey, SetStateLayout, TcpState, TransitionEvent,
-};
+use probe_common::{Counter, ForkLayout, ListenerKey, SetStateLayout, SocketTuple};
 
 /// Field offsets of the tracepoint record, set by the loader from the tracefs `format` file.
 #[unsafe(no_mangle)]
@@ -62,152 +65,32 @@ static LISTENERS: HashMap<ListenerKey, u32> = HashMap::with_max_entries(1, 0);
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
 
-const CLOSE: u8 = TcpState::Close as u8;
-const LISTEN: u8 = TcpState::Listen as u8;
+/// Connection 4-tuple -> owner tgid, for sockets that existed before attach (seeded by userspace;
+/// moved to [`OWNERS`] at their first transition).
+#[map]
+static SEEDS: HashMap<SocketTuple, u32> = HashMap::with_max_entries(1, 0);
 
-/// `::ffff:0.0.0.0`: how the tracepoint shows an IPv4 wildcard bind.
-const V4_ANY: [u8; 16] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0, 0, 0, 0];
-/// `::`: an IPv6 wildcard bind.
-const V6_ANY: [u8; 16] = [0; 16];
+/// Forks and execs that concern the targets.
+#[map]
+static PROCESS_EVENTS: RingBuf = RingBuf::with_byte_size(4096, 0);
 
-#[tracepoint(category = "sock", name = "inet_sock_set_state")]
-pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
-    // A failed read means a layout we do not understand; there is nothing better to do than skip.
-    let _ = handle(&ctx);
-    0
-}
+/// Field offsets of `sched:sched_process_fork`, set by the loader.
+#[unsafe(no_mangle)]
+static FORK_LAYOUT: Global<ForkLayout> = Global::new(ForkLayout {
+    parent_pid: 0,
+    child_pid: 0,
+});
 
-/// The fields of one tracepoint record that probe uses.
-struct Record {
-    sock_id: u64,
-    old_state: u8,
-    new_state: u8,
-    family: u16,
-    sport: u16,
-    dport: u16,
-    saddr: [u8; 16],
-    daddr: [u8; 16],
-}
+/// 1: children of traced processes become targets.
+#[unsafe(no_mangle)]
+static FOLLOW_FORKS: Global<u8> = Global::new(0);
 
-fn handle(ctx: &TracePointContext) -> Result<(), i64> {
-    let layout = LAYOUT.load();
-    let protocol: u16 = read(ctx, layout.protocol)?;
-    if protocol != IPPROTO_TCP {
-        return Ok(());
-    }
-    let old_state: i32 = read(ctx, layout.oldstate)?;
-    let new_state: i32 = read(ctx, layout.newstate)?;
-    let record = Record {
-        sock_id: read(ctx, layout.skaddr)?,
-        old_state: old_state as u8,
-        new_state: new_state as u8,
-        family: read(ctx, layout.family)?,
-        sport: read(ctx, layout.sport)?,
-        dport: read(ctx, layout.dport)?,
-        saddr: read(ctx, layout.saddr_v6)?,
-        daddr: read(ctx, layout.daddr_v6)?,
-    };
+/// A process name (NUL padded) whose execs become targets; all zero for none.
+#[unsafe(no_mangle)]
+static COMM_FILTER: Global<[u8; 16]> = Global::new([0; 16]);
 
-    let (owner, attribution) = match owner_of(ctx, &record) {
-        Some(found) => found,
-        None => return Ok(()),
-    };
-    emit(&record, owner, attribution);
-
-    if record.new_state == CLOSE {
-        // The socket address may be reused by the next socket: forget it now.
-        let _ = OWNERS.remove(&record.sock_id);
-        if record.old_state == LISTEN {
-            let _ = LISTENERS.remove(&listener_key(record.saddr, record.sport));
-        }
-    }
-    Ok(())
-}
-
-/// Who owns this socket, if it is one of a traced process; remembers new attributions.
-fn owner_of(ctx: &TracePointContext, record: &Record) -> Option<(u32, Attribution)> {
-    // SAFETY: a plain u32 copied out at once; a concurrent delete could at worst hand us a stale
-    // tgid of an entry that is being removed, which is still that socket's owner.
-    if let Some(owner) = unsafe { OWNERS.get(&record.sock_id) } {
-        return Some((*owner, Attribution::Known));
-    }
-    let old = TcpState::from_raw(record.old_state)?;
-    let new = TcpState::from_raw(record.new_state)?;
-    let (owner, attribution) = match (old, new) {
-        (TcpState::Close, TcpState::SynSent)
-        | (TcpState::Close, TcpState::Listen)
-        | (TcpState::Established, TcpState::FinWait1)
-        | (TcpState::CloseWait, TcpState::LastAck) => {
-            let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-            TARGETS.get_ptr(&tgid)?;
-            (tgid, Attribution::ProcessContext)
-        }
-        (TcpState::Listen, TcpState::SynRecv) => (listener_owner(record)?, Attribution::Listener),
-        _ => return None,
-    };
-    if new != TcpState::Close && OWNERS.insert(&record.sock_id, &owner, 0).is_err() {
-        count(Counter::OwnerMapFull);
-        debug!(
-            ctx,
-            "owner map full: socket of pid {} left untracked", owner
-        );
-    }
-    if new == TcpState::Listen
-        && LISTENERS
-            .insert(&listener_key(record.saddr, record.sport), &owner, 0)
-            .is_err()
-    {
-        count(Counter::ListenerMapFull);
-        debug!(
-            ctx,
-            "listener map full: port {} of pid {} left untracked", record.sport, owner
-        );
-    }
-    Some((owner, attribution))
-}
-
-/// The owner of the listener that accepted this socket: exact local address first, then wildcards.
-fn listener_owner(record: &Record) -> Option<u32> {
-    for addr in [record.saddr, V4_ANY, V6_ANY] {
-        if let Some(owner) = LISTENERS.get_ptr(&listener_key(addr, record.sport)) {
-            // SAFETY: a u32 read straight out of a live map value.
-            return Some(unsafe { *owner });
-        }
-    }
-    None
-}
-
-fn listener_key(addr: [u8; 16], port: u16) -> ListenerKey {
-    ListenerKey {
-        addr,
-        port,
-        _pad: [0; 6],
-    }
-}
-
-fn emit(record: &Record, owner: u32, attribution: Attribution) {
-    let Some(mut entry) = EVENTS.reserve::<TransitionEvent>(0) else {
-        count(Counter::RingBufFull);
-        return;
-    };
-    entry.write(TransitionEvent {
-        ts_ns: unsafe { bpf_ktime_get_ns() },
-        sock_id: record.sock_id,
-        owner_tgid: owner,
-        family: record.family,
-        sport: record.sport,
-        dport: record.dport,
-        old_state: record.old_state,
-        new_state: record.new_state,
-        attribution: attribution as u8,
-        _pad: [0; 3],
-        saddr: record.saddr,
-        daddr: record.daddr,
-    });
-    entry.submit(0);
-}
-
-fn count(counter: Counter) {
+/// Counts one thing the program could not do.
+pub(crate) fn count(counter: Counter) {
     if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
         // SAFETY: per-CPU slot, and tracepoint programs do not nest on one CPU.
         unsafe { *slot += 1 };
@@ -215,7 +98,7 @@ fn count(counter: Counter) {
 }
 
 #[inline(always)]
-fn read<T>(ctx: &TracePointContext, offset: u32) -> Result<T, i64> {
+pub(crate) fn read<T>(ctx: &TracePointContext, offset: u32) -> Result<T, i64> {
     // SAFETY: the offset comes from the tracepoint's own format file, and bpf_probe_read_kernel
     // fails cleanly on anything out of bounds.
     unsafe { ctx.read_at::<T>(offset as usize) }.map_err(i64::from)

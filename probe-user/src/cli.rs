@@ -21,6 +21,19 @@ pub struct Cli {
     #[arg(short, long = "pid", value_name = "PID", value_parser = parse_pid)]
     pub pids: Vec<u32>,
 
+    /// Trace every running process with this name (and, with --follow-forks, the ones started
+    /// under this name later).
+    #[arg(long, value_name = "NAME", value_parser = parse_comm)]
+    pub comm: Option<String>,
+
+    /// Also trace the processes the traced ones fork (default with a COMMAND).
+    #[arg(long, overrides_with = "no_follow_forks")]
+    pub follow_forks: bool,
+
+    /// Do not trace forked processes (default with --pid and --comm).
+    #[arg(long, overrides_with = "follow_forks")]
+    pub no_follow_forks: bool,
+
     /// Flag connections in CLOSE_WAIT for longer than this (the peer closed, we did not).
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_threshold)]
     pub close_wait_after: Duration,
@@ -63,9 +76,10 @@ pub const MAX_TARGETS: u32 = 1024;
 impl Cli {
     /// Checks what clap cannot: there must be something to trace.
     pub fn validate(&self) -> Result<(), String> {
-        if self.pids.is_empty() && self.command.is_empty() {
+        if self.pids.is_empty() && self.command.is_empty() && self.comm.is_none() {
             return Err(
-                "nothing to trace: give --pid PID, or a command after `--` (probe -- COMMAND)"
+                "nothing to trace: give --pid PID, --comm NAME, or a command after `--` \
+                 (probe -- COMMAND)"
                     .into(),
             );
         }
@@ -77,6 +91,42 @@ impl Cli {
         }
         Ok(())
     }
+}
+
+impl Cli {
+    /// Whether forked processes are traced: on with a COMMAND unless turned off, off otherwise
+    /// unless turned on.
+    pub fn follows_forks(&self) -> bool {
+        if self.no_follow_forks {
+            false
+        } else {
+            self.follow_forks || !self.command.is_empty()
+        }
+    }
+
+    /// The `--comm` name as the kernel stores process names: at most 15 bytes, NUL padded.
+    pub fn comm_filter(&self) -> Option<[u8; 16]> {
+        self.comm.as_ref().map(|name| {
+            let mut filter = [0u8; 16];
+            let bytes = &name.as_bytes()[..name.len().min(15)];
+            filter[..bytes.len()].copy_from_slice(bytes);
+            filter
+        })
+    }
+}
+
+fn parse_comm(text: &str) -> Result<String, String> {
+    if text.is_empty() || text.contains('/') {
+        return Err(
+            "a process name as `ps -o comm` shows it (no path), e.g. `--comm nginx`".into(),
+        );
+    }
+    // The kernel keeps the first 15 bytes of a name: match what it keeps.
+    let mut end = text.len().min(15);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    Ok(text[..end].to_string())
 }
 
 fn parse_pid(text: &str) -> Result<u32, String> {
@@ -149,6 +199,39 @@ mod tests {
         }
         let err = parse(&["--pid", "1", "--duration", "5 parsecs"]).unwrap_err();
         assert!(err.to_string().contains("try 500ms"), "{err}");
+    }
+
+    #[test]
+    fn forks_are_followed_by_default_only_for_a_command() {
+        assert!(!parse(&["--pid", "1"]).unwrap().follows_forks());
+        assert!(
+            parse(&["--pid", "1", "--follow-forks"])
+                .unwrap()
+                .follows_forks()
+        );
+        assert!(parse(&["--", "sh"]).unwrap().follows_forks());
+        assert!(
+            !parse(&["--no-follow-forks", "--", "sh"])
+                .unwrap()
+                .follows_forks()
+        );
+        assert!(
+            !parse(&["--follow-forks", "--no-follow-forks", "--pid", "1"])
+                .unwrap()
+                .follows_forks()
+        );
+    }
+
+    #[test]
+    fn comm_names_are_kept_as_the_kernel_keeps_them() {
+        let cli = parse(&["--comm", "a-very-long-process-name"]).unwrap();
+        assert_eq!(cli.comm.as_deref(), Some("a-very-long-pro"));
+        let filter = cli.comm_filter().unwrap();
+        assert_eq!(&filter[..15], b"a-very-long-pro");
+        assert_eq!(filter[15], 0);
+        assert!(parse(&["--comm", "/usr/bin/curl"]).is_err());
+        assert!(parse(&["--comm", ""]).is_err());
+        assert!(cli.validate().is_ok());
     }
 
     #[test]

@@ -9,5 +9,6 @@ pub mod bpf;
 pub mod cli;
 pub mod clock;
 pub mod output;
+pub mod snapshot;
 pub mod target;
 pub mod track;

@@ -62,6 +62,24 @@ pub fn resolve(pid: u32) -> Result<Process, TargetError> {
     })
 }
 
+/// The running processes named `name` (as `/proc/PID/comm` has it).
+pub fn named(name: &str) -> Result<Vec<Process>, TargetError> {
+    let all =
+        procfs::process::all_processes().map_err(|error| TargetError::Proc { pid: 0, error })?;
+    Ok(all
+        .filter_map(Result::ok)
+        .filter_map(|process| process.stat().ok())
+        .filter(|stat| stat.comm == name)
+        .filter_map(|stat| {
+            Some(Process {
+                pid: u32::try_from(stat.pid).ok()?,
+                comm: stat.comm,
+                named_thread: None,
+            })
+        })
+        .collect())
+}
+
 /// A child forked from `-- COMMAND` that waits, before exec, until probe is ready for it.
 pub struct HeldChild {
     pid: u32,
@@ -194,6 +212,15 @@ mod tests {
         assert_eq!(resolved.named_thread, Some(tid));
         done_tx.send(()).unwrap();
         thread.join().unwrap();
+    }
+
+    #[test]
+    fn finds_processes_by_name() {
+        let me = resolve(std::process::id()).unwrap();
+        let named = named(&me.comm).unwrap();
+        assert!(named.iter().any(|p| p.pid == me.pid));
+        assert!(named.iter().all(|p| p.comm == me.comm));
+        assert!(super::named("no-such-name-x").unwrap().is_empty());
     }
 
     #[test]

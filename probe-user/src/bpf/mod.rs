@@ -9,7 +9,7 @@ use aya::{
     programs::{ProgramError, TracePoint},
 };
 use aya_log::EbpfLogger;
-use probe_common::{Counter, names};
+use probe_common::{Counter, ForkLayout, ListenerKey, SocketTuple, names};
 
 /// The kernel object, built by `cargo xtask build` and embedded by `build.rs` (empty when the
 /// CLI was built without it, e.g. by a plain `cargo build`).
@@ -31,6 +31,10 @@ pub struct TracerConfig {
     pub max_targets: u32,
     /// Let the kernel program log its own diagnostics (debug level).
     pub kernel_logs: bool,
+    /// Make the children of traced processes targets, in the kernel, as they fork.
+    pub follow_forks: bool,
+    /// Make processes that exec under this name (NUL padded) targets.
+    pub comm_filter: Option<[u8; 16]>,
 }
 
 /// Why the kernel side could not be set up.
@@ -53,10 +57,7 @@ pub enum LoadError {
         "the kernel refused probe's tracepoint program ({0}); run with -v to see the verifier log"
     )]
     Verify(String),
-    #[error(
-        "cannot attach to the sock:inet_sock_set_state tracepoint ({0}); the kernel needs \
-         CONFIG_BPF_EVENTS"
-    )]
+    #[error("cannot attach to the tracepoint {0}; the kernel needs CONFIG_BPF_EVENTS")]
     Attach(String),
     #[error(
         "the kernel object has no `{0}`: it does not match this probe binary; rebuild with `cargo xtask build`"
@@ -75,6 +76,10 @@ pub struct KernelCounters {
     pub owner_map_full: u64,
     /// Listeners not attributed because the listener map was full.
     pub listener_map_full: u64,
+    /// Fork and exec events dropped because their ring buffer was full.
+    pub process_events_full: u64,
+    /// Children not followed because the target map was full.
+    pub target_map_full: u64,
 }
 
 /// The loaded and attached kernel program. Dropping it detaches the program and frees its maps.
@@ -82,12 +87,16 @@ pub struct Tracer {
     /// Owns the program and its attachment.
     _ebpf: Ebpf,
     targets: HashMap<MapData, u32, u8>,
+    listeners: HashMap<MapData, ListenerKey, u32>,
+    seeds: HashMap<MapData, SocketTuple, u32>,
     counters: PerCpuArray<MapData, u64>,
 }
 
 /// What [`Tracer::load`] hands over for reading: the event ring buffer and the kernel log.
 pub struct Streams {
     pub events: RingBuf<MapData>,
+    /// Forks and execs of the targets.
+    pub process_events: RingBuf<MapData>,
     /// Must stay alive as long as the program runs: dropping it closes its map.
     pub logger: EbpfLogger<&'static dyn log::Log>,
 }
@@ -99,14 +108,29 @@ impl Tracer {
             return Err(LoadError::NoKernelObject);
         }
         privilege::check()?;
-        let layout = tracefs::read_layout(&tracefs::root()?)?;
+        let root = tracefs::root()?;
+        let layout = tracefs::Format::read(&root, tracefs::SET_STATE)?.set_state_layout()?;
         log::debug!("sock:inet_sock_set_state layout from tracefs: {layout:?}");
+        let follow_processes = config.follow_forks || config.comm_filter.is_some();
+        let fork_layout = if follow_processes {
+            tracefs::Format::read(&root, tracefs::PROCESS_FORK)?.fork_layout()?
+        } else {
+            ForkLayout::default()
+        };
 
         // aya-log's levels: 0 turns every kernel log statement off, 4 lets debug through.
         let log_level: u8 = if config.kernel_logs { 4 } else { 0 };
         let mut ebpf = EbpfLoader::new()
             .override_global(names::LAYOUT, &layout, true)
             .override_global(aya_log::LEVEL, &log_level, false)
+            .override_global(names::FORK_LAYOUT, &fork_layout, true)
+            .override_global(names::FOLLOW_FORKS, &u8::from(config.follow_forks), true)
+            .override_global(
+                names::COMM_FILTER,
+                &config.comm_filter.unwrap_or([0; 16]),
+                true,
+            )
+            .map_max_entries(names::SEEDS, config.max_sockets)
             .map_max_entries(names::EVENTS, config.ring_buffer_bytes)
             .map_max_entries(names::OWNERS, config.max_sockets)
             .map_max_entries(names::LISTENERS, config.max_targets.max(64))
@@ -115,38 +139,37 @@ impl Tracer {
             .map_err(|error| LoadError::Load(error.to_string()))?;
         let logger = EbpfLogger::init(&mut ebpf).map_err(|_| LoadError::Missing("AYA_LOGS"))?;
 
-        let program: &mut TracePoint = ebpf
-            .program_mut(names::PROGRAM)
-            .ok_or(LoadError::Missing(names::PROGRAM))?
-            .try_into()
-            .map_err(|error: ProgramError| LoadError::Verify(error.to_string()))?;
-        program.load().map_err(|error| match error {
-            ProgramError::LoadError {
-                io_error,
-                verifier_log,
-            } => {
-                log::debug!("verifier log:\n{verifier_log}");
-                LoadError::Verify(io_error.to_string())
-            }
-            other => LoadError::Verify(other.to_string()),
-        })?;
-        program
-            .attach(tracefs::CATEGORY, tracefs::NAME)
-            .map_err(|error| LoadError::Attach(error.to_string()))?;
+        attach(&mut ebpf, names::PROGRAM, tracefs::SET_STATE)?;
+        if follow_processes {
+            attach(&mut ebpf, names::FORK_PROGRAM, tracefs::PROCESS_FORK)?;
+            attach(&mut ebpf, names::EXEC_PROGRAM, tracefs::PROCESS_EXEC)?;
+        }
 
         let events = RingBuf::try_from(take_map(&mut ebpf, names::EVENTS)?)
             .map_err(|source| map_error(names::EVENTS, source))?;
+        let process_events = RingBuf::try_from(take_map(&mut ebpf, names::PROCESS_EVENTS)?)
+            .map_err(|source| map_error(names::PROCESS_EVENTS, source))?;
         let targets = HashMap::try_from(take_map(&mut ebpf, names::TARGETS)?)
             .map_err(|source| map_error(names::TARGETS, source))?;
+        let listeners = HashMap::try_from(take_map(&mut ebpf, names::LISTENERS)?)
+            .map_err(|source| map_error(names::LISTENERS, source))?;
+        let seeds = HashMap::try_from(take_map(&mut ebpf, names::SEEDS)?)
+            .map_err(|source| map_error(names::SEEDS, source))?;
         let counters = PerCpuArray::try_from(take_map(&mut ebpf, names::COUNTERS)?)
             .map_err(|source| map_error(names::COUNTERS, source))?;
         Ok((
             Tracer {
                 _ebpf: ebpf,
                 targets,
+                listeners,
+                seeds,
                 counters,
             },
-            Streams { events, logger },
+            Streams {
+                events,
+                process_events,
+                logger,
+            },
         ))
     }
 
@@ -165,6 +188,21 @@ impl Tracer {
         }
     }
 
+    /// Attributes an existing connection (by its 4-tuple) to process `pid`, so its next
+    /// transition is traced.
+    pub fn seed_socket(&mut self, tuple: SocketTuple, pid: u32) -> Result<(), LoadError> {
+        self.seeds
+            .insert(tuple, pid, 0)
+            .map_err(|source| map_error(names::SEEDS, source))
+    }
+
+    /// Attributes an existing listening socket to process `pid`, so what it accepts is traced.
+    pub fn seed_listener(&mut self, key: ListenerKey, pid: u32) -> Result<(), LoadError> {
+        self.listeners
+            .insert(key, pid, 0)
+            .map_err(|source| map_error(names::LISTENERS, source))
+    }
+
     /// Reads the kernel's counters, summed over CPUs.
     pub fn counters(&self) -> Result<KernelCounters, LoadError> {
         let read = |counter: Counter| -> Result<u64, LoadError> {
@@ -178,8 +216,42 @@ impl Tracer {
             ring_buf_full: read(Counter::RingBufFull)?,
             owner_map_full: read(Counter::OwnerMapFull)?,
             listener_map_full: read(Counter::ListenerMapFull)?,
+            process_events_full: read(Counter::ProcessEventsFull)?,
+            target_map_full: read(Counter::TargetMapFull)?,
         })
     }
+}
+
+/// Loads program `name` and attaches it to `tracepoint`.
+fn attach(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    tracepoint: tracefs::Tracepoint,
+) -> Result<(), LoadError> {
+    let program: &mut TracePoint = ebpf
+        .program_mut(name)
+        .ok_or(LoadError::Missing(name))?
+        .try_into()
+        .map_err(|error: ProgramError| LoadError::Verify(error.to_string()))?;
+    program.load().map_err(|error| match error {
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => {
+            log::debug!("verifier log of {name}:\n{verifier_log}");
+            LoadError::Verify(io_error.to_string())
+        }
+        other => LoadError::Verify(other.to_string()),
+    })?;
+    program
+        .attach(tracepoint.category, tracepoint.name)
+        .map_err(|error| {
+            LoadError::Attach(format!(
+                "{}:{}: {error}",
+                tracepoint.category, tracepoint.name
+            ))
+        })?;
+    Ok(())
 }
 
 fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, LoadError> {

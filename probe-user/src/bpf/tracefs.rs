@@ -6,12 +6,35 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use probe_common::SetStateLayout;
+use probe_common::{ForkLayout, SetStateLayout};
 
-/// The tracepoint probe attaches to.
-pub const CATEGORY: &str = "sock";
-/// The tracepoint probe attaches to.
-pub const NAME: &str = "inet_sock_set_state";
+/// A tracepoint: category and name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tracepoint {
+    pub category: &'static str,
+    pub name: &'static str,
+    /// The kernel configuration that provides it, for the error message when it is missing.
+    pub needs: &'static str,
+}
+
+/// TCP state changes.
+pub const SET_STATE: Tracepoint = Tracepoint {
+    category: "sock",
+    name: "inet_sock_set_state",
+    needs: "Linux 4.16 or later built with CONFIG_TRACEPOINTS and CONFIG_INET",
+};
+/// Process forks (for `--follow-forks`).
+pub const PROCESS_FORK: Tracepoint = Tracepoint {
+    category: "sched",
+    name: "sched_process_fork",
+    needs: "a kernel built with CONFIG_TRACEPOINTS",
+};
+/// Process execs (for `--follow-forks` and `--comm`).
+pub const PROCESS_EXEC: Tracepoint = Tracepoint {
+    category: "sched",
+    name: "sched_process_exec",
+    needs: "a kernel built with CONFIG_TRACEPOINTS",
+};
 
 const TRACEFS: &str = "/sys/kernel/tracing";
 const DEBUGFS: &str = "/sys/kernel/debug";
@@ -25,11 +48,13 @@ pub enum TraceFsError {
          `mount -t tracefs nodev /sys/kernel/tracing` (the kernel needs CONFIG_TRACING)"
     )]
     NotMounted(String),
-    #[error(
-        "this kernel has no sock:inet_sock_set_state tracepoint ({path}): probe needs Linux 4.16 \
-         or later built with CONFIG_TRACEPOINTS and CONFIG_INET"
-    )]
-    MissingTracepoint { path: PathBuf },
+    #[error("this kernel has no {category}:{name} tracepoint ({path}): probe needs {needs}")]
+    MissingTracepoint {
+        category: &'static str,
+        name: &'static str,
+        needs: &'static str,
+        path: PathBuf,
+    },
     #[error("cannot read {path} ({error}); run probe as root (sudo)")]
     Unreadable {
         path: PathBuf,
@@ -69,48 +94,86 @@ pub fn root() -> Result<PathBuf, TraceFsError> {
     })
 }
 
-/// Reads the tracepoint's field layout from its `format` file under `root`.
-pub fn read_layout(root: &Path) -> Result<SetStateLayout, TraceFsError> {
-    let dir = root.join("events").join(CATEGORY).join(NAME);
-    if !dir.exists() {
-        return Err(TraceFsError::MissingTracepoint { path: dir });
-    }
-    let path = dir.join("format");
-    let text = fs::read_to_string(&path).map_err(|error| TraceFsError::Unreadable {
-        path: path.clone(),
-        error,
-    })?;
-    parse_layout(&text)
+/// The fields of a tracepoint record, from its `format` file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Format {
+    /// (name, offset, size) of each field.
+    fields: Vec<(String, u32, u32)>,
 }
 
-/// Parses a tracepoint `format` file into the offsets probe needs, checking each field's size.
-pub fn parse_layout(format: &str) -> Result<SetStateLayout, TraceFsError> {
-    let fields: Vec<(&str, u32, u32)> = format.lines().filter_map(parse_field).collect();
-    let offset = |name: &'static str, expected: u32| -> Result<u32, TraceFsError> {
-        let &(_, offset, size) = fields
-            .iter()
-            .find(|(field, _, _)| *field == name)
-            .ok_or(TraceFsError::MissingField(name))?;
-        if size != expected {
-            return Err(TraceFsError::WrongSize {
-                name,
-                expected,
-                found: size,
+impl Format {
+    /// Reads the `format` file of `tracepoint` under the tracefs `root`.
+    pub fn read(root: &Path, tracepoint: Tracepoint) -> Result<Format, TraceFsError> {
+        let dir = root
+            .join("events")
+            .join(tracepoint.category)
+            .join(tracepoint.name);
+        if !dir.exists() {
+            return Err(TraceFsError::MissingTracepoint {
+                category: tracepoint.category,
+                name: tracepoint.name,
+                needs: tracepoint.needs,
+                path: dir,
             });
         }
-        Ok(offset)
-    };
-    Ok(SetStateLayout {
-        skaddr: offset("skaddr", 8)?,
-        oldstate: offset("oldstate", 4)?,
-        newstate: offset("newstate", 4)?,
-        sport: offset("sport", 2)?,
-        dport: offset("dport", 2)?,
-        family: offset("family", 2)?,
-        protocol: offset("protocol", 2)?,
-        saddr_v6: offset("saddr_v6", 16)?,
-        daddr_v6: offset("daddr_v6", 16)?,
-    })
+        let path = dir.join("format");
+        let text = fs::read_to_string(&path).map_err(|error| TraceFsError::Unreadable {
+            path: path.clone(),
+            error,
+        })?;
+        Ok(Format::parse(&text))
+    }
+
+    /// Parses the text of a `format` file.
+    pub fn parse(text: &str) -> Format {
+        Format {
+            fields: text
+                .lines()
+                .filter_map(parse_field)
+                .map(|(name, offset, size)| (name.to_string(), offset, size))
+                .collect(),
+        }
+    }
+
+    /// The offset of field `name`, checking that it is `size` bytes.
+    pub fn offset(&self, name: &'static str, size: u32) -> Result<u32, TraceFsError> {
+        let (_, offset, found) = self
+            .fields
+            .iter()
+            .find(|(field, _, _)| field == name)
+            .ok_or(TraceFsError::MissingField(name))?;
+        if *found != size {
+            return Err(TraceFsError::WrongSize {
+                name,
+                expected: size,
+                found: *found,
+            });
+        }
+        Ok(*offset)
+    }
+
+    /// The offsets of `sock:inet_sock_set_state` that the kernel program reads.
+    pub fn set_state_layout(&self) -> Result<SetStateLayout, TraceFsError> {
+        Ok(SetStateLayout {
+            skaddr: self.offset("skaddr", 8)?,
+            oldstate: self.offset("oldstate", 4)?,
+            newstate: self.offset("newstate", 4)?,
+            sport: self.offset("sport", 2)?,
+            dport: self.offset("dport", 2)?,
+            family: self.offset("family", 2)?,
+            protocol: self.offset("protocol", 2)?,
+            saddr_v6: self.offset("saddr_v6", 16)?,
+            daddr_v6: self.offset("daddr_v6", 16)?,
+        })
+    }
+
+    /// The offsets of `sched:sched_process_fork` that the kernel program reads.
+    pub fn fork_layout(&self) -> Result<ForkLayout, TraceFsError> {
+        Ok(ForkLayout {
+            parent_pid: self.offset("parent_pid", 4)?,
+            child_pid: self.offset("child_pid", 4)?,
+        })
+    }
 }
 
 /// `field:__u8 saddr_v6[16]; offset:40; size:16; signed:0;` (tab separated) ->
@@ -186,7 +249,7 @@ print fmt: \"family=%s protocol=%s\", REC->family, REC->protocol
 
     #[test]
     fn parses_the_offsets_of_this_kernel() {
-        let layout = parse_layout(FORMAT_6_18).unwrap();
+        let layout = Format::parse(FORMAT_6_18).set_state_layout().unwrap();
         assert_eq!(
             layout,
             SetStateLayout {
@@ -209,7 +272,7 @@ print fmt: \"family=%s protocol=%s\", REC->family, REC->protocol
         let moved = FORMAT_6_18
             .replace("offset:40;\tsize:16", "offset:44;\tsize:16")
             .replace("offset:8;\tsize:8", "offset:16;\tsize:8");
-        let layout = parse_layout(&moved).unwrap();
+        let layout = Format::parse(&moved).set_state_layout().unwrap();
         assert_eq!((layout.saddr_v6, layout.skaddr), (44, 16));
     }
 
@@ -217,12 +280,27 @@ print fmt: \"family=%s protocol=%s\", REC->family, REC->protocol
     fn refuses_missing_or_resized_fields() {
         let no_protocol = FORMAT_6_18.replace("field:__u16 protocol;", "field:__u16 proto;");
         assert!(matches!(
-            parse_layout(&no_protocol),
+            Format::parse(&no_protocol).set_state_layout(),
             Err(TraceFsError::MissingField("protocol"))
         ));
         let wide_sport = FORMAT_6_18.replace("offset:24;\tsize:2", "offset:24;\tsize:4");
-        let err = parse_layout(&wide_sport).unwrap_err();
+        let err = Format::parse(&wide_sport).set_state_layout().unwrap_err();
         assert!(err.to_string().contains("`sport` is 4 bytes"), "{err}");
+    }
+
+    #[test]
+    fn reads_the_fork_layout_with_data_loc_fields_before_it() {
+        let format = "\tfield:__data_loc char[] parent_comm;\toffset:8;\tsize:4;\tsigned:0;
+\tfield:pid_t parent_pid;\toffset:12;\tsize:4;\tsigned:1;
+\tfield:__data_loc char[] child_comm;\toffset:16;\tsize:4;\tsigned:0;
+\tfield:pid_t child_pid;\toffset:20;\tsize:4;\tsigned:1;";
+        assert_eq!(
+            Format::parse(format).fork_layout().unwrap(),
+            ForkLayout {
+                parent_pid: 12,
+                child_pid: 20
+            }
+        );
     }
 
     #[test]

@@ -11,7 +11,9 @@ use serde::Serialize;
 
 use crate::{
     clock::WallClock,
-    track::{Ending, Endpoints, OpenConnection, StateChange, StuckAlert, Summary, Timestamp},
+    track::{
+        Ending, Endpoints, OpenConnection, Owner, StateChange, StuckAlert, Summary, Timestamp,
+    },
 };
 
 use super::{Sink, format::rfc3339};
@@ -43,8 +45,11 @@ impl<W: Write> JsonSink<W> {
 struct Connection<'a> {
     pid: u32,
     comm: &'a str,
-    /// The kernel socket address, as hex: too large for a JSON number to keep exactly.
-    id: String,
+    /// The kernel socket address, as hex (too large for a JSON number to keep exactly); null for
+    /// a connection found at attach that has not changed state since.
+    id: Option<String>,
+    /// The socket inode, where known.
+    inode: Option<u64>,
     family: &'static str,
     saddr: String,
     sport: u16,
@@ -53,11 +58,12 @@ struct Connection<'a> {
 }
 
 impl<'a> Connection<'a> {
-    fn new(id: u64, pid: u32, comm: &'a str, endpoints: &Endpoints) -> Self {
+    fn new(id: Option<u64>, inode: Option<u64>, owner: &'a Owner, endpoints: &Endpoints) -> Self {
         Connection {
-            pid,
-            comm,
-            id: format!("{id:#x}"),
+            pid: owner.pid,
+            comm: &owner.comm,
+            id: id.map(|id| format!("{id:#x}")),
+            inode,
             family: endpoints.family.name(),
             saddr: endpoints.local.ip().to_string(),
             sport: endpoints.local.port(),
@@ -91,6 +97,9 @@ struct StuckRecord<'a> {
     state: &'static str,
     since: String,
     age_ms: u64,
+    /// Already in `state` when probe attached: `since` and `age_ms` are lower bounds.
+    since_attach: bool,
+    idle_ms: Option<u64>,
     reason: &'static str,
 }
 
@@ -100,6 +109,11 @@ struct OpenRecord<'a> {
     connection: Connection<'a>,
     state: &'static str,
     age_ms: Option<u64>,
+    since_attach: bool,
+    idle_ms: Option<u64>,
+    bytes_acked: Option<u64>,
+    bytes_received: Option<u64>,
+    retrans: Option<u32>,
     stuck: bool,
     opened_by: &'static str,
 }
@@ -131,9 +145,14 @@ fn millis(duration: Duration) -> u64 {
 
 fn open_record(open: &OpenConnection) -> OpenRecord<'_> {
     OpenRecord {
-        connection: Connection::new(open.id, open.owner.pid, &open.owner.comm, &open.endpoints),
+        connection: Connection::new(open.key.socket(), open.inode, &open.owner, &open.endpoints),
         state: open.state.name(),
         age_ms: open.age.map(millis),
+        since_attach: open.since_attach,
+        idle_ms: open.idle.map(millis),
+        bytes_acked: open.activity.map(|a| a.bytes_acked),
+        bytes_received: open.activity.map(|a| a.bytes_received),
+        retrans: open.activity.map(|a| a.retransmits),
         stuck: open.stuck,
         opened_by: open.opened_by.name(),
     }
@@ -145,9 +164,9 @@ impl<W: Write> Sink for JsonSink<W> {
             r#type: "transition",
             ts: self.ts(change.at),
             connection: Connection::new(
-                change.id,
-                change.owner.pid,
-                &change.owner.comm,
+                Some(change.id),
+                change.inode,
+                &change.owner,
                 &change.endpoints,
             ),
             old: change.old.name(),
@@ -164,14 +183,16 @@ impl<W: Write> Sink for JsonSink<W> {
             r#type: "stuck",
             ts: self.ts(alert.since.saturating_add(alert.age)),
             connection: Connection::new(
-                alert.id,
-                alert.owner.pid,
-                &alert.owner.comm,
+                alert.key.socket(),
+                alert.inode,
+                &alert.owner,
                 &alert.endpoints,
             ),
             state: alert.state.name(),
             since: self.ts(alert.since),
             age_ms: millis(alert.age),
+            since_attach: alert.since_attach,
+            idle_ms: alert.idle.map(millis),
             reason: alert.diagnosis.reason(),
         };
         self.line(&record)

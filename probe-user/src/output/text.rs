@@ -81,14 +81,19 @@ impl<W: Write> Sink for TextSink<W> {
 
     fn stuck(&mut self, alert: &StuckAlert) -> io::Result<()> {
         self.header()?;
+        let at_least = if alert.since_attach { "at least " } else { "" };
         let label = self.emphasis(&format!(
-            "STUCK in {} for {}",
+            "STUCK in {} for {at_least}{}",
             alert.state.name(),
             short_duration(alert.age)
         ));
+        let idle = alert
+            .idle
+            .map(|idle| format!(", idle {}", short_duration(idle)))
+            .unwrap_or_default();
         writeln!(
             self.out,
-            "{label}: pid {} ({}) {} -> {}: {}",
+            "{label}{idle}: pid {} ({}) {} -> {}: {}",
             alert.owner.pid,
             alert.owner.comm,
             alert.endpoints.local,
@@ -135,7 +140,11 @@ impl<W: Write> Sink for TextSink<W> {
                 "  {:<26} {:>5} connection(s), oldest {:<13} stuck {:<5} pid {}",
                 group.remote.to_string(),
                 group.connections,
-                age(group.oldest),
+                if group.since_attach {
+                    format!(">={}", age(group.oldest))
+                } else {
+                    age(group.oldest)
+                },
                 group.stuck,
                 pids.join(",")
             )?;

@@ -5,7 +5,30 @@ use std::{sync::Arc, time::Duration};
 
 use probe_common::TcpState;
 
-use super::{event::Endpoints, event::Transition, time::Timestamp};
+use super::{
+    activity::{Activity, ExistingSocket},
+    event::Endpoints,
+    event::Transition,
+    time::Timestamp,
+};
+
+/// How probe knows a connection: by its kernel socket address once a transition named it, by
+/// its socket inode before that (a connection found at attach).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ConnectionKey {
+    Socket(u64),
+    Inode(u64),
+}
+
+impl ConnectionKey {
+    /// The kernel socket address, where known.
+    pub fn socket(self) -> Option<u64> {
+        match self {
+            ConnectionKey::Socket(address) => Some(address),
+            ConnectionKey::Inode(_) => None,
+        }
+    }
+}
 
 /// The process that owns a socket.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -96,12 +119,18 @@ pub struct StateVisit {
     pub since: Option<Timestamp>,
     /// True for TIME_WAIT, which probe infers: the tracepoint never shows it.
     pub inferred: bool,
+    /// The connection was already in this state when probe attached: `since` is the attach time,
+    /// a lower bound.
+    pub at_least: bool,
 }
 
 /// One socket's lifecycle, from the first transition probe saw to CLOSE.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Connection {
-    pub id: u64,
+    pub key: ConnectionKey,
+    /// The socket inode, where known (connections found at attach, and after an activity
+    /// refresh).
+    pub inode: Option<u64>,
     pub owner: Owner,
     pub endpoints: Endpoints,
     pub opened_by: OpenedBy,
@@ -109,6 +138,8 @@ pub struct Connection {
     pub ending: Option<Ending>,
     /// Every state entered, oldest first; the last one is the current state.
     pub history: Vec<StateVisit>,
+    /// The latest tcp_info sample, where there is one.
+    pub activity: Option<Activity>,
 }
 
 impl Connection {
@@ -124,17 +155,49 @@ impl Connection {
                     state: old,
                     since: None,
                     inferred: false,
+                    at_least: false,
                 }),
             ),
         };
         Connection {
-            id: transition.sock_id,
+            key: ConnectionKey::Socket(transition.sock_id),
+            inode: None,
             owner,
             endpoints: transition.endpoints,
             opened_by,
             closed_first: None,
             ending: None,
             history: before.into_iter().collect(),
+            activity: None,
+        }
+    }
+
+    /// A connection that was already open when probe attached at `attach`.
+    pub fn existing(socket: &ExistingSocket, owner: Owner, attach: Timestamp) -> Connection {
+        Connection {
+            key: ConnectionKey::Inode(socket.inode),
+            inode: Some(socket.inode),
+            owner,
+            endpoints: socket.endpoints,
+            opened_by: if socket.state == TcpState::Listen {
+                OpenedBy::Local
+            } else {
+                OpenedBy::Unknown
+            },
+            closed_first: match socket.state {
+                TcpState::CloseWait | TcpState::LastAck => Some(ClosedFirst::Remote),
+                TcpState::FinWait1 | TcpState::FinWait2 => Some(ClosedFirst::Local),
+                TcpState::Closing => Some(ClosedFirst::Simultaneous),
+                _ => None,
+            },
+            ending: None,
+            history: vec![StateVisit {
+                state: socket.state,
+                since: Some(attach),
+                inferred: false,
+                at_least: true,
+            }],
+            activity: socket.activity,
         }
     }
 
@@ -142,7 +205,13 @@ impl Connection {
     /// where that is known.
     pub fn advance(&mut self, transition: &Transition) -> Option<Duration> {
         let (old, new, at) = (transition.old, transition.new, transition.at);
-        let in_old = self.state_since().map(|since| at.saturating_since(since));
+        // A state entered before attach has no known duration.
+        let in_old = self
+            .history
+            .last()
+            .filter(|visit| !visit.at_least)
+            .and_then(|visit| visit.since)
+            .map(|since| at.saturating_since(since));
         // connect() enters SYN_SENT before the kernel picks the local port: the latest
         // transition always has the most complete endpoints.
         self.endpoints = transition.endpoints;
@@ -181,6 +250,12 @@ impl Connection {
         self.history.last().and_then(|visit| visit.since)
     }
 
+    /// True when the current state was entered before probe attached (its `since` is a lower
+    /// bound).
+    pub fn since_attach(&self) -> bool {
+        self.history.last().is_some_and(|visit| visit.at_least)
+    }
+
     /// True once the connection reached CLOSE.
     pub fn is_closed(&self) -> bool {
         self.ending.is_some()
@@ -191,6 +266,7 @@ impl Connection {
             state,
             since: Some(at),
             inferred,
+            at_least: false,
         });
     }
 }
@@ -280,6 +356,34 @@ mod tests {
         assert_eq!(conn.endpoints.local.port(), 0);
         conn.advance(&transition(SynSent, Established, 1));
         assert_eq!(conn.endpoints.local.port(), 40000);
+    }
+
+    #[test]
+    fn a_connection_found_at_attach_is_known_since_attach_only() {
+        let socket = ExistingSocket {
+            pid: 1,
+            inode: 99,
+            state: CloseWait,
+            endpoints: transition(Close, Close, 0).endpoints,
+            activity: None,
+        };
+        let owner = Owner {
+            pid: 1,
+            comm: "c".into(),
+        };
+        let mut conn = Connection::existing(&socket, owner, Timestamp::from_nanos(5));
+        assert_eq!(conn.key, ConnectionKey::Inode(99));
+        assert!(conn.since_attach());
+        assert_eq!(conn.closed_first, Some(ClosedFirst::Remote));
+        assert_eq!(conn.opened_by, OpenedBy::Unknown);
+        // Its first transition has no known time in the old state.
+        assert_eq!(conn.advance(&transition(CloseWait, LastAck, 100)), None);
+        assert!(!conn.since_attach());
+        assert_eq!(
+            conn.advance(&transition(LastAck, Close, 101)),
+            Some(Duration::from_millis(1))
+        );
+        assert_eq!(conn.ending, Some(Ending::LastAck));
     }
 
     #[test]

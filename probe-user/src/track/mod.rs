@@ -4,6 +4,7 @@
 //! Nothing here knows about aya, terminals or JSON, and nothing reads a clock: every time comes in
 //! as a [`Timestamp`], so the whole module is tested with event sequences and made-up times.
 
+pub mod activity;
 pub mod event;
 pub mod lifecycle;
 pub mod stuck;
@@ -11,8 +12,9 @@ pub mod summary;
 pub mod time;
 pub mod tracker;
 
+pub use activity::{Activity, ExistingSocket};
 pub use event::{DecodeError, Endpoints, Family, Transition};
-pub use lifecycle::{ClosedFirst, Connection, Ending, OpenedBy, Owner, StateVisit};
+pub use lifecycle::{ClosedFirst, Connection, ConnectionKey, Ending, OpenedBy, Owner, StateVisit};
 pub use stuck::{Diagnosis, Thresholds};
 pub use summary::{ClosedCounts, EndpointGroup, OpenConnection, Summary};
 pub use time::Timestamp;

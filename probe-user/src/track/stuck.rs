@@ -1,20 +1,22 @@
 //! Stuck detection: when a connection enters CLOSE_WAIT or ESTABLISHED, a deadline is queued; a
-//! connection still in that same state visit at its deadline is stuck.
+//! connection still in that same state visit at its deadline is stuck (for ESTABLISHED, only if
+//! it is also idle: the tracker checks and may queue a later deadline).
 //!
-//! Each watched state has one threshold, so deadlines are queued in the order the states were
-//! entered: a FIFO per state is a complete deadline queue, with O(1) work per transition and per
-//! expired deadline, and no scan of the connection table.
+//! Deadlines live in a min-heap: O(log n) per transition and per expired deadline, and no scan of
+//! the connection table. Deadlines of connections that moved on are dropped when they come due
+//! (or earlier, by [`StuckDetector::retain`]).
 
-use std::{collections::VecDeque, time::Duration};
+use std::{cmp::Reverse, collections::BinaryHeap, time::Duration};
 
 use probe_common::TcpState;
 
-use super::time::Timestamp;
+use super::{lifecycle::ConnectionKey, time::Timestamp};
 
 /// How long a connection may stay in a state before it is flagged.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Thresholds {
     pub close_wait: Duration,
+    /// For ESTABLISHED: time without data either way, where tcp_info tells; else time in state.
     pub established: Duration,
 }
 
@@ -23,6 +25,17 @@ impl Default for Thresholds {
         Thresholds {
             close_wait: Duration::from_secs(5),
             established: Duration::from_secs(60),
+        }
+    }
+}
+
+impl Thresholds {
+    /// The threshold of `state`, if it can be stuck.
+    pub fn of(&self, state: TcpState) -> Option<Duration> {
+        match state {
+            TcpState::CloseWait => Some(self.close_wait),
+            TcpState::Established => Some(self.established),
+            _ => None,
         }
     }
 }
@@ -61,75 +74,37 @@ impl Diagnosis {
     }
 }
 
-/// A deadline that came due: the connection `id`, in the state visit numbered `visit`.
+/// A deadline that came due: connection `key`, in its state visit numbered `visit`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DueDeadline {
-    pub id: u64,
+    pub key: ConnectionKey,
     pub visit: u64,
     pub state: TcpState,
-    /// When the state was entered.
-    pub since: Timestamp,
 }
 
-#[derive(Clone, Copy, Debug)]
-struct Pending {
-    since: Timestamp,
-    id: u64,
-    visit: u64,
-}
-
-/// Deadline queues for the watched states. Entries are checked against the connection table when
-/// they come due; entries of connections that moved on are simply dropped then (or earlier, by
-/// [`StuckDetector::retain`]).
+/// Deadline queue of the watched states.
 #[derive(Debug, Default)]
 pub struct StuckDetector {
-    thresholds: Thresholds,
-    close_wait: VecDeque<Pending>,
-    established: VecDeque<Pending>,
+    pending: BinaryHeap<Reverse<(Timestamp, ConnectionKey, u64, u8)>>,
 }
 
 impl StuckDetector {
-    /// A detector with the given thresholds.
-    pub fn new(thresholds: Thresholds) -> Self {
-        StuckDetector {
-            thresholds,
-            ..Default::default()
-        }
+    /// Watches connection `key` in its state visit `visit`, due at `deadline`.
+    pub fn watch(&mut self, key: ConnectionKey, visit: u64, state: TcpState, deadline: Timestamp) {
+        self.pending
+            .push(Reverse((deadline, key, visit, state as u8)));
     }
 
-    /// The thresholds in force.
-    pub fn thresholds(&self) -> Thresholds {
-        self.thresholds
-    }
-
-    /// Watches connection `id`, which entered `state` at `since` in its state visit `visit`.
-    /// States that cannot be stuck are ignored.
-    pub fn watch(&mut self, id: u64, visit: u64, state: TcpState, since: Timestamp) {
-        if let Some(queue) = self.queue_mut(state) {
-            queue.push_back(Pending { since, id, visit });
-        }
-    }
-
-    /// Removes and returns every deadline due at `now`, oldest first within each state.
+    /// Removes and returns every deadline due at `now`, earliest first.
     pub fn due(&mut self, now: Timestamp) -> Vec<DueDeadline> {
         let mut due = Vec::new();
-        for state in [TcpState::CloseWait, TcpState::Established] {
-            let threshold = self.threshold(state);
-            let Some(queue) = self.queue_mut(state) else {
-                continue;
-            };
-            while let Some(front) = queue.front() {
-                if front.since.saturating_add(threshold) > now {
-                    break;
-                }
-                let Pending { since, id, visit } = *front;
-                queue.pop_front();
-                due.push(DueDeadline {
-                    id,
-                    visit,
-                    state,
-                    since,
-                });
+        while let Some(Reverse((deadline, key, visit, state))) = self.pending.peek().copied() {
+            if deadline > now {
+                break;
+            }
+            self.pending.pop();
+            if let Some(state) = TcpState::from_raw(state) {
+                due.push(DueDeadline { key, visit, state });
             }
         }
         due
@@ -137,47 +112,18 @@ impl StuckDetector {
 
     /// The earliest pending deadline.
     pub fn next_deadline(&self) -> Option<Timestamp> {
-        [TcpState::CloseWait, TcpState::Established]
-            .into_iter()
-            .filter_map(|state| {
-                let queue = self.queue(state)?;
-                Some(queue.front()?.since.saturating_add(self.threshold(state)))
-            })
-            .min()
+        self.pending.peek().map(|Reverse((deadline, ..))| *deadline)
     }
 
     /// How many deadlines are queued.
     pub fn pending(&self) -> usize {
-        self.close_wait.len() + self.established.len()
+        self.pending.len()
     }
 
-    /// Drops the queued deadlines for which `is_live(id, visit)` is false.
-    pub fn retain(&mut self, mut is_live: impl FnMut(u64, u64) -> bool) {
-        self.close_wait.retain(|p| is_live(p.id, p.visit));
-        self.established.retain(|p| is_live(p.id, p.visit));
-    }
-
-    fn threshold(&self, state: TcpState) -> Duration {
-        match state {
-            TcpState::CloseWait => self.thresholds.close_wait,
-            _ => self.thresholds.established,
-        }
-    }
-
-    fn queue(&self, state: TcpState) -> Option<&VecDeque<Pending>> {
-        match state {
-            TcpState::CloseWait => Some(&self.close_wait),
-            TcpState::Established => Some(&self.established),
-            _ => None,
-        }
-    }
-
-    fn queue_mut(&mut self, state: TcpState) -> Option<&mut VecDeque<Pending>> {
-        match state {
-            TcpState::CloseWait => Some(&mut self.close_wait),
-            TcpState::Established => Some(&mut self.established),
-            _ => None,
-        }
+    /// Drops the queued deadlines for which `is_live(key, visit)` is false.
+    pub fn retain(&mut self, mut is_live: impl FnMut(ConnectionKey, u64) -> bool) {
+        self.pending
+            .retain(|Reverse((_, key, visit, _))| is_live(*key, *visit));
     }
 }
 
@@ -189,33 +135,27 @@ mod tests {
         Timestamp::from_nanos(s * 1_000_000_000)
     }
 
-    fn detector() -> StuckDetector {
-        StuckDetector::new(Thresholds {
-            close_wait: Duration::from_secs(5),
-            established: Duration::from_secs(60),
-        })
+    fn key(n: u64) -> ConnectionKey {
+        ConnectionKey::Socket(n)
     }
 
     #[test]
-    fn deadlines_come_due_exactly_at_the_threshold_and_once() {
-        let mut d = detector();
-        d.watch(1, 10, TcpState::CloseWait, secs(100));
-        d.watch(2, 11, TcpState::Established, secs(100));
-        d.watch(3, 12, TcpState::FinWait2, secs(100));
+    fn deadlines_come_due_at_their_time_and_once() {
+        let mut d = StuckDetector::default();
+        d.watch(key(1), 10, TcpState::CloseWait, secs(105));
+        d.watch(key(2), 11, TcpState::Established, secs(160));
         assert_eq!(d.pending(), 2);
         assert_eq!(d.next_deadline(), Some(secs(105)));
         assert!(
             d.due(Timestamp::from_nanos(secs(105).as_nanos() - 1))
                 .is_empty()
         );
-        let due = d.due(secs(105));
         assert_eq!(
-            due,
+            d.due(secs(105)),
             [DueDeadline {
-                id: 1,
+                key: key(1),
                 visit: 10,
-                state: TcpState::CloseWait,
-                since: secs(100)
+                state: TcpState::CloseWait
             }]
         );
         assert!(d.due(secs(106)).is_empty());
@@ -225,30 +165,32 @@ mod tests {
     }
 
     #[test]
-    fn due_deadlines_come_out_in_entry_order() {
-        let mut d = detector();
-        for (i, t) in [(1, 10), (2, 11), (3, 12)] {
-            d.watch(i, i, TcpState::CloseWait, secs(t));
+    fn deadlines_queued_out_of_order_come_out_in_time_order() {
+        let mut d = StuckDetector::default();
+        for (i, t) in [(1, 30), (2, 10), (3, 20)] {
+            d.watch(key(i), i, TcpState::CloseWait, secs(t));
         }
-        let ids: Vec<u64> = d.due(secs(16)).iter().map(|x| x.id).collect();
-        assert_eq!(ids, [1, 2]);
+        let keys: Vec<ConnectionKey> = d.due(secs(25)).iter().map(|x| x.key).collect();
+        assert_eq!(keys, [key(2), key(3)]);
     }
 
     #[test]
     fn retain_drops_stale_entries() {
-        let mut d = detector();
+        let mut d = StuckDetector::default();
         for i in 0..10 {
-            d.watch(i, i, TcpState::Established, secs(i));
+            d.watch(key(i), i, TcpState::Established, secs(i));
         }
-        d.retain(|id, _| id % 2 == 0);
+        d.retain(|_, visit| visit % 2 == 0);
         assert_eq!(d.pending(), 5);
-        assert!(d.due(secs(1000)).iter().all(|x| x.id % 2 == 0));
+        assert!(d.due(secs(1000)).iter().all(|x| x.visit % 2 == 0));
     }
 
     #[test]
-    fn only_close_wait_and_established_have_a_diagnosis() {
-        assert!(Diagnosis::for_state(TcpState::CloseWait).is_some());
-        assert!(Diagnosis::for_state(TcpState::Established).is_some());
+    fn only_close_wait_and_established_can_be_stuck() {
+        let t = Thresholds::default();
+        assert_eq!(t.of(TcpState::CloseWait), Some(Duration::from_secs(5)));
+        assert_eq!(t.of(TcpState::Established), Some(Duration::from_secs(60)));
+        assert_eq!(t.of(TcpState::FinWait2), None);
         assert!(Diagnosis::for_state(TcpState::FinWait2).is_none());
     }
 }

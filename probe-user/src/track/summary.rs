@@ -5,22 +5,29 @@ use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 use probe_common::TcpState;
 
 use super::{
+    activity::Activity,
     event::Endpoints,
-    lifecycle::{ClosedFirst, Connection, Ending, OpenedBy, Owner},
+    lifecycle::{ClosedFirst, Connection, ConnectionKey, Ending, OpenedBy, Owner},
     time::Timestamp,
 };
 
 /// An open connection as the summary lists it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OpenConnection {
-    pub id: u64,
+    pub key: ConnectionKey,
+    pub inode: Option<u64>,
     pub owner: Owner,
     pub endpoints: Endpoints,
     pub state: TcpState,
-    /// When it entered `state`, where probe saw it.
+    /// When it entered `state`, where probe saw it (attach time, if `since_attach`).
     pub since: Option<Timestamp>,
-    /// How long it has been in `state`, where known.
+    /// How long it has been in `state`, where known (at least, if `since_attach`).
     pub age: Option<Duration>,
+    /// Already in `state` when probe attached.
+    pub since_attach: bool,
+    /// Time without data either way, where tcp_info tells.
+    pub idle: Option<Duration>,
+    pub activity: Option<Activity>,
     /// Flagged as stuck in `state`.
     pub stuck: bool,
     pub opened_by: OpenedBy,
@@ -73,6 +80,8 @@ pub struct EndpointGroup {
     /// The longest time one of them has been in `state`; `None` when the oldest was already in
     /// it before probe saw it.
     pub oldest: Option<Duration>,
+    /// The oldest was already in `state` when probe attached: `oldest` is a lower bound.
+    pub since_attach: bool,
     /// The processes that own them, lowest pid first.
     pub pids: Vec<u32>,
 }
@@ -155,6 +164,7 @@ impl Summary {
                     connections: 1,
                     stuck: usize::from(connection.stuck),
                     oldest: connection.age,
+                    since_attach: connection.since_attach,
                     pids: vec![connection.owner.pid],
                 }),
             }
@@ -191,7 +201,11 @@ mod tests {
         age_s: Option<u64>,
     ) -> OpenConnection {
         OpenConnection {
-            id,
+            key: ConnectionKey::Socket(id),
+            inode: None,
+            since_attach: false,
+            idle: None,
+            activity: None,
             owner: Owner {
                 pid,
                 comm: "c".into(),

@@ -23,6 +23,12 @@ impl Timestamp {
         Duration::from_nanos(self.0.saturating_sub(earlier.0))
     }
 
+    /// The timestamp `duration` earlier, saturating at the clock's origin.
+    pub fn saturating_sub(self, duration: Duration) -> Timestamp {
+        let nanos = u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX);
+        Timestamp(self.0.saturating_sub(nanos))
+    }
+
     /// The timestamp `duration` later, saturating at the end of time.
     pub fn saturating_add(self, duration: Duration) -> Timestamp {
         let nanos = u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX);
@@ -52,6 +58,10 @@ mod tests {
         assert_eq!(
             Timestamp::from_nanos(1).saturating_add(Duration::from_nanos(2)),
             Timestamp::from_nanos(3)
+        );
+        assert_eq!(
+            Timestamp::from_nanos(5).saturating_sub(Duration::from_nanos(9)),
+            Timestamp::from_nanos(0)
         );
     }
 }

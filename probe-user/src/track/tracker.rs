@@ -1,8 +1,9 @@
-//! The connection table: every open connection of the traced processes, keyed by socket id, fed
-//! by transitions and watched for stuck states.
+//! The connection table: every open connection of the traced processes, fed by transitions and
+//! by the sockets found at attach, and watched for stuck states.
 
 use std::{
     collections::{HashMap, hash_map::Entry},
+    net::SocketAddr,
     sync::Arc,
     time::Duration,
 };
@@ -10,8 +11,9 @@ use std::{
 use probe_common::TcpState;
 
 use super::{
+    activity::{Activity, ExistingSocket},
     event::{Endpoints, Transition},
-    lifecycle::{Connection, Ending, Owner},
+    lifecycle::{Connection, ConnectionKey, Ending, Owner},
     stuck::{Diagnosis, StuckDetector, Thresholds},
     summary::{ClosedCounts, OpenConnection, Summary},
     time::Timestamp,
@@ -20,7 +22,9 @@ use super::{
 /// What one transition did to a connection, for the sinks.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StateChange {
+    /// The kernel socket address.
     pub id: u64,
+    pub inode: Option<u64>,
     pub owner: Owner,
     pub endpoints: Endpoints,
     pub old: TcpState,
@@ -42,14 +46,20 @@ impl StateChange {
 /// A connection that just crossed its state's threshold.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StuckAlert {
-    pub id: u64,
+    pub key: ConnectionKey,
+    pub inode: Option<u64>,
     pub owner: Owner,
     pub endpoints: Endpoints,
     pub state: TcpState,
-    /// When it entered `state`.
+    /// When it entered `state` (when probe attached, if `since_attach`).
     pub since: Timestamp,
-    /// How long it has been in `state`.
+    /// How long it has been in `state` (at least, if `since_attach`).
     pub age: Duration,
+    /// Already in `state` when probe attached: `since` and `age` are bounds.
+    pub since_attach: bool,
+    /// Time without data either way, where tcp_info tells.
+    pub idle: Option<Duration>,
+    pub activity: Option<Activity>,
     pub diagnosis: Diagnosis,
 }
 
@@ -66,15 +76,18 @@ struct Tracked {
 /// Connection table and stuck detection.
 #[derive(Debug)]
 pub struct Tracker {
-    table: HashMap<u64, Tracked>,
+    table: HashMap<ConnectionKey, Tracked>,
+    /// Connections found at attach and not yet named by a transition: endpoints -> inode.
+    existing: HashMap<(SocketAddr, SocketAddr), u64>,
     processes: HashMap<u32, Arc<str>>,
+    thresholds: Thresholds,
     detector: StuckDetector,
     closed: ClosedCounts,
     next_visit: u64,
 }
 
 /// Deadlines queued beyond this many per open connection (plus a constant) trigger a clean-up of
-/// the ones whose connection moved on, so churn cannot grow the queues without bound.
+/// the ones whose connection moved on, so churn cannot grow the queue without bound.
 const STALE_DEADLINES_PER_CONNECTION: usize = 2;
 const STALE_DEADLINES_SLACK: usize = 1024;
 
@@ -83,8 +96,10 @@ impl Tracker {
     pub fn new(thresholds: Thresholds) -> Self {
         Tracker {
             table: HashMap::new(),
+            existing: HashMap::new(),
             processes: HashMap::new(),
-            detector: StuckDetector::new(thresholds),
+            thresholds,
+            detector: StuckDetector::default(),
             closed: ClosedCounts::default(),
             next_visit: 0,
         }
@@ -95,14 +110,49 @@ impl Tracker {
         self.processes.insert(pid, Arc::from(comm));
     }
 
+    /// Adds a connection that was already open when probe attached at `now`. A CLOSE_WAIT one is
+    /// due at once; an ESTABLISHED one when it has been idle for the threshold.
+    pub fn seed(&mut self, socket: &ExistingSocket, now: Timestamp) {
+        let owner = self.owner(socket.pid);
+        let connection = Connection::existing(socket, owner, now);
+        let key = connection.key;
+        self.existing.insert(
+            (socket.endpoints.local, socket.endpoints.remote),
+            socket.inode,
+        );
+        let visit = self.next_visit();
+        let deadline = match (socket.state, socket.activity) {
+            (TcpState::CloseWait, _) => Some(now),
+            (TcpState::Established, Some(activity)) => Some(
+                now.saturating_add(self.thresholds.established)
+                    .saturating_sub(activity.idle_at(now)),
+            ),
+            (state, _) => self.thresholds.of(state).map(|t| now.saturating_add(t)),
+        };
+        if let Some(deadline) = deadline {
+            self.detector.watch(key, visit, socket.state, deadline);
+        }
+        self.table.insert(
+            key,
+            Tracked {
+                connection,
+                visit,
+                stuck: false,
+            },
+        );
+    }
+
     /// Applies one transition from the kernel.
     pub fn apply(&mut self, transition: &Transition) -> StateChange {
+        let key = ConnectionKey::Socket(transition.sock_id);
+        self.adopt_existing(key, &transition.endpoints);
         let owner = self.owner(transition.pid);
         let starts_lifecycle = matches!(
             (transition.old, transition.new),
             (TcpState::Close, _) | (TcpState::Listen, TcpState::SynRecv)
         );
-        let tracked = match self.table.entry(transition.sock_id) {
+        let visit = self.next_visit();
+        let tracked = match self.table.entry(key) {
             Entry::Occupied(entry) => {
                 let tracked = entry.into_mut();
                 if starts_lifecycle {
@@ -114,18 +164,18 @@ impl Tracker {
             }
             Entry::Vacant(entry) => entry.insert(Tracked {
                 connection: Connection::first_seen(transition, owner),
-                visit: 0,
+                visit,
                 stuck: false,
             }),
         };
         let in_old = tracked.connection.advance(transition);
-        tracked.visit = self.next_visit;
+        tracked.visit = visit;
         tracked.stuck = false;
-        self.next_visit += 1;
 
         let connection = &tracked.connection;
         let change = StateChange {
-            id: connection.id,
+            id: transition.sock_id,
+            inode: connection.inode,
             owner: connection.owner.clone(),
             endpoints: connection.endpoints,
             old: transition.old,
@@ -134,48 +184,90 @@ impl Tracker {
             in_old,
             ending: connection.ending,
         };
-        let (closed, visit) = (connection.is_closed(), tracked.visit);
-        if closed {
-            if let Some(done) = self.table.remove(&transition.sock_id) {
+        if connection.is_closed() {
+            if let Some(done) = self.table.remove(&key) {
                 self.closed.record(&done.connection);
             }
-        } else {
-            self.detector
-                .watch(transition.sock_id, visit, transition.new, transition.at);
+        } else if let Some(threshold) = self.thresholds.of(transition.new) {
+            self.detector.watch(
+                key,
+                visit,
+                transition.new,
+                transition.at.saturating_add(threshold),
+            );
             self.drop_stale_deadlines();
         }
         change
     }
 
-    /// Flags the connections whose deadline has come at `now`, each once per state visit.
+    /// Records fresh tcp_info samples (one sock_diag dump of the traced processes' sockets),
+    /// matched to open connections by their endpoints.
+    pub fn refresh_activity(&mut self, samples: &[ExistingSocket]) {
+        let by_endpoints: HashMap<(SocketAddr, SocketAddr), &ExistingSocket> = samples
+            .iter()
+            .map(|s| ((s.endpoints.local, s.endpoints.remote), s))
+            .collect();
+        for tracked in self.table.values_mut() {
+            let connection = &mut tracked.connection;
+            let endpoints = (connection.endpoints.local, connection.endpoints.remote);
+            if let Some(sample) = by_endpoints.get(&endpoints) {
+                connection.inode = Some(sample.inode);
+                connection.activity = sample.activity.or(connection.activity);
+            }
+        }
+    }
+
+    /// Flags the connections whose deadline has come at `now`, each once per state visit. An
+    /// ESTABLISHED connection that tcp_info shows busy is not flagged: it is looked at again when
+    /// it could have been idle for the threshold.
     pub fn due_stuck(&mut self, now: Timestamp) -> Vec<StuckAlert> {
         let mut alerts = Vec::new();
         for due in self.detector.due(now) {
-            let Some(tracked) = self.table.get_mut(&due.id) else {
+            let Some(tracked) = self.table.get_mut(&due.key) else {
                 continue;
             };
             if tracked.visit != due.visit || tracked.stuck {
                 continue;
             }
-            let Some(diagnosis) = Diagnosis::for_state(due.state) else {
+            let (Some(diagnosis), Some(threshold)) = (
+                Diagnosis::for_state(due.state),
+                self.thresholds.of(due.state),
+            ) else {
                 continue;
             };
-            tracked.stuck = true;
             let connection = &tracked.connection;
+            let idle = connection.activity.map(|a| a.idle_at(now));
+            if let (TcpState::Established, Some(idle)) = (due.state, idle)
+                && idle < threshold
+            {
+                self.detector.watch(
+                    due.key,
+                    due.visit,
+                    due.state,
+                    now.saturating_add(threshold - idle),
+                );
+                continue;
+            }
+            tracked.stuck = true;
+            let since = connection.state_since().unwrap_or(now);
             alerts.push(StuckAlert {
-                id: connection.id,
+                key: due.key,
+                inode: connection.inode,
                 owner: connection.owner.clone(),
                 endpoints: connection.endpoints,
                 state: due.state,
-                since: due.since,
-                age: now.saturating_since(due.since),
+                since,
+                age: now.saturating_since(since),
+                since_attach: connection.since_attach(),
+                idle,
+                activity: connection.activity,
                 diagnosis,
             });
         }
         alerts
     }
 
-    /// When [`Tracker::due_stuck`] will next have something to flag.
+    /// When [`Tracker::due_stuck`] will next have something to look at.
     pub fn next_deadline(&self) -> Option<Timestamp> {
         self.detector.next_deadline()
     }
@@ -188,7 +280,8 @@ impl Tracker {
             .map(|tracked| {
                 let connection = &tracked.connection;
                 OpenConnection {
-                    id: connection.id,
+                    key: connection.key,
+                    inode: connection.inode,
                     owner: connection.owner.clone(),
                     endpoints: connection.endpoints,
                     state: connection.state(),
@@ -196,19 +289,42 @@ impl Tracker {
                     age: connection
                         .state_since()
                         .map(|since| now.saturating_since(since)),
+                    since_attach: connection.since_attach(),
+                    idle: connection.activity.map(|a| a.idle_at(now)),
+                    activity: connection.activity,
                     stuck: tracked.stuck,
                     opened_by: connection.opened_by,
                 }
             })
             .collect();
         // Unknown starts (already open before probe saw them) are the oldest of all.
-        open.sort_by_key(|c| (c.since, c.id));
+        open.sort_by_key(|c| (c.since, c.key));
         Summary::new(open, self.closed)
     }
 
     /// How many connections are open.
     pub fn open_count(&self) -> usize {
         self.table.len()
+    }
+
+    /// A connection found at attach, named by a transition for the first time: from now on it
+    /// is known by its socket address.
+    fn adopt_existing(&mut self, key: ConnectionKey, endpoints: &Endpoints) {
+        if self.existing.is_empty() || self.table.contains_key(&key) {
+            return;
+        }
+        let Some(inode) = self.existing.remove(&(endpoints.local, endpoints.remote)) else {
+            return;
+        };
+        if let Some(mut tracked) = self.table.remove(&ConnectionKey::Inode(inode)) {
+            tracked.connection.key = key;
+            self.table.insert(key, tracked);
+        }
+    }
+
+    fn next_visit(&mut self) -> u64 {
+        self.next_visit += 1;
+        self.next_visit
     }
 
     fn owner(&self, pid: u32) -> Owner {
@@ -226,8 +342,11 @@ impl Tracker {
         let limit = self.table.len() * STALE_DEADLINES_PER_CONNECTION + STALE_DEADLINES_SLACK;
         if self.detector.pending() > limit {
             let table = &self.table;
-            self.detector
-                .retain(|id, visit| table.get(&id).is_some_and(|tracked| tracked.visit == visit));
+            self.detector.retain(|key, visit| {
+                table
+                    .get(&key)
+                    .is_some_and(|tracked| tracked.visit == visit)
+            });
         }
     }
 }
@@ -412,8 +531,8 @@ mod tests {
         // Seen mid-life: a pre-existing connection whose owner shut it down.
         tracker.apply(&t(3, Established, FinWait1, 70));
         let summary = tracker.summary(at(100));
-        let ids: Vec<u64> = summary.open.iter().map(|c| c.id).collect();
-        assert_eq!(ids, [2, 1, 3]);
+        let keys: Vec<ConnectionKey> = summary.open.iter().map(|c| c.key).collect();
+        assert_eq!(keys, [2, 1, 3].map(ConnectionKey::Socket));
         assert_eq!(summary.open[2].opened_by, OpenedBy::Unknown);
     }
 
@@ -426,6 +545,112 @@ mod tests {
         }
         assert_eq!(tracker.open_count(), 0);
         assert!(tracker.detector.pending() <= STALE_DEADLINES_SLACK + 1);
+    }
+
+    fn existing(
+        inode: u64,
+        state: TcpState,
+        idle_s: Option<u64>,
+        now: Timestamp,
+    ) -> ExistingSocket {
+        ExistingSocket {
+            pid: 42,
+            inode,
+            state,
+            endpoints: t(inode, Close, Close, 0).endpoints,
+            activity: idle_s.map(|idle| activity(idle, now)),
+        }
+    }
+
+    fn activity(idle_s: u64, sampled_at: Timestamp) -> Activity {
+        Activity {
+            sampled_at,
+            last_data_sent: Duration::from_secs(idle_s),
+            last_data_received: Duration::from_secs(idle_s + 100),
+            bytes_acked: 10,
+            bytes_received: 20,
+            unacked: 0,
+            retransmits: 1,
+        }
+    }
+
+    #[test]
+    fn close_wait_found_at_attach_is_flagged_at_once_as_at_least_since_attach() {
+        let mut tracker = tracker();
+        let attach = at(1_000);
+        tracker.seed(&existing(7, CloseWait, Some(30), attach), attach);
+        let alerts = tracker.due_stuck(attach);
+        assert_eq!(alerts.len(), 1);
+        assert!(alerts[0].since_attach);
+        assert_eq!(alerts[0].key, ConnectionKey::Inode(7));
+        assert_eq!(alerts[0].idle, Some(Duration::from_secs(30)));
+        let summary = tracker.summary(at(3_000));
+        assert!(summary.open[0].since_attach && summary.open[0].stuck);
+        assert_eq!(summary.open[0].age, Some(Duration::from_secs(2)));
+    }
+
+    #[test]
+    fn a_connection_found_at_attach_is_adopted_by_its_first_transition() {
+        let mut tracker = tracker();
+        tracker.seed(&existing(7, CloseWait, None, at(0)), at(0));
+        let change = tracker.apply(&t(7, CloseWait, LastAck, 500));
+        assert_eq!(change.in_old, None, "entered before attach: unknown");
+        assert_eq!(change.inode, Some(7));
+        let summary = tracker.summary(at(500));
+        assert_eq!(summary.open[0].key, ConnectionKey::Socket(7));
+        tracker.apply(&t(7, LastAck, Close, 501));
+        assert_eq!(tracker.open_count(), 0);
+        assert_eq!(tracker.summary(at(600)).closed.remote_first, 1);
+    }
+
+    #[test]
+    fn idle_established_found_at_attach_is_flagged_when_idle_for_the_threshold() {
+        let mut tracker = tracker();
+        let attach = at(100_000);
+        // Idle 50s at attach, threshold 60s: due 10s later, not before.
+        tracker.seed(&existing(1, Established, Some(50), attach), attach);
+        // Idle 70s at attach: due at once.
+        tracker.seed(&existing(2, Established, Some(70), attach), attach);
+        let now_keys = |alerts: Vec<StuckAlert>| -> Vec<ConnectionKey> {
+            alerts.iter().map(|a| a.key).collect()
+        };
+        assert_eq!(
+            now_keys(tracker.due_stuck(attach)),
+            [ConnectionKey::Inode(2)]
+        );
+        assert!(tracker.due_stuck(at(109_999)).is_empty());
+        assert_eq!(
+            now_keys(tracker.due_stuck(at(110_000))),
+            [ConnectionKey::Inode(1)]
+        );
+    }
+
+    #[test]
+    fn a_busy_established_connection_is_not_flagged() {
+        let mut tracker = tracker();
+        open_client(&mut tracker, 1, 0);
+        open_client(&mut tracker, 2, 0);
+        let sample = |id: u64, idle_s: u64, at_ms: u64| ExistingSocket {
+            pid: 42,
+            inode: 100 + id,
+            state: Established,
+            endpoints: t(id, Close, Close, 0).endpoints,
+            activity: Some(activity(idle_s, at(at_ms))),
+        };
+        // At 59s: connection 1 moved data 1s ago, connection 2 never did.
+        tracker.refresh_activity(&[sample(1, 1, 59_000), sample(2, 59, 59_000)]);
+        let alerts = tracker.due_stuck(at(61_001));
+        assert_eq!(alerts.len(), 1);
+        assert_eq!(alerts[0].key, ConnectionKey::Socket(2));
+        assert_eq!(alerts[0].inode, Some(102));
+        // Connection 1 keeps moving data: never flagged.
+        for second in 62..200 {
+            tracker.refresh_activity(&[sample(1, 0, second * 1000)]);
+            assert!(tracker.due_stuck(at(second * 1000)).is_empty());
+        }
+        // It stops: flagged one threshold after its last data.
+        assert!(tracker.due_stuck(at(258_999)).is_empty());
+        assert_eq!(tracker.due_stuck(at(259_000)).len(), 1);
     }
 
     #[test]

@@ -61,12 +61,14 @@ impl Probe {
         let sink = Arc::clone(&stderr);
         thread::spawn(move || {
             for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                {
+                    let mut all = sink.lock().unwrap();
+                    all.push_str(&line);
+                    all.push('\n');
+                }
                 if line.starts_with("probe: tracing") {
                     let _ = ready_tx.send(());
                 }
-                let mut all = sink.lock().unwrap();
-                all.push_str(&line);
-                all.push('\n');
             }
         });
         let mut probe = Probe {

@@ -1,0 +1,273 @@
+//! The event loop: kernel events through the tracker to the sink, forks and execs, exits,
+//! tcp_info refreshes, stuck deadlines, and the signals that say stop.
+
+use std::{
+    io::{self, BufWriter, IsTerminal},
+    time::Duration,
+};
+
+use anyhow::Context;
+use aya::maps::{MapData, RingBuf};
+use probe_common::ProcessEventKind;
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    time::{Instant, sleep, sleep_until},
+};
+
+use super::processes::{ExitWatch, ProcessNews, decode, readable};
+use crate::{
+    bpf::{Streams, Tracer},
+    cli::Cli,
+    clock::{WallClock, monotonic_now},
+    output::{Sink, json::JsonSink, text::TextSink},
+    snapshot,
+    target::{self, Process},
+    track::{ExistingSocket, Thresholds, Timestamp, Tracker, Transition},
+};
+
+/// After the last traced process exits, keep reading this long: the FINs its exit sent are
+/// answered within moments on a live network, and those transitions belong to the story.
+const EXIT_GRACE: Duration = Duration::from_millis(300);
+/// Wake at least this often, to flag stuck connections on time even when nothing happens.
+const MAX_IDLE_TICK: Duration = Duration::from_secs(1);
+/// Before flagging by idle time, tcp_info must be at most this old.
+const FRESH_ACTIVITY: Duration = Duration::from_millis(500);
+
+/// Everything the loop starts from.
+pub struct Setup<'a> {
+    pub cli: &'a Cli,
+    pub tracer: Tracer,
+    pub streams: Streams,
+    pub processes: Vec<Process>,
+    pub command_pid: Option<u32>,
+    /// The targets' sockets when probe attached.
+    pub existing: Vec<ExistingSocket>,
+    pub attach: Timestamp,
+}
+
+/// Why the event loop ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Stop {
+    /// Ctrl-C, SIGTERM or `--duration`.
+    Asked,
+    /// The traced command, or every traced process, exited.
+    TargetsExited,
+    /// Standard output was closed (e.g. `probe ... | head`).
+    OutputClosed,
+}
+
+/// Runs until stopped, then prints the summary.
+pub async fn run(setup: Setup<'_>) -> anyhow::Result<()> {
+    let Setup {
+        cli,
+        mut tracer,
+        streams,
+        processes,
+        command_pid,
+        existing,
+        attach,
+    } = setup;
+    let mut tracker = Tracker::new(Thresholds {
+        close_wait: cli.close_wait_after,
+        established: cli.established_after,
+    });
+    let mut exits = ExitWatch::new();
+    for process in &processes {
+        tracker.register_process(process.pid, &process.comm);
+        exits.watch(process.pid);
+    }
+    for socket in &existing {
+        tracker.seed(socket, attach);
+    }
+    let follow = cli.follows_forks();
+    // With --comm and --follow-forks, new processes of that name may come at any time.
+    let waits_for_new = follow && cli.comm.is_some();
+    let refresh_every =
+        (cli.established_after / 4).clamp(Duration::from_secs(1), Duration::from_secs(10));
+    let mut refreshed_at = Instant::now();
+
+    let mut sink = make_sink(cli.json);
+    let mut events = readable(streams.events).context("cannot poll the kernel ring buffer")?;
+    let mut process_events =
+        readable(streams.process_events).context("cannot poll the kernel's process events")?;
+    let mut logs = readable(streams.logger).context("cannot poll the kernel log")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let end = cli.duration.map(|d| Instant::now() + d);
+
+    let stop = loop {
+        let step: io::Result<Option<Stop>> = tokio::select! {
+            guard = events.readable_mut() => {
+                let mut guard = guard.context("cannot poll the kernel ring buffer")?;
+                let result = drain(guard.get_inner_mut(), &mut tracker, sink.as_mut());
+                guard.clear_ready();
+                result.map(|()| None)
+            }
+            guard = process_events.readable_mut() => {
+                let mut guard = guard.context("cannot poll the kernel's process events")?;
+                let ring = guard.get_inner_mut();
+                while let Some(item) = ring.next() {
+                    if let Some(news) = decode(&item) {
+                        follow_process(news, &mut tracer, &mut tracker, &mut exits)?;
+                    }
+                }
+                guard.clear_ready();
+                Ok(None)
+            }
+            guard = logs.readable_mut() => {
+                let mut guard = guard.context("cannot poll the kernel log")?;
+                guard.get_inner_mut().flush();
+                guard.clear_ready();
+                Ok(None)
+            }
+            pid = exits.next_exit() => {
+                tracer.remove_target(pid)?;
+                if command_pid == Some(pid) {
+                    target::reap(pid);
+                }
+                let done = if follow {
+                    exits.count() == 0 && !waits_for_new
+                } else {
+                    command_pid == Some(pid) || exits.count() == 0
+                };
+                Ok(done.then_some(Stop::TargetsExited))
+            }
+            _ = interrupt.recv() => Ok(Some(Stop::Asked)),
+            _ = terminate.recv() => Ok(Some(Stop::Asked)),
+            _ = sleep_until(end.unwrap_or_else(far_future)), if end.is_some() => Ok(Some(Stop::Asked)),
+            _ = sleep(next_tick(&tracker, refreshed_at + refresh_every)) => Ok(None),
+        };
+        // Fresh tcp_info before deciding whether an ESTABLISHED connection is idle, and now and
+        // then for the summary's figures.
+        let deadline_due = tracker
+            .next_deadline()
+            .is_some_and(|d| d <= monotonic_now());
+        let since_refresh = refreshed_at.elapsed();
+        if since_refresh >= refresh_every || (deadline_due && since_refresh >= FRESH_ACTIVITY) {
+            refresh_activity(&mut tracker, &exits);
+            refreshed_at = Instant::now();
+        }
+        let step = step.and_then(|stop| {
+            report_stuck(&mut tracker, sink.as_mut())?;
+            sink.flush()?;
+            Ok(stop)
+        });
+        match step {
+            Ok(Some(stop)) => break stop,
+            Ok(None) => {}
+            Err(error) if error.kind() == io::ErrorKind::BrokenPipe => break Stop::OutputClosed,
+            Err(error) => return Err(error).context("cannot write output"),
+        }
+    };
+    if stop == Stop::OutputClosed {
+        return Ok(());
+    }
+    if stop == Stop::TargetsExited {
+        sleep(EXIT_GRACE).await;
+    }
+    refresh_activity(&mut tracker, &exits);
+    let finished = drain(events.get_mut(), &mut tracker, sink.as_mut())
+        .and_then(|()| report_stuck(&mut tracker, sink.as_mut()));
+    logs.get_mut().flush();
+
+    let counters = tracer.counters()?;
+    let mut summary = tracker.summary(monotonic_now());
+    summary.lost_events = counters.ring_buf_full + counters.process_events_full;
+    summary.untracked_sockets = counters.owner_map_full + counters.listener_map_full;
+    if summary.lost_events > 0 || summary.untracked_sockets > 0 || counters.target_map_full > 0 {
+        eprintln!(
+            "probe: warning: {} event(s) lost (ring buffer full: raise --ring-buffer-kib), {} \
+             socket(s) untracked (raise --max-sockets), {} process(es) not followed",
+            summary.lost_events, summary.untracked_sockets, counters.target_map_full
+        );
+    }
+    match finished.and_then(|()| sink.summary(&summary)) {
+        Err(error) if error.kind() != io::ErrorKind::BrokenPipe => {
+            Err(error).context("cannot write output")
+        }
+        _ => Ok(()),
+    }
+}
+
+fn make_sink(json: bool) -> Box<dyn Sink> {
+    let clock = WallClock::now();
+    let stdout = io::stdout();
+    let colour = stdout.is_terminal();
+    let out = BufWriter::new(stdout);
+    if json {
+        Box::new(JsonSink::new(out, clock))
+    } else {
+        Box::new(TextSink::new(out, clock, colour))
+    }
+}
+
+/// Moves every event waiting in the ring buffer through the tracker to the sink.
+fn drain(
+    ring: &mut RingBuf<MapData>,
+    tracker: &mut Tracker,
+    sink: &mut dyn Sink,
+) -> io::Result<()> {
+    while let Some(item) = ring.next() {
+        match Transition::decode(&item) {
+            Ok(transition) => sink.transition(&tracker.apply(&transition))?,
+            Err(error) => log::warn!("skipping a malformed kernel event: {error}"),
+        }
+    }
+    Ok(())
+}
+
+/// A fork of a traced process (the kernel already made the child a target) or an exec.
+fn follow_process(
+    news: ProcessNews,
+    tracer: &mut Tracer,
+    tracker: &mut Tracker,
+    exits: &mut ExitWatch,
+) -> anyhow::Result<()> {
+    let pid = news.pid;
+    if news.kind == ProcessEventKind::Fork {
+        // The kernel cannot tell a new thread from a new process: threads already share their
+        // process's tgid, so their own entry is of no use.
+        let is_process = target::resolve(pid).is_ok_and(|p| p.named_thread.is_none());
+        if !is_process {
+            tracer.remove_target(pid)?;
+            return Ok(());
+        }
+    }
+    tracker.register_process(pid, &news.comm);
+    if !exits.is_alive(pid) {
+        log::debug!("now tracing {pid} ({})", news.comm);
+        exits.watch(pid);
+    }
+    Ok(())
+}
+
+/// Samples tcp_info of the running targets' sockets (one sock_diag dump per namespace).
+fn refresh_activity(tracker: &mut Tracker, exits: &ExitWatch) {
+    let pids: Vec<u32> = exits.alive().collect();
+    match snapshot::tcp_sockets(&pids, monotonic_now()) {
+        Ok(samples) => tracker.refresh_activity(&samples),
+        // A process that just exited, for instance: the next refresh will do.
+        Err(error) => log::debug!("tcp_info refresh skipped: {error}"),
+    }
+}
+
+fn report_stuck(tracker: &mut Tracker, sink: &mut dyn Sink) -> io::Result<()> {
+    for alert in tracker.due_stuck(monotonic_now()) {
+        sink.stuck(&alert)?;
+    }
+    Ok(())
+}
+
+/// How long to sleep: until the next stuck deadline or refresh, at most [`MAX_IDLE_TICK`].
+fn next_tick(tracker: &Tracker, next_refresh: Instant) -> Duration {
+    let until_deadline = tracker.next_deadline().map_or(MAX_IDLE_TICK, |deadline| {
+        deadline.saturating_since(monotonic_now())
+    });
+    until_deadline
+        .min(next_refresh.saturating_duration_since(Instant::now()))
+        .min(MAX_IDLE_TICK)
+}
+
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(86400 * 365)
+}

@@ -1,0 +1,132 @@
+//! One run of probe: set up the targets and the kernel side, note the sockets the targets already
+//! have, then hand over to the event loop.
+
+mod event_loop;
+mod processes;
+
+use anyhow::{Context, bail};
+use probe_common::TcpState;
+
+use crate::{
+    bpf::{Tracer, TracerConfig},
+    cli::{Cli, MAX_TARGETS},
+    clock::monotonic_now,
+    snapshot,
+    target::{self, Process},
+};
+
+/// Runs probe as the command line says.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    let mut processes = resolve_pids(&cli.pids)?;
+    let follow = cli.follows_forks();
+    if let Some(name) = &cli.comm {
+        let named = target::named(name)?;
+        if named.is_empty() && !follow {
+            bail!(
+                "no running process is named `{name}` (see `pgrep -l {name}`); add \
+                 --follow-forks to wait for one to start"
+            );
+        }
+        for process in named {
+            if !processes.iter().any(|p| p.pid == process.pid) {
+                processes.push(process);
+            }
+        }
+    }
+    let (mut tracer, streams) = Tracer::load(TracerConfig {
+        ring_buffer_bytes: cli.ring_buffer_kib * 1024,
+        max_sockets: cli.max_sockets,
+        max_targets: MAX_TARGETS,
+        kernel_logs: cli.verbose,
+        follow_forks: follow,
+        comm_filter: if follow { cli.comm_filter() } else { None },
+    })?;
+    for process in &processes {
+        tracer.add_target(process.pid)?;
+    }
+
+    // The program is attached: every transition from here on is seen. The sockets the targets
+    // already have are seeded so that their next transition is attributed too.
+    let attach = monotonic_now();
+    let pids: Vec<u32> = processes.iter().map(|p| p.pid).collect();
+    let existing = snapshot::tcp_sockets(&pids, attach)?;
+    for socket in &existing {
+        tracer.seed_socket(snapshot::seed_tuple(&socket.endpoints), socket.pid)?;
+        if socket.state == TcpState::Listen {
+            tracer.seed_listener(snapshot::listener_key(&socket.endpoints), socket.pid)?;
+        }
+    }
+
+    let command_pid = if cli.command.is_empty() {
+        None
+    } else {
+        // Registered before it execs, so even its first connection is attributed.
+        let held = target::spawn_held(&cli.command, cli.json)?;
+        tracer.add_target(held.pid())?;
+        let pid = held.release()?;
+        let comm = target::resolve(pid).map_or_else(|_| command_name(&cli), |p| p.comm);
+        processes.push(Process {
+            pid,
+            comm,
+            named_thread: None,
+        });
+        Some(pid)
+    };
+    let names: Vec<String> = processes
+        .iter()
+        .map(|p| format!("{} ({})", p.pid, p.comm))
+        .collect();
+    let waiting = match (&cli.comm, processes.is_empty()) {
+        (Some(name), true) => format!("new processes named {name}"),
+        _ => names.join(", "),
+    };
+    eprintln!(
+        "probe: tracing TCP state changes of {waiting}{}{}; Ctrl-C to stop",
+        if follow { " and their children" } else { "" },
+        match existing.len() {
+            0 => String::new(),
+            n => format!(" ({n} TCP socket(s) already open)"),
+        }
+    );
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the event loop")?;
+    runtime.block_on(event_loop::run(event_loop::Setup {
+        cli: &cli,
+        tracer,
+        streams,
+        processes,
+        command_pid,
+        existing,
+        attach,
+    }))
+}
+
+fn resolve_pids(pids: &[u32]) -> anyhow::Result<Vec<Process>> {
+    let mut processes: Vec<Process> = Vec::new();
+    for &pid in pids {
+        let process = target::resolve(pid)?;
+        if let Some(thread) = process.named_thread {
+            eprintln!(
+                "probe: {thread} is a thread of process {} ({}): tracing the whole process",
+                process.pid, process.comm
+            );
+        }
+        if !processes.iter().any(|p| p.pid == process.pid) {
+            processes.push(process);
+        }
+    }
+    Ok(processes)
+}
+
+/// The name the kernel gives an exec'd program: its file name, cut to 15 bytes.
+fn command_name(cli: &Cli) -> String {
+    let program = cli.command.first().map(std::path::Path::new);
+    let name = program
+        .and_then(|p| p.file_name())
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    name.chars().take(15).collect()
+}

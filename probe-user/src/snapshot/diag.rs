@@ -1,0 +1,163 @@
+//! The kernel's TCP socket table through netlink sock_diag (INET_DIAG), with `tcp_info`.
+
+use std::{io, net::SocketAddr, time::Duration};
+
+use netlink_packet_core::{
+    NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
+};
+use netlink_packet_sock_diag::{
+    SockDiagMessage,
+    constants::{AF_INET, AF_INET6, IPPROTO_TCP},
+    inet::{ExtensionFlags, InetRequest, InetResponse, SocketId, StateFlags, nlas::Nla},
+};
+use netlink_sys::{Socket, SocketAddr as NetlinkAddr, protocols::NETLINK_SOCK_DIAG};
+use probe_common::TcpState;
+
+use crate::track::Family;
+
+/// One TCP socket as sock_diag reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiagSocket {
+    pub family: Family,
+    pub state: TcpState,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub inode: u64,
+    pub info: Option<TcpInfoFigures>,
+}
+
+/// The `tcp_info` figures probe uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TcpInfoFigures {
+    pub last_data_sent: Duration,
+    pub last_data_received: Duration,
+    pub bytes_acked: u64,
+    pub bytes_received: u64,
+    pub unacked: u32,
+    pub retransmits: u32,
+}
+
+/// Every TCP socket (IPv4 and IPv6, all states) of the calling thread's network namespace.
+pub fn dump_tcp() -> io::Result<Vec<DiagSocket>> {
+    let mut socket = Socket::new(NETLINK_SOCK_DIAG)?;
+    socket.bind_auto()?;
+    socket.connect(&NetlinkAddr::new(0, 0))?;
+    let mut sockets = Vec::new();
+    for family in [AF_INET, AF_INET6] {
+        request(&socket, family)?;
+        receive(&socket, &mut sockets)?;
+    }
+    Ok(sockets)
+}
+
+fn request(socket: &Socket, family: u8) -> io::Result<()> {
+    let mut header = NetlinkHeader::default();
+    header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+    let mut packet = NetlinkMessage::new(
+        header,
+        SockDiagMessage::InetRequest(InetRequest {
+            family,
+            protocol: IPPROTO_TCP,
+            extensions: ExtensionFlags::INFO,
+            states: StateFlags::all(),
+            socket_id: if family == AF_INET {
+                SocketId::new_v4()
+            } else {
+                SocketId::new_v6()
+            },
+        })
+        .into(),
+    );
+    packet.finalize();
+    let mut buffer = vec![0; packet.buffer_len()];
+    packet.serialize(&mut buffer);
+    socket.send(&buffer, 0)?;
+    Ok(())
+}
+
+fn receive(socket: &Socket, sockets: &mut Vec<DiagSocket>) -> io::Result<()> {
+    let mut buffer = vec![0; 1 << 16];
+    loop {
+        let size = socket.recv(&mut &mut buffer[..], 0)?;
+        let mut offset = 0;
+        while offset < size {
+            let message = NetlinkMessage::<SockDiagMessage>::deserialize(&buffer[offset..size])
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+            let length = message.header.length as usize;
+            match message.payload {
+                NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(response)) => {
+                    sockets.extend(convert(&response));
+                }
+                NetlinkPayload::Done(_) => return Ok(()),
+                NetlinkPayload::Error(error) => {
+                    return Err(io::Error::other(format!(
+                        "sock_diag refused the dump: {error}"
+                    )));
+                }
+                _ => {}
+            }
+            if length == 0 {
+                break;
+            }
+            offset += length;
+        }
+    }
+}
+
+fn convert(response: &InetResponse) -> Option<DiagSocket> {
+    let header = &response.header;
+    let id = &header.socket_id;
+    let family = if header.family == AF_INET {
+        Family::Ipv4
+    } else {
+        Family::Ipv6
+    };
+    let info = response.nlas.iter().find_map(|nla| match nla {
+        Nla::TcpInfo(info) => Some(TcpInfoFigures {
+            last_data_sent: Duration::from_millis(u64::from(info.last_data_sent)),
+            last_data_received: Duration::from_millis(u64::from(info.last_data_recv)),
+            bytes_acked: info.bytes_acked,
+            bytes_received: info.bytes_received,
+            unacked: info.unacked,
+            retransmits: info.total_retrans,
+        }),
+        _ => None,
+    });
+    Some(DiagSocket {
+        family,
+        state: TcpState::from_raw(header.state)?,
+        local: SocketAddr::new(id.source_address, id.source_port),
+        remote: SocketAddr::new(id.destination_address, id.destination_port),
+        inode: u64::from(header.inode),
+        info,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{TcpListener, TcpStream};
+
+    #[test]
+    fn finds_a_loopback_connection_with_its_tcp_info() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (_server, _) = listener.accept().unwrap();
+        let sockets = dump_tcp().unwrap();
+        let local = client.local_addr().unwrap();
+        let found = sockets
+            .iter()
+            .find(|s| s.local == local)
+            .expect("the client socket is in the dump");
+        assert_eq!(found.state, TcpState::Established);
+        assert_eq!(found.remote, listener.local_addr().unwrap());
+        assert_eq!(found.family, Family::Ipv4);
+        assert!(found.inode > 0);
+        assert!(found.info.is_some(), "tcp_info is missing");
+        assert!(
+            sockets
+                .iter()
+                .any(|s| s.state == TcpState::Listen && s.local == listener.local_addr().unwrap())
+        );
+    }
+}

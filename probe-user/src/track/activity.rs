@@ -1,0 +1,62 @@
+//! What the kernel's `tcp_info` says about a connection's use, and sockets found at attach.
+
+use std::time::Duration;
+
+use probe_common::TcpState;
+
+use super::{event::Endpoints, time::Timestamp};
+
+/// Recent use of a connection, from `tcp_info`, as sampled at `sampled_at`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Activity {
+    pub sampled_at: Timestamp,
+    /// Time since data was last sent, at `sampled_at`.
+    pub last_data_sent: Duration,
+    /// Time since data (or the peer's FIN) was last received, at `sampled_at`.
+    pub last_data_received: Duration,
+    pub bytes_acked: u64,
+    pub bytes_received: u64,
+    /// Segments sent and not yet acknowledged.
+    pub unacked: u32,
+    /// Retransmitted segments over the connection's life.
+    pub retransmits: u32,
+}
+
+impl Activity {
+    /// Time since data last moved either way, as of `now`.
+    pub fn idle_at(&self, now: Timestamp) -> Duration {
+        self.last_data_sent.min(self.last_data_received) + now.saturating_since(self.sampled_at)
+    }
+}
+
+/// A TCP socket of a traced process that existed before probe attached.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExistingSocket {
+    pub pid: u32,
+    pub inode: u64,
+    pub state: TcpState,
+    pub endpoints: Endpoints,
+    pub activity: Option<Activity>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idle_time_grows_from_the_sample_and_counts_either_direction() {
+        let activity = Activity {
+            sampled_at: Timestamp::from_nanos(10_000_000_000),
+            last_data_sent: Duration::from_secs(30),
+            last_data_received: Duration::from_secs(4),
+            bytes_acked: 1,
+            bytes_received: 2,
+            unacked: 0,
+            retransmits: 0,
+        };
+        assert_eq!(
+            activity.idle_at(Timestamp::from_nanos(12_000_000_000)),
+            Duration::from_secs(6)
+        );
+    }
+}
