@@ -14,12 +14,13 @@ use std::{
     collections::HashSet,
     io::{BufRead, Write},
     net::{SocketAddr, TcpListener, TcpStream},
-    process::ExitCode,
+    process::{Command, ExitCode},
     thread,
     time::Duration,
 };
 
 use libtest_mimic::{Arguments, Trial};
+use serde_json::Value;
 use support::{
     Helper, Probe, ServerMode, TestResult, connect, ensure, of_type, render, server, ss_sockets_of,
     ss_state, stuck, transitions,
@@ -54,6 +55,21 @@ fn main() -> ExitCode {
         }),
         Trial::test("a_missing_pid_is_a_clear_error", || {
             Ok(a_missing_pid_is_a_clear_error()?)
+        }),
+        Trial::test("attach_to_an_existing_close_wait_pile_up", || {
+            Ok(attach_to_an_existing_close_wait_pile_up()?)
+        }),
+        Trial::test("only_idle_established_connections_are_flagged", || {
+            Ok(only_idle_established_connections_are_flagged()?)
+        }),
+        Trial::test("a_server_started_before_probe_owns_what_it_accepts", || {
+            Ok(a_server_started_before_probe_owns_what_it_accepts()?)
+        }),
+        Trial::test("forked_workers_are_traced", || {
+            Ok(forked_workers_are_traced()?)
+        }),
+        Trial::test("a_client_in_its_own_network_namespace", || {
+            Ok(a_client_in_its_own_network_namespace()?)
         }),
     ];
     let trials = match prerequisites() {
@@ -375,6 +391,218 @@ fn a_missing_pid_is_a_clear_error() -> TestResult {
     )
 }
 
+/// A client already piling up CLOSE_WAIT when probe attaches: all of them reported at once (as
+/// `ss` counts them), and their close seen when the client exits.
+fn attach_to_an_existing_close_wait_pile_up() -> TestResult {
+    let addr = server("127.0.0.1:0", ServerMode::CloseAtOnce)?;
+    let mut client = Helper::start("hold-clients", &[&addr.to_string(), "6"])?;
+    let pid = client.pid();
+    client.say("go")?;
+    ensure(client.hear()? == "ready", || "client not ready".into())?;
+    let ss = wait_for_ss(pid, "close-wait", 6)?;
+
+    let mut probe = Probe::start(&["--pid", &pid.to_string(), "--close-wait-after", "1h"])?;
+    ensure(
+        probe.stderr().contains("6 TCP socket(s) already open"),
+        || probe.stderr(),
+    )?;
+    let records = probe.wait_until("6 CLOSE_WAIT alerts", WAIT, |r| {
+        stuck(r, pid, "CLOSE_WAIT").len() >= 6
+    })?;
+    for alert in stuck(records, pid, "CLOSE_WAIT") {
+        ensure(
+            alert["since_attach"] == true && alert["inode"].is_u64() && alert["idle_ms"].is_u64(),
+            || format!("not flagged as found at attach: {alert}"),
+        )?;
+        let local = format!("127.0.0.1:{} ", alert["sport"]);
+        ensure(ss.iter().any(|line| line.contains(&local)), || {
+            format!("{local}is not one of ss's sockets:\n{}", ss.join("\n"))
+        })?;
+    }
+    // The client exits: its close of each socket is seen and attributed to it.
+    client.finish()?;
+    let records = probe.finish()?;
+    let closes = transitions(&records, pid, "CLOSE_WAIT", "LAST_ACK").len();
+    ensure(closes == 6, || {
+        format!("{closes} closes seen:\n{}", render(&records))
+    })?;
+    let summary = records.last().unwrap();
+    ensure(summary["closed"]["remote_first"] == 6, || {
+        format!("summary: {summary}")
+    })
+}
+
+/// Idle and busy ESTABLISHED connections, open before probe attaches: only the idle ones are
+/// flagged, by tcp_info's idle time.
+fn only_idle_established_connections_are_flagged() -> TestResult {
+    let addr = server("127.0.0.1:0", ServerMode::Hold)?;
+    let mut client = Helper::start("idle-and-busy", &[&addr.to_string(), "2", "2"])?;
+    let pid = client.pid();
+    client.say("go")?;
+    let busy_ports = client.hear()?;
+    let mut probe = Probe::start(&["--pid", &pid.to_string(), "--established-after", "2s"])?;
+    let records = probe.wait_until("2 ESTABLISHED alerts", WAIT, |r| {
+        stuck(r, pid, "ESTABLISHED").len() >= 2
+    })?;
+    for alert in stuck(records, pid, "ESTABLISHED") {
+        ensure(!busy_ports.contains(&alert["sport"].to_string()), || {
+            format!("a busy connection was flagged: {alert} (busy: {busy_ports})")
+        })?;
+        ensure(alert["idle_ms"].as_u64() >= Some(2000), || {
+            format!("not idle: {alert}")
+        })?;
+    }
+    // Busy ones stay unflagged for a while longer.
+    thread::sleep(Duration::from_secs(3));
+    let records = probe.stop()?;
+    let flagged = stuck(&records, pid, "ESTABLISHED").len();
+    ensure(flagged == 2, || {
+        format!("{flagged} flagged:\n{}", render(&records))
+    })?;
+    let summary = records.last().unwrap();
+    let open = summary["open"].as_array().unwrap();
+    let busy: Vec<&Value> = open
+        .iter()
+        .filter(|c| busy_ports.contains(&c["sport"].to_string()))
+        .collect();
+    ensure(
+        busy.len() == 2
+            && busy.iter().all(|c| {
+                c["stuck"] == false
+                    && c["bytes_acked"].as_u64() > Some(0)
+                    && c["idle_ms"].as_u64() < Some(2000)
+            }),
+        || format!("busy connections: {}", render(open)),
+    )?;
+    client.finish()
+}
+
+/// A server listening before probe attaches: what it accepts afterwards is attributed to it.
+fn a_server_started_before_probe_owns_what_it_accepts() -> TestResult {
+    let mut server = Helper::start("server", &[])?;
+    let pid = server.pid();
+    server.say("go")?;
+    let port: u16 = server
+        .hear()?
+        .parse()
+        .map_err(|_| "no port from the server")?;
+    let mut probe = Probe::start(&["--pid", &pid.to_string()])?;
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let clients: Vec<TcpStream> = (0..2).map(|_| connect(addr)).collect::<Result<_, _>>()?;
+    let records = probe.wait_until("2 accepted connections", WAIT, |r| {
+        transitions(r, pid, "SYN_RECV", "ESTABLISHED").len() >= 2
+    })?;
+    ensure(
+        of_type(records, "transition")
+            .iter()
+            .all(|r| r["pid"] == pid),
+        || render(records),
+    )?;
+    let records = probe.stop()?;
+    let summary = records.last().unwrap();
+    let open = summary["open"].as_array().unwrap();
+    ensure(
+        open.iter().filter(|c| c["opened_by"] == "remote").count() == 2
+            && open
+                .iter()
+                .any(|c| c["state"] == "LISTEN" && c["since_attach"] == true),
+        || format!("open: {}", render(open)),
+    )?;
+    drop(clients);
+    server.finish()
+}
+
+/// `probe -- sh -c '...'`: the shell forks workers that connect; they are traced as themselves.
+fn forked_workers_are_traced() -> TestResult {
+    let addr = server("127.0.0.1:0", ServerMode::CloseAfterPeer)?;
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let worker = format!("'{}' helper connect-once {addr}", exe.display());
+    let script = format!("{worker}; {worker}; exit 0");
+    let probe = Probe::start(&["--", "sh", "-c", &script])?;
+    let stderr = probe.stderr();
+    let records = probe.finish()?;
+    let connects: Vec<&Value> = of_type(&records, "transition")
+        .into_iter()
+        .filter(|r| r["old"] == "CLOSE" && r["new"] == "SYN_SENT")
+        .collect();
+    let pids: HashSet<u64> = connects.iter().filter_map(|r| r["pid"].as_u64()).collect();
+    let shell = stderr
+        .split("changes of ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|pid| pid.parse::<u64>().ok())
+        .ok_or_else(|| format!("no shell pid in: {stderr}"))?;
+    ensure(
+        connects.len() == 2 && pids.len() == 2 && !pids.contains(&shell),
+        || format!("shell {shell}, connects:\n{}", render(&records)),
+    )?;
+    ensure(
+        // The test binary is `integration-<hash>`, cut to 15 bytes by the kernel.
+        connects.iter().all(|r| {
+            r["comm"]
+                .as_str()
+                .is_some_and(|c| c.starts_with("integration"))
+        }),
+        || {
+            format!(
+                "workers are not named after their program:\n{}",
+                render(&records)
+            )
+        },
+    )
+}
+
+/// A leaking client in its own network namespace (as in a container), attached by pid from
+/// the host: every stuck socket reported, with the endpoints it sees.
+fn a_client_in_its_own_network_namespace() -> TestResult {
+    let namespace = NetworkNamespace::create()?;
+    let mut server = Helper::start_in(&namespace.name, "closing-server", &[])?;
+    let port: u16 = server
+        .hear()?
+        .parse()
+        .map_err(|_| "no port from the server")?;
+    let addr = format!("127.0.0.1:{port}");
+    let mut client = Helper::start_in(&namespace.name, "hold-clients", &[&addr, "3"])?;
+    let pid = client.pid();
+    client.say("go")?;
+    ensure(client.hear()? == "ready", || "client not ready".into())?;
+    // The host's ss does not see them; ss inside the namespace does.
+    ensure(ss_sockets_of(pid, "close-wait")?.is_empty(), || {
+        "the host sees the namespace's sockets".into()
+    })?;
+    let inside = namespace.ss(pid, "close-wait", 3)?;
+
+    let mut probe = Probe::start(&["--pid", &pid.to_string(), "--close-wait-after", "1s"])?;
+    let records = probe.wait_until("3 CLOSE_WAIT alerts", WAIT, |r| {
+        stuck(r, pid, "CLOSE_WAIT").len() >= 3
+    })?;
+    for alert in stuck(records, pid, "CLOSE_WAIT") {
+        ensure(
+            alert["dport"] == port && alert["daddr"] == "127.0.0.1",
+            || format!("not the namespace's view: {alert}"),
+        )?;
+        let local = format!("127.0.0.1:{} ", alert["sport"]);
+        ensure(inside.iter().any(|l| l.contains(&local)), || {
+            inside.join("\n")
+        })?;
+    }
+    probe.stop()?;
+    client.finish()?;
+    server.finish()
+}
+
+/// Waits until `ss` shows `count` sockets in `state` for `pid`; returns its lines.
+fn wait_for_ss(pid: u32, state: &str, count: usize) -> Result<Vec<String>, String> {
+    for _ in 0..100 {
+        let lines = ss_sockets_of(pid, state)?;
+        if lines.len() == count {
+            return Ok(lines);
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    Err(format!("ss never showed {count} {state} sockets for {pid}"))
+}
+
 // ---------------------------------------------------------------------------------------------
 // Helper roles: real, separate processes for probe to trace. Each waits for `go` on stdin before
 // touching the network (so probe is attached first), answers on stdout, and exits at stdin EOF.
@@ -434,6 +662,53 @@ fn run_helper(args: &[String]) -> Result<(), String> {
             wait_for_eof();
             Ok(())
         }
+        // Listens on a fresh loopback port (told on stdout) and closes what it accepts at once.
+        "closing-server" => {
+            let listener = TcpListener::bind("127.0.0.1:0").map_err(err)?;
+            answer(&listener.local_addr().map_err(err)?.port().to_string())?;
+            thread::spawn(move || {
+                for stream in listener.incoming() {
+                    drop(stream);
+                }
+            });
+            wait_for_eof();
+            Ok(())
+        }
+        // Opens IDLE connections that stay silent and BUSY ones that send a byte every 200 ms;
+        // tells the busy ones' local ports.
+        "idle-and-busy" => {
+            wait_for_go()?;
+            let count_of = |i: usize| -> Result<usize, String> {
+                args.get(i)
+                    .ok_or("no count")?
+                    .parse()
+                    .map_err(|e| format!("{e}"))
+            };
+            let idle: Vec<TcpStream> = (0..count_of(2)?)
+                .map(|_| TcpStream::connect(addr()?).map_err(err))
+                .collect::<Result<_, _>>()?;
+            let mut busy: Vec<TcpStream> = (0..count_of(3)?)
+                .map(|_| TcpStream::connect(addr()?).map_err(err))
+                .collect::<Result<_, _>>()?;
+            let ports: Vec<String> = busy
+                .iter()
+                .map(|s| s.local_addr().map(|a| a.port().to_string()))
+                .collect::<Result<_, _>>()
+                .map_err(err)?;
+            answer(&ports.join(","))?;
+            let (done_tx, done) = std::sync::mpsc::channel();
+            thread::spawn(move || {
+                wait_for_eof();
+                let _ = done_tx.send(());
+            });
+            while done.recv_timeout(Duration::from_millis(200)).is_err() {
+                for stream in &mut busy {
+                    stream.write_all(b"x").map_err(err)?;
+                }
+            }
+            drop(idle);
+            Ok(())
+        }
         // Listens on a fresh loopback port (told on stdout) and holds what it accepts.
         "server" => {
             wait_for_go()?;
@@ -469,6 +744,60 @@ fn answer(line: &str) -> Result<(), String> {
 fn wait_for_eof() {
     let mut sink = String::new();
     while matches!(std::io::stdin().lock().read_line(&mut sink), Ok(n) if n > 0) {}
+}
+
+/// A network namespace of the test's own, with loopback up; deleted on drop.
+struct NetworkNamespace {
+    name: String,
+}
+
+impl NetworkNamespace {
+    fn create() -> Result<NetworkNamespace, String> {
+        let name = format!("probe-test-{}", std::process::id());
+        let ip = |args: &[&str]| -> TestResult {
+            let status = Command::new("ip")
+                .args(args)
+                .status()
+                .map_err(|e| format!("cannot run ip (install iproute2): {e}"))?;
+            ensure(status.success(), || format!("ip {args:?} failed"))
+        };
+        ip(&["netns", "add", &name])?;
+        let namespace = NetworkNamespace { name };
+        ip(&["-n", &namespace.name, "link", "set", "lo", "up"])?;
+        Ok(namespace)
+    }
+
+    /// `ss` inside the namespace: the lines of `pid` in `state`, once there are `count`.
+    fn ss(&self, pid: u32, state: &str, count: usize) -> Result<Vec<String>, String> {
+        let needle = format!("pid={pid},");
+        for _ in 0..100 {
+            let output = Command::new("ip")
+                .args(["netns", "exec", &self.name, "ss", "-tanpH", "state", state])
+                .output()
+                .map_err(|e| e.to_string())?;
+            let lines: Vec<String> = String::from_utf8_lossy(&output.stdout)
+                .lines()
+                .filter(|l| l.contains(&needle))
+                .map(str::to_string)
+                .collect();
+            if lines.len() == count {
+                return Ok(lines);
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        Err(format!(
+            "ss in {} never showed {count} {state} sockets",
+            self.name
+        ))
+    }
+}
+
+impl Drop for NetworkNamespace {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

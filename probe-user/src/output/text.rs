@@ -81,12 +81,12 @@ impl<W: Write> Sink for TextSink<W> {
 
     fn stuck(&mut self, alert: &StuckAlert) -> io::Result<()> {
         self.header()?;
-        let at_least = if alert.since_attach { "at least " } else { "" };
-        let label = self.emphasis(&format!(
-            "STUCK in {} for {at_least}{}",
-            alert.state.name(),
-            short_duration(alert.age)
-        ));
+        let how_long = if alert.since_attach {
+            "since before probe started".to_string()
+        } else {
+            format!("for {}", short_duration(alert.age))
+        };
+        let label = self.emphasis(&format!("STUCK in {} {how_long}", alert.state.name()));
         let idle = alert
             .idle
             .map(|idle| format!(", idle {}", short_duration(idle)))

@@ -202,10 +202,26 @@ pub struct Helper {
 impl Helper {
     /// Starts a helper in `role`.
     pub fn start(role: &str, args: &[&str]) -> Result<Helper, String> {
-        let mut child = Command::new(std::env::current_exe().map_err(|e| e.to_string())?)
+        let mut command = Command::new(std::env::current_exe().map_err(|e| e.to_string())?);
+        command.arg("helper").arg(role).args(args);
+        Helper::spawn(command, role)
+    }
+
+    /// Starts a helper in `role` inside network namespace `namespace` (`ip netns exec` execs
+    /// it, so the helper keeps the pid of the process started here).
+    pub fn start_in(namespace: &str, role: &str, args: &[&str]) -> Result<Helper, String> {
+        let mut command = Command::new("ip");
+        command
+            .args(["netns", "exec", namespace])
+            .arg(std::env::current_exe().map_err(|e| e.to_string())?)
             .arg("helper")
             .arg(role)
-            .args(args)
+            .args(args);
+        Helper::spawn(command, role)
+    }
+
+    fn spawn(mut command: Command, role: &str) -> Result<Helper, String> {
+        let mut child = command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
