@@ -1,24 +1,36 @@
-//! Embeds the kernel object built by `cargo xtask build` (path in `PROBE_EBPF_OBJECT`), or an
-//! empty placeholder so that the pure modules build and test without the eBPF toolchain; such a
-//! binary says how to get the real thing when it is asked to trace.
+//! Embeds the kernel objects built by `cargo xtask build` (paths in `PROBE_EBPF_OBJECT`, with
+//! stack capture, and `PROBE_EBPF_OBJECT_NO_STACKS`, without), or empty placeholders so that the
+//! pure modules build and test without the eBPF toolchain; such a binary says how to get the real
+//! thing when it is asked to trace.
 
 use std::{env, fs, path::PathBuf};
 
 fn main() {
-    println!("cargo:rerun-if-env-changed=PROBE_EBPF_OBJECT");
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
-    let embedded = out_dir.join("probe.bpf.o");
-    match env::var_os("PROBE_EBPF_OBJECT") {
-        Some(object) => {
-            println!("cargo:rerun-if-changed={}", object.to_string_lossy());
-            fs::copy(&object, &embedded).unwrap_or_else(|error| {
-                panic!(
-                    "cannot embed the kernel object {}: {error}",
-                    object.to_string_lossy()
-                )
-            });
-            println!("cargo:rustc-env=PROBE_EBPF_EMBEDDED=1");
+    let mut embedded = true;
+    for (variable, file) in [
+        ("PROBE_EBPF_OBJECT", "probe.bpf.o"),
+        ("PROBE_EBPF_OBJECT_NO_STACKS", "probe-no-stacks.bpf.o"),
+    ] {
+        println!("cargo:rerun-if-env-changed={variable}");
+        let destination = out_dir.join(file);
+        match env::var_os(variable) {
+            Some(object) => {
+                println!("cargo:rerun-if-changed={}", object.to_string_lossy());
+                fs::copy(&object, &destination).unwrap_or_else(|error| {
+                    panic!(
+                        "cannot embed the kernel object {}: {error}",
+                        object.to_string_lossy()
+                    )
+                });
+            }
+            None => {
+                embedded = false;
+                fs::write(&destination, []).expect("cannot write to OUT_DIR");
+            }
         }
-        None => fs::write(&embedded, []).expect("cannot write to OUT_DIR"),
+    }
+    if embedded {
+        println!("cargo:rustc-env=PROBE_EBPF_EMBEDDED=1");
     }
 }

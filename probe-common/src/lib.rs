@@ -30,6 +30,8 @@ pub mod names {
     pub const SEEDS: &str = "SEEDS";
     /// The ring buffer of [`ProcessEvent`](crate::ProcessEvent)s.
     pub const PROCESS_EVENTS: &str = "PROCESS_EVENTS";
+    /// User stacks of connects and local closes (only in the object built with stacks).
+    pub const STACKS: &str = "STACKS";
     /// The [`SetStateLayout`](crate::SetStateLayout) global.
     pub const LAYOUT: &str = "LAYOUT";
     /// The [`ForkLayout`](crate::ForkLayout) global.
@@ -173,11 +175,19 @@ pub struct TransitionEvent {
     pub attribution: u8,
     /// Explicit padding, always zero.
     pub _pad: [u8; 3],
+    /// Id of the owner's user stack in the stack map, on connect and on local close or
+    /// shutdown (in the owner's own context); [`NO_STACK`] otherwise.
+    pub stack_id: i32,
+    /// Explicit padding, always zero.
+    pub _pad2: u32,
     /// Local address.
     pub saddr: [u8; 16],
     /// Remote address.
     pub daddr: [u8; 16],
 }
+
+/// [`TransitionEvent::stack_id`] when no stack was captured.
+pub const NO_STACK: i32 = -1;
 
 /// Key of the listener map: a listening socket's local address and port.
 #[repr(C)]
@@ -268,11 +278,13 @@ pub enum Counter {
     ProcessEventsFull = 3,
     /// Children not followed because the target map was full.
     TargetMapFull = 4,
+    /// Stacks not captured (the stack map was full, or the stack could not be walked).
+    StackMissing = 5,
 }
 
 impl Counter {
     /// How many counters there are (the size of the counter array).
-    pub const COUNT: u32 = 5;
+    pub const COUNT: u32 = 6;
 }
 
 #[cfg(feature = "user")]
@@ -294,8 +306,9 @@ mod tests {
 
     #[test]
     fn event_layout_is_stable() {
-        assert_eq!(core::mem::size_of::<TransitionEvent>(), 64);
-        assert_eq!(core::mem::offset_of!(TransitionEvent, saddr), 32);
+        assert_eq!(core::mem::size_of::<TransitionEvent>(), 72);
+        assert_eq!(core::mem::offset_of!(TransitionEvent, stack_id), 32);
+        assert_eq!(core::mem::offset_of!(TransitionEvent, saddr), 40);
         assert_eq!(core::mem::size_of::<ListenerKey>(), 24);
         assert_eq!(core::mem::size_of::<SocketTuple>(), 40);
         assert_eq!(core::mem::size_of::<ProcessEvent>(), 32);

@@ -70,6 +70,32 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT
 #[map]
 static SEEDS: HashMap<SocketTuple, u32> = HashMap::with_max_entries(1, 0);
 
+/// User stacks of connects and local closes, by id.
+#[cfg(feature = "stacks")]
+#[map]
+static STACKS: aya_ebpf::maps::StackTrace = aya_ebpf::maps::StackTrace::with_max_entries(16384, 0);
+
+/// The current process's user stack, by id in [`STACKS`]; [`probe_common::NO_STACK`] without one.
+#[inline(always)]
+pub(crate) fn user_stack(ctx: &TracePointContext) -> i32 {
+    #[cfg(feature = "stacks")]
+    {
+        use aya_ebpf::{bindings::BPF_F_USER_STACK, programs::tracing::StackIdContext};
+        match ctx.get_stackid(&STACKS, u64::from(BPF_F_USER_STACK)) {
+            Ok(id) => id as i32,
+            Err(_) => {
+                count(Counter::StackMissing);
+                probe_common::NO_STACK
+            }
+        }
+    }
+    #[cfg(not(feature = "stacks"))]
+    {
+        let _ = ctx;
+        probe_common::NO_STACK
+    }
+}
+
 /// Forks and execs that concern the targets.
 #[map]
 static PROCESS_EVENTS: RingBuf = RingBuf::with_byte_size(4096, 0);

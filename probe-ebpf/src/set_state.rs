@@ -8,13 +8,19 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use probe_common::{
-    Attribution, Counter, IPPROTO_TCP, ListenerKey, SocketTuple, TcpState, TransitionEvent,
+    Attribution, Counter, IPPROTO_TCP, ListenerKey, NO_STACK, SocketTuple, TcpState,
+    TransitionEvent,
 };
 
-use crate::{EVENTS, LAYOUT, LISTENERS, OWNERS, SEEDS, TARGETS, count, read};
+use crate::{EVENTS, LAYOUT, LISTENERS, OWNERS, SEEDS, TARGETS, count, read, user_stack};
 
 const CLOSE: u8 = TcpState::Close as u8;
 const LISTEN: u8 = TcpState::Listen as u8;
+const SYN_SENT: u8 = TcpState::SynSent as u8;
+const ESTABLISHED: u8 = TcpState::Established as u8;
+const FIN_WAIT1: u8 = TcpState::FinWait1 as u8;
+const CLOSE_WAIT: u8 = TcpState::CloseWait as u8;
+const LAST_ACK: u8 = TcpState::LastAck as u8;
 
 /// `::ffff:0.0.0.0`: how the tracepoint shows an IPv4 wildcard bind.
 const V4_ANY: [u8; 16] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0, 0, 0, 0];
@@ -63,7 +69,7 @@ fn handle(ctx: &TracePointContext) -> Result<(), i64> {
         Some(found) => found,
         None => return Ok(()),
     };
-    emit(&record, owner, attribution);
+    emit(&record, owner, attribution, code_path(ctx, &record, owner));
 
     if record.new_state == CLOSE {
         // The socket address may be reused by the next socket: forget it now.
@@ -157,7 +163,21 @@ fn listener_key(addr: [u8; 16], port: u16) -> ListenerKey {
     }
 }
 
-fn emit(record: &Record, owner: u32, attribution: Attribution) {
+/// The owner's user stack on connect and on local close or shutdown, when the owner itself runs
+/// them (never in softirq, where the stack would be someone else's).
+fn code_path(ctx: &TracePointContext, record: &Record, owner: u32) -> i32 {
+    let wanted = matches!(
+        (record.old_state, record.new_state),
+        (CLOSE, SYN_SENT) | (ESTABLISHED, FIN_WAIT1) | (CLOSE_WAIT, LAST_ACK)
+    );
+    if wanted && (bpf_get_current_pid_tgid() >> 32) as u32 == owner {
+        user_stack(ctx)
+    } else {
+        NO_STACK
+    }
+}
+
+fn emit(record: &Record, owner: u32, attribution: Attribution, stack_id: i32) {
     let Some(mut entry) = EVENTS.reserve::<TransitionEvent>(0) else {
         count(Counter::RingBufFull);
         return;
@@ -173,6 +193,8 @@ fn emit(record: &Record, owner: u32, attribution: Attribution) {
         new_state: record.new_state,
         attribution: attribution as u8,
         _pad: [0; 3],
+        stack_id,
+        _pad2: 0,
         saddr: record.saddr,
         daddr: record.daddr,
     });

@@ -60,6 +60,11 @@ pub struct Cli {
     #[arg(long, value_name = "N", default_value_t = 65536, value_parser = clap::value_parser!(u32).range(16..=16_777_216))]
     pub max_sockets: u32,
 
+    /// Do not capture the user stacks of connects and closes (no stack map is created, and the
+    /// output has no `opened_at`).
+    #[arg(long)]
+    pub no_stacks: bool,
+
     /// Show debug logs, including the kernel program's own diagnostics.
     #[arg(short, long)]
     pub verbose: bool,

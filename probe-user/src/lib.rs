@@ -10,5 +10,6 @@ pub mod cli;
 pub mod clock;
 pub mod output;
 pub mod snapshot;
+pub mod symbolize;
 pub mod target;
 pub mod track;

@@ -22,8 +22,8 @@ use std::{
 use libtest_mimic::{Arguments, Trial};
 use serde_json::Value;
 use support::{
-    Helper, Probe, ServerMode, TestResult, connect, ensure, of_type, render, server, ss_sockets_of,
-    ss_state, stuck, transitions,
+    Helper, Probe, ServerMode, TestResult, bpf_map_types, connect, ensure, of_type, render, server,
+    ss_sockets_of, ss_state, stuck, transitions,
 };
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -71,6 +71,14 @@ fn main() -> ExitCode {
         Trial::test("a_client_in_its_own_network_namespace", || {
             Ok(a_client_in_its_own_network_namespace()?)
         }),
+        Trial::test(
+            "stuck_connections_are_grouped_by_the_function_that_opened_them",
+            || Ok(stuck_connections_are_grouped_by_the_function_that_opened_them()?),
+        ),
+        Trial::test(
+            "without_stacks_there_is_no_stack_map_and_no_opened_at",
+            || Ok(without_stacks_there_is_no_stack_map_and_no_opened_at()?),
+        ),
     ];
     let trials = match prerequisites() {
         Ok(()) => trials,
@@ -591,6 +599,75 @@ fn a_client_in_its_own_network_namespace() -> TestResult {
     server.finish()
 }
 
+/// `BPF_MAP_TYPE_STACK_TRACE`.
+const STACK_TRACE_MAP: u32 = 7;
+
+/// A process leaking CLOSE_WAIT through two code paths: the summary groups the stuck connections
+/// under the function that opened each, with the right counts.
+fn stuck_connections_are_grouped_by_the_function_that_opened_them() -> TestResult {
+    let addr = server("127.0.0.1:0", ServerMode::CloseAtOnce)?;
+    let mut client = Helper::start("leak-two-ways", &[&addr.to_string(), "3", "2"])?;
+    let pid = client.pid();
+    let mut probe = Probe::start(&["--pid", &pid.to_string(), "--close-wait-after", "1s"])?;
+    ensure(
+        bpf_map_types(probe.pid())?.contains(&STACK_TRACE_MAP),
+        || "probe has no stack map".into(),
+    )?;
+    client.say("go")?;
+    ensure(client.hear()? == "ready", || "client not ready".into())?;
+    probe.wait_until("5 CLOSE_WAIT alerts", WAIT, |r| {
+        stuck(r, pid, "CLOSE_WAIT").len() >= 5
+    })?;
+    let records = probe.stop()?;
+    let summary = records.last().unwrap();
+    let groups = summary["stuck_by_code_path"]
+        .as_array()
+        .ok_or("no groups")?;
+    let count_of = |function: &str| -> Option<u64> {
+        groups.iter().find_map(|group| {
+            let frames = group["opened_at"].as_array()?;
+            frames
+                .iter()
+                .any(|f| f["function"].as_str().is_some_and(|n| n.contains(function)))
+                .then(|| group["connections"].as_u64())?
+        })
+    };
+    ensure(
+        groups.len() == 2
+            && count_of("open_leaky_connection_alpha") == Some(3)
+            && count_of("open_leaky_connection_beta") == Some(2),
+        || format!("groups: {}", render(groups)),
+    )?;
+    client.finish()
+}
+
+/// `--no-stacks`: the loaded program has no stack map, and no record carries `opened_at`.
+fn without_stacks_there_is_no_stack_map_and_no_opened_at() -> TestResult {
+    let addr = server("127.0.0.1:0", ServerMode::CloseAtOnce)?;
+    let mut client = Helper::start("leak-two-ways", &[&addr.to_string(), "1", "1"])?;
+    let pid = client.pid();
+    let mut probe = Probe::start(&[
+        "--no-stacks",
+        "--pid",
+        &pid.to_string(),
+        "--close-wait-after",
+        "1s",
+    ])?;
+    let maps = bpf_map_types(probe.pid())?;
+    ensure(!maps.is_empty() && !maps.contains(&STACK_TRACE_MAP), || {
+        format!("probe's BPF maps: {maps:?}")
+    })?;
+    client.say("go")?;
+    ensure(client.hear()? == "ready", || "client not ready".into())?;
+    probe.wait_until("2 CLOSE_WAIT alerts", WAIT, |r| {
+        stuck(r, pid, "CLOSE_WAIT").len() >= 2
+    })?;
+    let records = probe.stop()?;
+    let text = render(&records);
+    ensure(!text.contains("opened_at"), || text.clone())?;
+    client.finish()
+}
+
 /// Waits until `ss` shows `count` sockets in `state` for `pid`; returns its lines.
 fn wait_for_ss(pid: u32, state: &str, count: usize) -> Result<Vec<String>, String> {
     for _ in 0..100 {
@@ -709,6 +786,28 @@ fn run_helper(args: &[String]) -> Result<(), String> {
             drop(idle);
             Ok(())
         }
+        // Opens ALPHA connections through one function and BETA through another, and keeps them.
+        "leak-two-ways" => {
+            wait_for_go()?;
+            let server = addr()?;
+            let count_of = |i: usize| -> Result<usize, String> {
+                args.get(i)
+                    .ok_or("no count")?
+                    .parse()
+                    .map_err(|e| format!("{e}"))
+            };
+            let mut leaked = Vec::new();
+            for _ in 0..count_of(2)? {
+                leaked.push(open_leaky_connection_alpha(server).map_err(err)?);
+            }
+            for _ in 0..count_of(3)? {
+                leaked.push(open_leaky_connection_beta(server).map_err(err)?);
+            }
+            answer("ready")?;
+            wait_for_eof();
+            drop(leaked);
+            Ok(())
+        }
         // Listens on a fresh loopback port (told on stdout) and holds what it accepts.
         "server" => {
             wait_for_go()?;
@@ -723,6 +822,19 @@ fn run_helper(args: &[String]) -> Result<(), String> {
         }
         other => Err(format!("unknown helper role {other:?}")),
     }
+}
+
+/// One of the two code paths of `leak-two-ways`: a known name for the stack to show.
+#[inline(never)]
+fn open_leaky_connection_alpha(server: SocketAddr) -> std::io::Result<TcpStream> {
+    std::hint::black_box(TcpStream::connect(server))
+}
+
+/// The other code path of `leak-two-ways` (a different body, so that the compiler cannot fold
+/// the two functions into one).
+#[inline(never)]
+fn open_leaky_connection_beta(server: SocketAddr) -> std::io::Result<TcpStream> {
+    std::hint::black_box(TcpStream::connect_timeout(&server, Duration::from_secs(5)))
 }
 
 fn wait_for_go() -> Result<(), String> {

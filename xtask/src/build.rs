@@ -12,10 +12,17 @@ use crate::{cmd::run, toolchain};
 /// The kernel crate's target.
 const BPF_TARGET: &str = "bpfel-unknown-none";
 
+/// The two builds of the kernel program, both embedded into the CLI.
+pub struct KernelObjects {
+    /// With user stack capture (the default).
+    pub stacks: PathBuf,
+    /// Without: no stack map at all (`probe --no-stacks`).
+    pub no_stacks: PathBuf,
+}
+
 /// Paths of what a build produced.
 pub struct Built {
-    /// The kernel object, embedded into the CLI.
-    pub object: PathBuf,
+    pub objects: KernelObjects,
     /// The `probe` binary.
     pub probe: PathBuf,
 }
@@ -28,15 +35,25 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// Builds the kernel object, installing its toolchain when needed.
-pub fn kernel_object() -> Result<PathBuf> {
+/// Builds both kernel objects, installing their toolchain when needed.
+pub fn kernel_objects() -> Result<KernelObjects> {
     let compiler = toolchain::ensure()?;
-    let root = workspace_root();
-    let target_dir = root.join("target").join("ebpf");
     eprintln!(
         "xtask: building the kernel program with {}",
         compiler.description
     );
+    Ok(KernelObjects {
+        stacks: kernel_object(&compiler, "stacks", &[])?,
+        no_stacks: kernel_object(&compiler, "no-stacks", &["--no-default-features"])?,
+    })
+}
+
+fn kernel_object(
+    compiler: &toolchain::EbpfCompiler,
+    variant: &str,
+    features: &[&str],
+) -> Result<PathBuf> {
+    let target_dir = workspace_root().join("target").join("ebpf").join(variant);
     // What aya-build passes: BTF for the kernel, debug info for BTF, and the arch cfg that
     // aya-ebpf's helpers expect.
     let rustflags = [
@@ -47,7 +64,7 @@ pub fn kernel_object() -> Result<PathBuf> {
     .join("\x1f");
     run(compiler
         .cargo()
-        .current_dir(&root)
+        .current_dir(workspace_root())
         .env("CARGO_ENCODED_RUSTFLAGS", rustflags)
         .env_remove("RUSTC_WORKSPACE_WRAPPER")
         .args([
@@ -59,28 +76,30 @@ pub fn kernel_object() -> Result<PathBuf> {
             "--target",
             BPF_TARGET,
         ])
+        .args(features)
         .args(["-Z", "build-std=core", "--target-dir"])
         .arg(&target_dir))
-    .context("cannot build the kernel program")?;
+    .with_context(|| format!("cannot build the kernel program ({variant})"))?;
     Ok(target_dir.join(BPF_TARGET).join("release").join("probe"))
 }
 
-/// A host `cargo` command in the workspace, with the kernel object to embed.
-pub fn host_cargo(object: &Path) -> Command {
+/// A host `cargo` command in the workspace, with the kernel objects to embed.
+pub fn host_cargo(objects: &KernelObjects) -> Command {
     let mut command = Command::new(env!("CARGO"));
     command
         .current_dir(workspace_root())
-        .env("PROBE_EBPF_OBJECT", object);
+        .env("PROBE_EBPF_OBJECT", &objects.stacks)
+        .env("PROBE_EBPF_OBJECT_NO_STACKS", &objects.no_stacks);
     command
 }
 
-/// Builds everything: the kernel object, then the release CLI that embeds it.
+/// Builds everything: the kernel objects, then the release CLI that embeds them.
 pub fn all() -> Result<Built> {
-    let object = kernel_object()?;
-    run(host_cargo(&object).args(["build", "--release", "--package", "probe-user"]))
+    let objects = kernel_objects()?;
+    run(host_cargo(&objects).args(["build", "--release", "--package", "probe-user"]))
         .context("cannot build the probe CLI")?;
     Ok(Built {
-        object,
+        objects,
         probe: workspace_root()
             .join("target")
             .join("release")

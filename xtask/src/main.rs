@@ -54,9 +54,10 @@ fn main() -> Result<()> {
         Task::Build => {
             let built = build::all()?;
             eprintln!(
-                "xtask: built {} (kernel object {})",
+                "xtask: built {} (kernel objects {} and {})",
                 built.probe.display(),
-                built.object.display()
+                built.objects.stacks.display(),
+                built.objects.no_stacks.display()
             );
             Ok(())
         }

@@ -20,11 +20,11 @@ pub fn test() -> Result<()> {
     if tool_exists("rustup") {
         run(Command::new("rustup").args(["component", "add", "rustfmt", "clippy"]))?;
     }
-    let object = build::kernel_object()?;
+    let objects = build::kernel_objects()?;
 
-    run(build::host_cargo(&object).args(["fmt", "--all", "--", "--check"]))
+    run(build::host_cargo(&objects).args(["fmt", "--all", "--", "--check"]))
         .context("code is not formatted: run `cargo fmt --all`")?;
-    run(build::host_cargo(&object).args([
+    run(build::host_cargo(&objects).args([
         "clippy",
         "--release",
         "--all-targets",
@@ -34,7 +34,7 @@ pub fn test() -> Result<()> {
     ]))
     .context("clippy found problems")?;
 
-    let mut tests = build::host_cargo(&object);
+    let mut tests = build::host_cargo(&objects);
     tests
         .args(["test", "--release"])
         // The integration tests must run, not skip, here: lacking root or the embedded kernel

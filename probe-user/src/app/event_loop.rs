@@ -21,6 +21,7 @@ use crate::{
     clock::{WallClock, monotonic_now},
     output::{Sink, json::JsonSink, text::TextSink},
     snapshot,
+    symbolize::Symbolizer,
     target::{self, Process},
     track::{ExistingSocket, Thresholds, Timestamp, Tracker, Transition},
 };
@@ -86,6 +87,7 @@ pub async fn run(setup: Setup<'_>) -> anyhow::Result<()> {
         (cli.established_after / 4).clamp(Duration::from_secs(1), Duration::from_secs(10));
     let mut refreshed_at = Instant::now();
 
+    let mut symbolizer = streams.stacks.map(Symbolizer::new);
     let mut sink = make_sink(cli.json);
     let mut events = readable(streams.events).context("cannot poll the kernel ring buffer")?;
     let mut process_events =
@@ -99,7 +101,7 @@ pub async fn run(setup: Setup<'_>) -> anyhow::Result<()> {
         let step: io::Result<Option<Stop>> = tokio::select! {
             guard = events.readable_mut() => {
                 let mut guard = guard.context("cannot poll the kernel ring buffer")?;
-                let result = drain(guard.get_inner_mut(), &mut tracker, sink.as_mut());
+                let result = drain(guard.get_inner_mut(), &mut tracker, symbolizer.as_mut(), sink.as_mut());
                 guard.clear_ready();
                 result.map(|()| None)
             }
@@ -166,8 +168,13 @@ pub async fn run(setup: Setup<'_>) -> anyhow::Result<()> {
         sleep(EXIT_GRACE).await;
     }
     refresh_activity(&mut tracker, &exits);
-    let finished = drain(events.get_mut(), &mut tracker, sink.as_mut())
-        .and_then(|()| report_stuck(&mut tracker, sink.as_mut()));
+    let finished = drain(
+        events.get_mut(),
+        &mut tracker,
+        symbolizer.as_mut(),
+        sink.as_mut(),
+    )
+    .and_then(|()| report_stuck(&mut tracker, sink.as_mut()));
     logs.get_mut().flush();
 
     let counters = tracer.counters()?;
@@ -201,15 +208,24 @@ fn make_sink(json: bool) -> Box<dyn Sink> {
     }
 }
 
-/// Moves every event waiting in the ring buffer through the tracker to the sink.
+/// Moves every event waiting in the ring buffer through the tracker to the sink, symbolizing the
+/// stacks of connects and closes on the way (while their process is there to be read).
 fn drain(
     ring: &mut RingBuf<MapData>,
     tracker: &mut Tracker,
+    mut symbolizer: Option<&mut Symbolizer>,
     sink: &mut dyn Sink,
 ) -> io::Result<()> {
     while let Some(item) = ring.next() {
         match Transition::decode(&item) {
-            Ok(transition) => sink.transition(&tracker.apply(&transition))?,
+            Ok(mut transition) => {
+                if let (Some(symbolizer), Some(stack_id)) =
+                    (symbolizer.as_deref_mut(), transition.stack_id)
+                {
+                    transition.code_path = symbolizer.code_path(transition.pid, stack_id);
+                }
+                sink.transition(&tracker.apply(&transition))?;
+            }
             Err(error) => log::warn!("skipping a malformed kernel event: {error}"),
         }
     }

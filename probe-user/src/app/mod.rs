@@ -40,6 +40,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         kernel_logs: cli.verbose,
         follow_forks: follow,
         comm_filter: if follow { cli.comm_filter() } else { None },
+        stacks: !cli.no_stacks,
     })?;
     for process in &processes {
         tracer.add_target(process.pid)?;

@@ -5,7 +5,7 @@ pub mod tracefs;
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, MapData, MapError, PerCpuArray, RingBuf},
+    maps::{HashMap, MapData, MapError, PerCpuArray, RingBuf, StackTraceMap},
     programs::{ProgramError, TracePoint},
 };
 use aya_log::EbpfLogger;
@@ -14,10 +14,13 @@ use probe_common::{Counter, ForkLayout, ListenerKey, SocketTuple, names};
 /// The kernel object, built by `cargo xtask build` and embedded by `build.rs` (empty when the
 /// CLI was built without it, e.g. by a plain `cargo build`).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/probe.bpf.o"));
+/// The same program built without stack capture: it has no stack map at all.
+static OBJECT_NO_STACKS: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/probe-no-stacks.bpf.o"));
 
 /// Whether this binary carries its kernel program.
 pub fn has_kernel_object() -> bool {
-    !OBJECT.is_empty()
+    !OBJECT.is_empty() && !OBJECT_NO_STACKS.is_empty()
 }
 
 /// Sizes and switches for the kernel side.
@@ -35,6 +38,8 @@ pub struct TracerConfig {
     pub follow_forks: bool,
     /// Make processes that exec under this name (NUL padded) targets.
     pub comm_filter: Option<[u8; 16]>,
+    /// Capture the user stacks of connects and local closes.
+    pub stacks: bool,
 }
 
 /// Why the kernel side could not be set up.
@@ -80,6 +85,8 @@ pub struct KernelCounters {
     pub process_events_full: u64,
     /// Children not followed because the target map was full.
     pub target_map_full: u64,
+    /// Stacks that could not be captured.
+    pub stack_missing: u64,
 }
 
 /// The loaded and attached kernel program. Dropping it detaches the program and frees its maps.
@@ -99,6 +106,8 @@ pub struct Streams {
     pub process_events: RingBuf<MapData>,
     /// Must stay alive as long as the program runs: dropping it closes its map.
     pub logger: EbpfLogger<&'static dyn log::Log>,
+    /// The captured user stacks, unless stacks are off.
+    pub stacks: Option<StackTraceMap<MapData>>,
 }
 
 impl Tracer {
@@ -135,7 +144,11 @@ impl Tracer {
             .map_max_entries(names::OWNERS, config.max_sockets)
             .map_max_entries(names::LISTENERS, config.max_targets.max(64))
             .map_max_entries(names::TARGETS, config.max_targets)
-            .load(OBJECT)
+            .load(if config.stacks {
+                OBJECT
+            } else {
+                OBJECT_NO_STACKS
+            })
             .map_err(|error| LoadError::Load(error.to_string()))?;
         let logger = EbpfLogger::init(&mut ebpf).map_err(|_| LoadError::Missing("AYA_LOGS"))?;
 
@@ -147,6 +160,12 @@ impl Tracer {
 
         let events = RingBuf::try_from(take_map(&mut ebpf, names::EVENTS)?)
             .map_err(|source| map_error(names::EVENTS, source))?;
+        let stacks = match ebpf.take_map(names::STACKS) {
+            Some(map) => Some(
+                StackTraceMap::try_from(map).map_err(|source| map_error(names::STACKS, source))?,
+            ),
+            None => None,
+        };
         let process_events = RingBuf::try_from(take_map(&mut ebpf, names::PROCESS_EVENTS)?)
             .map_err(|source| map_error(names::PROCESS_EVENTS, source))?;
         let targets = HashMap::try_from(take_map(&mut ebpf, names::TARGETS)?)
@@ -169,6 +188,7 @@ impl Tracer {
                 events,
                 process_events,
                 logger,
+                stacks,
             },
         ))
     }
@@ -218,6 +238,7 @@ impl Tracer {
             listener_map_full: read(Counter::ListenerMapFull)?,
             process_events_full: read(Counter::ProcessEventsFull)?,
             target_map_full: read(Counter::TargetMapFull)?,
+            stack_missing: read(Counter::StackMissing)?,
         })
     }
 }

@@ -12,7 +12,8 @@ use serde::Serialize;
 use crate::{
     clock::WallClock,
     track::{
-        Ending, Endpoints, OpenConnection, Owner, StateChange, StuckAlert, Summary, Timestamp,
+        CodePath, Diagnosis, Ending, Endpoints, OpenConnection, Owner, StateChange, StuckAlert,
+        Summary, Timestamp,
     },
 };
 
@@ -73,6 +74,28 @@ impl<'a> Connection<'a> {
     }
 }
 
+/// One stack frame.
+#[derive(Serialize)]
+struct FrameRecord<'a> {
+    function: &'a str,
+    file: Option<&'a str>,
+    line: Option<u32>,
+    address: String,
+}
+
+/// A code path as JSON: its frames, innermost first, outermost last.
+fn frames(path: &CodePath) -> Vec<FrameRecord<'_>> {
+    path.frames
+        .iter()
+        .map(|frame| FrameRecord {
+            function: &frame.function,
+            file: frame.file.as_deref(),
+            line: frame.line,
+            address: format!("{:#x}", frame.address),
+        })
+        .collect()
+}
+
 #[derive(Serialize)]
 struct TransitionRecord<'a> {
     r#type: &'static str,
@@ -101,6 +124,8 @@ struct StuckRecord<'a> {
     since_attach: bool,
     idle_ms: Option<u64>,
     reason: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    opened_at: Option<Vec<FrameRecord<'a>>>,
 }
 
 #[derive(Serialize)]
@@ -116,6 +141,18 @@ struct OpenRecord<'a> {
     retrans: Option<u32>,
     stuck: bool,
     opened_by: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    opened_at: Option<Vec<FrameRecord<'a>>>,
+}
+
+/// Stuck connections of one state opened by one code path.
+#[derive(Serialize)]
+struct CodePathRecord<'a> {
+    state: &'static str,
+    connections: usize,
+    reason: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    opened_at: Option<Vec<FrameRecord<'a>>>,
 }
 
 #[derive(Serialize)]
@@ -134,6 +171,7 @@ struct SummaryRecord<'a> {
     open: Vec<OpenRecord<'a>>,
     counts: BTreeMap<&'static str, usize>,
     stuck: BTreeMap<&'static str, usize>,
+    stuck_by_code_path: Vec<CodePathRecord<'a>>,
     closed: ClosedRecord,
     lost_events: u64,
     untracked_sockets: u64,
@@ -155,6 +193,7 @@ fn open_record(open: &OpenConnection) -> OpenRecord<'_> {
         retrans: open.activity.map(|a| a.retransmits),
         stuck: open.stuck,
         opened_by: open.opened_by.name(),
+        opened_at: open.opened_at.as_deref().map(frames),
     }
 }
 
@@ -194,6 +233,7 @@ impl<W: Write> Sink for JsonSink<W> {
             since_attach: alert.since_attach,
             idle_ms: alert.idle.map(millis),
             reason: alert.diagnosis.reason(),
+            opened_at: alert.opened_at.as_deref().map(frames),
         };
         self.line(&record)
     }
@@ -206,11 +246,21 @@ impl<W: Write> Sink for JsonSink<W> {
                 .collect()
         };
         let closed = summary.closed;
+        let groups = summary.stuck_by_code_path();
         let record = SummaryRecord {
             r#type: "summary",
             open: summary.open.iter().map(open_record).collect(),
             counts: names(summary.counts()),
             stuck: names(summary.stuck()),
+            stuck_by_code_path: groups
+                .iter()
+                .map(|group| CodePathRecord {
+                    state: group.state.name(),
+                    connections: group.connections,
+                    reason: Diagnosis::for_state(group.state).map_or("", Diagnosis::group_reason),
+                    opened_at: group.opened_at.as_deref().map(frames),
+                })
+                .collect(),
             closed: ClosedRecord {
                 total: closed.total,
                 local_first: closed.local_first,

@@ -63,6 +63,8 @@ mod tests {
             old,
             new,
             attribution: Attribution::Known,
+            stack_id: None,
+            code_path: None,
         }
     }
 
@@ -160,8 +162,24 @@ mod tests {
                 4_000,
             ),
         ];
-        for step in &steps {
-            sink.transition(&tracker.apply(step)).unwrap();
+        let opener = std::sync::Arc::new(crate::track::CodePath {
+            frames: ["__connect", "main.doRequest", "main.main"]
+                .iter()
+                .zip([0, 31, 52])
+                .map(|(function, line)| crate::track::Frame {
+                    function: function.to_string(),
+                    file: (line > 0).then(|| "main.go".to_string()),
+                    line: (line > 0).then_some(line),
+                    address: 0x4000 + u64::from(line),
+                })
+                .collect(),
+        });
+        for (i, step) in steps.iter().enumerate() {
+            let mut step = step.clone();
+            if i == 0 {
+                step.code_path = Some(opener.clone());
+            }
+            sink.transition(&tracker.apply(&step)).unwrap();
         }
         for alert in tracker.due_stuck(at(6_001)) {
             sink.stuck(&alert).unwrap();

@@ -5,8 +5,11 @@ use std::io::{self, Write};
 
 use crate::{
     clock::WallClock,
-    track::{Ending, StateChange, StuckAlert, Summary},
+    track::{Diagnosis, Ending, StateChange, StuckAlert, Summary},
 };
+
+/// How many frames of the program's own code a diagnosis names.
+const OPENED_AT_DEPTH: usize = 3;
 
 use super::{
     Sink,
@@ -99,7 +102,11 @@ impl<W: Write> Sink for TextSink<W> {
             alert.endpoints.local,
             alert.endpoints.remote,
             alert.diagnosis.reason()
-        )
+        )?;
+        if let Some(path) = &alert.opened_at {
+            writeln!(self.out, "    opened at {}", path.describe(OPENED_AT_DEPTH))?;
+        }
+        Ok(())
     }
 
     fn summary(&mut self, summary: &Summary) -> io::Result<()> {
@@ -128,7 +135,7 @@ impl<W: Write> Sink for TextSink<W> {
                     summary.count(group.state),
                     stuck_note
                 )?;
-                if let Some(diagnosis) = crate::track::Diagnosis::for_state(group.state)
+                if let Some(diagnosis) = Diagnosis::for_state(group.state)
                     && stuck_here > 0
                 {
                     writeln!(self.out, "  why: {}", diagnosis.reason())?;
@@ -148,6 +155,24 @@ impl<W: Write> Sink for TextSink<W> {
                 group.stuck,
                 pids.join(",")
             )?;
+        }
+        let by_code = summary.stuck_by_code_path();
+        if by_code.iter().any(|group| group.opened_at.is_some()) {
+            writeln!(self.out, "stuck, by the code that opened them:")?;
+            for group in by_code {
+                let place = group.opened_at.as_ref().map_or_else(
+                    || "an unknown place (opened before probe started)".to_string(),
+                    |path| path.describe(OPENED_AT_DEPTH),
+                );
+                let all = if group.connections > 1 { "all " } else { "" };
+                writeln!(
+                    self.out,
+                    "  {} connection(s) stuck in {}, {all}opened at {place}; {}",
+                    group.connections,
+                    group.state.name(),
+                    Diagnosis::for_state(group.state).map_or("", Diagnosis::group_reason)
+                )?;
+            }
         }
         let closed = &summary.closed;
         writeln!(

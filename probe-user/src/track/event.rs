@@ -1,10 +1,13 @@
 //! Decoding the kernel's [`TransitionEvent`] into a [`Transition`].
 
-use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::{
+    net::{IpAddr, Ipv6Addr, SocketAddr},
+    sync::Arc,
+};
 
 use probe_common::{AF_INET, AF_INET6, Attribution, TcpState, TransitionEvent};
 
-use super::time::Timestamp;
+use super::{code_path::CodePath, time::Timestamp};
 
 /// The address family of a socket.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -32,7 +35,7 @@ pub struct Endpoints {
 }
 
 /// One decoded state transition of a traced socket.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Transition {
     /// The kernel socket address, an opaque id reused after CLOSE.
     pub sock_id: u64,
@@ -45,6 +48,10 @@ pub struct Transition {
     pub new: TcpState,
     /// How the kernel program knew the owner.
     pub attribution: Attribution,
+    /// The kernel's id of the owner's user stack, on connect and local close.
+    pub stack_id: Option<u32>,
+    /// That stack, symbolized (filled in by the caller, which can read the process).
+    pub code_path: Option<Arc<CodePath>>,
 }
 
 /// Why a ring buffer record is not a valid [`Transition`].
@@ -100,6 +107,8 @@ impl Transition {
             new: state(raw.new_state)?,
             attribution: Attribution::from_raw(raw.attribution)
                 .ok_or(DecodeError::UnknownAttribution(raw.attribution))?,
+            stack_id: u32::try_from(raw.stack_id).ok(),
+            code_path: None,
         })
     }
 }
@@ -125,6 +134,8 @@ pub(crate) mod tests {
             new_state: new as u8,
             attribution: Attribution::ProcessContext as u8,
             _pad: [0; 3],
+            stack_id: 7,
+            _pad2: 0,
             saddr,
             daddr,
         }
@@ -133,7 +144,11 @@ pub(crate) mod tests {
     fn bytes_of(event: &TransitionEvent) -> Vec<u8> {
         // SAFETY: reading the bytes of a plain `#[repr(C)]` value with explicit padding.
         unsafe {
-            std::slice::from_raw_parts((event as *const TransitionEvent).cast::<u8>(), 64).to_vec()
+            std::slice::from_raw_parts(
+                (event as *const TransitionEvent).cast::<u8>(),
+                size_of::<TransitionEvent>(),
+            )
+            .to_vec()
         }
     }
 
@@ -147,6 +162,10 @@ pub(crate) mod tests {
         assert_eq!((t.old, t.new), (TcpState::Close, TcpState::SynSent));
         assert_eq!((t.pid, t.at.as_nanos()), (1234, 42));
         assert_eq!(t.attribution, Attribution::ProcessContext);
+        assert_eq!(t.stack_id, Some(7));
+        let mut no_stack = raw;
+        no_stack.stack_id = probe_common::NO_STACK;
+        assert_eq!(Transition::from_event(&no_stack).unwrap().stack_id, None);
     }
 
     #[test]

@@ -7,6 +7,7 @@ use probe_common::TcpState;
 
 use super::{
     activity::{Activity, ExistingSocket},
+    code_path::CodePath,
     event::Endpoints,
     event::Transition,
     time::Timestamp,
@@ -140,6 +141,10 @@ pub struct Connection {
     pub history: Vec<StateVisit>,
     /// The latest tcp_info sample, where there is one.
     pub activity: Option<Activity>,
+    /// Where the program called connect(), where probe captured it.
+    pub opened_at: Option<Arc<CodePath>>,
+    /// Where the program closed or shut it down, where probe captured it.
+    pub closed_at: Option<Arc<CodePath>>,
 }
 
 impl Connection {
@@ -169,6 +174,8 @@ impl Connection {
             ending: None,
             history: before.into_iter().collect(),
             activity: None,
+            opened_at: None,
+            closed_at: None,
         }
     }
 
@@ -198,6 +205,8 @@ impl Connection {
                 at_least: true,
             }],
             activity: socket.activity,
+            opened_at: None,
+            closed_at: None,
         }
     }
 
@@ -216,7 +225,20 @@ impl Connection {
         // transition always has the most complete endpoints.
         self.endpoints = transition.endpoints;
         match (old, new) {
-            (TcpState::Established | TcpState::SynRecv, TcpState::FinWait1) => {
+            (TcpState::Close, TcpState::SynSent) => {
+                self.opened_at = transition.code_path.clone();
+            }
+            (TcpState::Established, TcpState::FinWait1)
+            | (TcpState::CloseWait, TcpState::LastAck) => {
+                self.closed_at = transition.code_path.clone();
+                self.closed_first
+                    .get_or_insert(if old == TcpState::Established {
+                        ClosedFirst::Local
+                    } else {
+                        ClosedFirst::Remote
+                    });
+            }
+            (TcpState::SynRecv, TcpState::FinWait1) => {
                 self.closed_first.get_or_insert(ClosedFirst::Local);
             }
             (TcpState::Established | TcpState::SynRecv, TcpState::CloseWait) => {
@@ -290,6 +312,8 @@ mod tests {
             old,
             new,
             attribution: Attribution::Known,
+            stack_id: None,
+            code_path: None,
         }
     }
 

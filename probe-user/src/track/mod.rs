@@ -5,6 +5,7 @@
 //! as a [`Timestamp`], so the whole module is tested with event sequences and made-up times.
 
 pub mod activity;
+pub mod code_path;
 pub mod event;
 pub mod lifecycle;
 pub mod stuck;
@@ -13,9 +14,10 @@ pub mod time;
 pub mod tracker;
 
 pub use activity::{Activity, ExistingSocket};
+pub use code_path::{CodePath, Frame};
 pub use event::{DecodeError, Endpoints, Family, Transition};
 pub use lifecycle::{ClosedFirst, Connection, ConnectionKey, Ending, OpenedBy, Owner, StateVisit};
 pub use stuck::{Diagnosis, Thresholds};
-pub use summary::{ClosedCounts, EndpointGroup, OpenConnection, Summary};
+pub use summary::{ClosedCounts, CodePathGroup, EndpointGroup, OpenConnection, Summary};
 pub use time::Timestamp;
 pub use tracker::{StateChange, StuckAlert, Tracker};

@@ -59,6 +59,16 @@ impl Diagnosis {
         }
     }
 
+    /// The same, said of a group of connections.
+    pub const fn group_reason(self) -> &'static str {
+        match self {
+            Diagnosis::PeerClosedNeverClosedLocally => {
+                "the peer closed them and this process never called close()"
+            }
+            Diagnosis::OpenAndUnused => "they sit open and unused, never reused nor closed",
+        }
+    }
+
     /// One line for a human.
     pub const fn reason(self) -> &'static str {
         match self {

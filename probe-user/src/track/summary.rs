@@ -1,11 +1,12 @@
 //! The picture at the end of a run (or at any moment): open connections and totals.
 
-use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
+use std::{collections::BTreeMap, net::SocketAddr, sync::Arc, time::Duration};
 
 use probe_common::TcpState;
 
 use super::{
     activity::Activity,
+    code_path::CodePath,
     event::Endpoints,
     lifecycle::{ClosedFirst, Connection, ConnectionKey, Ending, OpenedBy, Owner},
     time::Timestamp,
@@ -28,6 +29,8 @@ pub struct OpenConnection {
     /// Time without data either way, where tcp_info tells.
     pub idle: Option<Duration>,
     pub activity: Option<Activity>,
+    /// Where the program opened it, where probe captured it.
+    pub opened_at: Option<Arc<CodePath>>,
     /// Flagged as stuck in `state`.
     pub stuck: bool,
     pub opened_by: OpenedBy,
@@ -84,6 +87,15 @@ pub struct EndpointGroup {
     pub since_attach: bool,
     /// The processes that own them, lowest pid first.
     pub pids: Vec<u32>,
+}
+
+/// The stuck connections of one state opened by one code path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CodePathGroup {
+    pub state: TcpState,
+    /// `None` for the connections whose opening probe did not capture.
+    pub opened_at: Option<Arc<CodePath>>,
+    pub connections: usize,
 }
 
 /// Open connections, oldest in their state first, with counts by state.
@@ -178,6 +190,29 @@ impl Summary {
     }
 }
 
+impl Summary {
+    /// Stuck connections grouped by state and by the code path that opened them (the same code
+    /// in different processes is one group), the largest group first.
+    pub fn stuck_by_code_path(&self) -> Vec<CodePathGroup> {
+        let mut groups: Vec<CodePathGroup> = Vec::new();
+        for connection in self.open.iter().filter(|c| c.stuck) {
+            let same = |g: &&mut CodePathGroup| {
+                g.state == connection.state && g.opened_at == connection.opened_at
+            };
+            match groups.iter_mut().find(same) {
+                Some(group) => group.connections += 1,
+                None => groups.push(CodePathGroup {
+                    state: connection.state,
+                    opened_at: connection.opened_at.clone(),
+                    connections: 1,
+                }),
+            }
+        }
+        groups.sort_by_key(|g| (state_rank(g.state), std::cmp::Reverse(g.connections)));
+        groups
+    }
+}
+
 /// The order states are shown in: the ones that can be stuck first.
 pub fn state_rank(state: TcpState) -> (u8, TcpState) {
     let rank = match state {
@@ -206,6 +241,7 @@ mod tests {
             since_attach: false,
             idle: None,
             activity: None,
+            opened_at: None,
             owner: Owner {
                 pid,
                 comm: "c".into(),

@@ -12,6 +12,7 @@ use probe_common::TcpState;
 
 use super::{
     activity::{Activity, ExistingSocket},
+    code_path::CodePath,
     event::{Endpoints, Transition},
     lifecycle::{Connection, ConnectionKey, Ending, Owner},
     stuck::{Diagnosis, StuckDetector, Thresholds},
@@ -60,6 +61,8 @@ pub struct StuckAlert {
     /// Time without data either way, where tcp_info tells.
     pub idle: Option<Duration>,
     pub activity: Option<Activity>,
+    /// Where the program opened it, where probe captured it.
+    pub opened_at: Option<Arc<CodePath>>,
     pub diagnosis: Diagnosis,
 }
 
@@ -261,6 +264,7 @@ impl Tracker {
                 since_attach: connection.since_attach(),
                 idle,
                 activity: connection.activity,
+                opened_at: connection.opened_at.clone(),
                 diagnosis,
             });
         }
@@ -292,6 +296,7 @@ impl Tracker {
                     since_attach: connection.since_attach(),
                     idle: connection.activity.map(|a| a.idle_at(now)),
                     activity: connection.activity,
+                    opened_at: connection.opened_at.clone(),
                     stuck: tracked.stuck,
                     opened_by: connection.opened_by,
                 }
@@ -376,6 +381,8 @@ mod tests {
             old,
             new,
             attribution: Attribution::Known,
+            stack_id: None,
+            code_path: None,
         }
     }
 
@@ -651,6 +658,50 @@ mod tests {
         // It stops: flagged one threshold after its last data.
         assert!(tracker.due_stuck(at(258_999)).is_empty());
         assert_eq!(tracker.due_stuck(at(259_000)).len(), 1);
+    }
+
+    fn path(function: &str) -> Arc<CodePath> {
+        Arc::new(CodePath {
+            frames: vec![crate::track::Frame {
+                function: function.into(),
+                file: Some("main.go".into()),
+                line: Some(31),
+                address: 0x1000,
+            }],
+        })
+    }
+
+    #[test]
+    fn stuck_connections_are_grouped_by_the_code_that_opened_them() {
+        let mut tracker = tracker();
+        for (id, opener) in [
+            (1, "main.alpha"),
+            (2, "main.alpha"),
+            (3, "main.beta"),
+            (4, "main.alpha"),
+        ] {
+            let mut connect = t(id, Close, SynSent, 0);
+            connect.code_path = Some(path(opener));
+            tracker.apply(&connect);
+            tracker.apply(&t(id, SynSent, Established, 1));
+            tracker.apply(&t(id, Established, CloseWait, 2));
+        }
+        // One that is not stuck does not count.
+        tracker.apply(&t(5, Close, SynSent, 0));
+        tracker.due_stuck(at(10_000));
+        let groups = tracker.summary(at(10_000)).stuck_by_code_path();
+        let shape: Vec<(String, usize)> = groups
+            .iter()
+            .map(|g| (g.opened_at.as_ref().unwrap().describe(1), g.connections))
+            .collect();
+        assert_eq!(
+            shape,
+            [
+                ("main.alpha (main.go:31)".to_string(), 3),
+                ("main.beta (main.go:31)".to_string(), 1)
+            ]
+        );
+        assert!(groups.iter().all(|g| g.state == CloseWait));
     }
 
     #[test]

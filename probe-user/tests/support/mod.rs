@@ -84,6 +84,11 @@ impl Probe {
         Ok(probe)
     }
 
+    /// The process id of probe itself.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// What probe wrote to stderr so far.
     pub fn stderr(&self) -> String {
         self.stderr.lock().unwrap().clone()
@@ -334,4 +339,18 @@ pub fn ss_state(state: &str) -> Result<String, String> {
         .output()
         .map_err(|e| format!("cannot run ss (install iproute2): {e}"))?;
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// The BPF map types (`map_type` numbers) of the maps process `pid` holds open.
+pub fn bpf_map_types(pid: u32) -> Result<Vec<u32>, String> {
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fdinfo")).map_err(|e| e.to_string())?;
+    Ok(fds
+        .filter_map(Result::ok)
+        .filter_map(|fd| std::fs::read_to_string(fd.path()).ok())
+        .filter_map(|info| {
+            info.lines()
+                .find_map(|line| line.strip_prefix("map_type:"))
+                .and_then(|value| value.trim().parse().ok())
+        })
+        .collect())
 }
