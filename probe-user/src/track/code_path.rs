@@ -55,18 +55,21 @@ const WRAPPERS: &[&str] = &[
 ];
 
 impl CodePath {
-    /// The frames of the program itself: the stack without its innermost system call and
-    /// socket library wrappers (all of it, if nothing else is left).
+    /// The frames of the program itself: the first run of frames below the system call and
+    /// socket library wrappers, up to the runtime's own frames (all of the stack, if it has no
+    /// such run).
     pub fn application_frames(&self) -> &[Frame] {
-        let start = self
-            .frames
+        let is_program = |frame: &Frame| {
+            !frame.function.is_empty() && !WRAPPERS.iter().any(|w| frame.function.starts_with(w))
+        };
+        let Some(start) = self.frames.iter().position(is_program) else {
+            return &self.frames;
+        };
+        let length = self.frames[start..]
             .iter()
-            .position(|frame| {
-                !frame.function.is_empty()
-                    && !WRAPPERS.iter().any(|w| frame.function.starts_with(w))
-            })
-            .unwrap_or(0);
-        &self.frames[start..]
+            .take_while(|frame| is_program(frame))
+            .count();
+        &self.frames[start..start + length]
     }
 
     /// `f (file:line) <- g (file:line) <- ...`: up to `depth` frames of the program itself.
@@ -121,10 +124,11 @@ mod tests {
     #[test]
     fn describes_the_program_frames_below_the_socket_library() {
         assert_eq!(
-            go_stack().describe(2),
-            "main.doRequest (main.go:31) <- main.main (main.go:52) <- ..."
+            go_stack().describe(3),
+            "main.doRequest (main.go:31) <- main.main (main.go:52)"
         );
-        assert_eq!(go_stack().application_frames().len(), 3);
+        assert_eq!(go_stack().describe(1), "main.doRequest (main.go:31) <- ...");
+        assert_eq!(go_stack().application_frames().len(), 2);
     }
 
     #[test]
