@@ -1,81 +1,129 @@
-//! Turning the kernel's stack ids into code paths: read the stack from the kernel's stack map,
-//! symbolize it in the process it came from (blazesym), and cache the result per process and
-//! stack id.
+//! Turning the kernel's stack ids into code paths, away from the event path: a worker thread
+//! reads each new stack from the kernel's stack map and symbolizes it in the process it came
+//! from (blazesym); the event loop only notes stacks and looks the results up when an alert or
+//! the summary needs them.
 
-use std::{collections::HashMap, path::Path, sync::Arc};
+use std::{
+    collections::{HashMap, HashSet},
+    path::Path,
+    sync::{Arc, Mutex, PoisonError, mpsc},
+    thread,
+    time::{Duration, Instant},
+};
 
 use aya::maps::{MapData, StackTraceMap};
 use blazesym::symbolize::{
-    Input, Symbolized, Symbolizer as Blazesym,
+    Input, Symbolized, Symbolizer,
     source::{Process, Source},
 };
 
-use crate::track::{CodePath, Frame};
+use crate::track::{CodePath, Frame, StackRef};
 
-/// Symbolizes the user stacks the kernel program captured.
-pub struct Symbolizer {
-    stacks: StackTraceMap<MapData>,
-    blazesym: Blazesym,
-    cache: HashMap<(u32, u32), Option<Arc<CodePath>>>,
+type Resolved = Arc<Mutex<HashMap<StackRef, Option<Arc<CodePath>>>>>;
+
+/// Code paths of the captured stacks, symbolized in the background.
+pub struct CodePaths {
+    requests: mpsc::Sender<StackRef>,
+    resolved: Resolved,
+    requested: HashSet<StackRef>,
 }
 
-impl Symbolizer {
-    /// A symbolizer over the kernel's stack map.
-    pub fn new(stacks: StackTraceMap<MapData>) -> Self {
-        Symbolizer {
-            stacks,
-            blazesym: Blazesym::new(),
-            cache: HashMap::new(),
+impl CodePaths {
+    /// Starts the symbolizing worker over the kernel's stack map.
+    pub fn start(stacks: StackTraceMap<MapData>) -> Self {
+        let (requests, pending) = mpsc::channel::<StackRef>();
+        let resolved: Resolved = Arc::default();
+        let results = Arc::clone(&resolved);
+        thread::spawn(move || {
+            let symbolizer = Symbolizer::new();
+            for stack in pending {
+                let path = resolve(&stacks, &symbolizer, stack).map(Arc::new);
+                results
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(stack, path);
+            }
+        });
+        CodePaths {
+            requests,
+            resolved,
+            requested: HashSet::new(),
         }
     }
 
-    /// The code path of stack `stack_id` captured in process `pid`, while that process is still
-    /// there to be read.
-    pub fn code_path(&mut self, pid: u32, stack_id: u32) -> Option<Arc<CodePath>> {
-        if let Some(known) = self.cache.get(&(pid, stack_id)) {
-            return known.clone();
+    /// Asks for `stack` to be symbolized (once), while its process is there to be read.
+    pub fn note(&mut self, stack: StackRef) {
+        if self.requested.insert(stack) {
+            // The worker only stops with this sender: sending cannot fail.
+            let _ = self.requests.send(stack);
         }
-        let resolved = self.resolve(pid, stack_id).map(Arc::new);
-        self.cache.insert((pid, stack_id), resolved.clone());
-        resolved
     }
 
-    fn resolve(&self, pid: u32, stack_id: u32) -> Option<CodePath> {
-        let trace = self.stacks.get(&stack_id, 0).ok()?;
-        let addresses: Vec<u64> = trace.frames().iter().map(|frame| frame.ip).collect();
-        let source = Source::Process(Process::new(pid.into()));
-        let symbols = self
-            .blazesym
-            .symbolize(&source, Input::AbsAddr(&addresses))
-            .map_err(|error| log::debug!("cannot symbolize a stack of {pid}: {error}"))
-            .ok()?;
-        let frames = addresses
-            .iter()
-            .zip(symbols)
-            .map(|(&address, symbol)| match symbol {
-                Symbolized::Sym(sym) => {
-                    let code = sym.code_info.as_deref();
-                    Frame {
-                        function: sym.name.into_owned(),
-                        file: code.map(|code| {
-                            Path::new(&code.file)
-                                .file_name()
-                                .unwrap_or(&code.file)
-                                .to_string_lossy()
-                                .into_owned()
-                        }),
-                        line: code.and_then(|code| code.line),
-                        address,
-                    }
-                }
-                Symbolized::Unknown(_) => Frame {
-                    function: String::new(),
-                    file: None,
-                    line: None,
+    /// The code path of `stack`, if it has been symbolized.
+    pub fn get(&self, stack: StackRef) -> Option<Arc<CodePath>> {
+        self.resolved
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&stack)
+            .cloned()
+            .flatten()
+    }
+
+    /// Waits, at most `timeout`, until every noted stack has been symbolized.
+    pub fn settle(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            let done = self
+                .resolved
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .len();
+            if done >= self.requested.len() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+fn resolve(
+    stacks: &StackTraceMap<MapData>,
+    symbolizer: &Symbolizer,
+    stack: StackRef,
+) -> Option<CodePath> {
+    let trace = stacks.get(&stack.id, 0).ok()?;
+    let addresses: Vec<u64> = trace.frames().iter().map(|frame| frame.ip).collect();
+    let source = Source::Process(Process::new(stack.pid.into()));
+    let symbols = symbolizer
+        .symbolize(&source, Input::AbsAddr(&addresses))
+        .map_err(|error| log::debug!("cannot symbolize a stack of {}: {error}", stack.pid))
+        .ok()?;
+    let frames = addresses
+        .iter()
+        .zip(symbols)
+        .map(|(&address, symbol)| match symbol {
+            Symbolized::Sym(sym) => {
+                let code = sym.code_info.as_deref();
+                Frame {
+                    function: sym.name.into_owned(),
+                    file: code.map(|code| {
+                        Path::new(&code.file)
+                            .file_name()
+                            .unwrap_or(&code.file)
+                            .to_string_lossy()
+                            .into_owned()
+                    }),
+                    line: code.and_then(|code| code.line),
                     address,
-                },
-            })
-            .collect();
-        Some(CodePath { frames })
-    }
+                }
+            }
+            Symbolized::Unknown(_) => Frame {
+                function: String::new(),
+                file: None,
+                line: None,
+                address,
+            },
+        })
+        .collect();
+    Some(CodePath { frames })
 }

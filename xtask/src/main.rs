@@ -1,5 +1,6 @@
 //! `cargo xtask`: build, run, test and demo probe. One way to build: everything goes through here.
 
+mod bench;
 mod build;
 mod cmd;
 mod demo;
@@ -32,6 +33,32 @@ enum Task {
     Test,
     /// The leaking HTTP client, traced by probe, then its fix.
     Demo,
+    /// What tracing costs a churning workload, against the alternatives; writes BENCHMARKS.md.
+    Bench {
+        /// Rounds of every configuration, interleaved.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Connections the workload makes in each run.
+        #[arg(long, default_value_t = 20_000)]
+        connections: usize,
+        /// Client threads (and server threads) of the workload.
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+    },
+    /// The benchmark's workload: waits for `go` on stdin, churns, prints `rate CONN_PER_S`.
+    #[command(hide = true)]
+    Churn {
+        #[arg(long)]
+        connections: usize,
+        #[arg(long)]
+        concurrency: usize,
+    },
+    /// Holds PAIRS loopback connections open until stdin closes (after `go`).
+    #[command(hide = true)]
+    HoldOpen {
+        #[arg(long)]
+        pairs: usize,
+    },
     /// The demo's HTTP client (used by `demo`).
     #[command(hide = true)]
     DemoClient {
@@ -74,6 +101,21 @@ fn main() -> Result<()> {
         }
         Task::Test => test::test(),
         Task::Demo => demo::demo(),
+        Task::Bench {
+            rounds,
+            connections,
+            concurrency,
+        } => bench::bench(rounds, connections, concurrency),
+        Task::Churn {
+            connections,
+            concurrency,
+        } => {
+            workload::wait_for_go()?;
+            let rate = workload::churn(connections, concurrency)?;
+            println!("rate {rate:.1}");
+            Ok(())
+        }
+        Task::HoldOpen { pairs } => workload::hold_open(pairs),
         Task::DemoClient {
             server,
             requests,

@@ -104,3 +104,117 @@ fn read_response(stream: &mut TcpStream) -> Result<()> {
     reader.read_exact(&mut body)?;
     Ok(())
 }
+
+/// The benchmark's workload: `connections` loopback connections, made by `concurrency` client
+/// threads against a server in this same process (so each connection makes ten state transitions
+/// of this process: five on each side). Each client connects, sends a byte, reads the reply and
+/// closes first. Returns the connections per second.
+pub fn churn(connections: usize, concurrency: usize) -> Result<f64> {
+    let listener = TcpListener::bind("127.0.0.1:0").context("cannot bind a loopback port")?;
+    let server = listener.local_addr()?;
+    // A fixed pool of server threads, each accepting in turn: no thread is created per
+    // connection, so the work measured is the connections'.
+    for _ in 0..concurrency {
+        let listener = listener.try_clone()?;
+        thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                answer_and_close(stream);
+            }
+        });
+    }
+    let started = std::time::Instant::now();
+    let per_client = connections.div_ceil(concurrency);
+    let clients: Vec<_> = (0..concurrency)
+        .map(|_| {
+            thread::spawn(move || -> std::io::Result<()> {
+                for _ in 0..per_client {
+                    let mut stream = TcpStream::connect(server)?;
+                    stream.write_all(b"?")?;
+                    let mut reply = [0u8; 1];
+                    stream.read_exact(&mut reply)?;
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    for client in clients {
+        client
+            .join()
+            .map_err(|_| anyhow::anyhow!("a client thread panicked"))?
+            .context("a client failed")?;
+    }
+    Ok((per_client * concurrency) as f64 / started.elapsed().as_secs_f64())
+}
+
+fn answer_and_close(mut stream: TcpStream) {
+    let mut request = [0u8; 1];
+    if stream.read_exact(&mut request).is_ok() && stream.write_all(b"!").is_ok() {
+        // Wait for the client's close, then close too.
+        let _ = stream.read(&mut request);
+    }
+}
+
+/// Waits for a `go` line on stdin (so a tracer can attach first).
+pub fn wait_for_go() -> Result<()> {
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line)?;
+    if line.trim() != "go" {
+        bail!("expected `go` on stdin, got {line:?}");
+    }
+    Ok(())
+}
+
+/// Opens `pairs` loopback connections (two open sockets each, both in this process) across
+/// several server ports, then holds them until stdin closes.
+pub fn hold_open(pairs: usize) -> Result<()> {
+    raise_fd_limit(pairs * 2 + 64)?;
+    wait_for_go()?;
+    // Spread over ports so that the client side does not run out of ephemeral ports.
+    let listeners: Vec<TcpListener> = (0..pairs.div_ceil(20_000).max(1))
+        .map(|_| TcpListener::bind("127.0.0.1:0"))
+        .collect::<std::io::Result<_>>()?;
+    let mut held = Vec::with_capacity(pairs * 2);
+    for (i, listener) in listeners.iter().cycle().take(pairs).enumerate() {
+        let client = TcpStream::connect(listener.local_addr()?)
+            .with_context(|| format!("connection {i} of {pairs}"))?;
+        let (accepted, _) = listener.accept()?;
+        held.push(client);
+        held.push(accepted);
+    }
+    println!("ready {}", held.len());
+    let mut sink = String::new();
+    while std::io::stdin().read_line(&mut sink)? > 0 {}
+    Ok(())
+}
+
+/// The hard limit of open files of this process (raising past it needs CAP_SYS_RESOURCE).
+pub fn fd_hard_limit() -> usize {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one valid struct.
+    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
+    usize::try_from(limit.rlim_max).unwrap_or(usize::MAX)
+}
+
+fn raise_fd_limit(wanted: usize) -> Result<()> {
+    if wanted > fd_hard_limit() {
+        bail!(
+            "{wanted} open files are more than this process may have ({}): use more holders",
+            fd_hard_limit()
+        );
+    }
+    let limit = libc::rlimit {
+        rlim_cur: wanted as libc::rlim_t,
+        rlim_max: fd_hard_limit() as libc::rlim_t,
+    };
+    // SAFETY: setrlimit reads one valid struct.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+        bail!(
+            "cannot raise the open file limit to {wanted}: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(())
+}

@@ -21,7 +21,7 @@ use crate::{
     clock::{WallClock, monotonic_now},
     output::{Sink, json::JsonSink, text::TextSink},
     snapshot,
-    symbolize::Symbolizer,
+    symbolize::CodePaths,
     target::{self, Process},
     track::{ExistingSocket, Thresholds, Timestamp, Tracker, Transition},
 };
@@ -87,7 +87,7 @@ pub async fn run(setup: Setup<'_>) -> anyhow::Result<()> {
         (cli.established_after / 4).clamp(Duration::from_secs(1), Duration::from_secs(10));
     let mut refreshed_at = Instant::now();
 
-    let mut symbolizer = streams.stacks.map(Symbolizer::new);
+    let mut code_paths = streams.stacks.map(CodePaths::start);
     let mut sink = make_sink(cli.json);
     let mut events = readable(streams.events).context("cannot poll the kernel ring buffer")?;
     let mut process_events =
@@ -101,7 +101,7 @@ pub async fn run(setup: Setup<'_>) -> anyhow::Result<()> {
         let step: io::Result<Option<Stop>> = tokio::select! {
             guard = events.readable_mut() => {
                 let mut guard = guard.context("cannot poll the kernel ring buffer")?;
-                let result = drain(guard.get_inner_mut(), &mut tracker, symbolizer.as_mut(), sink.as_mut());
+                let result = drain(guard.get_inner_mut(), &mut tracker, code_paths.as_mut(), sink.as_mut());
                 guard.clear_ready();
                 result.map(|()| None)
             }
@@ -150,7 +150,7 @@ pub async fn run(setup: Setup<'_>) -> anyhow::Result<()> {
             refreshed_at = Instant::now();
         }
         let step = step.and_then(|stop| {
-            report_stuck(&mut tracker, sink.as_mut())?;
+            report_stuck(&mut tracker, code_paths.as_ref(), sink.as_mut())?;
             sink.flush()?;
             Ok(stop)
         });
@@ -171,14 +171,18 @@ pub async fn run(setup: Setup<'_>) -> anyhow::Result<()> {
     let finished = drain(
         events.get_mut(),
         &mut tracker,
-        symbolizer.as_mut(),
+        code_paths.as_mut(),
         sink.as_mut(),
     )
-    .and_then(|()| report_stuck(&mut tracker, sink.as_mut()));
+    .and_then(|()| report_stuck(&mut tracker, code_paths.as_ref(), sink.as_mut()));
     logs.get_mut().flush();
 
     let counters = tracer.counters()?;
     let mut summary = tracker.summary(monotonic_now());
+    if let Some(code_paths) = &code_paths {
+        code_paths.settle(Duration::from_secs(2));
+        summary.resolve_code_paths(|stack| code_paths.get(stack));
+    }
     summary.lost_events = counters.ring_buf_full + counters.process_events_full;
     summary.untracked_sockets = counters.owner_map_full + counters.listener_map_full;
     if summary.lost_events > 0 || summary.untracked_sockets > 0 || counters.target_map_full > 0 {
@@ -208,21 +212,21 @@ fn make_sink(json: bool) -> Box<dyn Sink> {
     }
 }
 
-/// Moves every event waiting in the ring buffer through the tracker to the sink, symbolizing the
-/// stacks of connects and closes on the way (while their process is there to be read).
+/// Moves every event waiting in the ring buffer through the tracker to the sink, noting the
+/// stacks of connects and closes for symbolizing (while their process is there to be read).
 fn drain(
     ring: &mut RingBuf<MapData>,
     tracker: &mut Tracker,
-    mut symbolizer: Option<&mut Symbolizer>,
+    mut code_paths: Option<&mut CodePaths>,
     sink: &mut dyn Sink,
 ) -> io::Result<()> {
     while let Some(item) = ring.next() {
         match Transition::decode(&item) {
-            Ok(mut transition) => {
-                if let (Some(symbolizer), Some(stack_id)) =
-                    (symbolizer.as_deref_mut(), transition.stack_id)
+            Ok(transition) => {
+                if let (Some(code_paths), Some(stack)) =
+                    (code_paths.as_deref_mut(), transition.stack)
                 {
-                    transition.code_path = symbolizer.code_path(transition.pid, stack_id);
+                    code_paths.note(stack);
                 }
                 sink.transition(&tracker.apply(&transition))?;
             }
@@ -267,8 +271,15 @@ fn refresh_activity(tracker: &mut Tracker, exits: &ExitWatch) {
     }
 }
 
-fn report_stuck(tracker: &mut Tracker, sink: &mut dyn Sink) -> io::Result<()> {
-    for alert in tracker.due_stuck(monotonic_now()) {
+fn report_stuck(
+    tracker: &mut Tracker,
+    code_paths: Option<&CodePaths>,
+    sink: &mut dyn Sink,
+) -> io::Result<()> {
+    for mut alert in tracker.due_stuck(monotonic_now()) {
+        if let (Some(code_paths), Some(stack)) = (code_paths, alert.opened_stack) {
+            alert.opened_at = code_paths.get(stack);
+        }
         sink.stuck(&alert)?;
     }
     Ok(())

@@ -63,8 +63,7 @@ mod tests {
             old,
             new,
             attribution: Attribution::Known,
-            stack_id: None,
-            code_path: None,
+            stack: None,
         }
     }
 
@@ -174,17 +173,20 @@ mod tests {
                 })
                 .collect(),
         });
+        let leak = crate::track::StackRef { pid: 4242, id: 1 };
         for (i, step) in steps.iter().enumerate() {
-            let mut step = step.clone();
+            let mut step = *step;
             if i == 0 {
-                step.code_path = Some(opener.clone());
+                step.stack = Some(leak);
             }
             sink.transition(&tracker.apply(&step)).unwrap();
         }
-        for alert in tracker.due_stuck(at(6_001)) {
+        for mut alert in tracker.due_stuck(at(6_001)) {
+            alert.opened_at = alert.opened_stack.map(|_| opener.clone());
             sink.stuck(&alert).unwrap();
         }
         let mut summary = tracker.summary(at(9_000));
+        summary.resolve_code_paths(|stack| (stack == leak).then(|| opener.clone()));
         summary.lost_events = 2;
         sink.summary(&summary).unwrap();
     }

@@ -2,6 +2,14 @@
 
 use std::fmt;
 
+/// A user stack the kernel captured: its id in the kernel's stack map, in the process it was
+/// captured in (symbolized later, away from the event path).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StackRef {
+    pub pid: u32,
+    pub id: u32,
+}
+
 /// One frame of a user stack.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Frame {

@@ -1,13 +1,10 @@
 //! Decoding the kernel's [`TransitionEvent`] into a [`Transition`].
 
-use std::{
-    net::{IpAddr, Ipv6Addr, SocketAddr},
-    sync::Arc,
-};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
 use probe_common::{AF_INET, AF_INET6, Attribution, TcpState, TransitionEvent};
 
-use super::{code_path::CodePath, time::Timestamp};
+use super::{code_path::StackRef, time::Timestamp};
 
 /// The address family of a socket.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -35,7 +32,7 @@ pub struct Endpoints {
 }
 
 /// One decoded state transition of a traced socket.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Transition {
     /// The kernel socket address, an opaque id reused after CLOSE.
     pub sock_id: u64,
@@ -48,10 +45,8 @@ pub struct Transition {
     pub new: TcpState,
     /// How the kernel program knew the owner.
     pub attribution: Attribution,
-    /// The kernel's id of the owner's user stack, on connect and local close.
-    pub stack_id: Option<u32>,
-    /// That stack, symbolized (filled in by the caller, which can read the process).
-    pub code_path: Option<Arc<CodePath>>,
+    /// The owner's user stack, on connect and local close.
+    pub stack: Option<StackRef>,
 }
 
 /// Why a ring buffer record is not a valid [`Transition`].
@@ -107,8 +102,10 @@ impl Transition {
             new: state(raw.new_state)?,
             attribution: Attribution::from_raw(raw.attribution)
                 .ok_or(DecodeError::UnknownAttribution(raw.attribution))?,
-            stack_id: u32::try_from(raw.stack_id).ok(),
-            code_path: None,
+            stack: u32::try_from(raw.stack_id).ok().map(|id| StackRef {
+                pid: raw.owner_tgid,
+                id,
+            }),
         })
     }
 }
@@ -162,10 +159,10 @@ pub(crate) mod tests {
         assert_eq!((t.old, t.new), (TcpState::Close, TcpState::SynSent));
         assert_eq!((t.pid, t.at.as_nanos()), (1234, 42));
         assert_eq!(t.attribution, Attribution::ProcessContext);
-        assert_eq!(t.stack_id, Some(7));
+        assert_eq!(t.stack, Some(StackRef { pid: 1234, id: 7 }));
         let mut no_stack = raw;
         no_stack.stack_id = probe_common::NO_STACK;
-        assert_eq!(Transition::from_event(&no_stack).unwrap().stack_id, None);
+        assert_eq!(Transition::from_event(&no_stack).unwrap().stack, None);
     }
 
     #[test]

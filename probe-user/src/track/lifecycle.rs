@@ -7,7 +7,7 @@ use probe_common::TcpState;
 
 use super::{
     activity::{Activity, ExistingSocket},
-    code_path::CodePath,
+    code_path::StackRef,
     event::Endpoints,
     event::Transition,
     time::Timestamp,
@@ -142,9 +142,9 @@ pub struct Connection {
     /// The latest tcp_info sample, where there is one.
     pub activity: Option<Activity>,
     /// Where the program called connect(), where probe captured it.
-    pub opened_at: Option<Arc<CodePath>>,
+    pub opened_at: Option<StackRef>,
     /// Where the program closed or shut it down, where probe captured it.
-    pub closed_at: Option<Arc<CodePath>>,
+    pub closed_at: Option<StackRef>,
 }
 
 impl Connection {
@@ -226,11 +226,11 @@ impl Connection {
         self.endpoints = transition.endpoints;
         match (old, new) {
             (TcpState::Close, TcpState::SynSent) => {
-                self.opened_at = transition.code_path.clone();
+                self.opened_at = transition.stack;
             }
             (TcpState::Established, TcpState::FinWait1)
             | (TcpState::CloseWait, TcpState::LastAck) => {
-                self.closed_at = transition.code_path.clone();
+                self.closed_at = transition.stack;
                 self.closed_first
                     .get_or_insert(if old == TcpState::Established {
                         ClosedFirst::Local
@@ -312,8 +312,7 @@ mod tests {
             old,
             new,
             attribution: Attribution::Known,
-            stack_id: None,
-            code_path: None,
+            stack: None,
         }
     }
 

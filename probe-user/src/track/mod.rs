@@ -14,7 +14,7 @@ pub mod time;
 pub mod tracker;
 
 pub use activity::{Activity, ExistingSocket};
-pub use code_path::{CodePath, Frame};
+pub use code_path::{CodePath, Frame, StackRef};
 pub use event::{DecodeError, Endpoints, Family, Transition};
 pub use lifecycle::{ClosedFirst, Connection, ConnectionKey, Ending, OpenedBy, Owner, StateVisit};
 pub use stuck::{Diagnosis, Thresholds};

@@ -6,7 +6,7 @@ use probe_common::TcpState;
 
 use super::{
     activity::Activity,
-    code_path::CodePath,
+    code_path::{CodePath, StackRef},
     event::Endpoints,
     lifecycle::{ClosedFirst, Connection, ConnectionKey, Ending, OpenedBy, Owner},
     time::Timestamp,
@@ -30,6 +30,8 @@ pub struct OpenConnection {
     pub idle: Option<Duration>,
     pub activity: Option<Activity>,
     /// Where the program opened it, where probe captured it.
+    pub opened_stack: Option<StackRef>,
+    /// That stack, symbolized (see [`Summary::resolve_code_paths`]).
     pub opened_at: Option<Arc<CodePath>>,
     /// Flagged as stuck in `state`.
     pub stuck: bool,
@@ -191,6 +193,16 @@ impl Summary {
 }
 
 impl Summary {
+    /// Fills in where each open connection was opened, from its captured stack.
+    pub fn resolve_code_paths(
+        &mut self,
+        mut resolve: impl FnMut(StackRef) -> Option<Arc<CodePath>>,
+    ) {
+        for connection in &mut self.open {
+            connection.opened_at = connection.opened_stack.and_then(&mut resolve);
+        }
+    }
+
     /// Stuck connections grouped by state and by the code path that opened them (the same code
     /// in different processes is one group), the largest group first.
     pub fn stuck_by_code_path(&self) -> Vec<CodePathGroup> {
@@ -241,6 +253,7 @@ mod tests {
             since_attach: false,
             idle: None,
             activity: None,
+            opened_stack: None,
             opened_at: None,
             owner: Owner {
                 pid,

@@ -12,7 +12,7 @@ use probe_common::TcpState;
 
 use super::{
     activity::{Activity, ExistingSocket},
-    code_path::CodePath,
+    code_path::{CodePath, StackRef},
     event::{Endpoints, Transition},
     lifecycle::{Connection, ConnectionKey, Ending, Owner},
     stuck::{Diagnosis, StuckDetector, Thresholds},
@@ -62,6 +62,8 @@ pub struct StuckAlert {
     pub idle: Option<Duration>,
     pub activity: Option<Activity>,
     /// Where the program opened it, where probe captured it.
+    pub opened_stack: Option<StackRef>,
+    /// That stack, symbolized (filled in by whoever can symbolize).
     pub opened_at: Option<Arc<CodePath>>,
     pub diagnosis: Diagnosis,
 }
@@ -264,7 +266,8 @@ impl Tracker {
                 since_attach: connection.since_attach(),
                 idle,
                 activity: connection.activity,
-                opened_at: connection.opened_at.clone(),
+                opened_stack: connection.opened_at,
+                opened_at: None,
                 diagnosis,
             });
         }
@@ -296,7 +299,8 @@ impl Tracker {
                     since_attach: connection.since_attach(),
                     idle: connection.activity.map(|a| a.idle_at(now)),
                     activity: connection.activity,
-                    opened_at: connection.opened_at.clone(),
+                    opened_stack: connection.opened_at,
+                    opened_at: None,
                     stuck: tracked.stuck,
                     opened_by: connection.opened_by,
                 }
@@ -381,8 +385,7 @@ mod tests {
             old,
             new,
             attribution: Attribution::Known,
-            stack_id: None,
-            code_path: None,
+            stack: None,
         }
     }
 
@@ -674,14 +677,13 @@ mod tests {
     #[test]
     fn stuck_connections_are_grouped_by_the_code_that_opened_them() {
         let mut tracker = tracker();
-        for (id, opener) in [
-            (1, "main.alpha"),
-            (2, "main.alpha"),
-            (3, "main.beta"),
-            (4, "main.alpha"),
-        ] {
+        let paths = [path("main.alpha"), path("main.beta")];
+        for (id, opener) in [(1, 0), (2, 0), (3, 1), (4, 0)] {
             let mut connect = t(id, Close, SynSent, 0);
-            connect.code_path = Some(path(opener));
+            connect.stack = Some(StackRef {
+                pid: 42,
+                id: opener,
+            });
             tracker.apply(&connect);
             tracker.apply(&t(id, SynSent, Established, 1));
             tracker.apply(&t(id, Established, CloseWait, 2));
@@ -689,7 +691,9 @@ mod tests {
         // One that is not stuck does not count.
         tracker.apply(&t(5, Close, SynSent, 0));
         tracker.due_stuck(at(10_000));
-        let groups = tracker.summary(at(10_000)).stuck_by_code_path();
+        let mut summary = tracker.summary(at(10_000));
+        summary.resolve_code_paths(|stack| Some(paths[stack.id as usize].clone()));
+        let groups = summary.stuck_by_code_path();
         let shape: Vec<(String, usize)> = groups
             .iter()
             .map(|g| (g.opened_at.as_ref().unwrap().describe(1), g.connections))
