@@ -18,7 +18,13 @@ use clap::Parser;
 )]
 pub struct Cli {
     /// Trace this running process and all its threads (repeatable).
-    #[arg(short, long = "pid", value_name = "PID", value_parser = parse_pid)]
+    #[arg(
+        short,
+        long = "pid",
+        value_name = "PID",
+        value_parser = parse_pid,
+        allow_negative_numbers = true
+    )]
     pub pids: Vec<u32>,
 
     /// Trace every running process with this name (and, with --follow-forks, the ones started
@@ -53,7 +59,7 @@ pub struct Cli {
     pub json: bool,
 
     /// Size of the kernel ring buffer, in KiB (a power of two, at least 4).
-    #[arg(long, value_name = "KIB", default_value_t = 1024, value_parser = parse_ring_kib)]
+    #[arg(long, value_name = "KIB", default_value_t = 4096, value_parser = parse_ring_kib)]
     pub ring_buffer_kib: u32,
 
     /// How many sockets the kernel side can track at once.
@@ -175,7 +181,7 @@ mod tests {
         assert_eq!(cli.pids, [12]);
         assert_eq!(cli.close_wait_after, Duration::from_secs(5));
         assert_eq!(cli.established_after, Duration::from_secs(60));
-        assert_eq!(cli.ring_buffer_kib, 1024);
+        assert_eq!(cli.ring_buffer_kib, 4096);
         assert!(cli.validate().is_ok());
     }
 

@@ -28,57 +28,40 @@ use support::{
 
 const WAIT: Duration = Duration::from_secs(15);
 
+/// One trial per test function, named after it.
+macro_rules! trials {
+    ($($test:ident),* $(,)?) => {
+        vec![$(Trial::test(stringify!($test), || Ok($test()?))),*]
+    };
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("helper") {
         return helper(&args[2..]);
     }
-    let trials = vec![
-        Trial::test("close_wait_is_flagged_and_matches_ss", || {
-            Ok(close_wait_is_flagged_and_matches_ss()?)
-        }),
-        Trial::test("idle_established_is_flagged", || {
-            Ok(idle_established_is_flagged()?)
-        }),
-        Trial::test("clean_active_close_goes_to_time_wait", || {
-            Ok(clean_active_close_goes_to_time_wait()?)
-        }),
-        Trial::test("accepted_connections_belong_to_the_server", || {
-            Ok(accepted_connections_belong_to_the_server()?)
-        }),
-        Trial::test("ipv6_on_loopback", || Ok(ipv6_on_loopback()?)),
-        Trial::test("a_noisy_neighbour_is_not_traced", || {
-            Ok(a_noisy_neighbour_is_not_traced()?)
-        }),
-        Trial::test("a_command_is_traced_from_its_first_connection", || {
-            Ok(a_command_is_traced_from_its_first_connection()?)
-        }),
-        Trial::test("a_missing_pid_is_a_clear_error", || {
-            Ok(a_missing_pid_is_a_clear_error()?)
-        }),
-        Trial::test("attach_to_an_existing_close_wait_pile_up", || {
-            Ok(attach_to_an_existing_close_wait_pile_up()?)
-        }),
-        Trial::test("only_idle_established_connections_are_flagged", || {
-            Ok(only_idle_established_connections_are_flagged()?)
-        }),
-        Trial::test("a_server_started_before_probe_owns_what_it_accepts", || {
-            Ok(a_server_started_before_probe_owns_what_it_accepts()?)
-        }),
-        Trial::test("forked_workers_are_traced", || {
-            Ok(forked_workers_are_traced()?)
-        }),
-        Trial::test("a_client_in_its_own_network_namespace", || {
-            Ok(a_client_in_its_own_network_namespace()?)
-        }),
-        Trial::test(
-            "stuck_connections_are_grouped_by_the_function_that_opened_them",
-            || Ok(stuck_connections_are_grouped_by_the_function_that_opened_them()?),
-        ),
-        Trial::test(
-            "without_stacks_there_is_no_stack_map_and_no_opened_at",
-            || Ok(without_stacks_there_is_no_stack_map_and_no_opened_at()?),
-        ),
+    let trials = trials![
+        close_wait_is_flagged_and_matches_ss,
+        idle_established_is_flagged,
+        clean_active_close_goes_to_time_wait,
+        accepted_connections_belong_to_the_server,
+        ipv6_on_loopback,
+        a_noisy_neighbour_is_not_traced,
+        a_command_is_traced_from_its_first_connection,
+        a_missing_pid_is_a_clear_error,
+        attach_to_an_existing_close_wait_pile_up,
+        only_idle_established_connections_are_flagged,
+        a_server_started_before_probe_owns_what_it_accepts,
+        forked_workers_are_traced,
+        a_client_in_its_own_network_namespace,
+        stuck_connections_are_grouped_by_the_function_that_opened_them,
+        without_stacks_there_is_no_stack_map_and_no_opened_at,
+        bad_input_gets_a_clear_error_and_no_panic,
+        a_thread_id_means_its_process,
+        closing_stdout_ends_probe_cleanly,
+        sigterm_still_prints_the_summary,
+        kernel_objects_are_freed_even_after_sigkill,
+        an_unprivileged_user_is_told_what_to_do,
     ];
     let trials = match prerequisites() {
         Ok(()) => trials,
@@ -668,6 +651,222 @@ fn without_stacks_there_is_no_stack_map_and_no_opened_at() -> TestResult {
     client.finish()
 }
 
+/// Runs probe with `args` to completion; returns its exit code and stderr.
+fn probe_fails(args: &[&str]) -> Result<(Option<i32>, String), String> {
+    let output = Command::new(env!("CARGO_BIN_EXE_probe"))
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| e.to_string())?;
+    Ok((
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    ))
+}
+
+/// Bad input of every kind: a non-zero exit, a message that says what to do, never a panic.
+fn bad_input_gets_a_clear_error_and_no_panic() -> TestResult {
+    let cases: &[(&[&str], i32, &str)] = &[
+        (&["--pid", "0"], 2, "positive number"),
+        (&["--pid", "-5"], 2, "positive number"),
+        (&["--pid", "abc"], 2, "not a pid"),
+        (&["--pid", "99999999999"], 2, "positive number"),
+        (&["--pid", "1", "--duration", "5 parsecs"], 2, "try 500ms"),
+        (
+            &["--pid", "1", "--close-wait-after", "0s"],
+            2,
+            "longer than zero",
+        ),
+        (
+            &["--pid", "1", "--ring-buffer-kib", "1000"],
+            2,
+            "power of two",
+        ),
+        (&["--comm", "/usr/bin/curl"], 2, "no path"),
+        (&["--json"], 2, "nothing to trace"),
+        (&["--pid", "1", "--state", "x"], 2, "unexpected argument"),
+        (&["--pid", "4194305"], 1, "no process with pid"),
+        (
+            &["--", "/nonexistent/program"],
+            1,
+            "no such file or directory",
+        ),
+        (&["--comm", "no-such-program-x"], 1, "--follow-forks"),
+    ];
+    for (args, code, hint) in cases {
+        let (exit, stderr) = probe_fails(args)?;
+        ensure(exit == Some(*code), || {
+            format!("probe {args:?} exited {exit:?}, not {code}: {stderr}")
+        })?;
+        ensure(
+            stderr.contains(hint) && !stderr.contains("panicked"),
+            || format!("probe {args:?} said: {stderr}"),
+        )?;
+    }
+    Ok(())
+}
+
+/// `--pid TID` of a thread: probe says so and traces the whole process.
+fn a_thread_id_means_its_process() -> TestResult {
+    let addr = server("127.0.0.1:0", ServerMode::Hold)?;
+    let mut helper = Helper::start("connect-from-a-thread", &[&addr.to_string()])?;
+    let tid = helper.hear()?;
+    let mut probe = Probe::start(&["--pid", &tid])?;
+    ensure(
+        probe
+            .stderr()
+            .contains(&format!("{tid} is a thread of process {}", helper.pid())),
+        || probe.stderr(),
+    )?;
+    helper.say("go")?;
+    let pid = helper.pid();
+    probe.wait_until("the thread's connect", WAIT, |r| {
+        transitions(r, pid, "CLOSE", "SYN_SENT").len() == 1
+    })?;
+    probe.stop()?;
+    helper.finish()
+}
+
+/// `probe ... | head -1`: when its stdout closes, probe ends by itself, cleanly.
+fn closing_stdout_ends_probe_cleanly() -> TestResult {
+    let addr = server("127.0.0.1:0", ServerMode::CloseAfterPeer)?;
+    let mut client = Helper::start("close-clients", &[&addr.to_string(), "50"])?;
+    let mut probe = std::process::Command::new(env!("CARGO_BIN_EXE_probe"))
+        .args(["--pid", &client.pid().to_string()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let mut stdout = std::io::BufReader::new(probe.stdout.take().ok_or("no stdout")?);
+    let mut stderr = std::io::BufReader::new(probe.stderr.take().ok_or("no stderr")?);
+    let mut line = String::new();
+    stderr.read_line(&mut line).map_err(|e| e.to_string())?;
+    client.say("go")?;
+    // Read the header line, then close the pipe, as `head -1` does.
+    line.clear();
+    stdout.read_line(&mut line).map_err(|e| e.to_string())?;
+    drop(stdout);
+    ensure(client.hear()? == "done", || "client not done".into())?;
+    for _ in 0..200 {
+        if let Some(status) = probe.try_wait().map_err(|e| e.to_string())? {
+            let mut rest = String::new();
+            std::io::Read::read_to_string(&mut stderr, &mut rest).map_err(|e| e.to_string())?;
+            ensure(status.success() && !rest.contains("panicked"), || {
+                format!("probe exited {status}: {rest}")
+            })?;
+            return client.finish();
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    let _ = probe.kill();
+    Err("probe kept running with its stdout closed".into())
+}
+
+/// SIGTERM stops probe as Ctrl-C does: summary printed, exit 0.
+fn sigterm_still_prints_the_summary() -> TestResult {
+    let sleeper = Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let probe = Probe::start(&["--pid", &sleeper.id().to_string()])?;
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(probe.pid() as i32, libc::SIGTERM) };
+    let records = probe.finish()?;
+    let mut sleeper = sleeper;
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    ensure(
+        records.last().is_some_and(|r| r["type"] == "summary"),
+        || render(&records),
+    )
+}
+
+/// Killed with SIGKILL, probe leaves nothing in the kernel: its programs and maps are gone.
+fn kernel_objects_are_freed_even_after_sigkill() -> TestResult {
+    let sleeper = Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let probe = Probe::start(&["--pid", &sleeper.id().to_string(), "--follow-forks"])?;
+    let (programs, maps) = bpf_ids(probe.pid())?;
+    ensure(programs.len() >= 3 && maps.len() >= 5, || {
+        format!("programs {programs:?}, maps {maps:?}")
+    })?;
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(probe.pid() as i32, libc::SIGKILL) };
+    drop(probe);
+    let mut sleeper = sleeper;
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    // The kernel frees them once the last reference goes: shortly after the process.
+    for _ in 0..100 {
+        let left: Vec<String> = programs
+            .iter()
+            .map(|id| ("prog", id))
+            .chain(maps.iter().map(|id| ("map", id)))
+            .filter(|(kind, id)| {
+                Command::new("bpftool")
+                    .args([kind, "show", "id", id])
+                    .output()
+                    .is_ok_and(|o| o.status.success())
+            })
+            .map(|(kind, id)| format!("{kind} {id}"))
+            .collect();
+        if left.is_empty() {
+            return Ok(());
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    Err(format!(
+        "still in the kernel after SIGKILL: {programs:?} {maps:?}"
+    ))
+}
+
+/// The ids of the BPF programs and maps process `pid` holds, from its fdinfo.
+fn bpf_ids(pid: u32) -> Result<(Vec<String>, Vec<String>), String> {
+    let mut programs = Vec::new();
+    let mut maps = Vec::new();
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fdinfo")).map_err(|e| e.to_string())?;
+    for info in fds.filter_map(Result::ok) {
+        let text = std::fs::read_to_string(info.path()).unwrap_or_default();
+        for line in text.lines() {
+            if let Some(id) = line.strip_prefix("prog_id:") {
+                programs.push(id.trim().to_string());
+            } else if let Some(id) = line.strip_prefix("map_id:") {
+                maps.push(id.trim().to_string());
+            }
+        }
+    }
+    programs.sort();
+    programs.dedup();
+    Ok((programs, maps))
+}
+
+/// As nobody, probe says which capabilities are missing and how to run it.
+fn an_unprivileged_user_is_told_what_to_do() -> TestResult {
+    let output = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .arg(env!("CARGO_BIN_EXE_probe"))
+        .args(["--pid", "1"])
+        .output()
+        .map_err(|e| format!("cannot run setpriv (util-linux): {e}"))?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    ensure(output.status.code() == Some(1), || {
+        format!("exit {:?}: {stderr}", output.status)
+    })?;
+    ensure(
+        stderr.contains("CAP_BPF")
+            && stderr.contains("CAP_PERFMON")
+            && stderr.contains("sudo probe"),
+        || stderr.to_string(),
+    )
+}
+
 /// Waits until `ss` shows `count` sockets in `state` for `pid`; returns its lines.
 fn wait_for_ss(pid: u32, state: &str, count: usize) -> Result<Vec<String>, String> {
     for _ in 0..100 {
@@ -806,6 +1005,22 @@ fn run_helper(args: &[String]) -> Result<(), String> {
             answer("ready")?;
             wait_for_eof();
             drop(leaked);
+            Ok(())
+        }
+        // Tells a thread's id, then connects from that thread after `go`.
+        "connect-from-a-thread" => {
+            let server = addr()?;
+            let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+            let thread = thread::spawn(move || -> Result<TcpStream, String> {
+                // SAFETY: gettid has no preconditions.
+                let _ = tid_tx.send(unsafe { libc::gettid() });
+                wait_for_go()?;
+                TcpStream::connect(server).map_err(|e| e.to_string())
+            });
+            answer(&tid_rx.recv().map_err(|e| e.to_string())?.to_string())?;
+            let stream = thread.join().map_err(|_| "the thread panicked")??;
+            wait_for_eof();
+            drop(stream);
             Ok(())
         }
         // Listens on a fresh loopback port (told on stdout) and holds what it accepts.

@@ -295,8 +295,23 @@ impl Tracer {
         let pid = self.child.id();
         let cpu_seconds = cpu_seconds(pid)?;
         let peak_rss_kib = peak_rss_kib(pid)?;
-        // SAFETY: sending SIGINT to our own child.
-        unsafe { libc::kill(pid as i32, libc::SIGINT) };
+        // bpftrace can miss a SIGINT that lands while it sets up: say it again until it listens,
+        // and end it for good if it never does.
+        for attempt in 0..100 {
+            let signal = if attempt < 90 {
+                libc::SIGINT
+            } else {
+                libc::SIGKILL
+            };
+            if attempt % 10 == 0 || attempt >= 90 {
+                // SAFETY: signalling our own child, which has not been reaped yet.
+                unsafe { libc::kill(pid as i32, signal) };
+            }
+            if self.child.try_wait()?.is_some() {
+                break;
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
         self.child.wait()?;
         let (transitions, lost) = self
             .counted
@@ -362,7 +377,8 @@ fn measure_memory(probe: &Path, xtask: &Path, connections: usize) -> Result<Memo
     let idle_target = Sleeper::start()?;
     let idle = Tracer::probe(probe, idle_target.pid(), &[])?;
     thread::sleep(Duration::from_millis(500));
-    let idle_rss_kib = status_kib(idle.child.id(), "VmRSS:")?;
+    // Anonymous memory only: probe's own heap, not the kernel ring buffer's pages mapped into it.
+    let idle_rss_kib = status_kib(idle.child.id(), "RssAnon:")?;
     idle.stop()?;
 
     // One process may hold only so many sockets: spread them over several holders.
@@ -380,16 +396,9 @@ fn measure_memory(probe: &Path, xtask: &Path, connections: usize) -> Result<Memo
         let lines = lines_of(holder.stdout.take().context("no stdout")?);
         holders.push((holder, stdin, lines));
     }
-    let mut args: Vec<String> = [
-        "--max-sockets",
-        "262144",
-        "--ring-buffer-kib",
-        "16384",
-        "--established-after",
-        "1h",
-    ]
-    .map(String::from)
-    .to_vec();
+    let mut args: Vec<String> = ["--max-sockets", "262144", "--established-after", "1h"]
+        .map(String::from)
+        .to_vec();
     for (holder, _, _) in &holders {
         args.extend(["--pid".to_string(), holder.id().to_string()]);
     }
@@ -406,7 +415,7 @@ fn measure_memory(probe: &Path, xtask: &Path, connections: usize) -> Result<Memo
     }
     // Let probe take in every transition.
     thread::sleep(Duration::from_secs(3));
-    let loaded_rss_kib = status_kib(tracer.child.id(), "VmRSS:")?;
+    let loaded_rss_kib = status_kib(tracer.child.id(), "RssAnon:")?;
     let (_, lost, _, _) = tracer.stop()?;
     for (mut holder, stdin, _) in holders {
         drop(stdin);
@@ -535,7 +544,7 @@ fn report(
         / memory.connections as f64;
     let _ = writeln!(
         out,
-        "\nMemory with {} open connections tracked (both ends of {} loopback connections, held by processes that probe traces): probe's RSS {:.1} MiB, against {:.1} MiB when tracing an idle process: **{:.0} bytes per tracked connection**; {} events lost while they opened.\n",
+        "\nMemory with {} open connections tracked (both ends of {} loopback connections, held by processes that probe traces): probe's anonymous memory (its heap: RssAnon) {:.1} MiB, against {:.1} MiB when tracing an idle process: **{:.0} bytes per tracked connection**; {} events lost while they opened.\n",
         memory.connections,
         memory.connections / 2,
         memory.loaded_rss_kib as f64 / 1024.0,

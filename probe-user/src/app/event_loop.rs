@@ -10,7 +10,7 @@ use anyhow::Context;
 use aya::maps::{MapData, RingBuf};
 use probe_common::ProcessEventKind;
 use tokio::{
-    signal::unix::{SignalKind, signal},
+    signal::unix::{Signal, SignalKind, signal},
     time::{Instant, sleep, sleep_until},
 };
 
@@ -34,8 +34,25 @@ const MAX_IDLE_TICK: Duration = Duration::from_secs(1);
 /// Before flagging by idle time, tcp_info must be at most this old.
 const FRESH_ACTIVITY: Duration = Duration::from_millis(500);
 
+/// Ctrl-C and SIGTERM, caught.
+pub struct StopSignals {
+    interrupt: Signal,
+    terminate: Signal,
+}
+
+impl StopSignals {
+    /// Catches SIGINT and SIGTERM (within a runtime context).
+    pub fn catch() -> anyhow::Result<StopSignals> {
+        Ok(StopSignals {
+            interrupt: signal(SignalKind::interrupt()).context("cannot handle SIGINT")?,
+            terminate: signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
+        })
+    }
+}
+
 /// Everything the loop starts from.
 pub struct Setup<'a> {
+    pub stop_signals: StopSignals,
     pub cli: &'a Cli,
     pub tracer: Tracer,
     pub streams: Streams,
@@ -60,6 +77,7 @@ enum Stop {
 /// Runs until stopped, then prints the summary.
 pub async fn run(setup: Setup<'_>) -> anyhow::Result<()> {
     let Setup {
+        stop_signals,
         cli,
         mut tracer,
         streams,
@@ -93,8 +111,10 @@ pub async fn run(setup: Setup<'_>) -> anyhow::Result<()> {
     let mut process_events =
         readable(streams.process_events).context("cannot poll the kernel's process events")?;
     let mut logs = readable(streams.logger).context("cannot poll the kernel log")?;
-    let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
-    let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let StopSignals {
+        mut interrupt,
+        mut terminate,
+    } = stop_signals;
     let end = cli.duration.map(|d| Instant::now() + d);
 
     let stop = loop {
@@ -204,7 +224,8 @@ fn make_sink(json: bool) -> Box<dyn Sink> {
     let clock = WallClock::now();
     let stdout = io::stdout();
     let colour = stdout.is_terminal();
-    let out = BufWriter::new(stdout);
+    // Large enough that a burst of events makes few writes; flushed after every batch anyway.
+    let out = BufWriter::with_capacity(64 * 1024, stdout);
     if json {
         Box::new(JsonSink::new(out, clock))
     } else {

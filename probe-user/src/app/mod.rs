@@ -17,6 +17,17 @@ use crate::{
 
 /// Runs probe as the command line says.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
+    // A single-threaded runtime: the command is forked below while probe has one thread only.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the event loop")?;
+    // Ctrl-C and SIGTERM are caught from here on: once probe says it is tracing, they always
+    // end it with a summary.
+    let stop_signals = {
+        let _runtime = runtime.enter();
+        event_loop::StopSignals::catch()?
+    };
     let mut processes = resolve_pids(&cli.pids)?;
     let follow = cli.follows_forks();
     if let Some(name) = &cli.comm {
@@ -90,11 +101,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
     );
 
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the event loop")?;
     runtime.block_on(event_loop::run(event_loop::Setup {
+        stop_signals,
         cli: &cli,
         tracer,
         streams,
