@@ -14,7 +14,7 @@ use std::{
 };
 
 use nix::sched::{CloneFlags, setns};
-use probe_common::{ListenerKey, SocketTuple};
+use probe_common::{ListenerKey, SocketTuple, TcpState};
 
 use crate::track::{Activity, Endpoints, ExistingSocket, Timestamp};
 
@@ -47,9 +47,11 @@ pub fn tcp_sockets(pids: &[u32], now: Timestamp) -> Result<Vec<ExistingSocket>, 
                 dumps.entry(namespace).or_insert(dump)
             }
         };
+        // A socket in CLOSE was never connected (or is gone): it is not a connection yet. (This
+        // kernel's dump leaves bound, unconnected sockets out; others may not.)
         found.extend(
             dump.iter()
-                .filter(|socket| inodes.contains(&socket.inode))
+                .filter(|socket| inodes.contains(&socket.inode) && socket.state != TcpState::Close)
                 .map(|socket| existing(pid, socket, now)),
         );
     }
@@ -148,7 +150,6 @@ pub fn listener_key(endpoints: &Endpoints) -> ListenerKey {
 mod tests {
     use super::*;
     use crate::{clock::monotonic_now, track::Family};
-    use probe_common::TcpState;
     use std::net::{TcpListener, TcpStream};
 
     #[test]

@@ -8,6 +8,8 @@ pub mod activity;
 pub mod code_path;
 pub mod event;
 pub mod lifecycle;
+#[cfg(test)]
+mod properties;
 pub mod stuck;
 pub mod summary;
 pub mod time;

@@ -116,8 +116,12 @@ impl Tracker {
     }
 
     /// Adds a connection that was already open when probe attached at `now`. A CLOSE_WAIT one is
-    /// due at once; an ESTABLISHED one when it has been idle for the threshold.
+    /// due at once; an ESTABLISHED one when it has been idle for the threshold. A socket in
+    /// CLOSE (created, never connected) is no connection: its connect or listen will be seen.
     pub fn seed(&mut self, socket: &ExistingSocket, now: Timestamp) {
+        if socket.state == TcpState::Close {
+            return;
+        }
         let owner = self.owner(socket.pid);
         let connection = Connection::existing(socket, owner, now);
         let key = connection.key;
@@ -597,6 +601,14 @@ mod tests {
         let summary = tracker.summary(at(3_000));
         assert!(summary.open[0].since_attach && summary.open[0].stuck);
         assert_eq!(summary.open[0].age, Some(Duration::from_secs(2)));
+    }
+
+    #[test]
+    fn an_unconnected_socket_found_at_attach_is_not_a_connection() {
+        let mut tracker = tracker();
+        tracker.seed(&existing(7, Close, None, at(0)), at(0));
+        assert_eq!(tracker.open_count(), 0);
+        assert!(tracker.due_stuck(at(100_000)).is_empty());
     }
 
     #[test]
