@@ -106,11 +106,13 @@ fn owner_of(ctx: &TracePointContext, record: &Record) -> Option<(u32, Attributio
         attribute(old, new, record)?
     };
     if new != TcpState::Close && OWNERS.insert(&record.sock_id, &owner, 0).is_err() {
+        // Its later transitions could not be attributed: report none of it, count it instead.
         count(Counter::OwnerMapFull);
         debug!(
             ctx,
             "owner map full: socket of pid {} left untracked", owner
         );
+        return None;
     }
     if new == TcpState::Listen
         && LISTENERS

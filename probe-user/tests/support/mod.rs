@@ -317,19 +317,24 @@ pub fn connect(addr: SocketAddr) -> Result<TcpStream, String> {
     TcpStream::connect(addr).map_err(|e| format!("cannot connect to {addr}: {e}"))
 }
 
-/// Lines of `ss -tanpH state STATE` that belong to process `pid`: the independent oracle.
+/// Lines of `ss -tanpH state STATE` that belong to process `pid`: the independent oracle. A
+/// netlink dump is no atomic snapshot (it can skip entries while other sockets come and go), so
+/// this is the union of a few dumps.
 pub fn ss_sockets_of(pid: u32, state: &str) -> Result<Vec<String>, String> {
-    let output = Command::new("ss")
-        .args(["-tanpH", "state", state])
-        .output()
-        .map_err(|e| format!("cannot run ss (install iproute2): {e}"))?;
-    let text = String::from_utf8_lossy(&output.stdout);
     let needle = format!("pid={pid},");
-    Ok(text
-        .lines()
-        .filter(|line| line.contains(&needle))
-        .map(str::to_string)
-        .collect())
+    let mut lines: Vec<String> = Vec::new();
+    for _ in 0..3 {
+        let output = Command::new("ss")
+            .args(["-tanpH", "state", state])
+            .output()
+            .map_err(|e| format!("cannot run ss (install iproute2): {e}"))?;
+        for line in String::from_utf8_lossy(&output.stdout).lines() {
+            if line.contains(&needle) && !lines.iter().any(|l| l == line) {
+                lines.push(line.to_string());
+            }
+        }
+    }
+    Ok(lines)
 }
 
 /// Lines of `ss -tanH state STATE` (any owner: TIME_WAIT sockets have none).
