@@ -10,7 +10,11 @@ use std::{
     io::{BufRead, BufReader, Write},
     path::{Path, PathBuf},
     process::{Child, ChildStdin, Command, Stdio},
-    sync::mpsc,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+        mpsc,
+    },
     thread,
     time::Duration,
 };
@@ -231,6 +235,8 @@ impl Workload {
 struct Tracer {
     child: Child,
     counted: mpsc::Receiver<(u64, u64)>,
+    /// Events the tracer said it dropped (bpftrace, on stderr).
+    dropped: Arc<AtomicU64>,
 }
 
 impl Tracer {
@@ -274,10 +280,20 @@ impl Tracer {
             }
             let _ = counted_tx.send((transitions, lost));
         });
+        // bpftrace says on stderr what its perf buffer dropped: `Lost 123 events`.
+        let dropped = Arc::new(AtomicU64::new(0));
+        let dropped_by_tracer = Arc::clone(&dropped);
         thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if line.starts_with(ready) {
                     let _ = ready_tx.send(());
+                }
+                if let Some(count) = line
+                    .strip_prefix("Lost ")
+                    .and_then(|rest| rest.split_whitespace().next())
+                    .and_then(|n| n.parse::<u64>().ok())
+                {
+                    dropped_by_tracer.fetch_add(count, Ordering::Relaxed);
                 }
             }
         });
@@ -285,7 +301,11 @@ impl Tracer {
             let _ = child.kill();
             bail!("{command:?} did not start");
         }
-        Ok(Tracer { child, counted })
+        Ok(Tracer {
+            child,
+            counted,
+            dropped,
+        })
     }
 
     /// Stops it; returns (transitions, lost, CPU seconds, peak RSS KiB).
@@ -317,6 +337,7 @@ impl Tracer {
             .counted
             .recv_timeout(Duration::from_secs(60))
             .context("the tracer's output did not end")?;
+        let lost = lost + self.dropped.load(Ordering::Relaxed);
         Ok((transitions, lost, cpu_seconds, peak_rss_kib))
     }
 }
