@@ -274,13 +274,15 @@ impl Tracer {
                     let _ = ready_out.send(());
                 } else if line.starts_with("{\"type\":\"summary\"") {
                     lost = summary_lost(&line);
+                } else if let Some(dropped) = dropped_count(&line) {
+                    lost += dropped;
                 } else {
                     transitions += 1;
                 }
             }
             let _ = counted_tx.send((transitions, lost));
         });
-        // bpftrace says on stderr what its perf buffer dropped: `Lost 123 events`.
+        // bpftrace says what its perf buffer dropped, `Lost 123 events` (0.17: on stdout).
         let dropped = Arc::new(AtomicU64::new(0));
         let dropped_by_tracer = Arc::clone(&dropped);
         thread::spawn(move || {
@@ -288,11 +290,7 @@ impl Tracer {
                 if line.starts_with(ready) {
                     let _ = ready_tx.send(());
                 }
-                if let Some(count) = line
-                    .strip_prefix("Lost ")
-                    .and_then(|rest| rest.split_whitespace().next())
-                    .and_then(|n| n.parse::<u64>().ok())
-                {
+                if let Some(count) = dropped_count(&line) {
                     dropped_by_tracer.fetch_add(count, Ordering::Relaxed);
                 }
             }
@@ -350,6 +348,15 @@ fn lines_of(out: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> 
         }
     });
     rx
+}
+
+/// `Lost 123 events` -> 123.
+fn dropped_count(line: &str) -> Option<u64> {
+    line.strip_prefix("Lost ")?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 fn summary_lost(line: &str) -> u64 {
