@@ -66,6 +66,10 @@ pub struct Cli {
     #[arg(long, value_name = "N", default_value_t = 65536, value_parser = clap::value_parser!(u32).range(16..=16_777_216))]
     pub max_sockets: u32,
 
+    /// Run `-- COMMAND` as root even under sudo (by default it runs as the user who ran sudo).
+    #[arg(long)]
+    pub as_root: bool,
+
     /// Do not capture the user stacks of connects and closes (no stack map is created, and the
     /// output has no `opened_at`).
     #[arg(long)]

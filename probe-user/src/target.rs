@@ -13,7 +13,10 @@ use std::{
 use nix::{
     fcntl::OFlag,
     sys::wait::waitpid,
-    unistd::{ForkResult, Pid, dup2, execvp, fork, pipe2, read, write},
+    unistd::{
+        ForkResult, Gid, Pid, Uid, dup2, execvp, fork, pipe2, read, setgid, setgroups, setuid,
+        write,
+    },
 };
 
 /// Why a process cannot be traced.
@@ -117,13 +120,38 @@ impl HeldChild {
     }
 }
 
+/// A user and group to run a command as.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RunAs {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl RunAs {
+    /// The user who ran `sudo probe ...`, from `SUDO_UID` and `SUDO_GID`, when probe runs as root
+    /// through sudo.
+    pub fn sudo_user(uid: Option<&str>, gid: Option<&str>, euid: u32) -> Option<RunAs> {
+        if euid != 0 {
+            return None;
+        }
+        Some(RunAs {
+            uid: uid?.parse().ok()?,
+            gid: gid?.parse().ok()?,
+        })
+    }
+}
+
 /// Forks `command`, held before exec until [`HeldChild::release`]. With `stdout_to_stderr`, the
 /// command's standard output goes to probe's standard error (so it does not mix with probe's
-/// NDJSON).
+/// NDJSON); with `run_as`, it runs as that user, without supplementary groups.
 ///
 /// Call this while probe is still single-threaded (before the async runtime starts): between
 /// fork and exec the child only calls async-signal-safe functions on data prepared beforehand.
-pub fn spawn_held(command: &[OsString], stdout_to_stderr: bool) -> Result<HeldChild, TargetError> {
+pub fn spawn_held(
+    command: &[OsString],
+    stdout_to_stderr: bool,
+    run_as: Option<RunAs>,
+) -> Result<HeldChild, TargetError> {
     let argv: Vec<CString> = command
         .iter()
         .map(|arg| CString::new(arg.as_bytes()).map_err(|_| TargetError::NulInCommand))
@@ -156,7 +184,13 @@ pub fn spawn_held(command: &[OsString], stdout_to_stderr: bool) -> Result<HeldCh
             if stdout_to_stderr {
                 let _ = dup2(libc::STDERR_FILENO, libc::STDOUT_FILENO);
             }
-            let errno = match execvp(&program, &argv) {
+            let dropped = match run_as {
+                Some(user) => setgroups(&[])
+                    .and_then(|()| setgid(Gid::from_raw(user.gid)))
+                    .and_then(|()| setuid(Uid::from_raw(user.uid))),
+                None => Ok(()),
+            };
+            let errno = match dropped.and_then(|()| execvp(&program, &argv)) {
                 Err(errno) => errno as i32,
                 Ok(never) => match never {},
             };
@@ -233,7 +267,7 @@ mod tests {
 
     #[test]
     fn a_held_child_runs_only_when_released() {
-        let child = spawn_held(&["true".into()], false).unwrap();
+        let child = spawn_held(&["true".into()], false, None).unwrap();
         let pid = child.pid();
         let exit = exit_handle(pid).unwrap();
         // Still held: its pidfd is not readable.
@@ -251,8 +285,22 @@ mod tests {
     }
 
     #[test]
+    fn the_sudo_user_is_taken_only_when_running_as_root() {
+        assert_eq!(
+            RunAs::sudo_user(Some("1000"), Some("1001"), 0),
+            Some(RunAs {
+                uid: 1000,
+                gid: 1001
+            })
+        );
+        assert_eq!(RunAs::sudo_user(Some("1000"), Some("1001"), 1000), None);
+        assert_eq!(RunAs::sudo_user(None, Some("1001"), 0), None);
+        assert_eq!(RunAs::sudo_user(Some("x"), Some("1001"), 0), None);
+    }
+
+    #[test]
     fn a_command_that_cannot_run_says_why() {
-        let child = spawn_held(&["/nonexistent/program".into()], false).unwrap();
+        let child = spawn_held(&["/nonexistent/program".into()], false, None).unwrap();
         let err = child.release().unwrap_err();
         assert!(
             err.to_string().contains("no such file or directory"),

@@ -64,6 +64,9 @@ fn main() -> ExitCode {
         an_unprivileged_user_is_told_what_to_do,
         a_ring_buffer_overflow_is_counted_and_probe_keeps_up,
         a_full_owner_map_is_reported_not_fatal,
+        a_command_under_sudo_runs_as_the_user_who_asked,
+        the_programs_pass_the_verifier_with_room_to_spare,
+        probe_drops_the_capabilities_it_no_longer_needs,
     ];
     let trials = match prerequisites() {
         Ok(()) => trials,
@@ -961,6 +964,94 @@ fn a_full_owner_map_is_reported_not_fatal() -> TestResult {
         format!("tracked {tracked}, untracked {untracked}: {summary}")
     })?;
     client.finish()
+}
+
+/// Under sudo, `-- COMMAND` runs as the user who ran sudo; with `--as-root`, as root.
+fn a_command_under_sudo_runs_as_the_user_who_asked() -> TestResult {
+    for (flags, expected) in [(&[][..], "65534"), (&["--as-root"][..], "0")] {
+        let output = Command::new(env!("CARGO_BIN_EXE_probe"))
+            .arg("--json")
+            .args(flags)
+            .args(["--", "id", "-u"])
+            .env("SUDO_UID", "65534")
+            .env("SUDO_GID", "65534")
+            .output()
+            .map_err(|e| e.to_string())?;
+        // With --json, the command's stdout goes to probe's stderr.
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        ensure(
+            output.status.success() && stderr.lines().any(|line| line.trim() == expected),
+            || format!("probe {flags:?} -- id -u: {stderr}"),
+        )?;
+    }
+    Ok(())
+}
+
+/// Every program probe loads passes the verifier far below its limit (1,000,000 instructions
+/// processed); probe reports the counts at `-v`, and they are printed here for the record.
+fn the_programs_pass_the_verifier_with_room_to_spare() -> TestResult {
+    let sleeper = Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let probe = Probe::start(&["-v", "--pid", &sleeper.id().to_string(), "--follow-forks"])?;
+    let stderr = probe.stderr();
+    let mut sleeper = sleeper;
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    probe.stop()?;
+    let counts: Vec<(&str, u64)> = stderr
+        .lines()
+        .filter_map(|line| {
+            let rest = line.split("program ").nth(1)?;
+            let (name, rest) = rest.split_once(": ")?;
+            let verified = rest.split(' ').next()?.parse().ok()?;
+            rest.contains("instructions verified")
+                .then_some((name, verified))
+        })
+        .collect();
+    eprintln!("verifier: {counts:?}");
+    ensure(counts.len() == 3, || format!("no counts in: {stderr}"))?;
+    ensure(
+        counts
+            .iter()
+            .all(|(_, verified)| (1..100_000).contains(verified)),
+        || format!("{counts:?}"),
+    )
+}
+
+/// Once attached, probe keeps only CAP_BPF, CAP_SYS_ADMIN, CAP_SYS_PTRACE, CAP_DAC_READ_SEARCH
+/// and CAP_DAC_OVERRIDE (the other tests show that this is enough for everything it does next).
+fn probe_drops_the_capabilities_it_no_longer_needs() -> TestResult {
+    let sleeper = Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let probe = Probe::start(&["--pid", &sleeper.id().to_string()])?;
+    let status = std::fs::read_to_string(format!("/proc/{}/status", probe.pid()))
+        .map_err(|e| e.to_string())?;
+    let set = |name: &str| -> Result<u64, String> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+            .ok_or_else(|| format!("no {name} in {status}"))
+    };
+    // CAP_DAC_OVERRIDE 1, CAP_DAC_READ_SEARCH 2, CAP_SYS_PTRACE 19, CAP_SYS_ADMIN 21, CAP_BPF 39.
+    let allowed: u64 = [1, 2, 19, 21, 39].iter().map(|bit| 1u64 << bit).sum();
+    for name in ["CapEff:", "CapPrm:", "CapInh:"] {
+        let caps = set(name)?;
+        ensure(caps & !allowed == 0, || {
+            format!("{name} {caps:#x} has more than {allowed:#x}")
+        })?;
+    }
+    ensure(set("CapEff:")? & (1 << 39) != 0, || {
+        "CAP_BPF was dropped".into()
+    })?;
+    let mut sleeper = sleeper;
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    probe.stop().map(drop)
 }
 
 /// Waits until `ss` shows `count` sockets in `state` for `pid`; returns its lines.

@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 use probe_common::TcpState;
 
 use crate::{
-    bpf::{Tracer, TracerConfig},
+    bpf::{Tracer, TracerConfig, privilege},
     cli::{Cli, MAX_TARGETS},
     clock::monotonic_now,
     snapshot,
@@ -73,7 +73,17 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         None
     } else {
         // Registered before it execs, so even its first connection is attributed.
-        let held = target::spawn_held(&cli.command, cli.json)?;
+        // Under sudo the command runs as the user who asked, not as root.
+        let run_as = if cli.as_root {
+            None
+        } else {
+            target::RunAs::sudo_user(
+                std::env::var("SUDO_UID").ok().as_deref(),
+                std::env::var("SUDO_GID").ok().as_deref(),
+                nix::unistd::geteuid().as_raw(),
+            )
+        };
+        let held = target::spawn_held(&cli.command, cli.json, run_as)?;
         tracer.add_target(held.pid())?;
         let pid = held.release()?;
         let comm = target::resolve(pid).map_or_else(|_| command_name(&cli), |p| p.comm);
@@ -84,6 +94,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         });
         Some(pid)
     };
+    // Attached, seeded, the command started: what probe needs from here on is much less.
+    privilege::drop_unneeded().context("cannot drop the capabilities probe no longer needs")?;
     let names: Vec<String> = processes
         .iter()
         .map(|p| format!("{} ({})", p.pid, p.comm))

@@ -264,6 +264,13 @@ fn attach(
         }
         other => LoadError::Verify(other.to_string()),
     })?;
+    if let Ok(info) = program.info() {
+        log::debug!(
+            "program {name}: {} instructions verified, {} bytes translated",
+            info.verified_instruction_count().unwrap_or(0),
+            info.size_translated().unwrap_or(0)
+        );
+    }
     program
         .attach(tracepoint.category, tracepoint.name)
         .map_err(|error| {

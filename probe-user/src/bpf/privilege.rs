@@ -41,6 +41,30 @@ pub fn required_missing(has: impl Fn(Capability) -> bool) -> Result<(), MissingP
     }
 }
 
+/// What probe still needs once its programs are attached: map updates (new children, seeds),
+/// joining a target's network namespace and reading its memory maps (CAP_SYS_ADMIN), reading
+/// other processes' `/proc` entries.
+pub const KEPT_AFTER_ATTACH: [Capability; 5] = [
+    Capability::CAP_BPF,
+    Capability::CAP_SYS_ADMIN,
+    Capability::CAP_SYS_PTRACE,
+    Capability::CAP_DAC_READ_SEARCH,
+    Capability::CAP_DAC_OVERRIDE,
+];
+
+/// Drops every capability but [`KEPT_AFTER_ATTACH`] from the effective, permitted and
+/// inheritable sets (least privilege for the rest of the run).
+pub fn drop_unneeded() -> Result<(), caps::errors::CapsError> {
+    let current = caps::read(None, CapSet::Permitted)?;
+    let kept: caps::CapsHashSet = KEPT_AFTER_ATTACH
+        .into_iter()
+        .filter(|cap| current.contains(cap))
+        .collect();
+    caps::set(None, CapSet::Inheritable, &caps::CapsHashSet::new())?;
+    caps::set(None, CapSet::Effective, &kept)?;
+    caps::set(None, CapSet::Permitted, &kept)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
