@@ -285,7 +285,7 @@ fn follow_process(
 /// Samples tcp_info of the running targets' sockets (one sock_diag dump per namespace).
 fn refresh_activity(tracker: &mut Tracker, exits: &ExitWatch) {
     let pids: Vec<u32> = exits.alive().collect();
-    match snapshot::tcp_sockets(&pids, monotonic_now()) {
+    match snapshot::tcp_sockets(&pids) {
         Ok(samples) => tracker.refresh_activity(&samples),
         // A process that just exited, for instance: the next refresh will do.
         Err(error) => log::debug!("tcp_info refresh skipped: {error}"),

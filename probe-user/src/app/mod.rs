@@ -61,7 +61,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     // already have are seeded so that their next transition is attributed too.
     let attach = monotonic_now();
     let pids: Vec<u32> = processes.iter().map(|p| p.pid).collect();
-    let existing = snapshot::tcp_sockets(&pids, attach)?;
+    let existing = snapshot::tcp_sockets(&pids)?;
     for socket in &existing {
         tracer.seed_socket(snapshot::seed_tuple(&socket.endpoints), socket.pid)?;
         if socket.state == TcpState::Listen {

@@ -13,7 +13,10 @@ use netlink_packet_sock_diag::{
 use netlink_sys::{Socket, SocketAddr as NetlinkAddr, protocols::NETLINK_SOCK_DIAG};
 use probe_common::TcpState;
 
-use crate::track::Family;
+use crate::{
+    clock::monotonic_now,
+    track::{Activity, Family},
+};
 
 /// One TCP socket as sock_diag reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -23,18 +26,8 @@ pub struct DiagSocket {
     pub local: SocketAddr,
     pub remote: SocketAddr,
     pub inode: u64,
-    pub info: Option<TcpInfoFigures>,
-}
-
-/// The `tcp_info` figures probe uses.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct TcpInfoFigures {
-    pub last_data_sent: Duration,
-    pub last_data_received: Duration,
-    pub bytes_acked: u64,
-    pub bytes_received: u64,
-    pub unacked: u32,
-    pub retransmits: u32,
+    /// What tcp_info says, sampled when the dump was read.
+    pub activity: Option<Activity>,
 }
 
 /// Every TCP socket (IPv4 and IPv6, all states) of the calling thread's network namespace.
@@ -112,8 +105,9 @@ fn convert(response: &InetResponse) -> Option<DiagSocket> {
     } else {
         Family::Ipv6
     };
-    let info = response.nlas.iter().find_map(|nla| match nla {
-        Nla::TcpInfo(info) => Some(TcpInfoFigures {
+    let activity = response.nlas.iter().find_map(|nla| match nla {
+        Nla::TcpInfo(info) => Some(Activity {
+            sampled_at: monotonic_now(),
             last_data_sent: Duration::from_millis(u64::from(info.last_data_sent)),
             last_data_received: Duration::from_millis(u64::from(info.last_data_recv)),
             bytes_acked: info.bytes_acked,
@@ -129,7 +123,7 @@ fn convert(response: &InetResponse) -> Option<DiagSocket> {
         local: SocketAddr::new(id.source_address, id.source_port),
         remote: SocketAddr::new(id.destination_address, id.destination_port),
         inode: u64::from(header.inode),
-        info,
+        activity,
     })
 }
 
@@ -144,16 +138,17 @@ mod tests {
         let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (_server, _) = listener.accept().unwrap();
         let sockets = dump_tcp().unwrap();
-        let local = client.local_addr().unwrap();
+        // Both ends: a TIME_WAIT socket of an earlier connection may hold the same local port.
+        let (local, remote) = (client.local_addr().unwrap(), client.peer_addr().unwrap());
         let found = sockets
             .iter()
-            .find(|s| s.local == local)
+            .find(|s| s.local == local && s.remote == remote)
             .expect("the client socket is in the dump");
         assert_eq!(found.state, TcpState::Established);
         assert_eq!(found.remote, listener.local_addr().unwrap());
         assert_eq!(found.family, Family::Ipv4);
         assert!(found.inode > 0);
-        assert!(found.info.is_some(), "tcp_info is missing");
+        assert!(found.activity.is_some(), "tcp_info is missing");
         assert!(
             sockets
                 .iter()

@@ -16,7 +16,7 @@ use std::{
 use nix::sched::{CloneFlags, setns};
 use probe_common::{ListenerKey, SocketTuple, TcpState};
 
-use crate::track::{Activity, Endpoints, ExistingSocket, Timestamp};
+use crate::track::{Endpoints, ExistingSocket};
 
 /// Why the sockets of a process could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -27,8 +27,8 @@ pub enum SnapshotError {
     Diag { pid: u32, error: io::Error },
 }
 
-/// The TCP sockets of each process in `pids`, with their tcp_info sampled at `now`.
-pub fn tcp_sockets(pids: &[u32], now: Timestamp) -> Result<Vec<ExistingSocket>, SnapshotError> {
+/// The TCP sockets of each process in `pids`, with their tcp_info.
+pub fn tcp_sockets(pids: &[u32]) -> Result<Vec<ExistingSocket>, SnapshotError> {
     // One dump per network namespace, shared by the processes in it.
     let mut dumps: HashMap<u64, Vec<diag::DiagSocket>> = HashMap::new();
     let mut found = Vec::new();
@@ -52,7 +52,7 @@ pub fn tcp_sockets(pids: &[u32], now: Timestamp) -> Result<Vec<ExistingSocket>, 
         found.extend(
             dump.iter()
                 .filter(|socket| inodes.contains(&socket.inode) && socket.state != TcpState::Close)
-                .map(|socket| existing(pid, socket, now)),
+                .map(|socket| existing(pid, socket)),
         );
     }
     Ok(found)
@@ -96,7 +96,7 @@ fn in_network_namespace_of<T: Send + 'static>(
     .map_err(|_| io::Error::other("the namespace reader panicked"))?
 }
 
-fn existing(pid: u32, socket: &diag::DiagSocket, now: Timestamp) -> ExistingSocket {
+fn existing(pid: u32, socket: &diag::DiagSocket) -> ExistingSocket {
     ExistingSocket {
         pid,
         inode: socket.inode,
@@ -106,15 +106,7 @@ fn existing(pid: u32, socket: &diag::DiagSocket, now: Timestamp) -> ExistingSock
             local: socket.local,
             remote: socket.remote,
         },
-        activity: socket.info.map(|info| Activity {
-            sampled_at: now,
-            last_data_sent: info.last_data_sent,
-            last_data_received: info.last_data_received,
-            bytes_acked: info.bytes_acked,
-            bytes_received: info.bytes_received,
-            unacked: info.unacked,
-            retransmits: info.retransmits,
-        }),
+        activity: socket.activity,
     }
 }
 
@@ -149,7 +141,7 @@ pub fn listener_key(endpoints: &Endpoints) -> ListenerKey {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{clock::monotonic_now, track::Family};
+    use crate::track::Family;
     use std::net::{TcpListener, TcpStream};
 
     #[test]
@@ -157,7 +149,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (server, _) = listener.accept().unwrap();
-        let sockets = tcp_sockets(&[std::process::id()], monotonic_now()).unwrap();
+        let sockets = tcp_sockets(&[std::process::id()]).unwrap();
         for stream in [&client, &server] {
             let (local, remote) = (stream.local_addr().unwrap(), stream.peer_addr().unwrap());
             let socket = sockets
