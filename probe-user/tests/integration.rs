@@ -22,8 +22,8 @@ use std::{
 use libtest_mimic::{Arguments, Trial};
 use serde_json::Value;
 use support::{
-    Helper, Probe, ServerMode, TestResult, bpf_map_types, connect, ensure, of_type, render, server,
-    ss_sockets_of, ss_state, stuck, transitions,
+    Helper, Idle, Probe, ServerMode, TestResult, bpf_map_types, connect, ensure, of_type, render,
+    server, ss_sockets_of, ss_state, stuck, traced_client, transitions,
 };
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -90,12 +90,15 @@ fn main() -> ExitCode {
 /// A client whose server closes while the client keeps its sockets: CLOSE_WAIT, flagged, and
 /// exactly the sockets `ss` shows in CLOSE-WAIT for that process.
 fn close_wait_is_flagged_and_matches_ss() -> TestResult {
-    let addr = server("127.0.0.1:0", ServerMode::CloseAtOnce)?;
-    let mut client = Helper::start("hold-clients", &[&addr.to_string(), "5"])?;
+    let (client, mut probe, addr) = traced_client(
+        "127.0.0.1:0",
+        ServerMode::CloseAtOnce,
+        "hold-clients",
+        "5",
+        &["--close-wait-after", "1s"],
+        "ready",
+    )?;
     let pid = client.pid();
-    let mut probe = Probe::start(&["--pid", &pid.to_string(), "--close-wait-after", "1s"])?;
-    client.say("go")?;
-    ensure(client.hear()? == "ready", || "client not ready".into())?;
 
     let records = probe.wait_until("5 CLOSE_WAIT alerts", WAIT, |r| {
         stuck(r, pid, "CLOSE_WAIT").len() >= 5
@@ -145,12 +148,15 @@ fn close_wait_is_flagged_and_matches_ss() -> TestResult {
 
 /// Idle connections held open: flagged ESTABLISHED after the threshold, as many as `ss` shows.
 fn idle_established_is_flagged() -> TestResult {
-    let addr = server("127.0.0.1:0", ServerMode::Hold)?;
-    let mut client = Helper::start("hold-clients", &[&addr.to_string(), "3"])?;
+    let (client, mut probe, _) = traced_client(
+        "127.0.0.1:0",
+        ServerMode::Hold,
+        "hold-clients",
+        "3",
+        &["--established-after", "1500ms"],
+        "ready",
+    )?;
     let pid = client.pid();
-    let mut probe = Probe::start(&["--pid", &pid.to_string(), "--established-after", "1500ms"])?;
-    client.say("go")?;
-    ensure(client.hear()? == "ready", || "client not ready".into())?;
     // Not yet: the threshold has not passed.
     thread::sleep(Duration::from_millis(500));
     let early = probe.wait_until("the connects", WAIT, |r| {
@@ -183,12 +189,15 @@ fn idle_established_is_flagged() -> TestResult {
 /// A clean active close: FIN_WAIT1 -> FIN_WAIT2 -> CLOSE with TIME_WAIT inferred (and `ss` shows
 /// the TIME-WAIT sockets), nothing flagged, counted as closed by this side first.
 fn clean_active_close_goes_to_time_wait() -> TestResult {
-    let addr = server("127.0.0.1:0", ServerMode::CloseAfterPeer)?;
-    let mut client = Helper::start("close-clients", &[&addr.to_string(), "3"])?;
+    let (client, mut probe, _) = traced_client(
+        "127.0.0.1:0",
+        ServerMode::CloseAfterPeer,
+        "close-clients",
+        "3",
+        &["--close-wait-after", "1s"],
+        "done",
+    )?;
     let pid = client.pid();
-    let mut probe = Probe::start(&["--pid", &pid.to_string(), "--close-wait-after", "1s"])?;
-    client.say("go")?;
-    ensure(client.hear()? == "done", || "client not done".into())?;
     let records = probe.wait_until("3 closes into TIME_WAIT", WAIT, |r| {
         transitions(r, pid, "FIN_WAIT2", "CLOSE").len() >= 3
     })?;
@@ -296,12 +305,15 @@ fn accepted_connections_belong_to_the_server() -> TestResult {
 
 /// IPv6 on ::1: the same CLOSE_WAIT story, with IPv6 endpoints.
 fn ipv6_on_loopback() -> TestResult {
-    let addr = server("[::1]:0", ServerMode::CloseAtOnce)?;
-    let mut client = Helper::start("hold-clients", &[&addr.to_string(), "2"])?;
+    let (client, mut probe, _) = traced_client(
+        "[::1]:0",
+        ServerMode::CloseAtOnce,
+        "hold-clients",
+        "2",
+        &["--close-wait-after", "1s"],
+        "ready",
+    )?;
     let pid = client.pid();
-    let mut probe = Probe::start(&["--pid", &pid.to_string(), "--close-wait-after", "1s"])?;
-    client.say("go")?;
-    ensure(client.hear()? == "ready", || "client not ready".into())?;
     let records = probe.wait_until("2 CLOSE_WAIT alerts", WAIT, |r| {
         stuck(r, pid, "CLOSE_WAIT").len() >= 2
     })?;
@@ -809,17 +821,12 @@ fn closing_stdout_ends_probe_cleanly() -> TestResult {
 
 /// SIGTERM stops probe as Ctrl-C does: summary printed, exit 0.
 fn sigterm_still_prints_the_summary() -> TestResult {
-    let sleeper = Command::new("sleep")
-        .arg("30")
-        .spawn()
-        .map_err(|e| e.to_string())?;
-    let probe = Probe::start(&["--pid", &sleeper.id().to_string()])?;
+    let sleeper = Idle::start()?;
+    let probe = Probe::start(&["--pid", &sleeper.pid()])?;
     // SAFETY: signalling our own child.
     unsafe { libc::kill(probe.pid() as i32, libc::SIGTERM) };
     let records = probe.finish()?;
-    let mut sleeper = sleeper;
-    let _ = sleeper.kill();
-    let _ = sleeper.wait();
+    drop(sleeper);
     ensure(
         records.last().is_some_and(|r| r["type"] == "summary"),
         || render(&records),
@@ -828,11 +835,8 @@ fn sigterm_still_prints_the_summary() -> TestResult {
 
 /// Killed with SIGKILL, probe leaves nothing in the kernel: its programs and maps are gone.
 fn kernel_objects_are_freed_even_after_sigkill() -> TestResult {
-    let sleeper = Command::new("sleep")
-        .arg("30")
-        .spawn()
-        .map_err(|e| e.to_string())?;
-    let probe = Probe::start(&["--pid", &sleeper.id().to_string(), "--follow-forks"])?;
+    let sleeper = Idle::start()?;
+    let probe = Probe::start(&["--pid", &sleeper.pid(), "--follow-forks"])?;
     let (programs, maps) = bpf_ids(probe.pid())?;
     ensure(programs.len() >= 3 && maps.len() >= 5, || {
         format!("programs {programs:?}, maps {maps:?}")
@@ -840,9 +844,7 @@ fn kernel_objects_are_freed_even_after_sigkill() -> TestResult {
     // SAFETY: signalling our own child.
     unsafe { libc::kill(probe.pid() as i32, libc::SIGKILL) };
     drop(probe);
-    let mut sleeper = sleeper;
-    let _ = sleeper.kill();
-    let _ = sleeper.wait();
+    drop(sleeper);
     // The kernel frees them once the last reference goes: shortly after the process.
     for _ in 0..100 {
         let left: Vec<String> = programs
@@ -991,15 +993,10 @@ fn a_command_under_sudo_runs_as_the_user_who_asked() -> TestResult {
 /// Every program probe loads passes the verifier far below its limit (1,000,000 instructions
 /// processed); probe reports the counts at `-v`, and they are printed here for the record.
 fn the_programs_pass_the_verifier_with_room_to_spare() -> TestResult {
-    let sleeper = Command::new("sleep")
-        .arg("30")
-        .spawn()
-        .map_err(|e| e.to_string())?;
-    let probe = Probe::start(&["-v", "--pid", &sleeper.id().to_string(), "--follow-forks"])?;
+    let sleeper = Idle::start()?;
+    let probe = Probe::start(&["-v", "--pid", &sleeper.pid(), "--follow-forks"])?;
     let stderr = probe.stderr();
-    let mut sleeper = sleeper;
-    let _ = sleeper.kill();
-    let _ = sleeper.wait();
+    drop(sleeper);
     probe.stop()?;
     let counts: Vec<(&str, u64)> = stderr
         .lines()
@@ -1024,11 +1021,8 @@ fn the_programs_pass_the_verifier_with_room_to_spare() -> TestResult {
 /// Once attached, probe keeps only CAP_BPF, CAP_SYS_ADMIN, CAP_SYS_PTRACE, CAP_DAC_READ_SEARCH
 /// and CAP_DAC_OVERRIDE (the other tests show that this is enough for everything it does next).
 fn probe_drops_the_capabilities_it_no_longer_needs() -> TestResult {
-    let sleeper = Command::new("sleep")
-        .arg("30")
-        .spawn()
-        .map_err(|e| e.to_string())?;
-    let probe = Probe::start(&["--pid", &sleeper.id().to_string()])?;
+    let sleeper = Idle::start()?;
+    let probe = Probe::start(&["--pid", &sleeper.pid()])?;
     let status = std::fs::read_to_string(format!("/proc/{}/status", probe.pid()))
         .map_err(|e| e.to_string())?;
     let set = |name: &str| -> Result<u64, String> {
@@ -1049,9 +1043,7 @@ fn probe_drops_the_capabilities_it_no_longer_needs() -> TestResult {
     ensure(set("CapEff:")? & (1 << 39) != 0, || {
         "CAP_BPF was dropped".into()
     })?;
-    let mut sleeper = sleeper;
-    let _ = sleeper.kill();
-    let _ = sleeper.wait();
+    drop(sleeper);
     probe.stop().map(drop)
 }
 

@@ -359,3 +359,52 @@ pub fn bpf_map_types(pid: u32) -> Result<Vec<u32>, String> {
         })
         .collect())
 }
+
+/// A helper client against a fresh loopback server on `bind`, traced by probe (with `probe_args`
+/// besides `--pid`) from before it touches the network; returns once the helper said `answer`.
+pub fn traced_client(
+    bind: &str,
+    mode: ServerMode,
+    role: &str,
+    count: &str,
+    probe_args: &[&str],
+    answer: &str,
+) -> Result<(Helper, Probe, SocketAddr), String> {
+    let addr = server(bind, mode)?;
+    let mut client = Helper::start(role, &[&addr.to_string(), count])?;
+    let pid = client.pid().to_string();
+    let mut args = vec!["--pid", pid.as_str()];
+    args.extend_from_slice(probe_args);
+    let probe = Probe::start(&args)?;
+    client.say("go")?;
+    let heard = client.hear()?;
+    ensure(heard == answer, || {
+        format!("the {role} helper said {heard:?}, not {answer:?}")
+    })?;
+    Ok((client, probe, addr))
+}
+
+/// An idle process to trace (`sleep`), killed when dropped.
+pub struct Idle(Child);
+
+impl Idle {
+    pub fn start() -> Result<Idle, String> {
+        Command::new("sleep")
+            .arg("60")
+            .stdout(Stdio::null())
+            .spawn()
+            .map(Idle)
+            .map_err(|e| format!("cannot start sleep: {e}"))
+    }
+
+    pub fn pid(&self) -> String {
+        self.0.id().to_string()
+    }
+}
+
+impl Drop for Idle {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
