@@ -34,6 +34,9 @@ pub mod names {
     pub const STACKS: &str = "STACKS";
     /// The [`SetStateLayout`](crate::SetStateLayout) global.
     pub const LAYOUT: &str = "LAYOUT";
+    /// Global `u64`: wake userspace once this many bytes of events are waiting (it also reads the
+    /// ring buffer on a short timer, so fewer never wait long).
+    pub const WAKEUP_BYTES: &str = "WAKEUP_BYTES";
     /// The [`ForkLayout`](crate::ForkLayout) global.
     pub const FORK_LAYOUT: &str = "FORK_LAYOUT";
     /// Global `u8`: 1 to add the children of traced processes to the targets.

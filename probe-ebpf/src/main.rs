@@ -107,6 +107,10 @@ static FORK_LAYOUT: Global<ForkLayout> = Global::new(ForkLayout {
     child_pid: 0,
 });
 
+/// Wake userspace once this many bytes of events wait in [`EVENTS`] (set by the loader).
+#[unsafe(no_mangle)]
+static WAKEUP_BYTES: Global<u64> = Global::new(0);
+
 /// 1: children of traced processes become targets.
 #[unsafe(no_mangle)]
 static FOLLOW_FORKS: Global<u8> = Global::new(0);

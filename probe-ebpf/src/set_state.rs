@@ -2,6 +2,7 @@
 //! transitions of traced processes' sockets to userspace.
 
 use aya_ebpf::{
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::tracepoint,
     programs::TracePointContext,
@@ -12,7 +13,9 @@ use probe_common::{
     TransitionEvent,
 };
 
-use crate::{EVENTS, LAYOUT, LISTENERS, OWNERS, SEEDS, TARGETS, count, read, user_stack};
+use crate::{
+    EVENTS, LAYOUT, LISTENERS, OWNERS, SEEDS, TARGETS, WAKEUP_BYTES, count, read, user_stack,
+};
 
 const CLOSE: u8 = TcpState::Close as u8;
 const LISTEN: u8 = TcpState::Listen as u8;
@@ -200,5 +203,12 @@ fn emit(record: &Record, owner: u32, attribution: Attribution, stack_id: i32) {
         saddr: record.saddr,
         daddr: record.daddr,
     });
-    entry.submit(0);
+    // Wake the reader only once a batch is waiting: one wakeup per event would cost a context
+    // switch per event at high rates. The reader also drains on a short timer.
+    let waiting = EVENTS.query(u64::from(BPF_RB_AVAIL_DATA));
+    entry.submit(if waiting >= WAKEUP_BYTES.load() {
+        u64::from(BPF_RB_FORCE_WAKEUP)
+    } else {
+        u64::from(BPF_RB_NO_WAKEUP)
+    });
 }

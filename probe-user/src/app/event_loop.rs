@@ -29,8 +29,9 @@ use crate::{
 /// After the last traced process exits, keep reading this long: the FINs its exit sent are
 /// answered within moments on a live network, and those transitions belong to the story.
 const EXIT_GRACE: Duration = Duration::from_millis(300);
-/// Wake at least this often, to flag stuck connections on time even when nothing happens.
-const MAX_IDLE_TICK: Duration = Duration::from_secs(1);
+/// Wake at least this often: the kernel wakes probe only once a batch of events is waiting, so
+/// a trickle of events is read on this tick (and stuck connections are flagged on time).
+const MAX_IDLE_TICK: Duration = Duration::from_millis(100);
 /// Before flagging by idle time, tcp_info must be at most this old.
 const FRESH_ACTIVITY: Duration = Duration::from_millis(500);
 
@@ -170,6 +171,13 @@ pub async fn run(setup: Setup<'_>) -> anyhow::Result<()> {
             refreshed_at = Instant::now();
         }
         let step = step.and_then(|stop| {
+            // Whatever woke the loop, read what waits below the kernel's wakeup threshold.
+            drain(
+                events.get_mut(),
+                &mut tracker,
+                code_paths.as_mut(),
+                sink.as_mut(),
+            )?;
             report_stuck(&mut tracker, code_paths.as_ref(), sink.as_mut())?;
             sink.flush()?;
             Ok(stop)

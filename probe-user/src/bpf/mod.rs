@@ -23,6 +23,9 @@ pub fn has_kernel_object() -> bool {
     !OBJECT.is_empty() && !OBJECT_NO_STACKS.is_empty()
 }
 
+/// The kernel wakes the reader once this fraction of the ring buffer is waiting.
+const WAKEUP_FRACTION: u32 = 8;
+
 /// Sizes and switches for the kernel side.
 #[derive(Clone, Copy, Debug)]
 pub struct TracerConfig {
@@ -133,6 +136,11 @@ impl Tracer {
             .override_global(names::LAYOUT, &layout, true)
             .override_global(aya_log::LEVEL, &log_level, false)
             .override_global(names::FORK_LAYOUT, &fork_layout, true)
+            .override_global(
+                names::WAKEUP_BYTES,
+                &u64::from(config.ring_buffer_bytes / WAKEUP_FRACTION),
+                true,
+            )
             .override_global(names::FOLLOW_FORKS, &u8::from(config.follow_forks), true)
             .override_global(
                 names::COMM_FILTER,
