@@ -33,4 +33,19 @@ fn main() {
     if embedded {
         println!("cargo:rustc-env=PROBE_EBPF_EMBEDDED=1");
     }
+    println!("cargo:rustc-env=PROBE_GIT_REVISION={}", git_revision());
+}
+
+/// The short git revision of the source, `unknown` outside a git checkout.
+fn git_revision() -> String {
+    println!("cargo:rerun-if-changed=../.git/HEAD");
+    println!("cargo:rerun-if-changed=../.git/refs/heads");
+    std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .output()
+        .ok()
+        .filter(|output| output.status.success())
+        .map(|output| String::from_utf8_lossy(&output.stdout).trim().to_string())
+        .filter(|revision| !revision.is_empty())
+        .unwrap_or_else(|| "unknown".into())
 }

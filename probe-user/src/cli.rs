@@ -1,8 +1,12 @@
 //! Command-line arguments and their validation.
 
-use std::{ffi::OsString, time::Duration};
+use std::{ffi::OsString, net::IpAddr, time::Duration};
 
 use clap::Parser;
+use ipnet::IpNet;
+use probe_common::TcpState;
+
+use crate::{output::filter::Filter, track::Family};
 
 /// Which TCP connections of a process are stuck, since when, and why.
 ///
@@ -13,7 +17,7 @@ use clap::Parser;
 #[derive(Debug, Parser)]
 #[command(
     name = "probe",
-    version,
+    version = VERSION,
     after_help = "Examples:\n  sudo probe --pid 4242\n  sudo probe --json --pid 4242 --duration 5m\n  sudo probe --close-wait-after 2s -- ./my-client --url http://127.0.0.1:8080/"
 )]
 pub struct Cli {
@@ -53,6 +57,27 @@ pub struct Cli {
     #[arg(short, long, value_name = "DURATION", value_parser = parse_threshold)]
     pub duration: Option<Duration>,
 
+    /// Show only connections with this local or remote port (repeatable).
+    #[arg(long = "port", value_name = "PORT")]
+    pub ports: Vec<u16>,
+
+    /// Show only connections to this address or network, e.g. 10.0.0.5 or 10.0.0.0/8
+    /// (repeatable).
+    #[arg(long = "remote", value_name = "ADDR[/CIDR]", value_parser = parse_network)]
+    pub remotes: Vec<IpNet>,
+
+    /// Show only IPv4 connections.
+    #[arg(short = '4', long = "ipv4", conflicts_with = "ipv6")]
+    pub ipv4: bool,
+
+    /// Show only IPv6 connections.
+    #[arg(short = '6', long = "ipv6")]
+    pub ipv6: bool,
+
+    /// Show only the transitions into or out of this state, e.g. CLOSE_WAIT (repeatable).
+    #[arg(long = "state", value_name = "STATE", value_parser = parse_state)]
+    pub states: Vec<TcpState>,
+
     /// Write NDJSON to stdout: one object per line, each with a "type" (transition, stuck,
     /// summary).
     #[arg(long)]
@@ -84,6 +109,14 @@ pub struct Cli {
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<OsString>,
 }
+
+/// The version, with the git revision it was built from.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("PROBE_GIT_REVISION"),
+    ")"
+);
 
 /// How many processes probe can trace at once.
 pub const MAX_TARGETS: u32 = 1024;
@@ -128,6 +161,44 @@ impl Cli {
             filter
         })
     }
+}
+
+impl Cli {
+    /// What the user asked to see.
+    pub fn filter(&self) -> Filter {
+        Filter {
+            ports: self.ports.clone(),
+            remotes: self.remotes.clone(),
+            family: if self.ipv4 {
+                Some(Family::Ipv4)
+            } else if self.ipv6 {
+                Some(Family::Ipv6)
+            } else {
+                None
+            },
+            states: self.states.clone(),
+        }
+    }
+}
+
+fn parse_network(text: &str) -> Result<IpNet, String> {
+    text.parse::<IpNet>()
+        .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
+        .map_err(|_| format!("`{text}` is neither an address nor a network like 10.0.0.0/8"))
+}
+
+fn parse_state(text: &str) -> Result<TcpState, String> {
+    let wanted = text
+        .trim_start_matches("TCP_")
+        .to_ascii_uppercase()
+        .replace('-', "_");
+    TcpState::ALL
+        .into_iter()
+        .find(|state| state.name() == wanted)
+        .ok_or_else(|| {
+            let names: Vec<&str> = TcpState::ALL.iter().map(|s| s.name()).collect();
+            format!("`{text}` is not a TCP state; one of {}", names.join(", "))
+        })
 }
 
 fn parse_comm(text: &str) -> Result<String, String> {
@@ -247,6 +318,37 @@ mod tests {
         assert!(parse(&["--comm", "/usr/bin/curl"]).is_err());
         assert!(parse(&["--comm", ""]).is_err());
         assert!(cli.validate().is_ok());
+    }
+
+    #[test]
+    fn filters_as_ss_users_write_them() {
+        let cli = parse(&[
+            "--pid",
+            "1",
+            "--port",
+            "5432",
+            "--remote",
+            "10.0.0.0/8",
+            "--remote",
+            "192.168.1.7",
+            "-6",
+            "--state",
+            "close-wait",
+            "--state",
+            "TCP_LAST_ACK",
+        ])
+        .unwrap();
+        let filter = cli.filter();
+        assert_eq!(filter.ports, [5432]);
+        assert_eq!(filter.remotes[1].to_string(), "192.168.1.7/32");
+        assert_eq!(filter.family, Some(Family::Ipv6));
+        assert_eq!(filter.states, [TcpState::CloseWait, TcpState::LastAck]);
+        let err = parse(&["--pid", "1", "--state", "WAITING"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("CLOSE_WAIT"), "{err}");
+        assert!(parse(&["--pid", "1", "-4", "-6"]).is_err());
+        assert!(parse(&["--pid", "1", "--remote", "10.0.0.0/99"]).is_err());
     }
 
     #[test]

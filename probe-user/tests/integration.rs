@@ -68,6 +68,7 @@ fn main() -> ExitCode {
         the_programs_pass_the_verifier_with_room_to_spare,
         probe_drops_the_capabilities_it_no_longer_needs,
         memory_stays_flat_under_sustained_churn,
+        filters_show_only_what_was_asked,
     ];
     let trials = match prerequisites() {
         Ok(()) => trials,
@@ -741,7 +742,17 @@ fn bad_input_gets_a_clear_error_and_no_panic() -> TestResult {
         ),
         (&["--comm", "/usr/bin/curl"], 2, "no path"),
         (&["--json"], 2, "nothing to trace"),
-        (&["--pid", "1", "--state", "x"], 2, "unexpected argument"),
+        (&["--pid", "1", "--state", "x"], 2, "not a TCP state"),
+        (
+            &["--pid", "1", "--remote", "10.0.0.0/99"],
+            2,
+            "network like",
+        ),
+        (
+            &["--pid", "1", "--no-such-option"],
+            2,
+            "unexpected argument",
+        ),
         (&["--pid", "4194305"], 1, "no process with pid"),
         (
             &["--", "/nonexistent/program"],
@@ -1090,6 +1101,50 @@ fn memory_stays_flat_under_sustained_churn() -> TestResult {
         )
     })?;
     churn.finish()
+}
+
+/// `--port`: two traced clients talk to two servers; only the connections to the chosen port are
+/// shown, in every kind of record.
+fn filters_show_only_what_was_asked() -> TestResult {
+    let wanted = server("127.0.0.1:0", ServerMode::CloseAtOnce)?;
+    let other = server("127.0.0.1:0", ServerMode::CloseAtOnce)?;
+    let mut first = Helper::start("hold-clients", &[&wanted.to_string(), "2"])?;
+    let mut second = Helper::start("hold-clients", &[&other.to_string(), "3"])?;
+    let (a, b) = (first.pid().to_string(), second.pid().to_string());
+    let port = wanted.port().to_string();
+    let mut probe = Probe::start(&[
+        "--pid",
+        &a,
+        "--pid",
+        &b,
+        "--port",
+        &port,
+        "--close-wait-after",
+        "1s",
+    ])?;
+    for helper in [&mut first, &mut second] {
+        helper.say("go")?;
+        ensure(helper.hear()? == "ready", || "client not ready".into())?;
+    }
+    probe.wait_until("2 alerts", WAIT, |r| of_type(r, "stuck").len() >= 2)?;
+    thread::sleep(Duration::from_millis(1500));
+    let records = probe.stop()?;
+    let summary = records.last().unwrap();
+    let shown: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["type"] != "summary")
+        .chain(summary["open"].as_array().into_iter().flatten())
+        .collect();
+    ensure(
+        !shown.is_empty() && shown.iter().all(|r| r["dport"] == wanted.port()),
+        || format!("records of another port:\n{}", render(&records)),
+    )?;
+    ensure(
+        of_type(&records, "stuck").len() == 2 && summary["counts"]["CLOSE_WAIT"] == 2,
+        || format!("summary: {summary}"),
+    )?;
+    first.finish()?;
+    second.finish()
 }
 
 /// Waits until `ss` shows `count` sockets in `state` for `pid`; returns its lines.

@@ -10,16 +10,22 @@ use anyhow::Context;
 use aya::maps::{MapData, RingBuf};
 use probe_common::ProcessEventKind;
 use tokio::{
+    io::Interest,
     signal::unix::{Signal, SignalKind, signal},
     time::{Instant, sleep, sleep_until},
 };
 
-use super::processes::{ExitWatch, ProcessNews, decode, readable};
+use super::processes::{ExitWatch, ProcessNews, decode, readable, watch_stdout};
 use crate::{
     bpf::{Streams, Tracer},
     cli::Cli,
     clock::{WallClock, monotonic_now},
-    output::{Sink, json::JsonSink, text::TextSink},
+    output::{
+        Sink,
+        filter::{Filter, Filtered},
+        json::JsonSink,
+        text::TextSink,
+    },
     snapshot,
     symbolize::CodePaths,
     target::{self, Process},
@@ -107,7 +113,7 @@ pub async fn run(setup: Setup<'_>) -> anyhow::Result<()> {
     let mut refreshed_at = Instant::now();
 
     let mut code_paths = streams.stacks.map(CodePaths::start);
-    let mut sink = make_sink(cli.json);
+    let mut sink = make_sink(cli.json, cli.filter());
     let mut events = readable(streams.events).context("cannot poll the kernel ring buffer")?;
     let mut process_events =
         readable(streams.process_events).context("cannot poll the kernel's process events")?;
@@ -117,6 +123,8 @@ pub async fn run(setup: Setup<'_>) -> anyhow::Result<()> {
         mut terminate,
     } = stop_signals;
     let end = cli.duration.map(|d| Instant::now() + d);
+    // `probe ... | head`: stop as soon as the reader goes, not at the next write.
+    let stdout = watch_stdout();
 
     let stop = loop {
         let step: io::Result<Option<Stop>> = tokio::select! {
@@ -154,6 +162,9 @@ pub async fn run(setup: Setup<'_>) -> anyhow::Result<()> {
                     command_pid == Some(pid) || exits.count() == 0
                 };
                 Ok(done.then_some(Stop::TargetsExited))
+            }
+            _ = async { stdout.as_ref()?.ready(Interest::ERROR).await.ok() }, if stdout.is_some() => {
+                Ok(Some(Stop::OutputClosed))
             }
             _ = interrupt.recv() => Ok(Some(Stop::Asked)),
             _ = terminate.recv() => Ok(Some(Stop::Asked)),
@@ -228,16 +239,16 @@ pub async fn run(setup: Setup<'_>) -> anyhow::Result<()> {
     }
 }
 
-fn make_sink(json: bool) -> Box<dyn Sink> {
+fn make_sink(json: bool, filter: Filter) -> Box<dyn Sink> {
     let clock = WallClock::now();
     let stdout = io::stdout();
     let colour = stdout.is_terminal();
     // Large enough that a burst of events makes few writes; flushed after every batch anyway.
     let out = BufWriter::with_capacity(64 * 1024, stdout);
     if json {
-        Box::new(JsonSink::new(out, clock))
+        Box::new(Filtered::new(filter, JsonSink::new(out, clock)))
     } else {
-        Box::new(TextSink::new(out, clock, colour))
+        Box::new(Filtered::new(filter, TextSink::new(out, clock, colour)))
     }
 }
 

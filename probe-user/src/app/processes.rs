@@ -17,6 +17,22 @@ pub fn readable<T: AsRawFd>(owner: T) -> io::Result<AsyncFd<T>> {
     unsafe { AsyncFd::register_with_interest(owner, Interest::READABLE) }.map_err(io::Error::from)
 }
 
+/// Standard output, watched for its reader going away (a pipe reports an error then).
+pub struct Stdout;
+
+impl AsRawFd for Stdout {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        libc::STDOUT_FILENO
+    }
+}
+
+/// Watches standard output for an error (the reading end of a pipe closed), where it can be
+/// watched: not for files and the like, which cannot be polled.
+pub fn watch_stdout() -> Option<AsyncFd<Stdout>> {
+    // SAFETY: fd 1 stays open for the whole life of probe.
+    unsafe { AsyncFd::register_with_interest(Stdout, Interest::ERROR) }.ok()
+}
+
 /// Tells when traced processes exit.
 pub struct ExitWatch {
     tx: mpsc::UnboundedSender<u32>,

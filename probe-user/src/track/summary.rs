@@ -134,6 +134,17 @@ impl Summary {
         }
     }
 
+    /// Keeps only the open connections for which `keep` holds, and recounts.
+    pub fn retain(&mut self, keep: impl FnMut(&OpenConnection) -> bool) {
+        let mut open = std::mem::take(&mut self.open);
+        open.retain(keep);
+        let lost_events = self.lost_events;
+        let untracked_sockets = self.untracked_sockets;
+        *self = Summary::new(open, self.closed);
+        self.lost_events = lost_events;
+        self.untracked_sockets = untracked_sockets;
+    }
+
     /// Open connections per state, for the states that have any.
     pub fn counts(&self) -> &BTreeMap<TcpState, usize> {
         &self.counts
