@@ -26,6 +26,8 @@ pub enum TargetError {
     NoSuchProcess(u32),
     #[error("cannot read /proc/{pid} ({error}); run probe as root (sudo)")]
     Proc { pid: u32, error: procfs::ProcError },
+    #[error("cannot list the processes in /proc ({0}); run probe as root (sudo)")]
+    ProcList(procfs::ProcError),
     #[error("cannot start `{command}`: {reason}")]
     Exec { command: String, reason: String },
     #[error("cannot start `{command}`: {error}")]
@@ -67,8 +69,7 @@ pub fn resolve(pid: u32) -> Result<Process, TargetError> {
 
 /// The running processes named `name` (as `/proc/PID/comm` has it).
 pub fn named(name: &str) -> Result<Vec<Process>, TargetError> {
-    let all =
-        procfs::process::all_processes().map_err(|error| TargetError::Proc { pid: 0, error })?;
+    let all = procfs::process::all_processes().map_err(TargetError::ProcList)?;
     Ok(all
         .filter_map(Result::ok)
         .filter_map(|process| process.stat().ok())

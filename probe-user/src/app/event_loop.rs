@@ -129,10 +129,9 @@ pub async fn run(setup: Setup<'_>) -> anyhow::Result<()> {
     let stop = loop {
         let step: io::Result<Option<Stop>> = tokio::select! {
             guard = events.readable_mut() => {
-                let mut guard = guard.context("cannot poll the kernel ring buffer")?;
-                let result = drain(guard.get_inner_mut(), &mut tracker, code_paths.as_mut(), sink.as_mut());
-                guard.clear_ready();
-                result.map(|()| None)
+                // Cleared before the drain below reads it all, so no new readiness is missed.
+                guard.context("cannot poll the kernel ring buffer")?.clear_ready();
+                Ok(None)
             }
             guard = process_events.readable_mut() => {
                 let mut guard = guard.context("cannot poll the kernel's process events")?;
@@ -182,7 +181,8 @@ pub async fn run(setup: Setup<'_>) -> anyhow::Result<()> {
             refreshed_at = Instant::now();
         }
         let step = step.and_then(|stop| {
-            // Whatever woke the loop, read what waits below the kernel's wakeup threshold.
+            // Whatever woke the loop, read the ring buffer: the kernel wakes probe only once a
+            // batch is waiting, so the rest is read here, on the tick.
             drain(
                 events.get_mut(),
                 &mut tracker,

@@ -96,22 +96,9 @@ impl<S: Sink> Sink for Filtered<S> {
 mod tests {
     use super::*;
 
-    fn endpoints(local: &str, remote: &str) -> Endpoints {
-        let local: std::net::SocketAddr = local.parse().unwrap();
-        Endpoints {
-            family: if local.is_ipv4() {
-                Family::Ipv4
-            } else {
-                Family::Ipv6
-            },
-            local,
-            remote: remote.parse().unwrap(),
-        }
-    }
-
     #[test]
     fn an_empty_filter_shows_everything() {
-        assert!(Filter::default().shows(&endpoints("127.0.0.1:1", "10.0.0.1:2")));
+        assert!(Filter::default().shows(&Endpoints::parse("127.0.0.1:1", "10.0.0.1:2")));
     }
 
     #[test]
@@ -120,9 +107,9 @@ mod tests {
             ports: vec![5432],
             ..Filter::default()
         };
-        assert!(filter.shows(&endpoints("127.0.0.1:40000", "10.0.0.1:5432")));
-        assert!(filter.shows(&endpoints("127.0.0.1:5432", "10.0.0.1:40000")));
-        assert!(!filter.shows(&endpoints("127.0.0.1:40000", "10.0.0.1:80")));
+        assert!(filter.shows(&Endpoints::parse("127.0.0.1:40000", "10.0.0.1:5432")));
+        assert!(filter.shows(&Endpoints::parse("127.0.0.1:5432", "10.0.0.1:40000")));
+        assert!(!filter.shows(&Endpoints::parse("127.0.0.1:40000", "10.0.0.1:80")));
     }
 
     #[test]
@@ -131,10 +118,10 @@ mod tests {
             remotes: vec!["10.0.0.0/8".parse().unwrap(), "fd00::/8".parse().unwrap()],
             ..Filter::default()
         };
-        assert!(filter.shows(&endpoints("127.0.0.1:1", "10.1.2.3:80")));
-        assert!(filter.shows(&endpoints("[::1]:1", "[::ffff:10.9.9.9]:80")));
-        assert!(filter.shows(&endpoints("[::1]:1", "[fd12::1]:80")));
-        assert!(!filter.shows(&endpoints("127.0.0.1:1", "192.168.1.1:80")));
+        assert!(filter.shows(&Endpoints::parse("127.0.0.1:1", "10.1.2.3:80")));
+        assert!(filter.shows(&Endpoints::parse("[::1]:1", "[::ffff:10.9.9.9]:80")));
+        assert!(filter.shows(&Endpoints::parse("[::1]:1", "[fd12::1]:80")));
+        assert!(!filter.shows(&Endpoints::parse("127.0.0.1:1", "192.168.1.1:80")));
     }
 
     #[test]
@@ -144,8 +131,8 @@ mod tests {
             states: vec![TcpState::CloseWait],
             ..Filter::default()
         };
-        assert!(!filter.shows(&endpoints("127.0.0.1:1", "127.0.0.1:2")));
-        assert!(filter.shows(&endpoints("[::1]:1", "[::1]:2")));
+        assert!(!filter.shows(&Endpoints::parse("127.0.0.1:1", "127.0.0.1:2")));
+        assert!(filter.shows(&Endpoints::parse("[::1]:1", "[::1]:2")));
         let change = |old, new| StateChange {
             id: 1,
             inode: None,
@@ -153,7 +140,7 @@ mod tests {
                 pid: 1,
                 comm: "c".into(),
             },
-            endpoints: endpoints("[::1]:1", "[::1]:2"),
+            endpoints: Endpoints::parse("[::1]:1", "[::1]:2"),
             old,
             new,
             at: crate::track::Timestamp::from_nanos(0),

@@ -30,7 +30,7 @@ mod tests {
     use super::{Sink, json::JsonSink, text::TextSink};
     use crate::{
         clock::WallClock,
-        track::{Endpoints, Family, Thresholds, Timestamp, Tracker, Transition},
+        track::{Endpoints, Thresholds, Timestamp, Tracker, Transition},
     };
 
     const SECOND: u64 = 1_000_000_000;
@@ -47,20 +47,11 @@ mod tests {
         new: TcpState,
         ms: u64,
     ) -> Transition {
-        let local: std::net::SocketAddr = local.parse().unwrap();
         Transition {
             sock_id: id,
             pid: 4242,
             at: at(ms),
-            endpoints: Endpoints {
-                family: if local.is_ipv4() {
-                    Family::Ipv4
-                } else {
-                    Family::Ipv6
-                },
-                local,
-                remote: remote.parse().unwrap(),
-            },
+            endpoints: Endpoints::parse(local, remote),
             old,
             new,
             attribution: Attribution::Known,

@@ -31,6 +31,23 @@ pub struct Endpoints {
     pub remote: SocketAddr,
 }
 
+#[cfg(test)]
+impl Endpoints {
+    /// Endpoints from text, for tests: the family follows the local address.
+    pub(crate) fn parse(local: &str, remote: &str) -> Endpoints {
+        let local: SocketAddr = local.parse().expect("a socket address");
+        Endpoints {
+            family: if local.is_ipv4() {
+                Family::Ipv4
+            } else {
+                Family::Ipv6
+            },
+            local,
+            remote: remote.parse().expect("a socket address"),
+        }
+    }
+}
+
 /// One decoded state transition of a traced socket.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Transition {
