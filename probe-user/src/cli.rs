@@ -1,12 +1,20 @@
 //! Command-line arguments and their validation.
 
-use std::{ffi::OsString, net::IpAddr, time::Duration};
+use std::{
+    ffi::OsString,
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    time::Duration,
+};
 
 use clap::Parser;
 use ipnet::IpNet;
 use probe_common::TcpState;
 
-use crate::{output::filter::Filter, track::Family};
+use crate::{
+    output::{filter::Filter, metrics::parse_listen_address},
+    track::Family,
+};
 
 /// Which TCP connections of a process are stuck, since when, and why.
 ///
@@ -83,6 +91,20 @@ pub struct Cli {
     #[arg(long)]
     pub json: bool,
 
+    /// Full-screen live view, like top: per-state counts, stuck connections by remote
+    /// endpoint, latest transitions (plain lines when stdout is not a terminal).
+    #[arg(long, conflicts_with = "json")]
+    pub live: bool,
+
+    /// When probe stops, write a self-contained HTML incident report to this file.
+    #[arg(long, value_name = "FILE.html")]
+    pub report: Option<PathBuf>,
+
+    /// Serve Prometheus metrics at http://ADDR/metrics; a port alone (9464) listens on
+    /// 127.0.0.1 only, 0.0.0.0:9464 on every interface.
+    #[arg(long, value_name = "ADDR", value_parser = parse_listen_address)]
+    pub metrics_addr: Option<SocketAddr>,
+
     /// Size of the kernel ring buffer, in KiB (a power of two, at least 4).
     #[arg(long, value_name = "KIB", default_value_t = 4096, value_parser = parse_ring_kib)]
     pub ring_buffer_kib: u32,
@@ -104,6 +126,14 @@ pub struct Cli {
     #[arg(short, long)]
     pub verbose: bool,
 
+    /// Print a shell completion script (for `cargo xtask dist`).
+    #[arg(long, value_name = "SHELL", hide = true, exclusive = true)]
+    pub generate_completions: Option<clap_complete::Shell>,
+
+    /// Print the man page, in roff (for `cargo xtask dist`).
+    #[arg(long, hide = true, exclusive = true)]
+    pub generate_man: bool,
+
     /// Start this command and trace it from its very first connection; probe exits when it
     /// exits.
     #[arg(last = true, value_name = "COMMAND")]
@@ -111,7 +141,7 @@ pub struct Cli {
 }
 
 /// The version, with the git revision it was built from.
-const VERSION: &str = concat!(
+pub const VERSION: &str = concat!(
     env!("CARGO_PKG_VERSION"),
     " (",
     env!("PROBE_GIT_REVISION"),

@@ -9,6 +9,7 @@
 //! This binary is also every helper process of the tests: `integration helper ROLE ARGS...`.
 
 mod support;
+mod views;
 
 use std::{
     collections::HashSet,
@@ -24,6 +25,11 @@ use serde_json::Value;
 use support::{
     Helper, Idle, Probe, ServerMode, TestResult, bpf_map_types, connect, ensure, of_type, render,
     server, ss_sockets_of, ss_state, stuck, traced_client, transitions,
+};
+use views::{
+    metrics_are_served_on_loopback_and_match_ss,
+    the_live_view_degrades_to_lines_without_a_terminal, the_live_view_works_in_a_terminal,
+    the_report_renders_in_a_browser,
 };
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -69,6 +75,10 @@ fn main() -> ExitCode {
         probe_drops_the_capabilities_it_no_longer_needs,
         memory_stays_flat_under_sustained_churn,
         filters_show_only_what_was_asked,
+        metrics_are_served_on_loopback_and_match_ss,
+        the_report_renders_in_a_browser,
+        the_live_view_works_in_a_terminal,
+        the_live_view_degrades_to_lines_without_a_terminal,
     ];
     let trials = match prerequisites() {
         Ok(()) => trials,

@@ -21,15 +21,18 @@ use crate::{
     cli::Cli,
     clock::{WallClock, monotonic_now},
     output::{
-        Sink,
-        filter::{Filter, Filtered},
+        Key, KeyOutcome, Outputs, Sink,
+        filter::Filtered,
         json::JsonSink,
+        live::LiveView,
+        metrics::{self, Metrics},
+        report::Report,
         text::TextSink,
     },
     snapshot,
     symbolize::CodePaths,
     target::{self, Process},
-    track::{ExistingSocket, Thresholds, Timestamp, Tracker, Transition},
+    track::{ExistingSocket, Summary, Thresholds, Timestamp, Tracker, Transition},
 };
 
 /// After the last traced process exits, keep reading this long: the FINs its exit sent are
@@ -40,6 +43,8 @@ const EXIT_GRACE: Duration = Duration::from_millis(300);
 const MAX_IDLE_TICK: Duration = Duration::from_millis(100);
 /// Before flagging by idle time, tcp_info must be at most this old.
 const FRESH_ACTIVITY: Duration = Duration::from_millis(500);
+/// How often the live view, the report's timeline and the metrics look at the whole table.
+const TICK: Duration = Duration::from_secs(1);
 
 /// Ctrl-C and SIGTERM, caught.
 pub struct StopSignals {
@@ -68,6 +73,10 @@ pub struct Setup<'a> {
     /// The targets' sockets when probe attached.
     pub existing: Vec<ExistingSocket>,
     pub attach: Timestamp,
+    /// The traced processes, as the header of the live view and report name them.
+    pub targets: String,
+    /// The bound `--metrics-addr` socket.
+    pub metrics_listener: Option<std::net::TcpListener>,
 }
 
 /// Why the event loop ended.
@@ -92,6 +101,8 @@ pub async fn run(setup: Setup<'_>) -> anyhow::Result<()> {
         command_pid,
         existing,
         attach,
+        targets,
+        metrics_listener,
     } = setup;
     let mut tracker = Tracker::new(Thresholds {
         close_wait: cli.close_wait_after,
@@ -113,7 +124,9 @@ pub async fn run(setup: Setup<'_>) -> anyhow::Result<()> {
     let mut refreshed_at = Instant::now();
 
     let mut code_paths = streams.stacks.map(CodePaths::start);
-    let mut sink = make_sink(cli.json, cli.filter());
+    let (mut sink, mut keys) = make_outputs(cli, targets, metrics_listener)?;
+    let ticks = sink.wants_ticks();
+    let mut next_tick = Instant::now();
     let mut events = readable(streams.events).context("cannot poll the kernel ring buffer")?;
     let mut process_events =
         readable(streams.process_events).context("cannot poll the kernel's process events")?;
@@ -165,10 +178,13 @@ pub async fn run(setup: Setup<'_>) -> anyhow::Result<()> {
             _ = async { stdout.as_ref()?.ready(Interest::ERROR).await.ok() }, if stdout.is_some() => {
                 Ok(Some(Stop::OutputClosed))
             }
+            Some(key) = async { keys.as_mut()?.recv().await }, if keys.is_some() => {
+                Ok((sink.key(key) == KeyOutcome::Quit).then_some(Stop::Asked))
+            }
             _ = interrupt.recv() => Ok(Some(Stop::Asked)),
             _ = terminate.recv() => Ok(Some(Stop::Asked)),
             _ = sleep_until(end.unwrap_or_else(far_future)), if end.is_some() => Ok(Some(Stop::Asked)),
-            _ = sleep(next_tick(&tracker, refreshed_at + refresh_every)) => Ok(None),
+            _ = sleep(next_wake(&tracker, (refreshed_at + refresh_every).min(next_tick))) => Ok(None),
         };
         // Fresh tcp_info before deciding whether an ESTABLISHED connection is idle, and now and
         // then for the summary's figures.
@@ -187,9 +203,16 @@ pub async fn run(setup: Setup<'_>) -> anyhow::Result<()> {
                 events.get_mut(),
                 &mut tracker,
                 code_paths.as_mut(),
-                sink.as_mut(),
+                &mut sink,
             )?;
-            report_stuck(&mut tracker, code_paths.as_ref(), sink.as_mut())?;
+            report_stuck(&mut tracker, code_paths.as_ref(), &mut sink)?;
+            if ticks && Instant::now() >= next_tick {
+                next_tick = Instant::now() + TICK;
+                let now = monotonic_now();
+                let mut table = tracker.summary(now);
+                note_counters(&mut table, &tracer);
+                sink.tick(now, &table)?;
+            }
             sink.flush()?;
             Ok(stop)
         });
@@ -211,9 +234,9 @@ pub async fn run(setup: Setup<'_>) -> anyhow::Result<()> {
         events.get_mut(),
         &mut tracker,
         code_paths.as_mut(),
-        sink.as_mut(),
+        &mut sink,
     )
-    .and_then(|()| report_stuck(&mut tracker, code_paths.as_ref(), sink.as_mut()));
+    .and_then(|()| report_stuck(&mut tracker, code_paths.as_ref(), &mut sink));
     logs.get_mut().flush();
 
     let counters = tracer.counters()?;
@@ -222,8 +245,8 @@ pub async fn run(setup: Setup<'_>) -> anyhow::Result<()> {
         code_paths.settle(Duration::from_secs(2));
         summary.resolve_code_paths(|stack| code_paths.get(stack));
     }
-    summary.lost_events = counters.ring_buf_full + counters.process_events_full;
-    summary.untracked_sockets = counters.owner_map_full + counters.listener_map_full;
+    summary.lost_events = counters.lost_events();
+    summary.untracked_sockets = counters.untracked_sockets();
     if summary.lost_events > 0 || summary.untracked_sockets > 0 || counters.target_map_full > 0 {
         eprintln!(
             "probe: warning: {} event(s) lost (ring buffer full: raise --ring-buffer-kib), {} \
@@ -239,16 +262,70 @@ pub async fn run(setup: Setup<'_>) -> anyhow::Result<()> {
     }
 }
 
-fn make_sink(json: bool, filter: Filter) -> Box<dyn Sink> {
+/// The sinks the command line asks for, and the live view's keys when there is one.
+fn make_outputs(
+    cli: &Cli,
+    targets: String,
+    metrics_listener: Option<std::net::TcpListener>,
+) -> anyhow::Result<(Outputs, Option<KeysReceiver>)> {
     let clock = WallClock::now();
+    let filter = cli.filter();
+    let mut outputs = Outputs::default();
+    let mut keys = None;
     let stdout = io::stdout();
-    let colour = stdout.is_terminal();
-    // Large enough that a burst of events makes few writes; flushed after every batch anyway.
-    let out = BufWriter::with_capacity(64 * 1024, stdout);
-    if json {
-        Box::new(Filtered::new(filter, JsonSink::new(out, clock)))
+    let terminal = stdout.is_terminal();
+    if cli.live && !terminal {
+        eprintln!(
+            "probe: --live needs a terminal; standard output is not one, so plain lines follow"
+        );
+    }
+    if cli.live && terminal {
+        let (live, received) = LiveView::start(targets.clone(), clock)?;
+        outputs.push(Box::new(Filtered::new(filter.clone(), live)));
+        keys = Some(received);
     } else {
-        Box::new(Filtered::new(filter, TextSink::new(out, clock, colour)))
+        // Large enough that a burst of events makes few writes; flushed after every batch anyway.
+        let out = BufWriter::with_capacity(64 * 1024, stdout);
+        if cli.json {
+            outputs.push(Box::new(Filtered::new(
+                filter.clone(),
+                JsonSink::new(out, clock),
+            )));
+        } else {
+            let text = TextSink::new(out, clock, terminal);
+            outputs.push(Box::new(Filtered::new(filter.clone(), text)));
+        }
+    }
+    if let Some(path) = &cli.report {
+        let report = Report::create(path, targets, clock)?;
+        outputs.push(Box::new(Filtered::new(filter.clone(), report)));
+    }
+    if let Some(listener) = metrics_listener {
+        if let Ok(address) = listener.local_addr() {
+            eprintln!("probe: serving metrics at http://{address}/metrics");
+        }
+        let metrics = Metrics::new();
+        let server = metrics.clone();
+        tokio::spawn(async move {
+            if let Err(error) = metrics::serve(listener, server).await {
+                eprintln!("probe: warning: the metrics endpoint stopped: {error}");
+            }
+        });
+        outputs.push(Box::new(Filtered::new(filter, metrics)));
+    }
+    Ok((outputs, keys))
+}
+
+type KeysReceiver = tokio::sync::mpsc::UnboundedReceiver<Key>;
+
+/// The kernel's counts of lost events and untracked sockets, into a table.
+fn note_counters(table: &mut Summary, tracer: &Tracer) {
+    match tracer.counters() {
+        Ok(counters) => {
+            table.lost_events = counters.lost_events();
+            table.untracked_sockets = counters.untracked_sockets();
+        }
+        Err(error) => log::debug!("cannot read the kernel counters: {error}"),
     }
 }
 
@@ -325,8 +402,9 @@ fn report_stuck(
     Ok(())
 }
 
-/// How long to sleep: until the next stuck deadline or refresh, at most [`MAX_IDLE_TICK`].
-fn next_tick(tracker: &Tracker, next_refresh: Instant) -> Duration {
+/// How long to sleep: until the next stuck deadline, refresh or tick, at most
+/// [`MAX_IDLE_TICK`].
+fn next_wake(tracker: &Tracker, next_refresh: Instant) -> Duration {
     let until_deadline = tracker.next_deadline().map_or(MAX_IDLE_TICK, |deadline| {
         deadline.saturating_since(monotonic_now())
     });

@@ -11,6 +11,7 @@ use crate::{
     bpf::{Tracer, TracerConfig, privilege},
     cli::{Cli, MAX_TARGETS},
     clock::monotonic_now,
+    output::metrics,
     snapshot,
     target::{self, Process},
 };
@@ -28,6 +29,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         let _runtime = runtime.enter();
         event_loop::StopSignals::catch()?
     };
+    // Bound first: a busy port is an error before anything is loaded.
+    let metrics_listener = cli.metrics_addr.map(metrics::bind).transpose()?;
     let mut processes = resolve_pids(&cli.pids)?;
     let follow = cli.follows_forks();
     if let Some(name) = &cli.comm {
@@ -113,6 +116,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
     );
 
+    let targets = waiting;
     runtime.block_on(event_loop::run(event_loop::Setup {
         stop_signals,
         cli: &cli,
@@ -122,6 +126,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         command_pid,
         existing,
         attach,
+        targets,
+        metrics_listener,
     }))
 }
 

@@ -92,6 +92,18 @@ pub struct KernelCounters {
     pub stack_missing: u64,
 }
 
+impl KernelCounters {
+    /// Events probe never received: transitions, forks and execs.
+    pub fn lost_events(&self) -> u64 {
+        self.ring_buf_full + self.process_events_full
+    }
+
+    /// Sockets whose connections probe cannot follow (a map was full).
+    pub fn untracked_sockets(&self) -> u64 {
+        self.owner_map_full + self.listener_map_full
+    }
+}
+
 /// The loaded and attached kernel program. Dropping it detaches the program and frees its maps.
 pub struct Tracer {
     /// Owns the program and its attachment.

@@ -6,8 +6,8 @@ use std::{io, net::IpAddr};
 use ipnet::IpNet;
 use probe_common::TcpState;
 
-use super::Sink;
-use crate::track::{Endpoints, Family, StateChange, StuckAlert, Summary};
+use super::{Key, KeyOutcome, Sink};
+use crate::track::{Endpoints, Family, StateChange, StuckAlert, Summary, Timestamp};
 
 /// The filters of the command line; an empty filter lets everything through.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -89,6 +89,20 @@ impl<S: Sink> Sink for Filtered<S> {
 
     fn flush(&mut self) -> io::Result<()> {
         self.inner.flush()
+    }
+
+    fn wants_ticks(&self) -> bool {
+        self.inner.wants_ticks()
+    }
+
+    fn tick(&mut self, now: Timestamp, table: &Summary) -> io::Result<()> {
+        let mut shown = table.clone();
+        shown.retain(|connection| self.filter.shows(&connection.endpoints));
+        self.inner.tick(now, &shown)
+    }
+
+    fn key(&mut self, key: Key) -> KeyOutcome {
+        self.inner.key(key)
     }
 }
 

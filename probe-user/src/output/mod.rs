@@ -3,11 +3,14 @@
 pub mod filter;
 pub mod format;
 pub mod json;
+pub mod live;
+pub mod metrics;
+pub mod report;
 pub mod text;
 
 use std::io;
 
-use crate::track::{StateChange, StuckAlert, Summary};
+use crate::track::{StateChange, StuckAlert, Summary, Timestamp};
 
 /// A destination for what probe finds.
 pub trait Sink {
@@ -19,6 +22,103 @@ pub trait Sink {
     fn summary(&mut self, summary: &Summary) -> io::Result<()>;
     /// Pushes buffered output out (called after each batch of events).
     fn flush(&mut self) -> io::Result<()>;
+    /// Whether this sink wants [`Sink::tick`]: a look at the whole table about once a second.
+    fn wants_ticks(&self) -> bool {
+        false
+    }
+    /// The whole table as of `now` (only for sinks that want ticks).
+    fn tick(&mut self, _now: Timestamp, _table: &Summary) -> io::Result<()> {
+        Ok(())
+    }
+    /// A key the user pressed (only the live view has keys).
+    fn key(&mut self, _key: Key) -> KeyOutcome {
+        KeyOutcome::Ignored
+    }
+}
+
+/// A key press, as the live view understands them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Key {
+    Char(char),
+    /// Ctrl-C (in a full-screen view the terminal does not turn it into SIGINT).
+    Interrupt,
+    Escape,
+    /// The terminal changed size.
+    Resize,
+}
+
+/// What a key press asks of probe.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum KeyOutcome {
+    Ignored,
+    /// The view changed: draw it again now.
+    Redraw,
+    /// Stop probe (the summary is still printed).
+    Quit,
+}
+
+/// Several sinks fed the same findings, in order.
+#[derive(Default)]
+pub struct Outputs {
+    sinks: Vec<Box<dyn Sink>>,
+}
+
+impl Outputs {
+    /// Adds a sink.
+    pub fn push(&mut self, sink: Box<dyn Sink>) {
+        self.sinks.push(sink);
+    }
+
+    /// Feeds every sink, and returns the first error after all were fed.
+    fn each(&mut self, mut feed: impl FnMut(&mut dyn Sink) -> io::Result<()>) -> io::Result<()> {
+        let mut first_error = None;
+        for sink in &mut self.sinks {
+            if let Err(error) = feed(sink.as_mut()) {
+                first_error.get_or_insert(error);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+impl Sink for Outputs {
+    fn transition(&mut self, change: &StateChange) -> io::Result<()> {
+        self.each(|sink| sink.transition(change))
+    }
+
+    fn stuck(&mut self, alert: &StuckAlert) -> io::Result<()> {
+        self.each(|sink| sink.stuck(alert))
+    }
+
+    fn summary(&mut self, summary: &Summary) -> io::Result<()> {
+        self.each(|sink| sink.summary(summary))
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.each(|sink| sink.flush())
+    }
+
+    fn wants_ticks(&self) -> bool {
+        self.sinks.iter().any(|sink| sink.wants_ticks())
+    }
+
+    fn tick(&mut self, now: Timestamp, table: &Summary) -> io::Result<()> {
+        self.each(|sink| {
+            if sink.wants_ticks() {
+                sink.tick(now, table)
+            } else {
+                Ok(())
+            }
+        })
+    }
+
+    fn key(&mut self, key: Key) -> KeyOutcome {
+        self.sinks
+            .iter_mut()
+            .map(|sink| sink.key(key))
+            .max()
+            .unwrap_or(KeyOutcome::Ignored)
+    }
 }
 
 #[cfg(test)]

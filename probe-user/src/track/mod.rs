@@ -20,6 +20,6 @@ pub use code_path::{CodePath, Frame, StackRef};
 pub use event::{DecodeError, Endpoints, Family, Transition};
 pub use lifecycle::{ClosedFirst, Connection, ConnectionKey, Ending, OpenedBy, Owner, StateVisit};
 pub use stuck::{Diagnosis, Thresholds};
-pub use summary::{ClosedCounts, CodePathGroup, EndpointGroup, OpenConnection, Summary};
+pub use summary::{ClosedCounts, CodePathGroup, EndpointGroup, OpenConnection, Stay, Summary};
 pub use time::Timestamp;
 pub use tracker::{StateChange, StuckAlert, Tracker};

@@ -69,6 +69,25 @@ impl Diagnosis {
         }
     }
 
+    /// What usually fixes it, for the incident report.
+    pub const fn fix(self) -> &'static str {
+        match self {
+            Diagnosis::PeerClosedNeverClosedLocally => {
+                "Close every socket once the peer is done with it. In an HTTP client, always \
+                 close (and drain) the response body, on error paths too (Go: defer \
+                 resp.Body.Close()), and share one client instead of creating one per request \
+                 (Go: one http.Client and Transport for the whole program). After the fix, this \
+                 side closes first: FIN_WAIT and TIME_WAIT instead of CLOSE_WAIT."
+            }
+            Diagnosis::OpenAndUnused => {
+                "Reuse connections or let them go. Share one client with a bounded idle pool \
+                 (Go: one http.Transport with IdleConnTimeout and MaxIdleConnsPerHost), close \
+                 clients and pools you create, or turn keep-alive off where connections are \
+                 never reused (Go: DisableKeepAlives)."
+            }
+        }
+    }
+
     /// One line for a human.
     pub const fn reason(self) -> &'static str {
         match self {

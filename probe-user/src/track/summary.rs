@@ -8,7 +8,7 @@ use super::{
     activity::Activity,
     code_path::{CodePath, StackRef},
     event::Endpoints,
-    lifecycle::{ClosedFirst, Connection, ConnectionKey, Ending, OpenedBy, Owner},
+    lifecycle::{ClosedFirst, Connection, ConnectionKey, Ending, OpenedBy, Owner, StateVisit},
     time::Timestamp,
 };
 
@@ -36,6 +36,43 @@ pub struct OpenConnection {
     /// Flagged as stuck in `state`.
     pub stuck: bool,
     pub opened_by: OpenedBy,
+    /// Every state it entered, oldest first (the last one is `state`).
+    pub history: Vec<StateVisit>,
+}
+
+impl OpenConnection {
+    /// Each state it went through and how long it stayed there (the current one: so far),
+    /// where probe saw it enter.
+    pub fn lifecycle(&self) -> Vec<Stay> {
+        let mut stays: Vec<Stay> = self
+            .history
+            .windows(2)
+            .map(|pair| Stay {
+                state: pair[0].state,
+                lasted: pair[0]
+                    .since
+                    .zip(pair[1].since)
+                    .map(|(from, to)| to.saturating_since(from)),
+                at_least: pair[0].at_least,
+            })
+            .collect();
+        stays.push(Stay {
+            state: self.state,
+            lasted: self.age,
+            at_least: self.since_attach,
+        });
+        stays
+    }
+}
+
+/// A state a connection was in, and for how long.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stay {
+    pub state: TcpState,
+    /// Unknown when probe did not see the connection enter the state.
+    pub lasted: Option<Duration>,
+    /// It was already in the state when probe attached: `lasted` is a lower bound.
+    pub at_least: bool,
 }
 
 /// Totals of the connections that reached CLOSE (listening sockets are not counted).
@@ -280,6 +317,7 @@ mod tests {
             age: age_s.map(Duration::from_secs),
             stuck: state == TcpState::CloseWait,
             opened_by: OpenedBy::Local,
+            history: Vec::new(),
         }
     }
 

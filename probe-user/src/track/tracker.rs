@@ -307,6 +307,7 @@ impl Tracker {
                     opened_at: None,
                     stuck: tracked.stuck,
                     opened_by: connection.opened_by,
+                    history: connection.history.clone(),
                 }
             })
             .collect();

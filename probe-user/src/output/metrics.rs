@@ -1,0 +1,407 @@
+//! Prometheus metrics: what probe sees, as gauges, counters and histograms, served over HTTP
+//! (`--metrics-addr`) for a fleet's existing monitoring.
+//!
+//! The sink updates the metrics as events come; the server only encodes them when scraped.
+
+use std::{
+    io,
+    net::{Ipv4Addr, SocketAddr},
+    sync::Arc,
+};
+
+use http_body_util::Full;
+use hyper::{
+    Request, Response, StatusCode,
+    body::{Bytes, Incoming},
+    header::CONTENT_TYPE,
+    server::conn::http1,
+    service::service_fn,
+};
+use hyper_util::rt::TokioIo;
+use probe_common::TcpState;
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+use tokio::net::TcpListener;
+
+use super::Sink;
+use crate::track::{StateChange, StuckAlert, Summary, Timestamp};
+
+/// Where `--metrics-addr` listens when only a port is given: loopback, never the network
+/// unless the user names an address.
+pub fn parse_listen_address(text: &str) -> Result<SocketAddr, String> {
+    let port_only = text.strip_prefix(':').unwrap_or(text);
+    if let Ok(port) = port_only.parse::<u16>() {
+        return Ok(SocketAddr::from((Ipv4Addr::LOCALHOST, port)));
+    }
+    text.parse().map_err(|_| {
+        format!(
+            "`{text}` is not a listen address: give a port (9464, served on 127.0.0.1) or \
+             ADDRESS:PORT (0.0.0.0:9464 to serve every interface)"
+        )
+    })
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabel {
+    state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProcessLabels {
+    pid: u32,
+    comm: String,
+    state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TransitionLabels {
+    old: &'static str,
+    new: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClosedLabel {
+    first: &'static str,
+}
+
+/// Upper bounds of the time-in-state histogram, in seconds: 100us to about 1.8 hours.
+fn state_duration_buckets() -> Histogram {
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        0.0001, 4.0, 13,
+    ))
+}
+
+/// probe's metrics, registered under the `probe_` prefix.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Arc<Registry>,
+    open: Family<StateLabel, Gauge>,
+    open_by_process: Family<ProcessLabels, Gauge>,
+    stuck: Family<StateLabel, Gauge>,
+    transitions: Family<TransitionLabels, Counter>,
+    stuck_alerts: Family<StateLabel, Counter>,
+    closed: Family<ClosedLabel, Counter>,
+    lost_events: Counter,
+    untracked_sockets: Counter,
+    time_in_state: Family<StateLabel, Histogram, fn() -> Histogram>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("probe");
+        let open = Family::<StateLabel, Gauge>::default();
+        registry.register(
+            "connections_open",
+            "Open TCP connections of the traced processes, by state",
+            open.clone(),
+        );
+        let open_by_process = Family::<ProcessLabels, Gauge>::default();
+        registry.register(
+            "process_connections_open",
+            "Open TCP connections, by traced process and state",
+            open_by_process.clone(),
+        );
+        let stuck = Family::<StateLabel, Gauge>::default();
+        registry.register(
+            "connections_stuck",
+            "Open connections past their state's threshold (CLOSE_WAIT, idle ESTABLISHED)",
+            stuck.clone(),
+        );
+        let transitions = Family::<TransitionLabels, Counter>::default();
+        registry.register(
+            "transitions",
+            "TCP state transitions of the traced processes' connections",
+            transitions.clone(),
+        );
+        let stuck_alerts = Family::<StateLabel, Counter>::default();
+        registry.register(
+            "stuck_alerts",
+            "Connections flagged as stuck, by the state they were stuck in",
+            stuck_alerts.clone(),
+        );
+        let closed = Family::<ClosedLabel, Counter>::default();
+        registry.register(
+            "connections_closed",
+            "Connections that reached CLOSE, by who closed first (local, remote, both) or how \
+             they ended otherwise (reset, connect_failed)",
+            closed.clone(),
+        );
+        let lost_events = Counter::default();
+        registry.register(
+            "lost_events",
+            "Events the kernel could not deliver (ring buffer full: raise --ring-buffer-kib)",
+            lost_events.clone(),
+        );
+        let untracked_sockets = Counter::default();
+        registry.register(
+            "untracked_sockets",
+            "Sockets the kernel could not track (map full: raise --max-sockets)",
+            untracked_sockets.clone(),
+        );
+        let time_in_state =
+            Family::<StateLabel, Histogram, fn() -> Histogram>::new_with_constructor(
+                state_duration_buckets,
+            );
+        registry.register(
+            "state_duration_seconds",
+            "How long connections stayed in a state before leaving it",
+            time_in_state.clone(),
+        );
+        Metrics {
+            registry: Arc::new(registry),
+            open,
+            open_by_process,
+            stuck,
+            transitions,
+            stuck_alerts,
+            closed,
+            lost_events,
+            untracked_sockets,
+            time_in_state,
+        }
+    }
+
+    /// The metrics in the text exposition format (OpenMetrics, which Prometheus reads).
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut text, &self.registry);
+        text
+    }
+
+    /// Sets the gauges from the whole table, and the counters kept by the kernel and tracker.
+    fn set_table(&self, table: &Summary) {
+        for state in TcpState::ALL {
+            let label = StateLabel {
+                state: state.name(),
+            };
+            self.open
+                .get_or_create(&label)
+                .set(table.count(state) as i64);
+            self.stuck
+                .get_or_create(&label)
+                .set(table.stuck_count(state) as i64);
+        }
+        // Processes come and go: rebuilt from scratch, so exited ones disappear.
+        self.open_by_process.clear();
+        for connection in &table.open {
+            let labels = ProcessLabels {
+                pid: connection.owner.pid,
+                comm: connection.owner.comm.to_string(),
+                state: connection.state.name(),
+            };
+            self.open_by_process.get_or_create(&labels).inc();
+        }
+        let closed = table.closed;
+        for (first, total) in [
+            ("local", closed.local_first),
+            ("remote", closed.remote_first),
+            ("both", closed.simultaneous),
+            ("reset", closed.reset),
+            ("connect_failed", closed.connect_failed),
+        ] {
+            raise_to(&self.closed.get_or_create(&ClosedLabel { first }), total);
+        }
+        raise_to(&self.lost_events, table.lost_events);
+        raise_to(&self.untracked_sockets, table.untracked_sockets);
+    }
+}
+
+/// Brings a counter up to a total kept elsewhere.
+fn raise_to(counter: &Counter, total: u64) {
+    let current = counter.get();
+    if total > current {
+        counter.inc_by(total - current);
+    }
+}
+
+impl Sink for Metrics {
+    fn transition(&mut self, change: &StateChange) -> io::Result<()> {
+        self.transitions
+            .get_or_create(&TransitionLabels {
+                old: change.old.name(),
+                new: change.new.name(),
+            })
+            .inc();
+        if let Some(lasted) = change.in_old {
+            self.time_in_state
+                .get_or_create(&StateLabel {
+                    state: change.old.name(),
+                })
+                .observe(lasted.as_secs_f64());
+        }
+        Ok(())
+    }
+
+    fn stuck(&mut self, alert: &StuckAlert) -> io::Result<()> {
+        self.stuck_alerts
+            .get_or_create(&StateLabel {
+                state: alert.state.name(),
+            })
+            .inc();
+        Ok(())
+    }
+
+    fn summary(&mut self, summary: &Summary) -> io::Result<()> {
+        self.set_table(summary);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn wants_ticks(&self) -> bool {
+        true
+    }
+
+    fn tick(&mut self, _now: Timestamp, table: &Summary) -> io::Result<()> {
+        self.set_table(table);
+        Ok(())
+    }
+}
+
+/// Binds the metrics address (before probe drops its privileges and starts tracing, so a busy
+/// port is an error at once).
+pub fn bind(address: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
+    use anyhow::Context;
+    let listener = std::net::TcpListener::bind(address).with_context(|| {
+        format!(
+            "cannot serve metrics on {address}: is another process using that port? Pick \
+             another with --metrics-addr"
+        )
+    })?;
+    listener
+        .set_nonblocking(true)
+        .context("cannot set up the metrics socket")?;
+    Ok(listener)
+}
+
+/// Serves `GET /metrics` (any path, in fact) until the runtime stops.
+pub async fn serve(listener: std::net::TcpListener, metrics: Metrics) -> io::Result<()> {
+    let listener = TcpListener::from_std(listener)?;
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request: Request<Incoming>| {
+                let metrics = metrics.clone();
+                async move { Ok::<_, hyper::Error>(respond(&request, &metrics)) }
+            });
+            if let Err(error) = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                log::debug!("metrics connection: {error}");
+            }
+        });
+    }
+}
+
+fn respond(request: &Request<Incoming>, metrics: &Metrics) -> Response<Full<Bytes>> {
+    let mut response = if request.uri().path() == "/metrics" {
+        let mut response = Response::new(Full::new(Bytes::from(metrics.encode())));
+        response.headers_mut().insert(
+            CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8"
+                .parse()
+                .expect("a valid header value"),
+        );
+        response
+    } else {
+        Response::new(Full::new(Bytes::from_static(
+            b"probe: metrics are at /metrics\n",
+        )))
+    };
+    if request.uri().path() != "/metrics" {
+        *response.status_mut() = StatusCode::NOT_FOUND;
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use probe_common::TcpState::*;
+
+    use super::*;
+    use crate::track::{Endpoints, Owner};
+
+    fn change(old: TcpState, new: TcpState, in_old_ms: Option<u64>) -> StateChange {
+        StateChange {
+            id: 1,
+            inode: None,
+            owner: Owner {
+                pid: 7,
+                comm: "client".into(),
+            },
+            endpoints: Endpoints::parse("127.0.0.1:5000", "127.0.0.1:80"),
+            old,
+            new,
+            at: Timestamp::from_nanos(0),
+            in_old: in_old_ms.map(Duration::from_millis),
+            ending: None,
+        }
+    }
+
+    #[test]
+    fn a_port_alone_means_loopback() {
+        assert_eq!(
+            parse_listen_address("9464").unwrap(),
+            "127.0.0.1:9464".parse().unwrap()
+        );
+        assert_eq!(
+            parse_listen_address(":9464").unwrap(),
+            "127.0.0.1:9464".parse().unwrap()
+        );
+        assert_eq!(
+            parse_listen_address("0.0.0.0:9464").unwrap(),
+            "0.0.0.0:9464".parse().unwrap()
+        );
+        assert_eq!(
+            parse_listen_address("[::1]:9464").unwrap(),
+            "[::1]:9464".parse().unwrap()
+        );
+        assert!(parse_listen_address("localhost").is_err());
+    }
+
+    #[test]
+    fn transitions_count_and_time_in_state_is_a_histogram() {
+        let mut metrics = Metrics::new();
+        metrics.transition(&change(Close, SynSent, None)).unwrap();
+        metrics
+            .transition(&change(SynSent, Established, Some(2)))
+            .unwrap();
+        metrics
+            .transition(&change(Established, CloseWait, Some(1500)))
+            .unwrap();
+        let text = metrics.encode();
+        assert!(
+            text.contains(r#"probe_transitions_total{old="SYN_SENT",new="ESTABLISHED"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"probe_state_duration_seconds_count{state="ESTABLISHED"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"probe_state_duration_seconds_bucket{le="1.6384",state="ESTABLISHED"} 1"#)
+                || text.contains(
+                    r#"probe_state_duration_seconds_bucket{le="1.6384000000000003",state="ESTABLISHED"} 1"#
+                ),
+            "{text}"
+        );
+        assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+}
