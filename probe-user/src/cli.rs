@@ -7,7 +7,7 @@ use std::{
     time::Duration,
 };
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use ipnet::IpNet;
 use probe_common::TcpState;
 
@@ -194,6 +194,22 @@ impl Cli {
 }
 
 impl Cli {
+    /// Writes the shell completions or man page `--generate-completions` / `--generate-man`
+    /// ask for (for `cargo xtask dist`); false when neither was asked.
+    pub fn write_generated(&self, out: &mut dyn std::io::Write) -> std::io::Result<bool> {
+        if let Some(shell) = self.generate_completions {
+            clap_complete::generate(shell, &mut Cli::command(), "probe", out);
+            return Ok(true);
+        }
+        if self.generate_man {
+            clap_mangen::Man::new(Cli::command()).render(out)?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+}
+
+impl Cli {
     /// What the user asked to see.
     pub fn filter(&self) -> Filter {
         Filter {
@@ -278,6 +294,33 @@ mod tests {
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
         Cli::try_parse_from(std::iter::once("probe").chain(args.iter().copied()))
+    }
+
+    /// The container arguments of `deploy/daemonset.yaml` (a flow sequence, which is JSON).
+    fn daemonset_args() -> Vec<String> {
+        let manifest = include_str!("../../deploy/daemonset.yaml");
+        let line = manifest
+            .lines()
+            .find_map(|line| line.trim().strip_prefix("args: "))
+            .expect("the DaemonSet has container args");
+        serde_json::from_str(line).expect("args are a list of quoted strings")
+    }
+
+    #[test]
+    fn the_daemonset_runs_a_valid_command_line() {
+        let args = daemonset_args();
+        let cli = parse(&args.iter().map(String::as_str).collect::<Vec<_>>()).unwrap();
+        cli.validate().unwrap();
+        assert!(cli.follows_forks() && cli.comm.is_some() && cli.json);
+        assert_eq!(cli.metrics_addr, Some("0.0.0.0:9464".parse().unwrap()));
+    }
+
+    #[test]
+    fn metrics_listen_on_loopback_unless_told() {
+        let cli = parse(&["--pid", "1", "--metrics-addr", "9464"]).unwrap();
+        assert_eq!(cli.metrics_addr, Some("127.0.0.1:9464".parse().unwrap()));
+        assert!(parse(&["--pid", "1", "--metrics-addr", "everywhere"]).is_err());
+        assert!(parse(&["--pid", "1", "--live", "--json"]).is_err());
     }
 
     #[test]

@@ -7,18 +7,13 @@ use probe_user::{app, cli::Cli};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(shell) = cli.generate_completions {
-        clap_complete::generate(shell, &mut Cli::command(), "probe", &mut std::io::stdout());
-        return ExitCode::SUCCESS;
-    }
-    if cli.generate_man {
-        return match clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(error) => {
-                eprintln!("probe: error: cannot write the man page: {error}");
-                ExitCode::FAILURE
-            }
-        };
+    match cli.write_generated(&mut std::io::stdout()) {
+        Ok(true) => return ExitCode::SUCCESS,
+        Ok(false) => {}
+        Err(error) => {
+            eprintln!("probe: error: cannot write to standard output: {error}");
+            return ExitCode::FAILURE;
+        }
     }
     if let Err(message) = cli.validate() {
         Cli::command()

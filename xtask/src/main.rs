@@ -4,6 +4,7 @@ mod bench;
 mod build;
 mod cmd;
 mod demo;
+mod dist;
 mod test;
 mod toolchain;
 mod workload;
@@ -29,6 +30,8 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
+    /// The release binary, shell completions (bash, zsh, fish) and man page, in target/dist/.
+    Dist,
     /// Lints, unit tests, and the integration tests on the running kernel.
     Test,
     /// The leaking HTTP client, traced by probe, then its fix.
@@ -98,6 +101,14 @@ fn main() -> Result<()> {
                 sudo
             };
             cmd::run(command.args(args))
+        }
+        Task::Dist => {
+            let dir = dist::dist()?;
+            eprintln!(
+                "xtask: {}: probe, completions/ (bash, zsh, fish), man/probe.1",
+                dir.display()
+            );
+            Ok(())
         }
         Task::Test => test::test(),
         Task::Demo => demo::demo(),

@@ -13,9 +13,20 @@ use crate::{
 
 /// Runs every check and test; fails on the first failure.
 pub fn test() -> Result<()> {
-    if !tool_exists("ss") {
-        // `ss`, the independent oracle of the integration tests.
-        toolchain::apt_install(&["iproute2"])?;
+    // `ss`, the independent oracle of the integration tests; tmux drives the live view,
+    // Chromium renders the HTML report.
+    let tools = [
+        ("ss", "iproute2"),
+        ("tmux", "tmux"),
+        ("chromium", "chromium"),
+    ];
+    let missing: Vec<&str> = tools
+        .iter()
+        .filter(|(tool, _)| !tool_exists(tool))
+        .map(|(_, package)| *package)
+        .collect();
+    if !missing.is_empty() {
+        toolchain::apt_install(&missing)?;
     }
     if tool_exists("rustup") {
         run(Command::new("rustup").args(["component", "add", "rustfmt", "clippy"]))?;

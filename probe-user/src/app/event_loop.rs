@@ -223,7 +223,8 @@ pub async fn run(setup: Setup<'_>) -> anyhow::Result<()> {
             Err(error) => return Err(error).context("cannot write output"),
         }
     };
-    if stop == Stop::OutputClosed {
+    // Nobody reads the output any more; only a report still wants the summary.
+    if stop == Stop::OutputClosed && cli.report.is_none() {
         return Ok(());
     }
     if stop == Stop::TargetsExited {
@@ -270,6 +271,25 @@ fn make_outputs(
 ) -> anyhow::Result<(Outputs, Option<KeysReceiver>)> {
     let clock = WallClock::now();
     let filter = cli.filter();
+    // The report file and the metrics server first: their errors and notes go to a terminal
+    // the live view has not taken over yet.
+    let report = match &cli.report {
+        Some(path) => Some(Report::create(path, targets.clone(), clock)?),
+        None => None,
+    };
+    let metrics = metrics_listener.map(|listener| {
+        if let Ok(address) = listener.local_addr() {
+            eprintln!("probe: serving metrics at http://{address}/metrics");
+        }
+        let metrics = Metrics::new();
+        let server = metrics.clone();
+        tokio::spawn(async move {
+            if let Err(error) = metrics::serve(listener, server).await {
+                log::warn!("the metrics endpoint stopped: {error}");
+            }
+        });
+        metrics
+    });
     let mut outputs = Outputs::default();
     let mut keys = None;
     let stdout = io::stdout();
@@ -280,7 +300,7 @@ fn make_outputs(
         );
     }
     if cli.live && terminal {
-        let (live, received) = LiveView::start(targets.clone(), clock)?;
+        let (live, received) = LiveView::start(targets, clock)?;
         outputs.push(Box::new(Filtered::new(filter.clone(), live)));
         keys = Some(received);
     } else {
@@ -296,21 +316,10 @@ fn make_outputs(
             outputs.push(Box::new(Filtered::new(filter.clone(), text)));
         }
     }
-    if let Some(path) = &cli.report {
-        let report = Report::create(path, targets, clock)?;
+    if let Some(report) = report {
         outputs.push(Box::new(Filtered::new(filter.clone(), report)));
     }
-    if let Some(listener) = metrics_listener {
-        if let Ok(address) = listener.local_addr() {
-            eprintln!("probe: serving metrics at http://{address}/metrics");
-        }
-        let metrics = Metrics::new();
-        let server = metrics.clone();
-        tokio::spawn(async move {
-            if let Err(error) = metrics::serve(listener, server).await {
-                eprintln!("probe: warning: the metrics endpoint stopped: {error}");
-            }
-        });
+    if let Some(metrics) = metrics {
         outputs.push(Box::new(Filtered::new(filter, metrics)));
     }
     Ok((outputs, keys))

@@ -355,6 +355,71 @@ mod tests {
         }
     }
 
+    /// Metrics after a connection went to CLOSE_WAIT and stayed there past the threshold.
+    fn busy_metrics() -> Metrics {
+        use probe_common::Attribution;
+
+        use crate::track::{Thresholds, Tracker, Transition};
+        let mut tracker = Tracker::new(Thresholds::default());
+        let mut metrics = Metrics::new();
+        for (old, new, second) in [
+            (Close, SynSent, 0),
+            (SynSent, Established, 1),
+            (Established, CloseWait, 2),
+        ] {
+            let change = tracker.apply(&Transition {
+                sock_id: 1,
+                pid: 7,
+                at: Timestamp::from_nanos(second * 1_000_000_000),
+                endpoints: Endpoints::parse("127.0.0.1:5000", "127.0.0.1:80"),
+                old,
+                new,
+                attribution: Attribution::Known,
+                stack: None,
+            });
+            metrics.transition(&change).unwrap();
+        }
+        let later = Timestamp::from_nanos(60_000_000_000);
+        for alert in tracker.due_stuck(later) {
+            metrics.stuck(&alert).unwrap();
+        }
+        metrics.tick(later, &tracker.summary(later)).unwrap();
+        metrics
+    }
+
+    #[test]
+    fn gauges_follow_the_table() {
+        let text = busy_metrics().encode();
+        for series in [
+            r#"probe_connections_open{state="CLOSE_WAIT"} 1"#,
+            r#"probe_connections_open{state="ESTABLISHED"} 0"#,
+            r#"probe_connections_stuck{state="CLOSE_WAIT"} 1"#,
+            r#"probe_process_connections_open{pid="7",comm="?",state="CLOSE_WAIT"} 1"#,
+            r#"probe_stuck_alerts_total{state="CLOSE_WAIT"} 1"#,
+            r#"probe_connections_closed_total{first="local"} 0"#,
+        ] {
+            assert!(text.contains(series), "{series} missing from:\n{text}");
+        }
+    }
+
+    #[test]
+    fn the_alert_rules_use_metrics_that_exist() {
+        let rules = include_str!("../../../deploy/alerts.yaml");
+        let exposed = busy_metrics().encode();
+        let mut used = 0;
+        for word in rules.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+            if word.starts_with("probe_") {
+                used += 1;
+                let family = word.trim_end_matches("_total");
+                assert!(
+                    exposed.contains(&format!("# TYPE {family} ")),
+                    "{word} is not a metric probe exposes:\n{exposed}"
+                );
+            }
+        }
+        assert!(used >= 4, "{rules}");
+    }
+
     #[test]
     fn a_port_alone_means_loopback() {
         assert_eq!(

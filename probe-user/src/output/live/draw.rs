@@ -92,7 +92,7 @@ fn draw_counts(frame: &mut Frame, area: Rect, view: &View, states: &[TcpState]) 
     let rows = Layout::vertical(states.iter().map(|_| Constraint::Length(1))).split(inner);
     for (state, row) in states.iter().zip(rows.iter()) {
         let [label, spark] =
-            Layout::horizontal([Constraint::Length(32), Constraint::Min(10)]).areas(*row);
+            Layout::horizontal([Constraint::Length(38), Constraint::Min(10)]).areas(*row);
         let (open, stuck) = view.counts.get(state).copied().unwrap_or((0, 0));
         let stuck_text = if stuck > 0 {
             format!(" {stuck} STUCK")

@@ -71,10 +71,10 @@ pub fn svg(samples: &[Sample], states: &[TcpState], clock: WallClock) -> String 
     let x = |at: u64| LEFT + (at.saturating_sub(first.at.as_nanos()) as f64 / span_ns) * plot_width;
     let y = |count: u32| TOP + plot_height - f64::from(count) / f64::from(top_value) * plot_height;
 
-    // Grid and value labels.
-    for step in 0..=4u32 {
-        let value = top_value / 4 * step;
-        let value = if step == 4 { top_value } else { value };
+    // Grid and value labels: 1, 2 or 5 steps of a round number.
+    let divisions = top_value.min(5);
+    for step in 0..=divisions {
+        let value = top_value / divisions * step;
         let at = y(value);
         let _ = write!(
             out,
