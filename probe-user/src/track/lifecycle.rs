@@ -1,15 +1,14 @@
 //! One connection's lifecycle: the states it went through, who opened it, who closed first and
 //! how it ended, rebuilt from the transitions the kernel reports.
 
-use std::{sync::Arc, time::Duration};
+use std::{num::NonZeroU64, sync::Arc, time::Duration};
 
 use probe_common::TcpState;
 
 use super::{
-    activity::{Activity, ExistingSocket},
+    activity::{Activity, ExistingSocket, PackedActivity},
     code_path::StackRef,
-    event::Endpoints,
-    event::Transition,
+    event::{Endpoints, PackedEndpoints, Transition},
     time::Timestamp,
 };
 
@@ -125,31 +124,130 @@ pub struct StateVisit {
     pub at_least: bool,
 }
 
+/// Visits kept per connection: enough for every path through the TCP state machine from the
+/// first state probe sees to CLOSE (e.g. SYN_SENT, ESTABLISHED, FIN_WAIT1, CLOSING, TIME_WAIT,
+/// CLOSE).
+const VISITS: usize = 6;
+/// `since` of a visit whose start probe did not see.
+const UNKNOWN_SINCE: u64 = u64::MAX;
+const INFERRED: u8 = 1;
+const AT_LEAST: u8 = 2;
+
+/// The states a connection entered, oldest first, stored inline (no allocation per connection).
+/// Should a connection ever enter more than [`VISITS`] states, the first one is kept and the
+/// oldest of the others give way.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct History {
+    since: [u64; VISITS],
+    states: [u8; VISITS],
+    flags: [u8; VISITS],
+    len: u8,
+}
+
+impl Default for History {
+    fn default() -> Self {
+        History {
+            since: [UNKNOWN_SINCE; VISITS],
+            states: [0; VISITS],
+            flags: [0; VISITS],
+            len: 0,
+        }
+    }
+}
+
+impl std::fmt::Debug for History {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+impl History {
+    /// Appends a visit.
+    pub fn push(&mut self, visit: StateVisit) {
+        let mut index = usize::from(self.len);
+        if index == VISITS {
+            // Keep the first visit (how the connection started); drop the oldest after it.
+            self.since.copy_within(2.., 1);
+            self.states.copy_within(2.., 1);
+            self.flags.copy_within(2.., 1);
+            index = VISITS - 1;
+        } else {
+            self.len += 1;
+        }
+        self.since[index] = visit.since.map_or(UNKNOWN_SINCE, Timestamp::as_nanos);
+        self.states[index] = visit.state as u8;
+        self.flags[index] =
+            (u8::from(visit.inferred) * INFERRED) | (u8::from(visit.at_least) * AT_LEAST);
+    }
+
+    /// The visit at `index` (0 is the oldest).
+    pub fn get(&self, index: usize) -> Option<StateVisit> {
+        (index < usize::from(self.len)).then(|| StateVisit {
+            state: TcpState::from_raw(self.states[index]).unwrap_or(TcpState::Close),
+            since: (self.since[index] != UNKNOWN_SINCE)
+                .then(|| Timestamp::from_nanos(self.since[index])),
+            inferred: self.flags[index] & INFERRED != 0,
+            at_least: self.flags[index] & AT_LEAST != 0,
+        })
+    }
+
+    /// The latest visit: the current state.
+    pub fn last(&self) -> Option<StateVisit> {
+        usize::from(self.len)
+            .checked_sub(1)
+            .and_then(|index| self.get(index))
+    }
+
+    /// Every visit, oldest first.
+    pub fn iter(&self) -> impl Iterator<Item = StateVisit> + '_ {
+        (0..usize::from(self.len)).filter_map(|index| self.get(index))
+    }
+
+    /// How many visits are kept.
+    pub fn len(&self) -> usize {
+        usize::from(self.len)
+    }
+
+    /// True before the first visit.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl FromIterator<StateVisit> for History {
+    fn from_iter<I: IntoIterator<Item = StateVisit>>(visits: I) -> Self {
+        let mut history = History::default();
+        for visit in visits {
+            history.push(visit);
+        }
+        history
+    }
+}
+
 /// One socket's lifecycle, from the first transition probe saw to CLOSE.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Connection {
     pub key: ConnectionKey,
     /// The socket inode, where known (connections found at attach, and after an activity
     /// refresh).
-    pub inode: Option<u64>,
-    pub owner: Owner,
-    pub endpoints: Endpoints,
+    inode: Option<NonZeroU64>,
+    /// The owning process (its name lives with the tracker, once per process).
+    pub pid: u32,
+    endpoints: PackedEndpoints,
     pub opened_by: OpenedBy,
     pub closed_first: Option<ClosedFirst>,
     pub ending: Option<Ending>,
     /// Every state entered, oldest first; the last one is the current state.
-    pub history: Vec<StateVisit>,
+    pub history: History,
     /// The latest tcp_info sample, where there is one.
-    pub activity: Option<Activity>,
+    activity: Option<PackedActivity>,
     /// Where the program called connect(), where probe captured it.
     pub opened_at: Option<StackRef>,
-    /// Where the program closed or shut it down, where probe captured it.
-    pub closed_at: Option<StackRef>,
 }
 
 impl Connection {
     /// A connection first seen in `transition`, not yet applied (see [`Connection::advance`]).
-    pub fn first_seen(transition: &Transition, owner: Owner) -> Connection {
+    pub fn first_seen(transition: &Transition) -> Connection {
         let (opened_by, before) = match (transition.old, transition.new) {
             (TcpState::Close, TcpState::SynSent | TcpState::Listen) => (OpenedBy::Local, None),
             (TcpState::Listen, TcpState::SynRecv) => (OpenedBy::Remote, None),
@@ -167,25 +265,24 @@ impl Connection {
         Connection {
             key: ConnectionKey::Socket(transition.sock_id),
             inode: None,
-            owner,
-            endpoints: transition.endpoints,
+            pid: transition.pid,
+            endpoints: transition.endpoints.into(),
             opened_by,
             closed_first: None,
             ending: None,
             history: before.into_iter().collect(),
             activity: None,
             opened_at: None,
-            closed_at: None,
         }
     }
 
     /// A connection that was already open when probe attached at `attach`.
-    pub fn existing(socket: &ExistingSocket, owner: Owner, attach: Timestamp) -> Connection {
+    pub fn existing(socket: &ExistingSocket, attach: Timestamp) -> Connection {
         Connection {
             key: ConnectionKey::Inode(socket.inode),
-            inode: Some(socket.inode),
-            owner,
-            endpoints: socket.endpoints,
+            inode: NonZeroU64::new(socket.inode),
+            pid: socket.pid,
+            endpoints: socket.endpoints.into(),
             opened_by: if socket.state == TcpState::Listen {
                 OpenedBy::Local
             } else {
@@ -198,15 +295,15 @@ impl Connection {
                 _ => None,
             },
             ending: None,
-            history: vec![StateVisit {
+            history: std::iter::once(StateVisit {
                 state: socket.state,
                 since: Some(attach),
                 inferred: false,
                 at_least: true,
-            }],
-            activity: socket.activity,
+            })
+            .collect(),
+            activity: socket.activity.map(PackedActivity::from),
             opened_at: None,
-            closed_at: None,
         }
     }
 
@@ -223,14 +320,13 @@ impl Connection {
             .map(|since| at.saturating_since(since));
         // connect() enters SYN_SENT before the kernel picks the local port: the latest
         // transition always has the most complete endpoints.
-        self.endpoints = transition.endpoints;
+        self.endpoints = transition.endpoints.into();
         match (old, new) {
             (TcpState::Close, TcpState::SynSent) => {
                 self.opened_at = transition.stack;
             }
             (TcpState::Established, TcpState::FinWait1)
             | (TcpState::CloseWait, TcpState::LastAck) => {
-                self.closed_at = transition.stack;
                 self.closed_first
                     .get_or_insert(if old == TcpState::Established {
                         ClosedFirst::Local
@@ -258,6 +354,31 @@ impl Connection {
         }
         self.enter(new, at, false);
         in_old
+    }
+
+    /// The socket inode, where known.
+    pub fn inode(&self) -> Option<u64> {
+        self.inode.map(NonZeroU64::get)
+    }
+
+    /// Notes the socket inode (0, which no socket has, is ignored).
+    pub fn set_inode(&mut self, inode: u64) {
+        self.inode = NonZeroU64::new(inode).or(self.inode);
+    }
+
+    /// Where it runs.
+    pub fn endpoints(&self) -> Endpoints {
+        self.endpoints.into()
+    }
+
+    /// The latest tcp_info sample, where there is one.
+    pub fn activity(&self) -> Option<Activity> {
+        self.activity.map(Activity::from)
+    }
+
+    /// Records a tcp_info sample.
+    pub fn set_activity(&mut self, activity: Activity) {
+        self.activity = Some(activity.into());
     }
 
     /// The current state: the last one entered.
@@ -318,12 +439,8 @@ mod tests {
 
     /// Runs a path of (state, ms) through a fresh connection; returns it and each `in_old`.
     fn run(path: &[(TcpState, TcpState, u64)]) -> (Connection, Vec<Option<u64>>) {
-        let owner = Owner {
-            pid: 100,
-            comm: "test".into(),
-        };
         let first = transition(path[0].0, path[0].1, path[0].2);
-        let mut conn = Connection::first_seen(&first, owner);
+        let mut conn = Connection::first_seen(&first);
         let in_old = path
             .iter()
             .map(|&(old, new, at)| {
@@ -361,24 +478,54 @@ mod tests {
                 "CLOSE"
             ]
         );
-        assert!(conn.history[4].inferred);
+        assert!(conn.history.get(4).unwrap().inferred);
         assert_eq!(in_old, [None, Some(2), Some(1000), Some(1), Some(7)]);
         assert!(conn.is_closed());
     }
 
     #[test]
-    fn endpoints_follow_the_latest_transition() {
-        let owner = Owner {
-            pid: 1,
-            comm: "c".into(),
+    fn history_keeps_every_visit_inline_and_the_first_when_full() {
+        let visit = |state, ms: Option<u64>| StateVisit {
+            state,
+            since: ms.map(|ms| Timestamp::from_nanos(ms * 1_000_000)),
+            inferred: state == TimeWait,
+            at_least: ms == Some(0),
         };
+        let path = [
+            visit(Established, None),
+            visit(FinWait1, Some(0)),
+            visit(Closing, Some(2)),
+            visit(TimeWait, Some(3)),
+            visit(Close, Some(3)),
+        ];
+        let history: History = path.into_iter().collect();
+        assert_eq!(history.iter().collect::<Vec<_>>(), path);
+        assert_eq!(history.last(), Some(path[4]));
+        let mut long = history;
+        for ms in 10..13 {
+            long.push(visit(Listen, Some(ms)));
+        }
+        let states: Vec<TcpState> = long.iter().map(|v| v.state).collect();
+        assert_eq!(
+            states,
+            [Established, TimeWait, Close, Listen, Listen, Listen]
+        );
+        assert_eq!(
+            long.last().unwrap().since,
+            Some(Timestamp::from_nanos(12_000_000))
+        );
+        assert!(std::mem::size_of::<History>() <= 64);
+    }
+
+    #[test]
+    fn endpoints_follow_the_latest_transition() {
         let mut connect = transition(Close, SynSent, 0);
         connect.endpoints.local.set_port(0);
-        let mut conn = Connection::first_seen(&connect, owner);
+        let mut conn = Connection::first_seen(&connect);
         conn.advance(&connect);
-        assert_eq!(conn.endpoints.local.port(), 0);
+        assert_eq!(conn.endpoints().local.port(), 0);
         conn.advance(&transition(SynSent, Established, 1));
-        assert_eq!(conn.endpoints.local.port(), 40000);
+        assert_eq!(conn.endpoints().local.port(), 40000);
     }
 
     #[test]
@@ -390,11 +537,7 @@ mod tests {
             endpoints: transition(Close, Close, 0).endpoints,
             activity: None,
         };
-        let owner = Owner {
-            pid: 1,
-            comm: "c".into(),
-        };
-        let mut conn = Connection::existing(&socket, owner, Timestamp::from_nanos(5));
+        let mut conn = Connection::existing(&socket, Timestamp::from_nanos(5));
         assert_eq!(conn.key, ConnectionKey::Inode(99));
         assert!(conn.since_attach());
         assert_eq!(conn.closed_first, Some(ClosedFirst::Remote));
@@ -483,8 +626,8 @@ mod tests {
             (FinWait2, Close, 12),
         ]);
         assert_eq!(conn.opened_by, OpenedBy::Unknown);
-        assert_eq!(conn.history[0].state, Established);
-        assert_eq!(conn.history[0].since, None);
+        assert_eq!(conn.history.get(0).unwrap().state, Established);
+        assert_eq!(conn.history.get(0).unwrap().since, None);
         assert_eq!(in_old, [None, Some(1), Some(1)]);
         assert_eq!(conn.closed_first, Some(ClosedFirst::Local));
     }

@@ -12,13 +12,16 @@ pub mod lifecycle;
 mod properties;
 pub mod stuck;
 pub mod summary;
+pub mod table;
 pub mod time;
 pub mod tracker;
 
 pub use activity::{Activity, ExistingSocket};
 pub use code_path::{CodePath, Frame, StackRef};
 pub use event::{DecodeError, Endpoints, Family, Transition};
-pub use lifecycle::{ClosedFirst, Connection, ConnectionKey, Ending, OpenedBy, Owner, StateVisit};
+pub use lifecycle::{
+    ClosedFirst, Connection, ConnectionKey, Ending, History, OpenedBy, Owner, StateVisit,
+};
 pub use stuck::{Diagnosis, Thresholds};
 pub use summary::{ClosedCounts, CodePathGroup, EndpointGroup, OpenConnection, Stay, Summary};
 pub use time::Timestamp;

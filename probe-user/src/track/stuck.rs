@@ -107,33 +107,68 @@ impl Diagnosis {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DueDeadline {
     pub key: ConnectionKey,
-    pub visit: u64,
+    pub visit: u32,
     pub state: TcpState,
+}
+
+/// One queued deadline, in 24 bytes (one per watched connection, so it counts): ordered by
+/// `deadline` first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Pending {
+    deadline: Timestamp,
+    /// The [`ConnectionKey`]'s number, and which kind it is.
+    key: u64,
+    visit: u32,
+    state: u8,
+    by_inode: bool,
+}
+
+impl Pending {
+    fn key(self) -> ConnectionKey {
+        if self.by_inode {
+            ConnectionKey::Inode(self.key)
+        } else {
+            ConnectionKey::Socket(self.key)
+        }
+    }
 }
 
 /// Deadline queue of the watched states.
 #[derive(Debug, Default)]
 pub struct StuckDetector {
-    pending: BinaryHeap<Reverse<(Timestamp, ConnectionKey, u64, u8)>>,
+    pending: BinaryHeap<Reverse<Pending>>,
 }
 
 impl StuckDetector {
     /// Watches connection `key` in its state visit `visit`, due at `deadline`.
-    pub fn watch(&mut self, key: ConnectionKey, visit: u64, state: TcpState, deadline: Timestamp) {
-        self.pending
-            .push(Reverse((deadline, key, visit, state as u8)));
+    pub fn watch(&mut self, key: ConnectionKey, visit: u32, state: TcpState, deadline: Timestamp) {
+        let (key, by_inode) = match key {
+            ConnectionKey::Socket(address) => (address, false),
+            ConnectionKey::Inode(inode) => (inode, true),
+        };
+        self.pending.push(Reverse(Pending {
+            deadline,
+            key,
+            visit,
+            state: state as u8,
+            by_inode,
+        }));
     }
 
     /// Removes and returns every deadline due at `now`, earliest first.
     pub fn due(&mut self, now: Timestamp) -> Vec<DueDeadline> {
         let mut due = Vec::new();
-        while let Some(Reverse((deadline, key, visit, state))) = self.pending.peek().copied() {
-            if deadline > now {
+        while let Some(Reverse(pending)) = self.pending.peek().copied() {
+            if pending.deadline > now {
                 break;
             }
             self.pending.pop();
-            if let Some(state) = TcpState::from_raw(state) {
-                due.push(DueDeadline { key, visit, state });
+            if let Some(state) = TcpState::from_raw(pending.state) {
+                due.push(DueDeadline {
+                    key: pending.key(),
+                    visit: pending.visit,
+                    state,
+                });
             }
         }
         due
@@ -141,7 +176,7 @@ impl StuckDetector {
 
     /// The earliest pending deadline.
     pub fn next_deadline(&self) -> Option<Timestamp> {
-        self.pending.peek().map(|Reverse((deadline, ..))| *deadline)
+        self.pending.peek().map(|Reverse(pending)| pending.deadline)
     }
 
     /// How many deadlines are queued.
@@ -150,9 +185,9 @@ impl StuckDetector {
     }
 
     /// Drops the queued deadlines for which `is_live(key, visit)` is false.
-    pub fn retain(&mut self, mut is_live: impl FnMut(ConnectionKey, u64) -> bool) {
+    pub fn retain(&mut self, mut is_live: impl FnMut(ConnectionKey, u32) -> bool) {
         self.pending
-            .retain(|Reverse((_, key, visit, _))| is_live(*key, *visit));
+            .retain(|Reverse(pending)| is_live(pending.key(), pending.visit));
     }
 }
 
@@ -197,17 +232,27 @@ mod tests {
     fn deadlines_queued_out_of_order_come_out_in_time_order() {
         let mut d = StuckDetector::default();
         for (i, t) in [(1, 30), (2, 10), (3, 20)] {
-            d.watch(key(i), i, TcpState::CloseWait, secs(t));
+            d.watch(key(i), i as u32, TcpState::CloseWait, secs(t));
         }
         let keys: Vec<ConnectionKey> = d.due(secs(25)).iter().map(|x| x.key).collect();
         assert_eq!(keys, [key(2), key(3)]);
     }
 
     #[test]
+    fn an_entry_is_small_and_keeps_its_kind_of_key() {
+        assert!(std::mem::size_of::<Reverse<Pending>>() <= 24);
+        let mut d = StuckDetector::default();
+        d.watch(ConnectionKey::Inode(9), 1, TcpState::CloseWait, secs(1));
+        d.watch(ConnectionKey::Socket(9), 2, TcpState::CloseWait, secs(2));
+        let keys: Vec<ConnectionKey> = d.due(secs(3)).iter().map(|x| x.key).collect();
+        assert_eq!(keys, [ConnectionKey::Inode(9), ConnectionKey::Socket(9)]);
+    }
+
+    #[test]
     fn retain_drops_stale_entries() {
         let mut d = StuckDetector::default();
         for i in 0..10 {
-            d.watch(key(i), i, TcpState::Established, secs(i));
+            d.watch(key(i), i as u32, TcpState::Established, secs(i));
         }
         d.retain(|_, visit| visit % 2 == 0);
         assert_eq!(d.pending(), 5);

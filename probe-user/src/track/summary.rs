@@ -8,7 +8,9 @@ use super::{
     activity::Activity,
     code_path::{CodePath, StackRef},
     event::Endpoints,
-    lifecycle::{ClosedFirst, Connection, ConnectionKey, Ending, OpenedBy, Owner, StateVisit},
+    lifecycle::{
+        ClosedFirst, Connection, ConnectionKey, Ending, History, OpenedBy, Owner, StateVisit,
+    },
     time::Timestamp,
 };
 
@@ -37,15 +39,15 @@ pub struct OpenConnection {
     pub stuck: bool,
     pub opened_by: OpenedBy,
     /// Every state it entered, oldest first (the last one is `state`).
-    pub history: Vec<StateVisit>,
+    pub history: History,
 }
 
 impl OpenConnection {
     /// Each state it went through and how long it stayed there (the current one: so far),
     /// where probe saw it enter.
     pub fn lifecycle(&self) -> Vec<Stay> {
-        let mut stays: Vec<Stay> = self
-            .history
+        let visits: Vec<StateVisit> = self.history.iter().collect();
+        let mut stays: Vec<Stay> = visits
             .windows(2)
             .map(|pair| Stay {
                 state: pair[0].state,
@@ -317,7 +319,7 @@ mod tests {
             age: age_s.map(Duration::from_secs),
             stuck: state == TcpState::CloseWait,
             opened_by: OpenedBy::Local,
-            history: Vec::new(),
+            history: History::default(),
         }
     }
 

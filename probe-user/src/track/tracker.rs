@@ -1,12 +1,7 @@
 //! The connection table: every open connection of the traced processes, fed by transitions and
 //! by the sockets found at attach, and watched for stuck states.
 
-use std::{
-    collections::{HashMap, hash_map::Entry},
-    net::SocketAddr,
-    sync::Arc,
-    time::Duration,
-};
+use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
 
 use probe_common::TcpState;
 
@@ -17,6 +12,7 @@ use super::{
     lifecycle::{Connection, ConnectionKey, Ending, Owner},
     stuck::{Diagnosis, StuckDetector, Thresholds},
     summary::{ClosedCounts, OpenConnection, Summary},
+    table::Table,
     time::Timestamp,
 };
 
@@ -73,7 +69,7 @@ struct Tracked {
     connection: Connection,
     /// Number of the current state visit, unique across all connections: a queued deadline is
     /// still valid only while the connection is in that same visit.
-    visit: u64,
+    visit: u32,
     /// Flagged as stuck in the current visit.
     stuck: bool,
 }
@@ -81,14 +77,14 @@ struct Tracked {
 /// Connection table and stuck detection.
 #[derive(Debug)]
 pub struct Tracker {
-    table: HashMap<ConnectionKey, Tracked>,
+    table: Table<Tracked>,
     /// Connections found at attach and not yet named by a transition: endpoints -> inode.
     existing: HashMap<(SocketAddr, SocketAddr), u64>,
     processes: HashMap<u32, Arc<str>>,
     thresholds: Thresholds,
     detector: StuckDetector,
     closed: ClosedCounts,
-    next_visit: u64,
+    next_visit: u32,
 }
 
 /// Deadlines queued beyond this many per open connection (plus a constant) trigger a clean-up of
@@ -100,7 +96,7 @@ impl Tracker {
     /// An empty table with these thresholds.
     pub fn new(thresholds: Thresholds) -> Self {
         Tracker {
-            table: HashMap::new(),
+            table: Table::default(),
             existing: HashMap::new(),
             processes: HashMap::new(),
             thresholds,
@@ -122,8 +118,7 @@ impl Tracker {
         if socket.state == TcpState::Close {
             return;
         }
-        let owner = self.owner(socket.pid);
-        let connection = Connection::existing(socket, owner, now);
+        let connection = Connection::existing(socket, now);
         let key = connection.key;
         self.existing.insert(
             (socket.endpoints.local, socket.endpoints.remote),
@@ -155,27 +150,28 @@ impl Tracker {
     pub fn apply(&mut self, transition: &Transition) -> StateChange {
         let key = ConnectionKey::Socket(transition.sock_id);
         self.adopt_existing(key, &transition.endpoints);
-        let owner = self.owner(transition.pid);
         let starts_lifecycle = matches!(
             (transition.old, transition.new),
             (TcpState::Close, _) | (TcpState::Listen, TcpState::SynRecv)
         );
         let visit = self.next_visit();
-        let tracked = match self.table.entry(key) {
-            Entry::Occupied(entry) => {
-                let tracked = entry.into_mut();
-                if starts_lifecycle {
-                    // The socket id was reused and the old lifecycle's CLOSE was never seen (a
-                    // lost event): the old lifecycle cannot go on, start afresh.
-                    tracked.connection = Connection::first_seen(transition, owner);
-                }
-                tracked
+        let tracked = if self.table.contains_key(key) {
+            let tracked = self.table.get_mut(key).expect("checked just above");
+            if starts_lifecycle {
+                // The socket id was reused and the old lifecycle's CLOSE was never seen (a
+                // lost event): the old lifecycle cannot go on, start afresh.
+                tracked.connection = Connection::first_seen(transition);
             }
-            Entry::Vacant(entry) => entry.insert(Tracked {
-                connection: Connection::first_seen(transition, owner),
-                visit,
-                stuck: false,
-            }),
+            tracked
+        } else {
+            self.table.insert(
+                key,
+                Tracked {
+                    connection: Connection::first_seen(transition),
+                    visit,
+                    stuck: false,
+                },
+            )
         };
         let in_old = tracked.connection.advance(transition);
         tracked.visit = visit;
@@ -184,9 +180,9 @@ impl Tracker {
         let connection = &tracked.connection;
         let change = StateChange {
             id: transition.sock_id,
-            inode: connection.inode,
-            owner: connection.owner.clone(),
-            endpoints: connection.endpoints,
+            inode: connection.inode(),
+            owner: owner_of(&self.processes, connection.pid),
+            endpoints: connection.endpoints(),
             old: transition.old,
             new: transition.new,
             at: transition.at,
@@ -194,7 +190,7 @@ impl Tracker {
             ending: connection.ending,
         };
         if connection.is_closed() {
-            if let Some(done) = self.table.remove(&key) {
+            if let Some(done) = self.table.remove(key) {
                 self.closed.record(&done.connection);
             }
         } else if let Some(threshold) = self.thresholds.of(transition.new) {
@@ -218,10 +214,12 @@ impl Tracker {
             .collect();
         for tracked in self.table.values_mut() {
             let connection = &mut tracked.connection;
-            let endpoints = (connection.endpoints.local, connection.endpoints.remote);
+            let endpoints = (connection.endpoints().local, connection.endpoints().remote);
             if let Some(sample) = by_endpoints.get(&endpoints) {
-                connection.inode = Some(sample.inode);
-                connection.activity = sample.activity.or(connection.activity);
+                connection.set_inode(sample.inode);
+                if let Some(activity) = sample.activity {
+                    connection.set_activity(activity);
+                }
             }
         }
     }
@@ -232,7 +230,7 @@ impl Tracker {
     pub fn due_stuck(&mut self, now: Timestamp) -> Vec<StuckAlert> {
         let mut alerts = Vec::new();
         for due in self.detector.due(now) {
-            let Some(tracked) = self.table.get_mut(&due.key) else {
+            let Some(tracked) = self.table.get_mut(due.key) else {
                 continue;
             };
             if tracked.visit != due.visit || tracked.stuck {
@@ -245,7 +243,7 @@ impl Tracker {
                 continue;
             };
             let connection = &tracked.connection;
-            let idle = connection.activity.map(|a| a.idle_at(now));
+            let idle = connection.activity().map(|a| a.idle_at(now));
             if let (TcpState::Established, Some(idle)) = (due.state, idle)
                 && idle < threshold
             {
@@ -261,15 +259,15 @@ impl Tracker {
             let since = connection.state_since().unwrap_or(now);
             alerts.push(StuckAlert {
                 key: due.key,
-                inode: connection.inode,
-                owner: connection.owner.clone(),
-                endpoints: connection.endpoints,
+                inode: connection.inode(),
+                owner: owner_of(&self.processes, connection.pid),
+                endpoints: connection.endpoints(),
                 state: due.state,
                 since,
                 age: now.saturating_since(since),
                 since_attach: connection.since_attach(),
                 idle,
-                activity: connection.activity,
+                activity: connection.activity(),
                 opened_stack: connection.opened_at,
                 opened_at: None,
                 diagnosis,
@@ -292,22 +290,22 @@ impl Tracker {
                 let connection = &tracked.connection;
                 OpenConnection {
                     key: connection.key,
-                    inode: connection.inode,
-                    owner: connection.owner.clone(),
-                    endpoints: connection.endpoints,
+                    inode: connection.inode(),
+                    owner: owner_of(&self.processes, connection.pid),
+                    endpoints: connection.endpoints(),
                     state: connection.state(),
                     since: connection.state_since(),
                     age: connection
                         .state_since()
                         .map(|since| now.saturating_since(since)),
                     since_attach: connection.since_attach(),
-                    idle: connection.activity.map(|a| a.idle_at(now)),
-                    activity: connection.activity,
+                    idle: connection.activity().map(|a| a.idle_at(now)),
+                    activity: connection.activity(),
                     opened_stack: connection.opened_at,
                     opened_at: None,
                     stuck: tracked.stuck,
                     opened_by: connection.opened_by,
-                    history: connection.history.clone(),
+                    history: connection.history,
                 }
             })
             .collect();
@@ -324,44 +322,44 @@ impl Tracker {
     /// A connection found at attach, named by a transition for the first time: from now on it
     /// is known by its socket address.
     fn adopt_existing(&mut self, key: ConnectionKey, endpoints: &Endpoints) {
-        if self.existing.is_empty() || self.table.contains_key(&key) {
+        if self.existing.is_empty() || self.table.contains_key(key) {
             return;
         }
         let Some(inode) = self.existing.remove(&(endpoints.local, endpoints.remote)) else {
             return;
         };
-        if let Some(mut tracked) = self.table.remove(&ConnectionKey::Inode(inode)) {
+        if self.table.rekey(ConnectionKey::Inode(inode), key)
+            && let Some(tracked) = self.table.get_mut(key)
+        {
             tracked.connection.key = key;
-            self.table.insert(key, tracked);
         }
     }
 
-    fn next_visit(&mut self) -> u64 {
-        self.next_visit += 1;
+    /// A new visit number. They wrap after 4 billion visits: by then, a queued deadline with
+    /// the same number for the same connection is long gone.
+    fn next_visit(&mut self) -> u32 {
+        self.next_visit = self.next_visit.wrapping_add(1);
         self.next_visit
-    }
-
-    fn owner(&self, pid: u32) -> Owner {
-        Owner {
-            pid,
-            comm: self
-                .processes
-                .get(&pid)
-                .cloned()
-                .unwrap_or_else(|| Arc::from("?")),
-        }
     }
 
     fn drop_stale_deadlines(&mut self) {
         let limit = self.table.len() * STALE_DEADLINES_PER_CONNECTION + STALE_DEADLINES_SLACK;
         if self.detector.pending() > limit {
             let table = &self.table;
-            self.detector.retain(|key, visit| {
-                table
-                    .get(&key)
-                    .is_some_and(|tracked| tracked.visit == visit)
-            });
+            self.detector
+                .retain(|key, visit| table.get(key).is_some_and(|tracked| tracked.visit == visit));
         }
+    }
+}
+
+/// The owner of a connection, named.
+fn owner_of(processes: &HashMap<u32, Arc<str>>, pid: u32) -> Owner {
+    Owner {
+        pid,
+        comm: processes
+            .get(&pid)
+            .cloned()
+            .unwrap_or_else(|| Arc::from("?")),
     }
 }
 
