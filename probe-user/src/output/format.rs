@@ -1,6 +1,9 @@
 //! Small formatting helpers shared by the human-readable outputs.
 
-use std::time::{Duration, SystemTime};
+use std::{
+    io::{self, Write},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
 /// A short, human duration: `850us`, `12ms`, `4.2s`, `3m07s`, `2h05m`, `3d04h`.
 pub fn short_duration(duration: Duration) -> String {
@@ -32,6 +35,41 @@ pub fn time_of_day(time: SystemTime) -> String {
     full.get(11..23).unwrap_or(&full).to_string()
 }
 
+/// Writes timestamps that mostly come in order, as every event's does, without formatting the
+/// date each time: the part down to the second is formatted once per second.
+#[derive(Debug, Default)]
+pub struct TimeWriter {
+    second: Option<u64>,
+    /// `YYYY-MM-DDTHH:MM:SS` of `second`.
+    prefix: String,
+}
+
+impl TimeWriter {
+    fn since_epoch(&mut self, time: SystemTime) -> Duration {
+        let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
+        if self.second != Some(since.as_secs()) {
+            let whole = UNIX_EPOCH + Duration::from_secs(since.as_secs());
+            let full = humantime::format_rfc3339_seconds(whole).to_string();
+            self.prefix = full.trim_end_matches('Z').to_string();
+            self.second = Some(since.as_secs());
+        }
+        since
+    }
+
+    /// As [`rfc3339`].
+    pub fn rfc3339(&mut self, out: &mut impl Write, time: SystemTime) -> io::Result<()> {
+        let since = self.since_epoch(time);
+        write!(out, "{}.{:06}Z", self.prefix, since.subsec_micros())
+    }
+
+    /// As [`time_of_day`].
+    pub fn time_of_day(&mut self, out: &mut impl Write, time: SystemTime) -> io::Result<()> {
+        let since = self.since_epoch(time);
+        let clock = self.prefix.get(11..).unwrap_or(&self.prefix);
+        write!(out, "{clock}.{:03}", since.subsec_millis())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -51,6 +89,26 @@ mod tests {
             assert_eq!(short_duration(duration), text);
         }
         assert_eq!(age(None), "before start");
+    }
+
+    #[test]
+    fn the_time_writer_writes_what_the_formatters_do() {
+        let mut writer = TimeWriter::default();
+        for micros in [
+            1_764_000_000_123_456u64,
+            1_764_000_000_999_999,
+            1_764_000_001_000_000,
+            1_764_000_000_000_001,
+            86_400_000_000 * 365 * 60,
+        ] {
+            let t = UNIX_EPOCH + Duration::from_micros(micros);
+            let mut out = Vec::new();
+            writer.rfc3339(&mut out, t).unwrap();
+            assert_eq!(String::from_utf8(out).unwrap(), rfc3339(t));
+            let mut out = Vec::new();
+            writer.time_of_day(&mut out, t).unwrap();
+            assert_eq!(String::from_utf8(out).unwrap(), time_of_day(t));
+        }
     }
 
     #[test]

@@ -13,7 +13,7 @@ const OPENED_AT_DEPTH: usize = 3;
 
 use super::{
     Sink,
-    format::{age, short_duration, time_of_day},
+    format::{TimeWriter, age, short_duration},
 };
 
 /// Writes text for people to `out`.
@@ -23,6 +23,7 @@ pub struct TextSink<W: Write> {
     /// Emphasise alerts with ANSI colour (only on a terminal).
     colour: bool,
     header_written: bool,
+    times: TimeWriter,
 }
 
 impl<W: Write> TextSink<W> {
@@ -33,6 +34,7 @@ impl<W: Write> TextSink<W> {
             clock,
             colour,
             header_written: false,
+            times: TimeWriter::default(),
         }
     }
 
@@ -60,26 +62,31 @@ impl<W: Write> TextSink<W> {
 impl<W: Write> Sink for TextSink<W> {
     fn transition(&mut self, change: &StateChange) -> io::Result<()> {
         self.header()?;
-        let mut states = format!("{} -> {}", change.old.name(), change.new.name());
-        match change.ending {
-            Some(Ending::TimeWait) => states.push_str(" (TIME_WAIT)"),
-            Some(Ending::Reset) => states.push_str(" (reset)"),
-            Some(Ending::ConnectFailed) => states.push_str(" (connect failed)"),
-            _ => {}
-        }
-        writeln!(
+        let ending = match change.ending {
+            Some(Ending::TimeWait) => " (TIME_WAIT)",
+            Some(Ending::Reset) => " (reset)",
+            Some(Ending::ConnectFailed) => " (connect failed)",
+            _ => "",
+        };
+        let (old, new) = (change.old.name(), change.new.name());
+        // Padded by hand: formatting it into a String first would cost an allocation per line.
+        let states_width = old.len() + " -> ".len() + new.len() + ending.len();
+        self.times
+            .time_of_day(&mut self.out, self.clock.to_system_time(change.at))?;
+        write!(
             self.out,
-            "{:<12} {:>7} {:<15} {:<22} {:<22} {:<31} {}",
-            time_of_day(self.clock.to_system_time(change.at)),
+            " {:>7} {:<15} {:<22} {:<22} {old} -> {new}{ending}{:pad$} ",
             change.owner.pid,
             change.owner.comm,
-            change.endpoints.local.to_string(),
-            change.endpoints.remote.to_string(),
-            states,
-            change
-                .in_old
-                .map_or_else(|| "-".to_string(), short_duration),
-        )
+            change.endpoints.local,
+            change.endpoints.remote,
+            "",
+            pad = 31usize.saturating_sub(states_width)
+        )?;
+        match change.in_old {
+            Some(in_old) => writeln!(self.out, "{}", short_duration(in_old)),
+            None => writeln!(self.out, "-"),
+        }
     }
 
     fn stuck(&mut self, alert: &StuckAlert) -> io::Result<()> {
