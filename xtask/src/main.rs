@@ -7,6 +7,7 @@ mod demo;
 mod dist;
 mod test;
 mod toolchain;
+mod vm;
 mod workload;
 
 use std::{ffi::OsString, net::SocketAddr, process::Command, time::Duration};
@@ -36,6 +37,8 @@ enum Task {
     Test,
     /// The leaking HTTP client, traced by probe, then its fix.
     Demo,
+    /// probe on a second kernel: Debian's stock kernel booted under qemu, a leak inside.
+    VmTest,
     /// What tracing costs a churning workload, against the alternatives; writes BENCHMARKS.md.
     Bench {
         /// Rounds of every configuration, interleaved.
@@ -61,6 +64,14 @@ enum Task {
     HoldOpen {
         #[arg(long)]
         pairs: usize,
+    },
+    /// An HTTP server and a leaking client in one process (the scenario of `vm-test`).
+    #[command(hide = true)]
+    LeakScenario {
+        #[arg(long, default_value_t = 4)]
+        connections: usize,
+        #[arg(long, default_value = "8s", value_parser = humantime::parse_duration)]
+        hold: Duration,
     },
     /// The demo's HTTP client (used by `demo`).
     #[command(hide = true)]
@@ -112,6 +123,24 @@ fn main() -> Result<()> {
         }
         Task::Test => test::test(),
         Task::Demo => demo::demo(),
+        Task::VmTest => vm::vm_test().map(|verdict| {
+            eprintln!(
+                "xtask: on Linux {}, probe flagged {} CLOSE_WAIT connections; netstat shows {}",
+                verdict.kernel, verdict.probe_stuck, verdict.netstat_close_wait
+            );
+        }),
+        Task::LeakScenario { connections, hold } => {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+            let server = listener.local_addr()?;
+            std::thread::spawn(move || workload::serve(listener, Duration::from_secs(1)));
+            workload::client(
+                server,
+                connections,
+                Duration::from_millis(200),
+                hold,
+                workload::ClientKind::Leaky,
+            )
+        }
         Task::Bench {
             rounds,
             connections,
