@@ -35,13 +35,23 @@ impl CodePaths {
         let resolved: Resolved = Arc::default();
         let results = Arc::clone(&resolved);
         thread::spawn(move || {
-            let symbolizer = Symbolizer::new();
-            for stack in pending {
-                let path = resolve(&stacks, &symbolizer, stack).map(Arc::new);
-                results
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .insert(stack, path);
+            while let Ok(first) = pending.recv() {
+                // One symbolizer per burst of new stacks: its caches (the parsed debug info of
+                // the traced binaries, often tens of MiB) go when the burst is done, rather
+                // than staying for the rest of the run.
+                let symbolizer = Symbolizer::new();
+                let mut next = Some(first);
+                while let Some(stack) = next {
+                    let path = resolve(&stacks, &symbolizer, stack).map(Arc::new);
+                    results
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .insert(stack, path);
+                    next = pending.try_recv().ok();
+                }
+                drop(symbolizer);
+                // SAFETY: malloc_trim only hands free heap pages back to the system.
+                unsafe { libc::malloc_trim(0) };
             }
         });
         CodePaths {

@@ -192,10 +192,21 @@ fn shared_libraries(binary: &Path) -> Result<Vec<PathBuf>> {
 fn boot(kernel: &Path, initramfs: &Path) -> Result<String> {
     // Software emulation: KVM, where /dev/kvm exists at all on these (nested) machines, can
     // hang the guest or abort qemu, and TCG boots this kernel in about fifteen seconds.
-    eprintln!("xtask: booting {} under qemu (software emulation)", kernel.display());
+    eprintln!(
+        "xtask: booting {} under qemu (software emulation)",
+        kernel.display()
+    );
     let output = Command::new("timeout")
         .arg(BOOT_TIMEOUT.as_secs().to_string())
-        .args(["qemu-system-x86_64", "-accel", "tcg", "-m", "1024", "-smp", "2"])
+        .args([
+            "qemu-system-x86_64",
+            "-accel",
+            "tcg",
+            "-m",
+            "1024",
+            "-smp",
+            "2",
+        ])
         .args(["-nographic", "-no-reboot", "-nic", "none"])
         .arg("-kernel")
         .arg(kernel)

@@ -18,6 +18,7 @@ use crate::{
 
 /// Runs probe as the command line says.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
+    return_large_buffers_to_the_system();
     // A single-threaded runtime: the command is forked below while probe has one thread only.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -129,6 +130,18 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         targets,
         metrics_listener,
     }))
+}
+
+/// A tcp_info dump of 100,000 sockets takes tens of MiB for a moment. glibc would serve the
+/// first such buffer with mmap, then raise its mmap threshold and keep every later one in the
+/// heap for good; a fixed threshold hands them back to the system when freed, so probe's memory
+/// follows its connection table, not its largest refresh.
+fn return_large_buffers_to_the_system() {
+    // SAFETY: mallopt only changes allocator tunables; called before any other thread starts.
+    let pinned = unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024) };
+    if pinned != 1 {
+        log::debug!("mallopt(M_MMAP_THRESHOLD) refused; memory may stay at its peak");
+    }
 }
 
 fn resolve_pids(pids: &[u32]) -> anyhow::Result<Vec<Process>> {
