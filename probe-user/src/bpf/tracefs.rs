@@ -267,6 +267,19 @@ print fmt: \"family=%s protocol=%s\", REC->family, REC->protocol
     }
 
     #[test]
+    fn a_missing_tracepoint_names_the_kernel_it_needs() {
+        let root = std::env::temp_dir().join(format!("probe-tracefs-{}", std::process::id()));
+        std::fs::create_dir_all(root.join("events/sched")).unwrap();
+        let error = Format::read(&root, SET_STATE).unwrap_err().to_string();
+        std::fs::remove_dir_all(&root).unwrap();
+        assert!(
+            error.contains("no sock:inet_sock_set_state tracepoint")
+                && error.contains("Linux 4.16 or later built with CONFIG_TRACEPOINTS"),
+            "{error}"
+        );
+    }
+
+    #[test]
     fn follows_fields_that_move() {
         // A kernel that lays the record out differently: the offsets follow its format file.
         let moved = FORMAT_6_18
