@@ -45,6 +45,29 @@ fn poll<T>(what: &str, mut check: impl FnMut() -> Result<Option<T>, String>) -> 
     }
 }
 
+/// A client leaking `count` connections into CLOSE_WAIT, traced by probe with `probe_args`;
+/// returns once probe has flagged them all.
+fn close_wait_leak(
+    count: usize,
+    probe_args: &[&str],
+) -> Result<(Helper, crate::support::Probe, std::net::SocketAddr), String> {
+    let mut args = vec!["--close-wait-after", "1s"];
+    args.extend_from_slice(probe_args);
+    let (client, mut probe, addr) = traced_client(
+        "127.0.0.1:0",
+        ServerMode::CloseAtOnce,
+        "hold-clients",
+        &count.to_string(),
+        &args,
+        "ready",
+    )?;
+    let pid = client.pid();
+    probe.wait_until(&format!("{count} CLOSE_WAIT alerts"), WAIT, |r| {
+        stuck(r, pid, "CLOSE_WAIT").len() >= count
+    })?;
+    Ok((client, probe, addr))
+}
+
 // ---------------------------------------------------------------------------------------------
 // Metrics.
 
@@ -93,18 +116,8 @@ fn free_port() -> Result<u16, String> {
 /// only, and a real scrape shows the gauges, counters and histograms that match `ss`.
 pub fn metrics_are_served_on_loopback_and_match_ss() -> TestResult {
     let port = free_port()?.to_string();
-    let (client, mut probe, _) = traced_client(
-        "127.0.0.1:0",
-        ServerMode::CloseAtOnce,
-        "hold-clients",
-        "4",
-        &["--close-wait-after", "1s", "--metrics-addr", &port],
-        "ready",
-    )?;
+    let (client, probe, _) = close_wait_leak(4, &["--metrics-addr", &port])?;
     let pid = client.pid();
-    probe.wait_until("4 CLOSE_WAIT alerts", WAIT, |r| {
-        stuck(r, pid, "CLOSE_WAIT").len() >= 4
-    })?;
     let address = format!("127.0.0.1:{port}");
     ensure(
         probe
@@ -220,18 +233,8 @@ pub fn the_report_renders_in_a_browser() -> TestResult {
     let page = TempFile::new("report.html");
     let picture = TempFile::new("report.png");
     let path = page.0.to_string_lossy().into_owned();
-    let (client, mut probe, addr) = traced_client(
-        "127.0.0.1:0",
-        ServerMode::CloseAtOnce,
-        "hold-clients",
-        "3",
-        &["--close-wait-after", "1s", "--report", &path],
-        "ready",
-    )?;
+    let (client, probe, addr) = close_wait_leak(3, &["--report", &path])?;
     let pid = client.pid();
-    probe.wait_until("3 CLOSE_WAIT alerts", WAIT, |r| {
-        stuck(r, pid, "CLOSE_WAIT").len() >= 3
-    })?;
     // A few seconds of timeline.
     thread::sleep(Duration::from_secs(3));
     let leaked = ss_sockets_of(pid, "close-wait")?;
