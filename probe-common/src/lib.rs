@@ -251,6 +251,10 @@ pub struct ForkLayout {
     pub child_pid: u32,
 }
 
+/// How many bytes of a `sock:inet_sock_set_state` record the kernel program copies at once (every
+/// field it reads must end within them; the loader checks).
+pub const SET_STATE_RECORD_BYTES: u32 = 128;
+
 /// Offsets of the `sock:inet_sock_set_state` fields in the tracepoint record, read by userspace
 /// from the tracefs `format` file and handed to the kernel program as a global.
 #[repr(C)]

@@ -45,6 +45,14 @@ static LAYOUT: Global<SetStateLayout> = Global::new(SetStateLayout {
 
 // Map sizes here are placeholders: the loader sets the real ones from the command line.
 
+/// The start of a `sock:inet_sock_set_state` record, copied at once.
+pub(crate) const RECORD_BYTES: usize = probe_common::SET_STATE_RECORD_BYTES as usize;
+pub(crate) type RecordBytes = [u8; RECORD_BYTES];
+
+/// Where each CPU copies the record it is looking at (too large for the BPF stack).
+#[map]
+static RECORD: PerCpuArray<RecordBytes> = PerCpuArray::with_max_entries(1, 0);
+
 /// Transition events for userspace.
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(4096, 0);

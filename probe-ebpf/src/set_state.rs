@@ -2,8 +2,9 @@
 //! transitions of traced processes' sockets to userspace.
 
 use aya_ebpf::{
+    EbpfContext,
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel_buf},
     macros::tracepoint,
     programs::TracePointContext,
 };
@@ -14,7 +15,8 @@ use probe_common::{
 };
 
 use crate::{
-    EVENTS, LAYOUT, LISTENERS, OWNERS, SEEDS, TARGETS, WAKEUP_BYTES, count, read, user_stack,
+    EVENTS, LAYOUT, LISTENERS, OWNERS, RECORD, RECORD_BYTES, RecordBytes, SEEDS, TARGETS,
+    WAKEUP_BYTES, count, user_stack,
 };
 
 const CLOSE: u8 = TcpState::Close as u8;
@@ -51,21 +53,30 @@ struct Record {
 
 fn handle(ctx: &TracePointContext) -> Result<(), i64> {
     let layout = LAYOUT.load();
-    let protocol: u16 = read(ctx, layout.protocol)?;
+    // One copy of the record's start, then plain loads: a helper call per field costs more than
+    // everything else this program does for the sockets it filters out.
+    let copy = RECORD.get_ptr_mut(0).ok_or(-1i64)?;
+    // SAFETY: `copy` is this CPU's RECORD slot, SET_STATE_RECORD_BYTES long; the record sits in
+    // the kernel's per-CPU trace buffer, and bpf_probe_read_kernel fails cleanly on a bad read.
+    let copied = unsafe { bpf_probe_read_kernel_buf(ctx.as_ptr() as *const u8, &mut *copy) };
+    copied?;
+    // SAFETY: the slot was just filled, and nothing else uses it on this CPU meanwhile.
+    let bytes = unsafe { &*copy };
+    let protocol: u16 = field(bytes, layout.protocol)?;
     if protocol != IPPROTO_TCP {
         return Ok(());
     }
-    let old_state: i32 = read(ctx, layout.oldstate)?;
-    let new_state: i32 = read(ctx, layout.newstate)?;
+    let old_state: i32 = field(bytes, layout.oldstate)?;
+    let new_state: i32 = field(bytes, layout.newstate)?;
     let record = Record {
-        sock_id: read(ctx, layout.skaddr)?,
+        sock_id: field(bytes, layout.skaddr)?,
         old_state: old_state as u8,
         new_state: new_state as u8,
-        family: read(ctx, layout.family)?,
-        sport: read(ctx, layout.sport)?,
-        dport: read(ctx, layout.dport)?,
-        saddr: read(ctx, layout.saddr_v6)?,
-        daddr: read(ctx, layout.daddr_v6)?,
+        family: field(bytes, layout.family)?,
+        sport: field(bytes, layout.sport)?,
+        dport: field(bytes, layout.dport)?,
+        saddr: field(bytes, layout.saddr_v6)?,
+        daddr: field(bytes, layout.daddr_v6)?,
     };
 
     let (owner, attribution) = match owner_of(ctx, &record) {
@@ -82,6 +93,17 @@ fn handle(ctx: &TracePointContext) -> Result<(), i64> {
         }
     }
     Ok(())
+}
+
+/// A field of the copied record: `size_of::<T>()` bytes at `offset` (checked, for the verifier).
+#[inline(always)]
+fn field<T: Copy>(bytes: &RecordBytes, offset: u32) -> Result<T, i64> {
+    let start = offset as usize;
+    if start > RECORD_BYTES - size_of::<T>() {
+        return Err(-1);
+    }
+    // SAFETY: within `bytes`, as just checked; the record is packed, hence the unaligned read.
+    Ok(unsafe { (bytes.as_ptr().add(start) as *const T).read_unaligned() })
 }
 
 /// Who owns this socket, if it is one of a traced process; remembers new attributions.

@@ -6,7 +6,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use probe_common::{ForkLayout, SetStateLayout};
+use probe_common::{ForkLayout, SET_STATE_RECORD_BYTES, SetStateLayout};
 
 /// A tracepoint: category and name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,6 +64,12 @@ pub enum TraceFsError {
         "the sock:inet_sock_set_state format has no `{0}` field; this kernel's layout is not supported"
     )]
     MissingField(&'static str),
+    #[error(
+        "the sock:inet_sock_set_state fields probe reads end at byte {0}, past the {max} bytes \
+         it copies; this kernel's layout is not supported",
+        max = SET_STATE_RECORD_BYTES
+    )]
+    RecordTooLong(u32),
     #[error(
         "the sock:inet_sock_set_state field `{name}` is {found} bytes, probe expects {expected}; \
          this kernel's layout is not supported"
@@ -154,7 +160,7 @@ impl Format {
 
     /// The offsets of `sock:inet_sock_set_state` that the kernel program reads.
     pub fn set_state_layout(&self) -> Result<SetStateLayout, TraceFsError> {
-        Ok(SetStateLayout {
+        let layout = SetStateLayout {
             skaddr: self.offset("skaddr", 8)?,
             oldstate: self.offset("oldstate", 4)?,
             newstate: self.offset("newstate", 4)?,
@@ -164,7 +170,25 @@ impl Format {
             protocol: self.offset("protocol", 2)?,
             saddr_v6: self.offset("saddr_v6", 16)?,
             daddr_v6: self.offset("daddr_v6", 16)?,
-        })
+        };
+        // The kernel program copies the start of each record at once and reads the fields there.
+        let ends = [
+            (layout.skaddr, 8),
+            (layout.oldstate, 4),
+            (layout.newstate, 4),
+            (layout.sport, 2),
+            (layout.dport, 2),
+            (layout.family, 2),
+            (layout.protocol, 2),
+            (layout.saddr_v6, 16),
+            (layout.daddr_v6, 16),
+        ]
+        .map(|(offset, size)| offset + size);
+        let end = ends.into_iter().max().unwrap_or(0);
+        if end > SET_STATE_RECORD_BYTES {
+            return Err(TraceFsError::RecordTooLong(end));
+        }
+        Ok(layout)
     }
 
     /// The offsets of `sched:sched_process_fork` that the kernel program reads.
@@ -299,6 +323,18 @@ print fmt: \"family=%s protocol=%s\", REC->family, REC->protocol
         let wide_sport = FORMAT_6_18.replace("offset:24;\tsize:2", "offset:24;\tsize:4");
         let err = Format::parse(&wide_sport).set_state_layout().unwrap_err();
         assert!(err.to_string().contains("`sport` is 4 bytes"), "{err}");
+    }
+
+    #[test]
+    fn refuses_fields_past_the_bytes_the_kernel_program_copies() {
+        let far = FORMAT_6_18.replace("offset:56;\tsize:16", "offset:120;\tsize:16");
+        assert_ne!(far, FORMAT_6_18);
+        let err = Format::parse(&far).set_state_layout().unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("end at byte 136, past the 128 bytes"),
+            "{err}"
+        );
     }
 
     #[test]
