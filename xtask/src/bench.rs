@@ -73,6 +73,9 @@ struct Run {
     cpu_seconds: f64,
     /// The tracer's peak resident memory, KiB.
     peak_rss_kib: u64,
+    /// Runs of the tracer's BPF programs, and the time they took (kernel.bpf_stats_enabled).
+    program_runs: u64,
+    program_ns: u64,
     /// The workload's wall time, seconds.
     seconds: f64,
 }
@@ -93,6 +96,9 @@ pub fn bench(rounds: usize, connections: usize, concurrency: usize) -> Result<()
         configs.push(Config::Bpftrace);
     }
 
+    // The kernel programs' own time, per run, for every tracer (two clock reads per run, for
+    // every configuration that has programs).
+    let stats = BpfStats::enable();
     let mut runs: Vec<(usize, Config, Run)> = Vec::new();
     for round in 0..rounds {
         // Rotate the order each round, so no configuration always runs first or last.
@@ -112,6 +118,7 @@ pub fn bench(rounds: usize, connections: usize, concurrency: usize) -> Result<()
             runs.push((round, config, run));
         }
     }
+    drop(stats);
     let memory = measure_memory(&built.probe, &xtask, 100_000)?;
     let report = report(
         &runs,
@@ -152,11 +159,7 @@ fn measure(
         ..Run::default()
     };
     if let Some(tracer) = tracer {
-        let (transitions, lost, cpu_seconds, peak_rss_kib) = tracer.stop()?;
-        run.transitions = transitions;
-        run.lost = lost;
-        run.cpu_seconds = cpu_seconds;
-        run.peak_rss_kib = peak_rss_kib;
+        tracer.stop(&mut run)?;
     }
     Ok(run)
 }
@@ -307,12 +310,14 @@ impl Tracer {
     }
 
     /// Stops it; returns (transitions, lost, CPU seconds, peak RSS KiB).
-    fn stop(mut self) -> Result<(u64, u64, f64, u64)> {
+    /// Stops the tracer, noting what it cost in `run`.
+    fn stop(mut self, run: &mut Run) -> Result<()> {
         // Let it drain what the workload's last connections produced.
         thread::sleep(Duration::from_millis(300));
         let pid = self.child.id();
-        let cpu_seconds = cpu_seconds(pid)?;
-        let peak_rss_kib = peak_rss_kib(pid)?;
+        run.cpu_seconds = cpu_seconds(pid)?;
+        run.peak_rss_kib = peak_rss_kib(pid)?;
+        (run.program_runs, run.program_ns) = bpf_program_stats(pid);
         // bpftrace can miss a SIGINT that lands while it sets up: say it again until it listens,
         // and end it for good if it never does.
         for attempt in 0..100 {
@@ -336,7 +341,9 @@ impl Tracer {
             .recv_timeout(Duration::from_secs(60))
             .context("the tracer's output did not end")?;
         let lost = lost + self.dropped.load(Ordering::Relaxed);
-        Ok((transitions, lost, cpu_seconds, peak_rss_kib))
+        run.transitions = transitions;
+        run.lost = lost;
+        Ok(())
     }
 }
 
@@ -368,6 +375,55 @@ fn summary_lost(line: &str) -> u64 {
 }
 
 /// User plus system CPU time of `pid` so far.
+/// Runs and run time of the BPF programs `pid` holds, from its fdinfo (zero unless
+/// kernel.bpf_stats_enabled is on).
+fn bpf_program_stats(pid: u32) -> (u64, u64) {
+    let Ok(entries) = fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return (0, 0);
+    };
+    let mut totals = (0, 0);
+    for entry in entries.flatten() {
+        let Ok(info) = fs::read_to_string(entry.path()) else {
+            continue;
+        };
+        if !info.contains("prog_type:") {
+            continue;
+        }
+        let value = |key: &str| -> u64 {
+            info.lines()
+                .find_map(|line| line.strip_prefix(key))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0)
+        };
+        totals.0 += value("run_cnt:");
+        totals.1 += value("run_time_ns:");
+    }
+    totals
+}
+
+/// Turns on the kernel's BPF program statistics for as long as it lives.
+struct BpfStats {
+    before: String,
+}
+
+const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+impl BpfStats {
+    fn enable() -> BpfStats {
+        let before = fs::read_to_string(BPF_STATS).unwrap_or_else(|_| "0".into());
+        if fs::write(BPF_STATS, "1").is_err() {
+            eprintln!("xtask: cannot turn on {BPF_STATS}: no kernel program times");
+        }
+        BpfStats { before }
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        let _ = fs::write(BPF_STATS, self.before.trim());
+    }
+}
+
 fn cpu_seconds(pid: u32) -> Result<f64> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // The fields after the parenthesised name: utime and stime are the 12th and 13th.
@@ -407,7 +463,7 @@ fn measure_memory(probe: &Path, xtask: &Path, connections: usize) -> Result<Memo
     thread::sleep(Duration::from_millis(500));
     // Anonymous memory only: probe's own heap, not the kernel ring buffer's pages mapped into it.
     let idle_rss_kib = status_kib(idle.child.id(), "RssAnon:")?;
-    idle.stop()?;
+    idle.stop(&mut Run::default())?;
 
     // One process may hold only so many sockets: spread them over several holders.
     let per_holder = (crate::workload::fd_hard_limit().saturating_sub(128) / 2).clamp(1, 50_000);
@@ -444,7 +500,9 @@ fn measure_memory(probe: &Path, xtask: &Path, connections: usize) -> Result<Memo
     // Let probe take in every transition.
     thread::sleep(Duration::from_secs(3));
     let loaded_rss_kib = status_kib(tracer.child.id(), "RssAnon:")?;
-    let (_, lost, _, _) = tracer.stop()?;
+    let mut run = Run::default();
+    tracer.stop(&mut run)?;
+    let lost = run.lost;
     for (mut holder, stdin, _) in holders {
         drop(stdin);
         holder.wait()?;
@@ -517,9 +575,12 @@ fn report(
     );
     let _ = writeln!(
         out,
-        "| configuration | workload conn/s (median) | throughput vs baseline | transitions delivered/s | events lost | tracer CPU s per million transitions | tracer peak RSS |"
+        "| configuration | workload conn/s (median) | throughput vs baseline | transitions delivered/s | events lost | tracer CPU s per million transitions | kernel program ns per run | tracer peak RSS |"
     );
-    let _ = writeln!(out, "| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+    let _ = writeln!(
+        out,
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    );
     for &config in configs {
         let mine: Vec<&Run> = runs
             .iter()
@@ -540,11 +601,13 @@ fn report(
         let cpu: f64 = mine.iter().map(|r| r.cpu_seconds).sum();
         let lost: u64 = mine.iter().map(|r| r.lost).sum();
         let rss = mine.iter().map(|r| r.peak_rss_kib).max().unwrap_or(0);
+        let program_runs: u64 = mine.iter().map(|r| r.program_runs).sum();
+        let program_ns: u64 = mine.iter().map(|r| r.program_ns).sum();
         let tracer = config != Config::Baseline;
         let dash = || "-".to_string();
         let _ = writeln!(
             out,
-            "| {} | {:.0} | {:.3} [{:.3}, {:.3}] | {} | {} | {} | {} |",
+            "| {} | {:.0} | {:.3} [{:.3}, {:.3}] | {} | {} | {} | {} | {} |",
             config.label(),
             median(&mut rates),
             median(&mut ratios),
@@ -558,6 +621,11 @@ fn report(
             if tracer { lost.to_string() } else { dash() },
             if tracer && transitions > 0 {
                 format!("{:.2}", cpu / transitions as f64 * 1e6)
+            } else {
+                dash()
+            },
+            if program_runs > 0 {
+                format!("{:.0}", program_ns as f64 / program_runs as f64)
             } else {
                 dash()
             },
@@ -581,6 +649,10 @@ fn report(
         memory.lost
     );
     let _ = writeln!(out, "Notes:\n");
+    let _ = writeln!(
+        out,
+        "- Kernel program ns per run: the average time of the tracer's BPF programs per run (all its programs; `kernel.bpf_stats_enabled` is on during the rounds, which adds two clock reads to every run of every tracer). For probe on an unrelated pid (3) every run is a transition it filters out; for (2) most runs deliver an event."
+    );
     let _ = writeln!(
         out,
         "- probe (2) delivers only the workload's transitions and keeps the full model (lifecycles, deadlines, stacks on connects); bpftrace (4) prints every TCP transition of the host with the time in the old state, as tcpstates does, and keeps no model."
