@@ -28,6 +28,9 @@ pub mod names {
     pub const COUNTERS: &str = "COUNTERS";
     /// [`SocketTuple`](crate::SocketTuple) -> owner tgid, for sockets that existed before attach.
     pub const SEEDS: &str = "SEEDS";
+    /// Which of the optional lookup maps hold anything ([`InUse`](crate::InUse) slots), so the
+    /// kernel program skips lookups in empty ones.
+    pub const IN_USE: &str = "IN_USE";
     /// The ring buffer of [`ProcessEvent`](crate::ProcessEvent)s.
     pub const PROCESS_EVENTS: &str = "PROCESS_EVENTS";
     /// User stacks of connects and local closes (only in the object built with stacks).
@@ -269,6 +272,22 @@ pub struct SetStateLayout {
     pub protocol: u32,
     pub saddr_v6: u32,
     pub daddr_v6: u32,
+}
+
+/// Slots of the `IN_USE` array: set (to 1) once the map they name has had an entry. Never
+/// cleared: a flag that stays on costs a lookup, one cleared too early would lose a socket.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InUse {
+    /// `SEEDS` (set by userspace when it seeds the sockets found at attach).
+    Seeds = 0,
+    /// `LISTENERS` (set by the kernel program on listen(), by userspace when it seeds listeners).
+    Listeners = 1,
+}
+
+impl InUse {
+    /// How many slots there are.
+    pub const COUNT: u32 = 2;
 }
 
 /// Indexes of the per-CPU counters of things the kernel program could not do.

@@ -24,10 +24,10 @@ mod set_state;
 use aya_ebpf::{
     Global,
     macros::map,
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
     programs::TracePointContext,
 };
-use probe_common::{Counter, ForkLayout, ListenerKey, SetStateLayout, SocketTuple};
+use probe_common::{Counter, ForkLayout, InUse, ListenerKey, SetStateLayout, SocketTuple};
 
 /// Field offsets of the tracepoint record, set by the loader from the tracefs `format` file.
 #[unsafe(no_mangle)]
@@ -52,6 +52,26 @@ pub(crate) type RecordBytes = [u8; RECORD_BYTES];
 /// Where each CPU copies the record it is looking at (too large for the BPF stack).
 #[map]
 static RECORD: PerCpuArray<RecordBytes> = PerCpuArray::with_max_entries(1, 0);
+
+/// Whether SEEDS and LISTENERS have ever held an entry ([`probe_common::InUse`] slots): until
+/// they have, the program does not look them up.
+#[map]
+static IN_USE: Array<u32> = Array::with_max_entries(InUse::COUNT, 0);
+
+/// True once the map of `slot` has had an entry.
+#[inline(always)]
+pub(crate) fn in_use(slot: InUse) -> bool {
+    IN_USE.get(slot as u32).is_some_and(|flag| *flag != 0)
+}
+
+/// Notes that the map of `slot` has an entry now.
+#[inline(always)]
+pub(crate) fn mark_in_use(slot: InUse) {
+    if let Some(flag) = IN_USE.get_ptr_mut(slot as u32) {
+        // SAFETY: a u32 slot of a live array map; concurrent writers all write 1.
+        unsafe { *flag = 1 };
+    }
+}
 
 /// Transition events for userspace.
 #[map]

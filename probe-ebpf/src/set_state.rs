@@ -10,13 +10,13 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use probe_common::{
-    Attribution, Counter, IPPROTO_TCP, ListenerKey, NO_STACK, SocketTuple, TcpState,
+    Attribution, Counter, IPPROTO_TCP, InUse, ListenerKey, NO_STACK, SocketTuple, TcpState,
     TransitionEvent,
 };
 
 use crate::{
     EVENTS, LAYOUT, LISTENERS, OWNERS, RECORD, RECORD_BYTES, RecordBytes, SEEDS, TARGETS,
-    WAKEUP_BYTES, count, user_stack,
+    WAKEUP_BYTES, count, in_use, mark_in_use, user_stack,
 };
 
 const CLOSE: u8 = TcpState::Close as u8;
@@ -122,7 +122,12 @@ fn owner_of(ctx: &TracePointContext, record: &Record) -> Option<(u32, Attributio
         dport: record.dport,
         _pad: [0; 4],
     };
-    let (owner, attribution) = if let Some(seed) = SEEDS.get_ptr(&tuple) {
+    let seed = if in_use(InUse::Seeds) {
+        SEEDS.get_ptr(&tuple)
+    } else {
+        None
+    };
+    let (owner, attribution) = if let Some(seed) = seed {
         // SAFETY: a u32 read straight out of a live map value.
         let owner = unsafe { *seed };
         let _ = SEEDS.remove(&tuple);
@@ -139,16 +144,19 @@ fn owner_of(ctx: &TracePointContext, record: &Record) -> Option<(u32, Attributio
         );
         return None;
     }
-    if new == TcpState::Listen
-        && LISTENERS
+    if new == TcpState::Listen {
+        if LISTENERS
             .insert(&listener_key(record.saddr, record.sport), &owner, 0)
             .is_err()
-    {
-        count(Counter::ListenerMapFull);
-        debug!(
-            ctx,
-            "listener map full: port {} of pid {} left untracked", record.sport, owner
-        );
+        {
+            count(Counter::ListenerMapFull);
+            debug!(
+                ctx,
+                "listener map full: port {} of pid {} left untracked", record.sport, owner
+            );
+        } else {
+            mark_in_use(InUse::Listeners);
+        }
     }
     Some((owner, attribution))
 }
@@ -173,6 +181,9 @@ fn attribute(old: TcpState, new: TcpState, record: &Record) -> Option<(u32, Attr
 
 /// The owner of the listener that accepted this socket: exact local address first, then wildcards.
 fn listener_owner(record: &Record) -> Option<u32> {
+    if !in_use(InUse::Listeners) {
+        return None;
+    }
     for addr in [record.saddr, V4_ANY, V6_ANY] {
         if let Some(owner) = LISTENERS.get_ptr(&listener_key(addr, record.sport)) {
             // SAFETY: a u32 read straight out of a live map value.

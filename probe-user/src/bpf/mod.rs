@@ -5,11 +5,11 @@ pub mod tracefs;
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, MapData, MapError, PerCpuArray, RingBuf, StackTraceMap},
+    maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf, StackTraceMap},
     programs::{ProgramError, TracePoint},
 };
 use aya_log::EbpfLogger;
-use probe_common::{Counter, ForkLayout, ListenerKey, SocketTuple, names};
+use probe_common::{Counter, ForkLayout, InUse, ListenerKey, SocketTuple, names};
 
 /// The kernel object, built by `cargo xtask build` and embedded by `build.rs` (empty when the
 /// CLI was built without it, e.g. by a plain `cargo build`).
@@ -111,6 +111,7 @@ pub struct Tracer {
     targets: HashMap<MapData, u32, u8>,
     listeners: HashMap<MapData, ListenerKey, u32>,
     seeds: HashMap<MapData, SocketTuple, u32>,
+    in_use: Array<MapData, u32>,
     counters: PerCpuArray<MapData, u64>,
 }
 
@@ -194,6 +195,8 @@ impl Tracer {
             .map_err(|source| map_error(names::LISTENERS, source))?;
         let seeds = HashMap::try_from(take_map(&mut ebpf, names::SEEDS)?)
             .map_err(|source| map_error(names::SEEDS, source))?;
+        let in_use = Array::try_from(take_map(&mut ebpf, names::IN_USE)?)
+            .map_err(|source| map_error(names::IN_USE, source))?;
         let counters = PerCpuArray::try_from(take_map(&mut ebpf, names::COUNTERS)?)
             .map_err(|source| map_error(names::COUNTERS, source))?;
         Ok((
@@ -202,6 +205,7 @@ impl Tracer {
                 targets,
                 listeners,
                 seeds,
+                in_use,
                 counters,
             },
             Streams {
@@ -233,14 +237,23 @@ impl Tracer {
     pub fn seed_socket(&mut self, tuple: SocketTuple, pid: u32) -> Result<(), LoadError> {
         self.seeds
             .insert(tuple, pid, 0)
-            .map_err(|source| map_error(names::SEEDS, source))
+            .map_err(|source| map_error(names::SEEDS, source))?;
+        self.mark_in_use(InUse::Seeds)
     }
 
     /// Attributes an existing listening socket to process `pid`, so what it accepts is traced.
     pub fn seed_listener(&mut self, key: ListenerKey, pid: u32) -> Result<(), LoadError> {
         self.listeners
             .insert(key, pid, 0)
-            .map_err(|source| map_error(names::LISTENERS, source))
+            .map_err(|source| map_error(names::LISTENERS, source))?;
+        self.mark_in_use(InUse::Listeners)
+    }
+
+    /// Tells the kernel program to look `slot`'s map up from now on.
+    fn mark_in_use(&mut self, slot: InUse) -> Result<(), LoadError> {
+        self.in_use
+            .set(slot as u32, 1, 0)
+            .map_err(|source| map_error(names::IN_USE, source))
     }
 
     /// Reads the kernel's counters, summed over CPUs.
