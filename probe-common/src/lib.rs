@@ -33,7 +33,7 @@ pub mod names {
     pub const IN_USE: &str = "IN_USE";
     /// The ring buffer of [`ProcessEvent`](crate::ProcessEvent)s.
     pub const PROCESS_EVENTS: &str = "PROCESS_EVENTS";
-    /// User stacks of connects and local closes (only in the object built with stacks).
+    /// User stacks of connects (only in the object built with stacks).
     pub const STACKS: &str = "STACKS";
     /// The [`SetStateLayout`](crate::SetStateLayout) global.
     pub const LAYOUT: &str = "LAYOUT";
@@ -181,8 +181,8 @@ pub struct TransitionEvent {
     pub attribution: u8,
     /// Explicit padding, always zero.
     pub _pad: [u8; 3],
-    /// Id of the owner's user stack in the stack map, on connect and on local close or
-    /// shutdown (in the owner's own context); [`NO_STACK`] otherwise.
+    /// Id of the owner's user stack in the stack map, on connect (in the owner's own context);
+    /// [`NO_STACK`] otherwise.
     pub stack_id: i32,
     /// Explicit padding, always zero.
     pub _pad2: u32,

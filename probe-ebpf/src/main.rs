@@ -98,7 +98,7 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT
 #[map]
 static SEEDS: HashMap<SocketTuple, u32> = HashMap::with_max_entries(1, 0);
 
-/// User stacks of connects and local closes, by id.
+/// User stacks of connects, by id.
 #[cfg(feature = "stacks")]
 #[map]
 static STACKS: aya_ebpf::maps::StackTrace = aya_ebpf::maps::StackTrace::with_max_entries(16384, 0);

@@ -22,10 +22,6 @@ use crate::{
 const CLOSE: u8 = TcpState::Close as u8;
 const LISTEN: u8 = TcpState::Listen as u8;
 const SYN_SENT: u8 = TcpState::SynSent as u8;
-const ESTABLISHED: u8 = TcpState::Established as u8;
-const FIN_WAIT1: u8 = TcpState::FinWait1 as u8;
-const CLOSE_WAIT: u8 = TcpState::CloseWait as u8;
-const LAST_ACK: u8 = TcpState::LastAck as u8;
 
 /// `::ffff:0.0.0.0`: how the tracepoint shows an IPv4 wildcard bind.
 const V4_ANY: [u8; 16] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0, 0, 0, 0];
@@ -201,14 +197,11 @@ fn listener_key(addr: [u8; 16], port: u16) -> ListenerKey {
     }
 }
 
-/// The owner's user stack on connect and on local close or shutdown, when the owner itself runs
-/// them (never in softirq, where the stack would be someone else's).
+/// The owner's user stack on connect (the code that opened the connection), when the owner
+/// itself runs it (never in softirq, where the stack would be someone else's).
 fn code_path(ctx: &TracePointContext, record: &Record, owner: u32) -> i32 {
-    let wanted = matches!(
-        (record.old_state, record.new_state),
-        (CLOSE, SYN_SENT) | (ESTABLISHED, FIN_WAIT1) | (CLOSE_WAIT, LAST_ACK)
-    );
-    if wanted && (bpf_get_current_pid_tgid() >> 32) as u32 == owner {
+    let connect = (record.old_state, record.new_state) == (CLOSE, SYN_SENT);
+    if connect && (bpf_get_current_pid_tgid() >> 32) as u32 == owner {
         user_stack(ctx)
     } else {
         NO_STACK

@@ -117,7 +117,7 @@ pub struct Cli {
     #[arg(long)]
     pub as_root: bool,
 
-    /// Do not capture the user stacks of connects and closes (no stack map is created, and the
+    /// Do not capture the user stacks of connects (no stack map is created, and the
     /// output has no `opened_at`).
     #[arg(long)]
     pub no_stacks: bool,

@@ -41,7 +41,7 @@ pub struct TracerConfig {
     pub follow_forks: bool,
     /// Make processes that exec under this name (NUL padded) targets.
     pub comm_filter: Option<[u8; 16]>,
-    /// Capture the user stacks of connects and local closes.
+    /// Capture the user stacks of connects.
     pub stacks: bool,
 }
 

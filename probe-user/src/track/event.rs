@@ -135,7 +135,7 @@ pub struct Transition {
     pub new: TcpState,
     /// How the kernel program knew the owner.
     pub attribution: Attribution,
-    /// The owner's user stack, on connect and local close.
+    /// The owner's user stack, on connect.
     pub stack: Option<StackRef>,
 }
 
