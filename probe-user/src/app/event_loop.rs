@@ -263,14 +263,14 @@ pub async fn run(setup: Setup<'_>) -> anyhow::Result<()> {
     }
 }
 
-/// The sinks the command line asks for, and the live view's keys when there is one.
+/// The sinks the command line asks for, behind the one filter they share, and the live view's
+/// keys when there is one.
 fn make_outputs(
     cli: &Cli,
     targets: String,
     metrics_listener: Option<std::net::TcpListener>,
-) -> anyhow::Result<(Outputs, Option<KeysReceiver>)> {
+) -> anyhow::Result<(Filtered<Outputs>, Option<KeysReceiver>)> {
     let clock = WallClock::now();
-    let filter = cli.filter();
     // The report file and the metrics server first: their errors and notes go to a terminal
     // the live view has not taken over yet.
     let report = match &cli.report {
@@ -301,28 +301,25 @@ fn make_outputs(
     }
     if cli.live && terminal {
         let (live, received) = LiveView::start(targets, clock)?;
-        outputs.push(Box::new(Filtered::new(filter.clone(), live)));
+        outputs.push(Box::new(live));
         keys = Some(received);
     } else {
         // Large enough that a burst of events makes few writes; flushed after every batch anyway.
         let out = BufWriter::with_capacity(64 * 1024, stdout);
         if cli.json {
-            outputs.push(Box::new(Filtered::new(
-                filter.clone(),
-                JsonSink::new(out, clock),
-            )));
+            outputs.push(Box::new(JsonSink::new(out, clock)));
         } else {
-            let text = TextSink::new(out, clock, terminal);
-            outputs.push(Box::new(Filtered::new(filter.clone(), text)));
+            outputs.push(Box::new(TextSink::new(out, clock, terminal)));
         }
     }
     if let Some(report) = report {
-        outputs.push(Box::new(Filtered::new(filter.clone(), report)));
+        outputs.push(Box::new(report));
     }
     if let Some(metrics) = metrics {
-        outputs.push(Box::new(Filtered::new(filter, metrics)));
+        outputs.push(Box::new(metrics));
     }
-    Ok((outputs, keys))
+    // One filter for all: the table is filtered once per tick, not once per sink.
+    Ok((Filtered::new(cli.filter(), outputs), keys))
 }
 
 type KeysReceiver = tokio::sync::mpsc::UnboundedReceiver<Key>;
@@ -339,7 +336,7 @@ fn note_counters(table: &mut Summary, tracer: &Tracer) {
 }
 
 /// Moves every event waiting in the ring buffer through the tracker to the sink, noting the
-/// stacks of connects and closes for symbolizing (while their process is there to be read).
+/// stacks of connects for symbolizing (while their process is there to be read).
 fn drain(
     ring: &mut RingBuf<MapData>,
     tracker: &mut Tracker,
