@@ -143,7 +143,7 @@ fn measure(
     connections: usize,
     concurrency: usize,
 ) -> Result<Run> {
-    let workload = Workload::start(xtask, connections, concurrency)?;
+    let workload = Worker::churn(xtask, connections, concurrency)?;
     let idle = Sleeper::start()?;
     let tracer = match config {
         Config::Baseline => None,
@@ -152,7 +152,7 @@ fn measure(
         Config::ProbeIdle => Some(Tracer::probe(probe, idle.pid(), &[])?),
         Config::Bpftrace => Some(Tracer::bpftrace()?),
     };
-    let rate = workload.run()?;
+    let rate = workload.run_churn()?;
     let mut run = Run {
         rate,
         seconds: connections as f64 / rate,
@@ -191,46 +191,74 @@ impl Drop for Sleeper {
     }
 }
 
-/// The churn workload, held until `run`.
-struct Workload {
+/// An xtask child (the churn workload, a connection holder) that waits for `go` on stdin and
+/// answers with a line on stdout.
+struct Worker {
     child: Child,
     stdin: ChildStdin,
     lines: mpsc::Receiver<String>,
 }
 
-impl Workload {
-    fn start(xtask: &Path, connections: usize, concurrency: usize) -> Result<Workload> {
+impl Worker {
+    /// Starts `xtask ARGS`; `what` names it in errors.
+    fn start(xtask: &Path, args: &[String], what: &str) -> Result<Worker> {
         let mut child = Command::new(xtask)
-            .args(["churn", "--connections", &connections.to_string()])
-            .args(["--concurrency", &concurrency.to_string()])
+            .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
-            .context("cannot start the workload")?;
+            .with_context(|| format!("cannot start {what}"))?;
         let stdin = child.stdin.take().context("no stdin")?;
         let lines = lines_of(child.stdout.take().context("no stdout")?);
-        Ok(Workload {
+        Ok(Worker {
             child,
             stdin,
             lines,
         })
     }
 
+    /// The churn workload, held until [`Worker::run_churn`].
+    fn churn(xtask: &Path, connections: usize, concurrency: usize) -> Result<Worker> {
+        let args = [
+            "churn".to_string(),
+            "--connections".into(),
+            connections.to_string(),
+            "--concurrency".into(),
+            concurrency.to_string(),
+        ];
+        Worker::start(xtask, &args, "the workload")
+    }
+
     fn pid(&self) -> u32 {
         self.child.id()
     }
 
-    /// Lets it go; returns its connections per second.
-    fn run(mut self) -> Result<f64> {
-        writeln!(self.stdin, "go")?;
-        let line = self
-            .lines
+    fn go(&mut self) -> Result<()> {
+        writeln!(self.stdin, "go").context("cannot tell a worker to go")
+    }
+
+    /// Its answer, waiting at most five minutes.
+    fn answer(&self, what: &str) -> Result<String> {
+        self.lines
             .recv_timeout(Duration::from_secs(300))
-            .context("the workload did not finish")?;
+            .with_context(|| format!("{what} did not answer"))
+    }
+
+    /// Lets the churn workload go; returns its connections per second.
+    fn run_churn(mut self) -> Result<f64> {
+        self.go()?;
+        let line = self.answer("the workload")?;
         self.child.wait()?;
         line.strip_prefix("rate ")
             .and_then(|rate| rate.trim().parse().ok())
             .with_context(|| format!("unexpected workload output: {line}"))
+    }
+
+    /// Closes its stdin (a holder then lets go of its connections) and waits for it.
+    fn finish(mut self) -> Result<()> {
+        drop(self.stdin);
+        self.child.wait()?;
+        Ok(())
     }
 }
 
@@ -469,32 +497,23 @@ fn measure_memory(probe: &Path, xtask: &Path, connections: usize) -> Result<Memo
     let per_holder = (crate::workload::fd_hard_limit().saturating_sub(128) / 2).clamp(1, 50_000);
     let holders_needed = (connections / 2).div_ceil(per_holder);
     let mut holders = Vec::new();
+    let hold = ["hold-open", "--pairs", &per_holder.to_string()].map(String::from);
     for _ in 0..holders_needed {
-        let mut holder = Command::new(xtask)
-            .args(["hold-open", "--pairs", &per_holder.to_string()])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .context("cannot start a connection holder")?;
-        let stdin = holder.stdin.take().context("no stdin")?;
-        let lines = lines_of(holder.stdout.take().context("no stdout")?);
-        holders.push((holder, stdin, lines));
+        holders.push(Worker::start(xtask, &hold, "a connection holder")?);
     }
     let mut args: Vec<String> = ["--max-sockets", "262144", "--established-after", "1h"]
         .map(String::from)
         .to_vec();
-    for (holder, _, _) in &holders {
-        args.extend(["--pid".to_string(), holder.id().to_string()]);
+    for holder in &holders {
+        args.extend(["--pid".to_string(), holder.pid().to_string()]);
     }
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let tracer = Tracer::probe(probe, holders[0].0.id(), &args)?;
-    for (_, stdin, _) in &mut holders {
-        writeln!(stdin, "go")?;
+    let tracer = Tracer::probe(probe, holders[0].pid(), &args)?;
+    for holder in &mut holders {
+        holder.go()?;
     }
-    for (_, _, lines) in &holders {
-        let ready = lines
-            .recv_timeout(Duration::from_secs(300))
-            .context("a holder did not open its connections")?;
+    for holder in &holders {
+        let ready = holder.answer("a connection holder")?;
         eprintln!("xtask: holder {ready}");
     }
     // Let probe take in every transition.
@@ -503,9 +522,8 @@ fn measure_memory(probe: &Path, xtask: &Path, connections: usize) -> Result<Memo
     let mut run = Run::default();
     tracer.stop(&mut run)?;
     let lost = run.lost;
-    for (mut holder, stdin, _) in holders {
-        drop(stdin);
-        holder.wait()?;
+    for holder in holders {
+        holder.finish()?;
     }
     Ok(Memory {
         connections: holders_needed * per_holder * 2,

@@ -111,7 +111,7 @@ impl<T> Table<T> {
         let slot = index.remove(&raw)?;
         self.free.push(slot);
         let record = self.slot_mut(slot).take();
-        self.shrink_free_list();
+        self.release_pages_if_empty();
         record
     }
 
@@ -154,9 +154,9 @@ impl<T> Table<T> {
         u32::try_from(slot).expect("fewer than 4 billion connections")
     }
 
-    /// Gives back the empty pages at the end once a burst of connections is gone, so the table
-    /// shrinks again.
-    fn shrink_free_list(&mut self) {
+    /// Once the table is empty again (a burst of connections is gone), gives its pages back, so
+    /// it shrinks; a single page is kept for the next connections.
+    fn release_pages_if_empty(&mut self) {
         if !self.is_empty() || self.pages.len() <= 1 {
             return;
         }
