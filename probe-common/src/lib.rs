@@ -14,8 +14,10 @@ pub const AF_INET6: u16 = 10;
 
 /// Names of the kernel program and maps, so the loader cannot drift from the kernel side.
 pub mod names {
-    /// The tracepoint program on `sock:inet_sock_set_state`.
+    /// The classic tracepoint program on `sock:inet_sock_set_state` (reads the trace record).
     pub const PROGRAM: &str = "inet_sock_set_state";
+    /// The BTF tracepoint program on the same tracepoint (reads the socket itself, no record).
+    pub const BTF_PROGRAM: &str = "inet_sock_set_state_btf";
     /// The ring buffer of [`TransitionEvent`](crate::TransitionEvent)s.
     pub const EVENTS: &str = "EVENTS";
     /// Processes (tgids) being traced.
@@ -37,6 +39,8 @@ pub mod names {
     pub const STACKS: &str = "STACKS";
     /// The [`SetStateLayout`](crate::SetStateLayout) global.
     pub const LAYOUT: &str = "LAYOUT";
+    /// The [`SockLayout`](crate::SockLayout) global.
+    pub const SOCK_LAYOUT: &str = "SOCK_LAYOUT";
     /// Global `u64`: wake userspace once this many bytes of events are waiting (it also reads the
     /// ring buffer on a short timer, so fewer never wait long).
     pub const WAKEUP_BYTES: &str = "WAKEUP_BYTES";
@@ -254,9 +258,12 @@ pub struct ForkLayout {
     pub child_pid: u32,
 }
 
+/// How many bytes the kernel programs copy at once into their per-CPU buffer.
+pub const COPY_BYTES: u32 = 128;
+
 /// How many bytes of a `sock:inet_sock_set_state` record the kernel program copies at once (every
 /// field it reads must end within them; the loader checks).
-pub const SET_STATE_RECORD_BYTES: u32 = 128;
+pub const SET_STATE_RECORD_BYTES: u32 = COPY_BYTES;
 
 /// Offsets of the `sock:inet_sock_set_state` fields in the tracepoint record, read by userspace
 /// from the tracefs `format` file and handed to the kernel program as a global.
@@ -274,6 +281,43 @@ pub struct SetStateLayout {
     pub daddr_v6: u32,
 }
 
+/// How many bytes from the start of a `struct sock` the BTF tracepoint program copies at once:
+/// its `sock_common` fields (family, ports, addresses) must end within them (the loader checks).
+pub const SOCK_COMMON_BYTES: u32 = COPY_BYTES;
+/// How many bytes of `inet_sock` the program copies at once, from [`SockLayout::inet`]: the
+/// local address and port.
+pub const SOCK_INET_BYTES: u32 = 16;
+
+/// Where the socket fields the BTF tracepoint program reads sit, read by userspace from the
+/// kernel's BTF (`/sys/kernel/btf/vmlinux`). The program copies two spans of the socket, the
+/// first [`SOCK_COMMON_BYTES`] and [`SOCK_INET_BYTES`] from `inet`, and takes from them what the
+/// tracepoint's own record would hold: the same fields, the same v4-mapped addresses.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockLayout {
+    /// `sk_protocol` (u16), from the start of the socket (read on its own, and only when a
+    /// socket is about to be attributed).
+    pub protocol: u32,
+    /// `__sk_common.skc_family` (u16), in the first span.
+    pub family: u32,
+    /// `__sk_common.skc_dport` (network order u16), in the first span.
+    pub dport: u32,
+    /// `__sk_common.skc_daddr` (IPv4), in the first span.
+    pub daddr: u32,
+    /// `__sk_common.skc_v6_rcv_saddr` (IPv6; meaningful only when `ipv6` is 1), in the first span.
+    pub saddr_v6: u32,
+    /// `__sk_common.skc_v6_daddr` (IPv6; meaningful only when `ipv6` is 1), in the first span.
+    pub daddr_v6: u32,
+    /// Where the second span starts, from the start of the socket (an `inet_sock`).
+    pub inet: u32,
+    /// `inet_sock.inet_saddr` (IPv4), in the second span.
+    pub saddr: u32,
+    /// `inet_sock.inet_sport` (network order u16), in the second span.
+    pub sport: u32,
+    /// 1 when the kernel has IPv6 sockets (`CONFIG_IPV6`), 0 when every address is IPv4.
+    pub ipv6: u32,
+}
+
 /// Slots of the `IN_USE` array: set (to 1) once the map they name has had an entry. Never
 /// cleared: a flag that stays on costs a lookup, one cleared too early would lose a socket.
 #[repr(u32)]
@@ -283,11 +327,13 @@ pub enum InUse {
     Seeds = 0,
     /// `LISTENERS` (set by the kernel program on listen(), by userspace when it seeds listeners).
     Listeners = 1,
+    /// `OWNERS` (set by the kernel program when it attributes its first socket).
+    Owners = 2,
 }
 
 impl InUse {
     /// How many slots there are.
-    pub const COUNT: u32 = 2;
+    pub const COUNT: u32 = 3;
 }
 
 /// Indexes of the per-CPU counters of things the kernel program could not do.
@@ -321,6 +367,7 @@ mod pod {
     unsafe impl aya::Pod for super::ListenerKey {}
     unsafe impl aya::Pod for super::SocketTuple {}
     unsafe impl aya::Pod for super::SetStateLayout {}
+    unsafe impl aya::Pod for super::SockLayout {}
     unsafe impl aya::Pod for super::ForkLayout {}
     unsafe impl aya::Pod for super::ProcessEvent {}
 }

@@ -1,6 +1,7 @@
-//! probe's kernel side: classic tracepoint programs, `set_state` on `sock:inet_sock_set_state`
-//! (the transitions) and `process` on `sched:sched_process_fork` and `sched:sched_process_exec`
-//! (following children and new processes of a name).
+//! probe's kernel side: `set_state` on `sock:inet_sock_set_state` (the transitions; a BTF
+//! tracepoint program, and a classic one for kernels without BTF) and `process` on
+//! `sched:sched_process_fork` and `sched:sched_process_exec` (following children and new
+//! processes of a name).
 //!
 //! Many transitions run in softirq context, where the current task is whoever happened to be on the
 //! CPU, so the current pid cannot say whose socket it is. Instead each socket is attributed once,
@@ -25,9 +26,11 @@ use aya_ebpf::{
     Global,
     macros::map,
     maps::{Array, HashMap, PerCpuArray, RingBuf},
-    programs::TracePointContext,
+    programs::{TracePointContext, tracing::StackIdContext},
 };
-use probe_common::{Counter, ForkLayout, InUse, ListenerKey, SetStateLayout, SocketTuple};
+use probe_common::{
+    Counter, ForkLayout, InUse, ListenerKey, SetStateLayout, SockLayout, SocketTuple,
+};
 
 /// Field offsets of the tracepoint record, set by the loader from the tracefs `format` file.
 #[unsafe(no_mangle)]
@@ -43,17 +46,32 @@ static LAYOUT: Global<SetStateLayout> = Global::new(SetStateLayout {
     daddr_v6: 0,
 });
 
+/// Socket field offsets for the BTF program, set by the loader from the kernel's BTF.
+#[unsafe(no_mangle)]
+static SOCK_LAYOUT: Global<SockLayout> = Global::new(SockLayout {
+    protocol: 0,
+    family: 0,
+    dport: 0,
+    daddr: 0,
+    saddr_v6: 0,
+    daddr_v6: 0,
+    inet: 0,
+    saddr: 0,
+    sport: 0,
+    ipv6: 0,
+});
+
 // Map sizes here are placeholders: the loader sets the real ones from the command line.
 
-/// The start of a `sock:inet_sock_set_state` record, copied at once.
-pub(crate) const RECORD_BYTES: usize = probe_common::SET_STATE_RECORD_BYTES as usize;
-pub(crate) type RecordBytes = [u8; RECORD_BYTES];
+/// What a program copies at once: the start of a `sock:inet_sock_set_state` record, or the
+/// start of a socket.
+pub(crate) type CopyBytes = [u8; probe_common::COPY_BYTES as usize];
 
-/// Where each CPU copies the record it is looking at (too large for the BPF stack).
+/// Where each CPU copies the data it reads fields from (too large for the BPF stack).
 #[map]
-static RECORD: PerCpuArray<RecordBytes> = PerCpuArray::with_max_entries(1, 0);
+static COPY: PerCpuArray<CopyBytes> = PerCpuArray::with_max_entries(1, 0);
 
-/// Whether SEEDS and LISTENERS have ever held an entry ([`probe_common::InUse`] slots): until
+/// Whether OWNERS, SEEDS and LISTENERS have ever held an entry ([`probe_common::InUse`] slots): until
 /// they have, the program does not look them up.
 #[map]
 static IN_USE: Array<u32> = Array::with_max_entries(InUse::COUNT, 0);
@@ -105,10 +123,10 @@ static STACKS: aya_ebpf::maps::StackTrace = aya_ebpf::maps::StackTrace::with_max
 
 /// The current process's user stack, by id in [`STACKS`]; [`probe_common::NO_STACK`] without one.
 #[inline(always)]
-pub(crate) fn user_stack(ctx: &TracePointContext) -> i32 {
+pub(crate) fn user_stack<C: StackIdContext>(ctx: &C) -> i32 {
     #[cfg(feature = "stacks")]
     {
-        use aya_ebpf::{bindings::BPF_F_USER_STACK, programs::tracing::StackIdContext};
+        use aya_ebpf::bindings::BPF_F_USER_STACK;
         match ctx.get_stackid(&STACKS, u64::from(BPF_F_USER_STACK)) {
             Ok(id) => id as i32,
             Err(_) => {

@@ -12,6 +12,7 @@ use ipnet::IpNet;
 use probe_common::TcpState;
 
 use crate::{
+    bpf::Attach,
     output::{filter::Filter, metrics::parse_listen_address},
     track::Family,
 };
@@ -121,6 +122,12 @@ pub struct Cli {
     /// output has no `opened_at`).
     #[arg(long)]
     pub no_stacks: bool,
+
+    /// Which kernel program follows the transitions: `btf` (the BTF tracepoint, cheapest: the
+    /// kernel fills no trace record), `tracepoint` (the classic one, for kernels built without
+    /// BTF), or `auto` (`btf` where /sys/kernel/btf/vmlinux exists).
+    #[arg(long, value_enum, value_name = "PROGRAM", default_value_t = Attach::Auto)]
+    pub attach: Attach,
 
     /// Show debug logs, including the kernel program's own diagnostics.
     #[arg(short, long)]

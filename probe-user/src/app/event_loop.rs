@@ -147,14 +147,8 @@ pub async fn run(setup: Setup<'_>) -> anyhow::Result<()> {
                 Ok(None)
             }
             guard = process_events.readable_mut() => {
-                let mut guard = guard.context("cannot poll the kernel's process events")?;
-                let ring = guard.get_inner_mut();
-                while let Some(item) = ring.next() {
-                    if let Some(news) = decode(&item) {
-                        follow_process(news, &mut tracer, &mut tracker, &mut exits)?;
-                    }
-                }
-                guard.clear_ready();
+                // Cleared before they are all read below, as for the transitions.
+                guard.context("cannot poll the kernel's process events")?.clear_ready();
                 Ok(None)
             }
             guard = logs.readable_mut() => {
@@ -186,6 +180,14 @@ pub async fn run(setup: Setup<'_>) -> anyhow::Result<()> {
             _ = sleep_until(end.unwrap_or_else(far_future)), if end.is_some() => Ok(Some(Stop::Asked)),
             _ = sleep(next_wake(&tracker, (refreshed_at + refresh_every).min(next_tick))) => Ok(None),
         };
+        // Forks and execs before transitions, whatever woke the loop: a process that has just
+        // exec'd may already have connected, and its transitions must carry its new name.
+        follow_processes(
+            process_events.get_mut(),
+            &mut tracer,
+            &mut tracker,
+            &mut exits,
+        )?;
         // Fresh tcp_info before deciding whether an ESTABLISHED connection is idle, and now and
         // then for the summary's figures.
         let deadline_due = tracker
@@ -231,6 +233,12 @@ pub async fn run(setup: Setup<'_>) -> anyhow::Result<()> {
         sleep(EXIT_GRACE).await;
     }
     refresh_activity(&mut tracker, &exits);
+    follow_processes(
+        process_events.get_mut(),
+        &mut tracer,
+        &mut tracker,
+        &mut exits,
+    )?;
     let finished = drain(
         events.get_mut(),
         &mut tracker,
@@ -354,6 +362,21 @@ fn drain(
                 sink.transition(&tracker.apply(&transition))?;
             }
             Err(error) => log::warn!("skipping a malformed kernel event: {error}"),
+        }
+    }
+    Ok(())
+}
+
+/// Reads every fork and exec waiting in `ring`.
+fn follow_processes(
+    ring: &mut RingBuf<MapData>,
+    tracer: &mut Tracer,
+    tracker: &mut Tracker,
+    exits: &mut ExitWatch,
+) -> anyhow::Result<()> {
+    while let Some(item) = ring.next() {
+        if let Some(news) = decode(&item) {
+            follow_process(news, tracer, tracker, exits)?;
         }
     }
     Ok(())

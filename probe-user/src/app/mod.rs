@@ -56,6 +56,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         follow_forks: follow,
         comm_filter: if follow { cli.comm_filter() } else { None },
         stacks: !cli.no_stacks,
+        attach: cli.attach,
     })?;
     for process in &processes {
         tracer.add_target(process.pid)?;

@@ -1,15 +1,18 @@
 //! Loading, configuring and attaching the kernel program, and the maps userspace talks to.
 
+pub mod kernel_btf;
 pub mod privilege;
 pub mod tracefs;
 
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf, StackTraceMap},
-    programs::{ProgramError, TracePoint},
+    programs::{BtfTracePoint, ProgramError, TracePoint},
 };
 use aya_log::EbpfLogger;
-use probe_common::{Counter, ForkLayout, InUse, ListenerKey, SocketTuple, names};
+use probe_common::{
+    Counter, ForkLayout, InUse, ListenerKey, SetStateLayout, SockLayout, SocketTuple, names,
+};
 
 /// The kernel object, built by `cargo xtask build` and embedded by `build.rs` (empty when the
 /// CLI was built without it, e.g. by a plain `cargo build`).
@@ -25,6 +28,47 @@ pub fn has_kernel_object() -> bool {
 
 /// The kernel wakes the reader once this fraction of the ring buffer is waiting.
 const WAKEUP_FRACTION: u32 = 8;
+
+/// Which program follows `sock:inet_sock_set_state`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Attach {
+    /// The BTF tracepoint where the kernel publishes its BTF, the classic one elsewhere.
+    #[default]
+    Auto,
+    /// The BTF tracepoint (`tp_btf`): no trace record is filled, and the socket's fields are read
+    /// only for transitions of traced processes. Needs the kernel's BTF.
+    Btf,
+    /// The classic tracepoint: reads the record the kernel fills for every transition, at the
+    /// offsets of the tracefs `format` file.
+    Tracepoint,
+}
+
+/// Where the program that follows the transitions reads the socket's fields.
+#[derive(Clone, Copy, Debug)]
+enum SetStateSource {
+    Btf(SockLayout),
+    Record(SetStateLayout),
+}
+
+impl SetStateSource {
+    /// The source `attach` asks for (for `Auto`, the BTF one when the kernel has BTF).
+    fn choose(attach: Attach) -> Result<SetStateSource, LoadError> {
+        let use_btf = match attach {
+            Attach::Auto => kernel_btf::available(),
+            Attach::Btf => true,
+            Attach::Tracepoint => false,
+        };
+        if use_btf {
+            let layout = kernel_btf::sock_layout()?;
+            log::debug!("struct sock layout from the kernel's BTF: {layout:?}");
+            return Ok(SetStateSource::Btf(layout));
+        }
+        let layout =
+            tracefs::Format::read(&tracefs::root()?, tracefs::SET_STATE)?.set_state_layout()?;
+        log::debug!("sock:inet_sock_set_state layout from tracefs: {layout:?}");
+        Ok(SetStateSource::Record(layout))
+    }
+}
 
 /// Sizes and switches for the kernel side.
 #[derive(Clone, Copy, Debug)]
@@ -43,6 +87,8 @@ pub struct TracerConfig {
     pub comm_filter: Option<[u8; 16]>,
     /// Capture the user stacks of connects.
     pub stacks: bool,
+    /// Which program follows the transitions.
+    pub attach: Attach,
 }
 
 /// Why the kernel side could not be set up.
@@ -56,6 +102,8 @@ pub enum LoadError {
     Privileges(#[from] privilege::MissingPrivileges),
     #[error(transparent)]
     TraceFs(#[from] tracefs::TraceFsError),
+    #[error(transparent)]
+    Btf(#[from] kernel_btf::BtfError),
     #[error(
         "the kernel refused probe's eBPF maps ({0}); probe needs Linux 5.8 or later (BPF ring \
          buffer) built with CONFIG_BPF_SYSCALL"
@@ -67,6 +115,11 @@ pub enum LoadError {
     Verify(String),
     #[error("cannot attach to the tracepoint {0}; the kernel needs CONFIG_BPF_EVENTS")]
     Attach(String),
+    #[error(
+        "the kernel refused probe's BTF tracepoint program ({0}); run with -v to see why, or \
+         use `--attach tracepoint`"
+    )]
+    AttachBtf(String),
     #[error(
         "the kernel object has no `{0}`: it does not match this probe binary; rebuild with `cargo xtask build`"
     )]
@@ -133,20 +186,23 @@ impl Tracer {
             return Err(LoadError::NoKernelObject);
         }
         privilege::check()?;
-        let root = tracefs::root()?;
-        let layout = tracefs::Format::read(&root, tracefs::SET_STATE)?.set_state_layout()?;
-        log::debug!("sock:inet_sock_set_state layout from tracefs: {layout:?}");
+        let source = SetStateSource::choose(config.attach)?;
         let follow_processes = config.follow_forks || config.comm_filter.is_some();
         let fork_layout = if follow_processes {
-            tracefs::Format::read(&root, tracefs::PROCESS_FORK)?.fork_layout()?
+            tracefs::Format::read(&tracefs::root()?, tracefs::PROCESS_FORK)?.fork_layout()?
         } else {
             ForkLayout::default()
+        };
+        let (record_layout, sock_layout) = match source {
+            SetStateSource::Btf(layout) => (SetStateLayout::default(), layout),
+            SetStateSource::Record(layout) => (layout, SockLayout::default()),
         };
 
         // aya-log's levels: 0 turns every kernel log statement off, 4 lets debug through.
         let log_level: u8 = if config.kernel_logs { 4 } else { 0 };
         let mut ebpf = EbpfLoader::new()
-            .override_global(names::LAYOUT, &layout, true)
+            .override_global(names::LAYOUT, &record_layout, true)
+            .override_global(names::SOCK_LAYOUT, &sock_layout, true)
             .override_global(aya_log::LEVEL, &log_level, false)
             .override_global(names::FORK_LAYOUT, &fork_layout, true)
             .override_global(
@@ -173,7 +229,12 @@ impl Tracer {
             .map_err(|error| LoadError::Load(error.to_string()))?;
         let logger = EbpfLogger::init(&mut ebpf).map_err(|_| LoadError::Missing("AYA_LOGS"))?;
 
-        attach(&mut ebpf, names::PROGRAM, tracefs::SET_STATE)?;
+        match source {
+            SetStateSource::Btf(_) => {
+                attach_btf(&mut ebpf, names::BTF_PROGRAM, tracefs::SET_STATE)?
+            }
+            SetStateSource::Record(_) => attach(&mut ebpf, names::PROGRAM, tracefs::SET_STATE)?,
+        }
         if follow_processes {
             attach(&mut ebpf, names::FORK_PROGRAM, tracefs::PROCESS_FORK)?;
             attach(&mut ebpf, names::EXEC_PROGRAM, tracefs::PROCESS_EXEC)?;
@@ -287,22 +348,9 @@ fn attach(
         .ok_or(LoadError::Missing(name))?
         .try_into()
         .map_err(|error: ProgramError| LoadError::Verify(error.to_string()))?;
-    program.load().map_err(|error| match error {
-        ProgramError::LoadError {
-            io_error,
-            verifier_log,
-        } => {
-            log::debug!("verifier log of {name}:\n{verifier_log}");
-            LoadError::Verify(io_error.to_string())
-        }
-        other => LoadError::Verify(other.to_string()),
-    })?;
+    program.load().map_err(|error| verify_error(name, error))?;
     if let Ok(info) = program.info() {
-        log::debug!(
-            "program {name}: {} instructions verified, {} bytes translated",
-            info.verified_instruction_count().unwrap_or(0),
-            info.size_translated().unwrap_or(0)
-        );
+        log_verified(name, &info);
     }
     program
         .attach(tracepoint.category, tracepoint.name)
@@ -313,6 +361,56 @@ fn attach(
             ))
         })?;
     Ok(())
+}
+
+/// Loads the BTF tracepoint program `name` for `tracepoint` and attaches it.
+fn attach_btf(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    tracepoint: tracefs::Tracepoint,
+) -> Result<(), LoadError> {
+    let btf = aya::Btf::from_sys_fs()
+        .map_err(|error| LoadError::Btf(kernel_btf::BtfError::Parse(error.to_string())))?;
+    let program: &mut BtfTracePoint = ebpf
+        .program_mut(name)
+        .ok_or(LoadError::Missing(name))?
+        .try_into()
+        .map_err(|error: ProgramError| LoadError::Verify(error.to_string()))?;
+    program
+        .load(tracepoint.name, &btf)
+        .map_err(|error| match error {
+            ProgramError::LoadError { .. } => verify_error(name, error),
+            other => LoadError::AttachBtf(other.to_string()),
+        })?;
+    if let Ok(info) = program.info() {
+        log_verified(name, &info);
+    }
+    program
+        .attach()
+        .map_err(|error| LoadError::AttachBtf(format!("{}: {error}", tracepoint.name)))?;
+    Ok(())
+}
+
+/// The error for a program the kernel refused, with the verifier's log at debug level.
+fn verify_error(name: &str, error: ProgramError) -> LoadError {
+    match error {
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => {
+            log::debug!("verifier log of {name}:\n{verifier_log}");
+            LoadError::Verify(io_error.to_string())
+        }
+        other => LoadError::Verify(other.to_string()),
+    }
+}
+
+fn log_verified(name: &str, info: &aya::programs::ProgramInfo) {
+    log::debug!(
+        "program {name}: {} instructions verified, {} bytes translated",
+        info.verified_instruction_count().unwrap_or(0),
+        info.size_translated().unwrap_or(0)
+    );
 }
 
 fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, LoadError> {

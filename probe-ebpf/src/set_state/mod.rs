@@ -1,0 +1,291 @@
+//! The programs on `sock:inet_sock_set_state`: attribute each socket to its owner and send the
+//! transitions of traced processes' sockets to userspace.
+//!
+//! Two programs share this logic and differ only in where the socket's fields come from:
+//! [`sock`] is a BTF tracepoint (`tp_btf`) that reads them from the socket, and only once a
+//! transition concerns a traced process; [`record`] is the classic tracepoint, which reads them
+//! from the trace record the kernel fills for every transition. The loader attaches one of them.
+
+mod record;
+mod sock;
+
+use aya_ebpf::{
+    EbpfContext,
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    programs::tracing::StackIdContext,
+};
+use aya_log_ebpf::debug;
+use probe_common::{
+    Attribution, Counter, IPPROTO_TCP, InUse, ListenerKey, NO_STACK, SocketTuple, TcpState,
+    TransitionEvent,
+};
+
+use crate::{
+    EVENTS, LISTENERS, OWNERS, SEEDS, TARGETS, WAKEUP_BYTES, count, in_use, mark_in_use, user_stack,
+};
+
+const CLOSE: u8 = TcpState::Close as u8;
+const LISTEN: u8 = TcpState::Listen as u8;
+const SYN_SENT: u8 = TcpState::SynSent as u8;
+
+/// `::ffff:0.0.0.0`: how the tracepoint shows an IPv4 wildcard bind.
+const V4_ANY: [u8; 16] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0, 0, 0, 0];
+/// `::`: an IPv6 wildcard bind.
+const V6_ANY: [u8; 16] = [0; 16];
+
+/// What every transition says at no cost: which socket, from which state to which.
+struct Transition {
+    sock_id: u64,
+    old_state: u8,
+    new_state: u8,
+}
+
+/// A socket's addresses, as the tracepoint's record holds them (IPv4 as v4-mapped IPv6, ports
+/// in host order).
+struct Endpoints {
+    family: u16,
+    sport: u16,
+    dport: u16,
+    saddr: [u8; 16],
+    daddr: [u8; 16],
+}
+
+/// Where a program reads the rest of a socket's fields, only when it needs them.
+trait SocketFields {
+    /// The socket's protocol (`IPPROTO_*`).
+    fn protocol(&self) -> Result<u16, i64>;
+    /// The socket's family, ports and addresses.
+    fn endpoints(&self) -> Result<Endpoints, i64>;
+}
+
+/// A field copied out of the kernel: `size_of::<T>()` bytes at `offset` of `bytes` (checked, for
+/// the verifier).
+#[inline(always)]
+fn field<T: Copy, const N: usize>(bytes: &[u8; N], offset: u32) -> Result<T, i64> {
+    let start = offset as usize;
+    if start > N - size_of::<T>() {
+        return Err(-1);
+    }
+    // SAFETY: within `bytes`, as just checked; the fields are packed, hence the unaligned read.
+    Ok(unsafe { (bytes.as_ptr().add(start) as *const T).read_unaligned() })
+}
+
+/// One transition: emitted if its socket is (or becomes) a traced process's, ignored otherwise.
+fn handle<C: EbpfContext + StackIdContext>(
+    ctx: &C,
+    transition: Transition,
+    fields: &impl SocketFields,
+) -> Result<(), i64> {
+    let (owner, attribution, endpoints) = match known_owner(transition.sock_id) {
+        Some(owner) => (owner, Attribution::Known, fields.endpoints()?),
+        None => match attribute_new(ctx, &transition, fields)? {
+            Some(found) => found,
+            None => return Ok(()),
+        },
+    };
+    let stack_id = code_path(ctx, &transition, owner);
+    emit(&transition, &endpoints, owner, attribution, stack_id);
+
+    if transition.new_state == CLOSE {
+        // The socket address may be reused by the next socket: forget it now.
+        let _ = OWNERS.remove(&transition.sock_id);
+        if transition.old_state == LISTEN {
+            let _ = LISTENERS.remove(&listener_key(endpoints.saddr, endpoints.sport));
+        }
+    }
+    Ok(())
+}
+
+/// The owner already attributed to this socket, if any.
+#[inline(always)]
+fn known_owner(sock_id: u64) -> Option<u32> {
+    if !in_use(InUse::Owners) {
+        return None;
+    }
+    // SAFETY: a plain u32 copied out at once; a concurrent delete could at worst hand us a stale
+    // tgid of an entry that is being removed, which is still that socket's owner.
+    unsafe { OWNERS.get(&sock_id) }.copied()
+}
+
+/// The owner of a socket not seen before, if this transition names one that is traced; the
+/// socket is remembered for its later transitions. The cheap checks come first: most
+/// transitions of untraced processes end before any field of the socket is read.
+fn attribute_new<C: EbpfContext>(
+    ctx: &C,
+    transition: &Transition,
+    fields: &impl SocketFields,
+) -> Result<Option<(u32, Attribution, Endpoints)>, i64> {
+    let (Some(old), Some(new)) = (
+        TcpState::from_raw(transition.old_state),
+        TcpState::from_raw(transition.new_state),
+    ) else {
+        return Ok(None);
+    };
+    let by_process = process_owner(old, new);
+    let by_listener =
+        (old, new) == (TcpState::Listen, TcpState::SynRecv) && in_use(InUse::Listeners);
+    let seeded = in_use(InUse::Seeds);
+    if by_process.is_none() && !by_listener && !seeded {
+        return Ok(None);
+    }
+    if fields.protocol()? != IPPROTO_TCP {
+        return Ok(None);
+    }
+    let endpoints = fields.endpoints()?;
+    let found = match seeded.then(|| take_seed(&endpoints)).flatten() {
+        Some(owner) => Some((owner, Attribution::Snapshot)),
+        None => match by_process {
+            Some(owner) => Some((owner, Attribution::ProcessContext)),
+            None if by_listener => {
+                listener_owner(&endpoints).map(|owner| (owner, Attribution::Listener))
+            }
+            None => None,
+        },
+    };
+    let Some((owner, attribution)) = found else {
+        return Ok(None);
+    };
+    if !remember(ctx, transition.sock_id, new, &endpoints, owner) {
+        return Ok(None);
+    }
+    Ok(Some((owner, attribution, endpoints)))
+}
+
+/// The current process, if this transition runs only in the owner's own context (connect,
+/// listen, close, shutdown) and the current process is traced.
+#[inline(always)]
+fn process_owner(old: TcpState, new: TcpState) -> Option<u32> {
+    match (old, new) {
+        (TcpState::Close, TcpState::SynSent)
+        | (TcpState::Close, TcpState::Listen)
+        | (TcpState::Established, TcpState::FinWait1)
+        | (TcpState::CloseWait, TcpState::LastAck) => {
+            let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+            TARGETS.get_ptr(&tgid)?;
+            Some(tgid)
+        }
+        _ => None,
+    }
+}
+
+/// The owner userspace seeded for this connection (it existed before attach), taken out of the
+/// seeds: from now on the socket is known by its address.
+fn take_seed(endpoints: &Endpoints) -> Option<u32> {
+    let tuple = SocketTuple {
+        saddr: endpoints.saddr,
+        daddr: endpoints.daddr,
+        sport: endpoints.sport,
+        dport: endpoints.dport,
+        _pad: [0; 4],
+    };
+    // SAFETY: a u32 read straight out of a live map value.
+    let owner = unsafe { *SEEDS.get_ptr(&tuple)? };
+    let _ = SEEDS.remove(&tuple);
+    Some(owner)
+}
+
+/// Remembers the owner of a newly attributed socket (and of a new listener); false when the
+/// socket cannot be followed because a map is full.
+fn remember<C: EbpfContext>(
+    ctx: &C,
+    sock_id: u64,
+    new: TcpState,
+    endpoints: &Endpoints,
+    owner: u32,
+) -> bool {
+    if new != TcpState::Close {
+        // Marked first: a transition on another CPU must not skip OWNERS once the entry is in.
+        mark_in_use(InUse::Owners);
+        if OWNERS.insert(&sock_id, &owner, 0).is_err() {
+            // Its later transitions could not be attributed: report none of it, count it instead.
+            count(Counter::OwnerMapFull);
+            debug!(
+                ctx,
+                "owner map full: socket of pid {} left untracked", owner
+            );
+            return false;
+        }
+    }
+    if new == TcpState::Listen {
+        mark_in_use(InUse::Listeners);
+        if LISTENERS
+            .insert(&listener_key(endpoints.saddr, endpoints.sport), &owner, 0)
+            .is_err()
+        {
+            count(Counter::ListenerMapFull);
+            debug!(
+                ctx,
+                "listener map full: port {} of pid {} left untracked", endpoints.sport, owner
+            );
+        }
+    }
+    true
+}
+
+/// The owner of the listener that accepted this socket: exact local address first, then wildcards.
+fn listener_owner(endpoints: &Endpoints) -> Option<u32> {
+    for addr in [endpoints.saddr, V4_ANY, V6_ANY] {
+        if let Some(owner) = LISTENERS.get_ptr(&listener_key(addr, endpoints.sport)) {
+            // SAFETY: a u32 read straight out of a live map value.
+            return Some(unsafe { *owner });
+        }
+    }
+    None
+}
+
+fn listener_key(addr: [u8; 16], port: u16) -> ListenerKey {
+    ListenerKey {
+        addr,
+        port,
+        _pad: [0; 6],
+    }
+}
+
+/// The owner's user stack on connect (the code that opened the connection), when the owner
+/// itself runs it (never in softirq, where the stack would be someone else's).
+fn code_path<C: StackIdContext>(ctx: &C, transition: &Transition, owner: u32) -> i32 {
+    let connect = (transition.old_state, transition.new_state) == (CLOSE, SYN_SENT);
+    if connect && (bpf_get_current_pid_tgid() >> 32) as u32 == owner {
+        user_stack(ctx)
+    } else {
+        NO_STACK
+    }
+}
+
+fn emit(
+    transition: &Transition,
+    endpoints: &Endpoints,
+    owner: u32,
+    attribution: Attribution,
+    stack_id: i32,
+) {
+    let Some(mut entry) = EVENTS.reserve::<TransitionEvent>(0) else {
+        count(Counter::RingBufFull);
+        return;
+    };
+    entry.write(TransitionEvent {
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        sock_id: transition.sock_id,
+        owner_tgid: owner,
+        family: endpoints.family,
+        sport: endpoints.sport,
+        dport: endpoints.dport,
+        old_state: transition.old_state,
+        new_state: transition.new_state,
+        attribution: attribution as u8,
+        _pad: [0; 3],
+        stack_id,
+        _pad2: 0,
+        saddr: endpoints.saddr,
+        daddr: endpoints.daddr,
+    });
+    // Wake the reader only once a batch is waiting: one wakeup per event would cost a context
+    // switch per event at high rates. The reader also drains on a short timer.
+    let waiting = EVENTS.query(u64::from(BPF_RB_AVAIL_DATA));
+    entry.submit(if waiting >= WAKEUP_BYTES.load() {
+        u64::from(BPF_RB_FORCE_WAKEUP)
+    } else {
+        u64::from(BPF_RB_NO_WAKEUP)
+    });
+}
