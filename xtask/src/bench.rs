@@ -1,8 +1,10 @@
 //! `cargo xtask bench`: what tracing costs the traced workload, measured side by side in one run.
 //!
-//! Configurations are interleaved round by round, and each is reported as its ratio to the
-//! baseline of the same round (median and spread over the rounds): absolute times on a shared
-//! 2-core machine are noise, ratios measured together are not.
+//! Configurations are interleaved round by round, and every run of a tracer is paired with a run
+//! of the workload alone right next to it (before it in one round, after it in the next); each is
+//! reported as its ratio to its pair (median and spread over the rounds): absolute times on a
+//! shared 2-core machine are noise, and they drift within a minute; ratios of neighbouring runs
+//! are what can be compared.
 
 use std::{
     fmt::Write as _,
@@ -87,6 +89,8 @@ struct Run {
     program_ns: u64,
     /// The workload's wall time, seconds.
     seconds: f64,
+    /// Connections per second of the workload alone in the run paired with this one.
+    paired_rate: f64,
 }
 
 /// Runs the benchmark and writes BENCHMARKS.md.
@@ -108,29 +112,50 @@ pub fn bench(rounds: usize, connections: usize, concurrency: usize) -> Result<()
     }
 
     let mut runs: Vec<(usize, Config, Run)> = Vec::new();
+    let tracers: Vec<Config> = configs
+        .iter()
+        .copied()
+        .filter(|&config| config != Config::Baseline)
+        .collect();
     for round in 0..rounds {
-        // Rotate the order each round, so no configuration always runs first or last.
-        let mut order = configs.clone();
-        order.rotate_left(round % configs.len());
+        // Rotate the order each round, so no configuration always runs first or last; the
+        // workload alone runs next to each tracer, first in even rounds and last in odd ones.
+        let mut order = tracers.clone();
+        order.rotate_left(round % tracers.len());
         for config in order {
-            let run = measure(config, &built.probe, &xtask, connections, concurrency)
-                .with_context(|| format!("round {round}, {}", config.label()))?;
+            let mut pair = [Config::Baseline, config];
+            if round % 2 == 1 {
+                pair.reverse();
+            }
+            let [first, second] = pair.map(|config| {
+                measure(config, &built.probe, &xtask, connections, concurrency)
+                    .with_context(|| format!("round {round}, {}", config.label()))
+            });
+            let (mut alone, mut traced) = if round % 2 == 0 {
+                (first?, second?)
+            } else {
+                (second?, first?)
+            };
+            alone.paired_rate = alone.rate;
+            traced.paired_rate = alone.rate;
             eprintln!(
-                "xtask: round {} {:<40} {:>8.0} conn/s, {} transitions, {} lost",
+                "xtask: round {} {:<45} {:>8.0} conn/s (alone: {:.0}), {} transitions, {} lost",
                 round + 1,
                 config.label(),
-                run.rate,
-                run.transitions,
-                run.lost
+                traced.rate,
+                alone.rate,
+                traced.transitions,
+                traced.lost
             );
-            runs.push((round, config, run));
+            runs.push((round, Config::Baseline, alone));
+            runs.push((round, config, traced));
         }
     }
     // The kernel programs' own time per run, in a round of its own: kernel.bpf_stats_enabled
     // adds two clock reads to every run of every program, which the rounds above must not pay.
     let stats = BpfStats::enable();
     let mut timed: Vec<(Config, Run)> = Vec::new();
-    for &config in configs.iter().filter(|&&config| config != Config::Baseline) {
+    for &config in &tracers {
         let run = measure(config, &built.probe, &xtask, connections, concurrency)
             .with_context(|| format!("timing round, {}", config.label()))?;
         timed.push((config, run));
@@ -602,11 +627,6 @@ fn report(
         timed,
         memory,
     } = measured;
-    let baseline = |round: usize| {
-        runs.iter()
-            .find(|(r, c, _)| *r == round && *c == Config::Baseline)
-            .map_or(f64::NAN, |(_, _, run)| run.rate)
-    };
     let mut out = String::new();
     let _ = writeln!(out, "# Benchmarks\n");
     let _ = writeln!(
@@ -616,7 +636,7 @@ fn report(
     let _ = writeln!(out, "Machine: {}.\n", machine());
     let _ = writeln!(
         out,
-        "Workload: one process with a loopback server and {concurrency} client threads making {connections} connections (connect, one byte each way, client closes first), so every connection makes ten TCP state transitions of that process. The configurations run interleaved, {rounds} rounds, in a rotating order; each run is compared with the baseline of its own round. Ratio: median over the rounds [min, max].\n"
+        "Workload: one process with a loopback server and {concurrency} client threads making {connections} connections (connect, one byte each way, client closes first), so every connection makes ten TCP state transitions of that process. The configurations run interleaved, {rounds} rounds, in a rotating order, and every tracer run is paired with a run of the workload alone right next to it (before it in one round, after it in the next). Ratio: the tracer run's rate over its pair's, median over the rounds [min, max]; the baseline row's rate is the median of all the runs alone.\n"
     );
     let _ = writeln!(
         out,
@@ -636,7 +656,7 @@ fn report(
         let mut ratios: Vec<f64> = runs
             .iter()
             .filter(|(_, c, _)| *c == config)
-            .map(|(round, _, run)| run.rate / baseline(*round))
+            .map(|(_, _, run)| run.rate / run.paired_rate)
             .collect();
         let (low, high) = ratios
             .iter()

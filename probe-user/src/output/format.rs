@@ -1,20 +1,30 @@
 //! Small formatting helpers shared by the human-readable outputs.
 
 use std::{
-    io::{self, Write},
+    fmt,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
+use super::line::Line;
+
 /// A short, human duration: `850us`, `12ms`, `4.2s`, `3m07s`, `2h05m`, `3d04h`.
 pub fn short_duration(duration: Duration) -> String {
+    let mut text = String::new();
+    // Writing to a String cannot fail.
+    let _ = write_short_duration(&mut text, duration);
+    text
+}
+
+/// Writes [`short_duration`] to `out`, without a String of its own.
+pub fn write_short_duration(out: &mut impl fmt::Write, duration: Duration) -> fmt::Result {
     let secs = duration.as_secs();
     match secs {
-        0 if duration.as_millis() == 0 => format!("{}us", duration.as_micros()),
-        0 => format!("{}ms", duration.as_millis()),
-        1..60 => format!("{:.1}s", duration.as_secs_f64()),
-        60..3600 => format!("{}m{:02}s", secs / 60, secs % 60),
-        3600..86400 => format!("{}h{:02}m", secs / 3600, secs % 3600 / 60),
-        _ => format!("{}d{:02}h", secs / 86400, secs % 86400 / 3600),
+        0 if duration.as_millis() == 0 => write!(out, "{}us", duration.as_micros()),
+        0 => write!(out, "{}ms", duration.as_millis()),
+        1..60 => write!(out, "{:.1}s", duration.as_secs_f64()),
+        60..3600 => write!(out, "{}m{:02}s", secs / 60, secs % 60),
+        3600..86400 => write!(out, "{}h{:02}m", secs / 3600, secs % 3600 / 60),
+        _ => write!(out, "{}d{:02}h", secs / 86400, secs % 86400 / 3600),
     }
 }
 
@@ -57,16 +67,20 @@ impl TimeWriter {
     }
 
     /// As [`rfc3339`].
-    pub fn rfc3339(&mut self, out: &mut impl Write, time: SystemTime) -> io::Result<()> {
+    pub fn rfc3339(&mut self, line: &mut Line, time: SystemTime) {
         let since = self.since_epoch(time);
-        write!(out, "{}.{:06}Z", self.prefix, since.subsec_micros())
+        line.push_str(&self.prefix);
+        line.push_byte(b'.');
+        line.push_int_zero_padded(since.subsec_micros(), 6);
+        line.push_byte(b'Z');
     }
 
     /// As [`time_of_day`].
-    pub fn time_of_day(&mut self, out: &mut impl Write, time: SystemTime) -> io::Result<()> {
+    pub fn time_of_day(&mut self, line: &mut Line, time: SystemTime) {
         let since = self.since_epoch(time);
-        let clock = self.prefix.get(11..).unwrap_or(&self.prefix);
-        write!(out, "{clock}.{:03}", since.subsec_millis())
+        line.push_str(self.prefix.get(11..).unwrap_or(&self.prefix));
+        line.push_byte(b'.');
+        line.push_int_zero_padded(since.subsec_millis(), 3);
     }
 }
 
@@ -102,12 +116,12 @@ mod tests {
             86_400_000_000 * 365 * 60,
         ] {
             let t = UNIX_EPOCH + Duration::from_micros(micros);
-            let mut out = Vec::new();
-            writer.rfc3339(&mut out, t).unwrap();
-            assert_eq!(String::from_utf8(out).unwrap(), rfc3339(t));
-            let mut out = Vec::new();
-            writer.time_of_day(&mut out, t).unwrap();
-            assert_eq!(String::from_utf8(out).unwrap(), time_of_day(t));
+            let mut line = Line::default();
+            writer.rfc3339(&mut line, t);
+            assert_eq!(line.as_bytes(), rfc3339(t).as_bytes());
+            line.clear();
+            writer.time_of_day(&mut line, t);
+            assert_eq!(line.as_bytes(), time_of_day(t).as_bytes());
         }
     }
 

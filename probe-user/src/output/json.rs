@@ -20,6 +20,7 @@ use crate::{
 use super::{
     Sink,
     format::{TimeWriter, rfc3339},
+    line::Line,
 };
 
 /// Writes NDJSON to `out`.
@@ -27,6 +28,8 @@ pub struct JsonSink<W: Write> {
     out: W,
     clock: WallClock,
     times: TimeWriter,
+    /// The transition line being written.
+    line: Line,
 }
 
 impl<W: Write> JsonSink<W> {
@@ -36,6 +39,7 @@ impl<W: Write> JsonSink<W> {
             out,
             clock,
             times: TimeWriter::default(),
+            line: Line::default(),
         }
     }
 
@@ -171,10 +175,27 @@ struct SummaryRecord<'a> {
 }
 
 /// A number, or `null`.
-fn write_option(out: &mut impl Write, value: Option<u64>) -> io::Result<()> {
+fn push_option(line: &mut Line, value: Option<u64>) {
     match value {
-        Some(value) => write!(out, "{value}"),
-        None => out.write_all(b"null"),
+        Some(value) => line.push_int(value),
+        None => line.push_str("null"),
+    }
+}
+
+/// `text` as a JSON string: as it is when nothing in it needs escaping (a process name
+/// rarely does), through serde_json otherwise.
+fn push_json_string(line: &mut Line, text: &str) {
+    let plain = text
+        .bytes()
+        .all(|byte| byte >= 0x20 && byte != b'"' && byte != b'\\');
+    if plain {
+        line.push_byte(b'"');
+        line.push_str(text);
+        line.push_byte(b'"');
+    } else {
+        // A string always serializes.
+        let escaped = serde_json::to_string(text).unwrap_or_default();
+        line.push_str(&escaped);
     }
 }
 
@@ -202,33 +223,51 @@ impl<W: Write> Sink for JsonSink<W> {
     /// Written field by field: this is the line probe writes for every event, and only the
     /// process name can need escaping (the same fields as the other records, no allocation).
     fn transition(&mut self, change: &StateChange) -> io::Result<()> {
-        let out = &mut self.out;
+        let line = &mut self.line;
         let endpoints = &change.endpoints;
-        out.write_all(br#"{"type":"transition","ts":""#)?;
+        line.clear();
+        line.push_str(r#"{"type":"transition","ts":""#);
         self.times
-            .rfc3339(out, self.clock.to_system_time(change.at))?;
-        write!(out, r#"","pid":{},"comm":"#, change.owner.pid)?;
-        serde_json::to_writer(&mut *out, &*change.owner.comm)?;
-        write!(out, r#","id":"{:#x}","inode":"#, change.id)?;
-        write_option(out, change.inode)?;
-        write!(
-            out,
-            r#","family":"{}","saddr":"{}","sport":{},"daddr":"{}","dport":{},"old":"{}","new":"{}","in_old_ms":"#,
-            endpoints.family.name(),
-            endpoints.local.ip(),
-            endpoints.local.port(),
-            endpoints.remote.ip(),
-            endpoints.remote.port(),
-            change.old.name(),
-            change.new.name()
-        )?;
-        write_option(out, change.in_old.map(millis))?;
-        write!(out, r#","time_wait":{},"ending":"#, change.time_wait())?;
+            .rfc3339(line, self.clock.to_system_time(change.at));
+        line.push_str(r#"","pid":"#);
+        line.push_int(change.owner.pid);
+        line.push_str(r#","comm":"#);
+        push_json_string(line, &change.owner.comm);
+        line.push_str(r#","id":""#);
+        line.push_hex(change.id);
+        line.push_str(r#"","inode":"#);
+        push_option(line, change.inode);
+        line.push_str(r#","family":""#);
+        line.push_str(endpoints.family.name());
+        line.push_str(r#"","saddr":""#);
+        line.push_ip(endpoints.local.ip());
+        line.push_str(r#"","sport":"#);
+        line.push_int(endpoints.local.port());
+        line.push_str(r#","daddr":""#);
+        line.push_ip(endpoints.remote.ip());
+        line.push_str(r#"","dport":"#);
+        line.push_int(endpoints.remote.port());
+        line.push_str(r#","old":""#);
+        line.push_str(change.old.name());
+        line.push_str(r#"","new":""#);
+        line.push_str(change.new.name());
+        line.push_str(r#"","in_old_ms":"#);
+        push_option(line, change.in_old.map(millis));
+        line.push_str(if change.time_wait() {
+            r#","time_wait":true,"ending":"#
+        } else {
+            r#","time_wait":false,"ending":"#
+        });
         match change.ending {
-            Some(ending) => write!(out, r#""{}"}}"#, ending.name())?,
-            None => out.write_all(b"null}")?,
+            Some(ending) => {
+                line.push_byte(b'"');
+                line.push_str(ending.name());
+                line.push_str("\"}");
+            }
+            None => line.push_str("null}"),
         }
-        out.write_all(b"\n")
+        line.end();
+        self.out.write_all(line.as_bytes())
     }
 
     fn stuck(&mut self, alert: &StuckAlert) -> io::Result<()> {

@@ -3,6 +3,7 @@
 pub mod filter;
 pub mod format;
 pub mod json;
+pub mod line;
 pub mod live;
 pub mod metrics;
 pub mod report;

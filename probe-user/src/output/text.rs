@@ -13,7 +13,8 @@ const OPENED_AT_DEPTH: usize = 3;
 
 use super::{
     Sink,
-    format::{TimeWriter, age, short_duration},
+    format::{TimeWriter, age, short_duration, write_short_duration},
+    line::Line,
 };
 
 /// Writes text for people to `out`.
@@ -24,6 +25,8 @@ pub struct TextSink<W: Write> {
     colour: bool,
     header_written: bool,
     times: TimeWriter,
+    /// The transition line being written.
+    line: Line,
 }
 
 impl<W: Write> TextSink<W> {
@@ -35,6 +38,7 @@ impl<W: Write> TextSink<W> {
             colour,
             header_written: false,
             times: TimeWriter::default(),
+            line: Line::default(),
         }
     }
 
@@ -68,25 +72,36 @@ impl<W: Write> Sink for TextSink<W> {
             Some(Ending::ConnectFailed) => " (connect failed)",
             _ => "",
         };
-        let (old, new) = (change.old.name(), change.new.name());
-        // Padded by hand: formatting it into a String first would cost an allocation per line.
-        let states_width = old.len() + " -> ".len() + new.len() + ending.len();
+        let line = &mut self.line;
+        line.clear();
         self.times
-            .time_of_day(&mut self.out, self.clock.to_system_time(change.at))?;
-        write!(
-            self.out,
-            " {:>7} {:<15} {:<22} {:<22} {old} -> {new}{ending}{:pad$} ",
-            change.owner.pid,
-            change.owner.comm,
-            change.endpoints.local,
-            change.endpoints.remote,
-            "",
-            pad = 31usize.saturating_sub(states_width)
-        )?;
-        match change.in_old {
-            Some(in_old) => writeln!(self.out, "{}", short_duration(in_old)),
-            None => writeln!(self.out, "-"),
+            .time_of_day(line, self.clock.to_system_time(change.at));
+        line.push_byte(b' ');
+        line.push_int_right(change.owner.pid, 7);
+        line.push_byte(b' ');
+        let mut start = line.mark();
+        line.push_str(&change.owner.comm);
+        line.pad_from(start, 15);
+        for endpoint in [change.endpoints.local, change.endpoints.remote] {
+            line.push_byte(b' ');
+            start = line.mark();
+            line.push_socket_addr(endpoint);
+            line.pad_from(start, 22);
         }
+        line.push_byte(b' ');
+        start = line.mark();
+        for part in [change.old.name(), " -> ", change.new.name(), ending] {
+            line.push_str(part);
+        }
+        line.pad_from(start, 31);
+        line.push_byte(b' ');
+        match change.in_old {
+            // Writing to a Line cannot fail.
+            Some(in_old) => drop(write_short_duration(line, in_old)),
+            None => line.push_byte(b'-'),
+        }
+        line.end();
+        self.out.write_all(line.as_bytes())
     }
 
     fn stuck(&mut self, alert: &StuckAlert) -> io::Result<()> {

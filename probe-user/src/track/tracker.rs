@@ -4,6 +4,7 @@
 use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
 
 use probe_common::TcpState;
+use rustc_hash::FxHashMap;
 
 use super::{
     activity::{Activity, ExistingSocket},
@@ -80,7 +81,7 @@ pub struct Tracker {
     table: Table<Tracked>,
     /// Connections found at attach and not yet named by a transition: endpoints -> inode.
     existing: HashMap<(SocketAddr, SocketAddr), u64>,
-    processes: HashMap<u32, Arc<str>>,
+    processes: FxHashMap<u32, Arc<str>>,
     thresholds: Thresholds,
     detector: StuckDetector,
     closed: ClosedCounts,
@@ -98,7 +99,7 @@ impl Tracker {
         Tracker {
             table: Table::default(),
             existing: HashMap::new(),
-            processes: HashMap::new(),
+            processes: FxHashMap::default(),
             thresholds,
             detector: StuckDetector::default(),
             closed: ClosedCounts::default(),
@@ -353,7 +354,7 @@ impl Tracker {
 }
 
 /// The owner of a connection, named.
-fn owner_of(processes: &HashMap<u32, Arc<str>>, pid: u32) -> Owner {
+fn owner_of(processes: &FxHashMap<u32, Arc<str>>, pid: u32) -> Owner {
     Owner {
         pid,
         comm: processes
