@@ -286,7 +286,7 @@ pub struct SetStateLayout {
 pub const SOCK_COMMON_BYTES: u32 = COPY_BYTES;
 /// How many bytes of `inet_sock` the program copies at once, from [`SockLayout::inet`]: the
 /// local address and port.
-pub const SOCK_INET_BYTES: u32 = 16;
+pub const SOCK_INET_BYTES: u32 = 32;
 
 /// Where the socket fields the BTF tracepoint program reads sit, read by userspace from the
 /// kernel's BTF (`/sys/kernel/btf/vmlinux`). The program copies two spans of the socket, the

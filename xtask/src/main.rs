@@ -123,11 +123,17 @@ fn main() -> Result<()> {
         }
         Task::Test => test::test(),
         Task::Demo => demo::demo(),
-        Task::VmTest => vm::vm_test().map(|verdict| {
-            eprintln!(
-                "xtask: on Linux {}, probe flagged {} CLOSE_WAIT connections; netstat shows {}",
-                verdict.kernel, verdict.probe_stuck, verdict.netstat_close_wait
-            );
+        Task::VmTest => vm::vm_test().map(|verdicts| {
+            for verdict in verdicts {
+                eprintln!(
+                    "xtask: on Linux {}, probe (--attach {}) flagged {} CLOSE_WAIT connections; \
+                     netstat shows {}",
+                    verdict.kernel,
+                    verdict.program,
+                    verdict.probe_stuck,
+                    verdict.netstat_close_wait
+                );
+            }
         }),
         Task::LeakScenario { connections, hold } => {
             let listener = std::net::TcpListener::bind("127.0.0.1:0")?;

@@ -57,11 +57,13 @@ pub fn test() -> Result<()> {
     run(&mut tests).context("tests failed")?;
 
     // A second kernel: Debian's stock one, booted under qemu with a leak inside.
-    let verdict = vm::vm_test().context("the second-kernel test failed")?;
-    eprintln!(
-        "xtask: second kernel: on Linux {} probe flagged {} CLOSE_WAIT connections, as netstat \
-         shows ({})",
-        verdict.kernel, verdict.probe_stuck, verdict.netstat_close_wait
-    );
+    let verdicts = vm::vm_test().context("the second-kernel test failed")?;
+    for verdict in verdicts {
+        eprintln!(
+            "xtask: second kernel: on Linux {} probe (--attach {}) flagged {} CLOSE_WAIT \
+             connections, as netstat shows ({})",
+            verdict.kernel, verdict.program, verdict.probe_stuck, verdict.netstat_close_wait
+        );
+    }
     Ok(())
 }

@@ -23,18 +23,24 @@ const LEAKED: usize = 4;
 /// The whole boot, scenario and power-off, at most (software emulation is slow).
 const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
 
-/// What the VM reported.
+/// probe's kernel programs (`--attach`), each run through the scenario in the VM.
+const PROGRAMS: [&str; 2] = ["btf", "tracepoint"];
+
+/// What the VM reported for one of probe's kernel programs.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Verdict {
     pub kernel: String,
+    /// The kernel program probe attached (`--attach`).
+    pub program: String,
     pub netstat_close_wait: usize,
     pub probe_stuck: usize,
     pub probe_exit: i32,
     pub summary: String,
 }
 
-/// Boots the second kernel and runs the scenario; fails unless probe got it right.
-pub fn vm_test() -> Result<Verdict> {
+/// Boots the second kernel and runs the scenario with each kernel program; fails unless probe
+/// got it right every time.
+pub fn vm_test() -> Result<Vec<Verdict>> {
     for (tool, package) in [
         ("qemu-system-x86_64", "qemu-system-x86"),
         ("busybox", "busybox-static"),
@@ -52,22 +58,28 @@ pub fn vm_test() -> Result<Verdict> {
     let initramfs = build_initramfs(&dir, &built.probe, &xtask)?;
     let console = boot(&kernel, &initramfs)?;
     fs::write(dir.join("console.log"), &console).context("cannot save the console log")?;
-    let verdict = parse(&console)
-        .with_context(|| format!("the VM did not finish the scenario; its console:\n{console}"))?;
-    eprintln!("xtask: {verdict:#?}");
-    ensure!(
-        verdict.probe_exit == 0,
-        "probe failed inside the VM ({}); console in target/vm/console.log",
-        verdict.probe_exit
-    );
-    ensure!(
-        verdict.netstat_close_wait == LEAKED && verdict.probe_stuck == LEAKED,
-        "inside the VM netstat shows {} CLOSE_WAIT connections and probe flagged {} (both \
-         should be {LEAKED}); console in target/vm/console.log",
-        verdict.netstat_close_wait,
-        verdict.probe_stuck
-    );
-    Ok(verdict)
+    let mut verdicts = Vec::new();
+    for program in PROGRAMS {
+        let verdict = parse(&console, program).with_context(|| {
+            format!("the VM did not finish the scenario ({program}); its console:\n{console}")
+        })?;
+        eprintln!("xtask: {verdict:#?}");
+        ensure!(
+            verdict.probe_exit == 0,
+            "probe (--attach {program}) failed inside the VM ({}); console in \
+             target/vm/console.log",
+            verdict.probe_exit
+        );
+        ensure!(
+            verdict.netstat_close_wait == LEAKED && verdict.probe_stuck == LEAKED,
+            "inside the VM netstat shows {} CLOSE_WAIT connections and probe (--attach \
+             {program}) flagged {} (both should be {LEAKED}); console in target/vm/console.log",
+            verdict.netstat_close_wait,
+            verdict.probe_stuck
+        );
+        verdicts.push(verdict);
+    }
+    Ok(verdicts)
 }
 
 /// Downloads Debian's current stock kernel package and unpacks its image; returns its path.
@@ -112,8 +124,8 @@ fn fetch_kernel(dir: &Path) -> Result<PathBuf> {
         .with_context(|| format!("no vmlinuz in {}", boot.display()))
 }
 
-/// The VM's /init: mount what probe needs (not tracefs: probe mounts it itself), leak
-/// connections under probe, compare with netstat, report, power off.
+/// The VM's /init: mount what probe needs (not tracefs: probe mounts it itself), then for each
+/// kernel program leak connections under probe, compare with netstat, report; power off.
 fn init_script() -> String {
     format!(
         r#"#!/bin/busybox sh
@@ -124,19 +136,23 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 ip link set lo up
 echo "VM-KERNEL $(uname -r)"
-/probe --json --close-wait-after 1s -- /xtask leak-scenario --connections {LEAKED} --hold 8s \
-    > /tmp/probe.json 2> /tmp/probe.err &
-PROBE=$!
-sleep 5
-echo "VM-NETSTAT-CLOSE-WAIT $(netstat -tn | grep -c CLOSE_WAIT)"
-wait $PROBE
-echo "VM-PROBE-EXIT $?"
-cat /tmp/probe.err
-echo "VM-PROBE-STUCK $(grep -c '"type":"stuck"' /tmp/probe.json)"
-echo "VM-SUMMARY $(grep '"type":"summary"' /tmp/probe.json | cut -c1-300)"
+scenario() {{
+    /probe --json --attach $1 --close-wait-after 1s -- /xtask leak-scenario \
+        --connections {LEAKED} --hold 8s > /tmp/probe.json 2> /tmp/probe.err &
+    PROBE=$!
+    sleep 5
+    echo "VM-$1-NETSTAT-CLOSE-WAIT $(netstat -tn | grep -c CLOSE_WAIT)"
+    wait $PROBE
+    echo "VM-$1-PROBE-EXIT $?"
+    cat /tmp/probe.err
+    echo "VM-$1-PROBE-STUCK $(grep -c '"type":"stuck"' /tmp/probe.json)"
+    echo "VM-$1-SUMMARY $(grep '"type":"summary"' /tmp/probe.json | cut -c1-300)"
+}}
+for program in {programs}; do scenario $program; done
 echo VM-DONE
 poweroff -f
-"#
+"#,
+        programs = PROGRAMS.join(" ")
     )
 }
 
@@ -228,7 +244,8 @@ fn boot(kernel: &Path, initramfs: &Path) -> Result<String> {
 }
 
 /// Reads the VM's report lines.
-fn parse(console: &str) -> Result<Verdict> {
+/// What the console says of the scenario run with `program`.
+fn parse(console: &str, program: &str) -> Result<Verdict> {
     let field = |name: &str| {
         console
             .lines()
@@ -236,12 +253,14 @@ fn parse(console: &str) -> Result<Verdict> {
             .find_map(|line| line.split_once(name).map(|(_, value)| value.trim()))
             .with_context(|| format!("no {name} line"))
     };
+    let of_program = |name: &str| field(&format!("VM-{program}-{name} "));
     Ok(Verdict {
-        kernel: field("VM-KERNEL")?.to_string(),
-        netstat_close_wait: field("VM-NETSTAT-CLOSE-WAIT")?.parse()?,
-        probe_stuck: field("VM-PROBE-STUCK")?.parse()?,
-        probe_exit: field("VM-PROBE-EXIT")?.parse()?,
-        summary: field("VM-SUMMARY")?.to_string(),
+        kernel: field("VM-KERNEL ")?.to_string(),
+        program: program.to_string(),
+        netstat_close_wait: of_program("NETSTAT-CLOSE-WAIT")?.parse()?,
+        probe_stuck: of_program("PROBE-STUCK")?.parse()?,
+        probe_exit: of_program("PROBE-EXIT")?.parse()?,
+        summary: of_program("SUMMARY")?.to_string(),
     })
 }
 
@@ -252,18 +271,24 @@ mod tests {
     #[test]
     fn the_report_lines_are_read_among_kernel_messages() {
         let console = "[    0.000000] Linux version 6.1.0-56-amd64\r\n\x1b[2JVM-KERNEL 6.1.0-56-amd64\r\n\
-                       VM-NETSTAT-CLOSE-WAIT 4\r\n[    9.1] random: crng init done\r\n\
-                       VM-PROBE-EXIT 0\r\nVM-PROBE-STUCK 4\r\nVM-SUMMARY {\"type\":\"summary\"}\r\nVM-DONE\r\n";
+                       VM-btf-NETSTAT-CLOSE-WAIT 4\r\n[    9.1] random: crng init done\r\n\
+                       VM-btf-PROBE-EXIT 0\r\nVM-btf-PROBE-STUCK 4\r\nVM-btf-SUMMARY {\"type\":\"summary\"}\r\n\
+                       VM-tracepoint-NETSTAT-CLOSE-WAIT 0\r\nVM-DONE\r\n";
         assert_eq!(
-            parse(console).unwrap(),
+            parse(console, "btf").unwrap(),
             Verdict {
                 kernel: "6.1.0-56-amd64".into(),
+                program: "btf".into(),
                 netstat_close_wait: 4,
                 probe_stuck: 4,
                 probe_exit: 0,
                 summary: "{\"type\":\"summary\"}".into(),
             }
         );
-        assert!(parse("VM-KERNEL 6.1\n").is_err());
+        assert!(
+            parse(console, "tracepoint").is_err(),
+            "its scenario did not finish"
+        );
+        assert!(parse("VM-KERNEL 6.1\n", "btf").is_err());
     }
 }

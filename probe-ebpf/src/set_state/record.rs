@@ -45,10 +45,12 @@ struct Record<'a> {
 }
 
 impl SocketFields for Record<'_> {
+    #[inline(always)]
     fn protocol(&self) -> Result<u16, i64> {
         field(self.bytes, self.layout.protocol)
     }
 
+    #[inline(always)]
     fn endpoints(&self) -> Result<Endpoints, i64> {
         Ok(Endpoints {
             family: field(self.bytes, self.layout.family)?,

@@ -54,10 +54,12 @@ impl Sock {
 }
 
 impl SocketFields for Sock {
+    #[inline(always)]
     fn protocol(&self) -> Result<u16, i64> {
         self.read(SOCK_LAYOUT.load().protocol)
     }
 
+    #[inline(always)]
     fn endpoints(&self) -> Result<Endpoints, i64> {
         let layout: SockLayout = SOCK_LAYOUT.load();
         // Two copies rather than a helper call per field: each call costs more than the copy.

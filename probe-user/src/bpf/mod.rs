@@ -51,15 +51,21 @@ enum SetStateSource {
 }
 
 impl SetStateSource {
-    /// The source `attach` asks for (for `Auto`, the BTF one when the kernel has BTF).
+    /// The source `attach` asks for (for `Auto`, the BTF one when the kernel has BTF and its
+    /// socket layout is one the program can read, the record otherwise).
     fn choose(attach: Attach) -> Result<SetStateSource, LoadError> {
-        let use_btf = match attach {
-            Attach::Auto => kernel_btf::available(),
-            Attach::Btf => true,
-            Attach::Tracepoint => false,
+        let btf = match attach {
+            Attach::Auto if kernel_btf::available() => match kernel_btf::sock_layout() {
+                Ok(layout) => Some(layout),
+                Err(error) => {
+                    log::debug!("{error}; the classic tracepoint program follows the transitions");
+                    None
+                }
+            },
+            Attach::Btf => Some(kernel_btf::sock_layout()?),
+            Attach::Auto | Attach::Tracepoint => None,
         };
-        if use_btf {
-            let layout = kernel_btf::sock_layout()?;
+        if let Some(layout) = btf {
             log::debug!("struct sock layout from the kernel's BTF: {layout:?}");
             return Ok(SetStateSource::Btf(layout));
         }
