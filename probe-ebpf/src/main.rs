@@ -82,12 +82,17 @@ pub(crate) fn in_use(slot: InUse) -> bool {
     IN_USE.get(slot as u32).is_some_and(|flag| *flag != 0)
 }
 
-/// Notes that the map of `slot` has an entry now.
+/// Notes that the map of `slot` has an entry now. Written only once: every CPU reads these
+/// flags on every transition, and each write would take their cache line away from them all.
 #[inline(always)]
 pub(crate) fn mark_in_use(slot: InUse) {
     if let Some(flag) = IN_USE.get_ptr_mut(slot as u32) {
         // SAFETY: a u32 slot of a live array map; concurrent writers all write 1.
-        unsafe { *flag = 1 };
+        unsafe {
+            if *flag == 0 {
+                *flag = 1;
+            }
+        }
     }
 }
 
