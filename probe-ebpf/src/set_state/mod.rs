@@ -30,7 +30,7 @@ const LISTEN: u8 = TcpState::Listen as u8;
 const SYN_SENT: u8 = TcpState::SynSent as u8;
 
 /// `::ffff:0.0.0.0`: how the tracepoint shows an IPv4 wildcard bind.
-const V4_ANY: [u8; 16] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0, 0, 0, 0];
+const V4_ANY: [u8; 16] = v4_mapped([0; 4]);
 /// `::`: an IPv6 wildcard bind.
 const V6_ANY: [u8; 16] = [0; 16];
 
@@ -57,6 +57,12 @@ trait SocketFields {
     fn protocol(&self) -> Result<u16, i64>;
     /// The socket's family, ports and addresses.
     fn endpoints(&self) -> Result<Endpoints, i64>;
+}
+
+/// `::ffff:a.b.c.d`, as the tracepoint's record holds an IPv4 address.
+#[inline(always)]
+const fn v4_mapped([a, b, c, d]: [u8; 4]) -> [u8; 16] {
+    [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a, b, c, d]
 }
 
 /// A field copied out of the kernel: `size_of::<T>()` bytes at `offset` of `bytes` (checked, for

@@ -10,7 +10,7 @@ use aya_ebpf::{
 };
 use probe_common::{AF_INET6, SOCK_INET_BYTES, SockLayout};
 
-use super::{Endpoints, SocketFields, Transition, field, handle};
+use super::{Endpoints, SocketFields, Transition, field, handle, v4_mapped};
 use crate::{COPY, SOCK_LAYOUT};
 
 #[btf_tracepoint(function = "inet_sock_set_state")]
@@ -91,12 +91,4 @@ impl SocketFields for Sock {
             daddr,
         })
     }
-}
-
-/// `::ffff:a.b.c.d`, as the tracepoint's record holds an IPv4 address.
-#[inline(always)]
-fn v4_mapped(addr: [u8; 4]) -> [u8; 16] {
-    [
-        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, addr[0], addr[1], addr[2], addr[3],
-    ]
 }

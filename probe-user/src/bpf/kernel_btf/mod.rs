@@ -57,43 +57,29 @@ pub fn sock_layout() -> Result<SockLayout, BtfError> {
 /// filled from (`include/trace/events/sock.h`), each checked for its size.
 pub fn sock_layout_from(bytes: &[u8]) -> Result<SockLayout, BtfError> {
     let btf = Btf::parse(bytes).map_err(BtfError::Parse)?;
-    let structs = [
-        Struct::find(&btf, "sock")?,
-        Struct::find(&btf, "inet_sock")?,
-    ];
-    let field = |ty: &str, path: &str, size: usize| {
-        let within = structs
-            .iter()
-            .find(|s| s.name == ty)
-            .expect("one of the structs found");
-        field(&btf, within, path, size)
-    };
+    let sock = Struct::find(&btf, "sock")?;
+    let inet_sock = Struct::find(&btf, "inet_sock")?;
+    let in_sock = |path: &str, size: usize| field(&btf, &sock, path, size);
+    let in_inet = |path: &str, size: usize| field(&btf, &inet_sock, path, size);
     // inet_sock starts with its struct sock, so its offsets are offsets into the socket too.
     let sock_size = btf
-        .size(structs[0].id)
+        .size(sock.id)
         .ok_or_else(|| BtfError::MissingField("the size of struct sock".into()))?;
-    if field("inet_sock", "sk", sock_size)? != 0 {
+    if in_inet("sk", sock_size)? != 0 {
         return Err(BtfError::MissingField("inet_sock.sk at offset 0".into()));
     }
-    let ipv6 = field("sock", "__sk_common.skc_v6_daddr", 16).is_ok();
-    let (saddr_v6, daddr_v6) = if ipv6 {
-        (
-            field("sock", "__sk_common.skc_v6_rcv_saddr", 16)?,
-            field("sock", "__sk_common.skc_v6_daddr", 16)?,
-        )
-    } else {
-        (0, 0)
+    // Without CONFIG_IPV6 there are no IPv6 addresses in the socket, and every address is IPv4.
+    let (saddr_v6, daddr_v6, ipv6) = match in_sock("__sk_common.skc_v6_daddr", 16) {
+        Ok(daddr_v6) => (in_sock("__sk_common.skc_v6_rcv_saddr", 16)?, daddr_v6, true),
+        Err(_) => (0, 0, false),
     };
-    let (saddr, sport) = (
-        field("inet_sock", "inet_saddr", 4)?,
-        field("inet_sock", "inet_sport", 2)?,
-    );
+    let (saddr, sport) = (in_inet("inet_saddr", 4)?, in_inet("inet_sport", 2)?);
     let inet = saddr.min(sport);
     let layout = SockLayout {
-        protocol: field("sock", "sk_protocol", 2)?,
-        family: field("sock", "__sk_common.skc_family", 2)?,
-        dport: field("sock", "__sk_common.skc_dport", 2)?,
-        daddr: field("sock", "__sk_common.skc_daddr", 4)?,
+        protocol: in_sock("sk_protocol", 2)?,
+        family: in_sock("__sk_common.skc_family", 2)?,
+        dport: in_sock("__sk_common.skc_dport", 2)?,
+        daddr: in_sock("__sk_common.skc_daddr", 4)?,
         saddr_v6,
         daddr_v6,
         inet,
