@@ -12,6 +12,21 @@ pub const AF_INET: u16 = 2;
 /// `AF_INET6`, as the tracepoint reports it.
 pub const AF_INET6: u16 = 10;
 
+/// `::ffff:a.b.c.d`: how the tracepoint (and so every map key and event) holds an IPv4 address.
+/// The one definition of the mapping, for both sides.
+#[inline(always)]
+pub const fn v4_mapped([a, b, c, d]: [u8; 4]) -> [u8; 16] {
+    [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a, b, c, d]
+}
+
+/// The IPv4 address inside `::ffff:a.b.c.d`, if `address` is IPv4-mapped.
+pub const fn v4_unmapped(address: [u8; 16]) -> Option<[u8; 4]> {
+    match address {
+        [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a, b, c, d] => Some([a, b, c, d]),
+        _ => None,
+    }
+}
+
 /// Names of the kernel program and maps, so the loader cannot drift from the kernel side.
 pub mod names {
     /// The classic tracepoint program on `sock:inet_sock_set_state` (reads the trace record).
@@ -234,6 +249,17 @@ pub enum ProcessEventKind {
     Exec = 2,
 }
 
+impl ProcessEventKind {
+    /// The kind numbered `raw`, if there is one.
+    pub const fn from_raw(raw: u32) -> Option<ProcessEventKind> {
+        match raw {
+            1 => Some(ProcessEventKind::Fork),
+            2 => Some(ProcessEventKind::Exec),
+            _ => None,
+        }
+    }
+}
+
 /// A fork or exec that concerns the targets.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -352,23 +378,39 @@ pub enum Counter {
     TargetMapFull = 4,
     /// Stacks not captured (the stack map was full, or the stack could not be walked).
     StackMissing = 5,
+    /// Transitions, forks or execs skipped because a field could not be read (a layout the
+    /// program does not understand, or memory it could not copy).
+    ReadFailed = 6,
 }
 
 impl Counter {
     /// How many counters there are (the size of the counter array).
-    pub const COUNT: u32 = 6;
+    pub const COUNT: u32 = 7;
 }
 
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: all of these are `#[repr(C)]`, made only of integers and byte arrays, with every
-    // padding byte an explicit field, so any bit pattern is a valid value.
+    // Every type here is `#[repr(C)]`, made only of integers and byte arrays, with every padding
+    // byte an explicit field, so any bit pattern is a valid value.
+    // SAFETY: see above.
     unsafe impl aya::Pod for super::TransitionEvent {}
+
+    // SAFETY: see above.
     unsafe impl aya::Pod for super::ListenerKey {}
+
+    // SAFETY: see above.
     unsafe impl aya::Pod for super::SocketTuple {}
+
+    // SAFETY: see above.
     unsafe impl aya::Pod for super::SetStateLayout {}
+
+    // SAFETY: see above.
     unsafe impl aya::Pod for super::SockLayout {}
+
+    // SAFETY: see above.
     unsafe impl aya::Pod for super::ForkLayout {}
+
+    // SAFETY: see above.
     unsafe impl aya::Pod for super::ProcessEvent {}
 }
 
@@ -395,5 +437,21 @@ mod tests {
         assert_eq!(TcpState::from_raw(0), None);
         assert_eq!(TcpState::from_raw(13), None);
         assert_eq!(TcpState::CloseWait.name(), "CLOSE_WAIT");
+    }
+
+    #[test]
+    fn ipv4_addresses_map_and_unmap() {
+        let mapped = v4_mapped([10, 1, 2, 3]);
+        assert_eq!(mapped[10..], [0xff, 0xff, 10, 1, 2, 3]);
+        assert_eq!(v4_unmapped(mapped), Some([10, 1, 2, 3]));
+        assert_eq!(v4_unmapped([0; 16]), None);
+    }
+
+    #[test]
+    fn process_event_kinds_round_trip() {
+        for kind in [ProcessEventKind::Fork, ProcessEventKind::Exec] {
+            assert_eq!(ProcessEventKind::from_raw(kind as u32), Some(kind));
+        }
+        assert_eq!(ProcessEventKind::from_raw(0), None);
     }
 }

@@ -1,7 +1,7 @@
-//! probe's kernel side: `set_state` on `sock:inet_sock_set_state` (the transitions; a BTF
-//! tracepoint program, and a classic one for kernels without BTF) and `process` on
-//! `sched:sched_process_fork` and `sched:sched_process_exec` (following children and new
-//! processes of a name).
+//! probe's kernel side, four programs: `set_state` on `sock:inet_sock_set_state` (the
+//! transitions: a BTF tracepoint program, and a classic one for kernels without BTF; the loader
+//! attaches one) and `process` on `sched:sched_process_fork` and `sched:sched_process_exec`
+//! (following children and new processes of a name).
 //!
 //! Many transitions run in softirq context, where the current task is whoever happened to be on the
 //! CPU, so the current pid cannot say whose socket it is. Instead each socket is attributed once,
@@ -24,6 +24,7 @@ mod set_state;
 
 use aya_ebpf::{
     Global,
+    helpers::bpf_get_current_pid_tgid,
     macros::map,
     maps::{Array, HashMap, PerCpuArray, RingBuf},
     programs::{TracePointContext, tracing::StackIdContext},
@@ -79,7 +80,11 @@ static IN_USE: Array<u32> = Array::with_max_entries(InUse::COUNT, 0);
 /// True once the map of `slot` has had an entry.
 #[inline(always)]
 pub(crate) fn in_use(slot: InUse) -> bool {
-    IN_USE.get(slot as u32).is_some_and(|flag| *flag != 0)
+    match IN_USE.get_ptr(slot as u32) {
+        // SAFETY: a u32 slot of a live array map, read once.
+        Some(flag) => unsafe { *flag != 0 },
+        None => false,
+    }
 }
 
 /// Notes that the map of `slot` has an entry now. Written only once: every CPU reads these
@@ -176,6 +181,26 @@ pub(crate) fn count(counter: Counter) {
         // SAFETY: per-CPU slot, and tracepoint programs do not nest on one CPU.
         unsafe { *slot += 1 };
     }
+}
+
+/// Counts a failed read of a program's own input: nothing is dropped without a trace.
+#[inline(always)]
+pub(crate) fn count_failure<E>(result: Result<(), E>) {
+    if result.is_err() {
+        count(Counter::ReadFailed);
+    }
+}
+
+/// The process (thread group) the current task belongs to.
+#[inline(always)]
+pub(crate) fn current_tgid() -> u32 {
+    (bpf_get_current_pid_tgid() >> 32) as u32
+}
+
+/// Whether process `tgid` is traced.
+#[inline(always)]
+pub(crate) fn is_target(tgid: u32) -> bool {
+    TARGETS.get_ptr(tgid).is_some()
 }
 
 #[inline(always)]

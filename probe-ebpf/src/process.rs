@@ -3,18 +3,17 @@
 //! process whose new name matches `COMM_FILTER` becomes a target at exec. Userspace hears of both
 //! to name the processes and watch them exit (and to drop the threads among the children).
 
-use aya_ebpf::{
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid},
-    macros::tracepoint,
-    programs::TracePointContext,
-};
+use aya_ebpf::{helpers::bpf_get_current_comm, macros::tracepoint, programs::TracePointContext};
 use probe_common::{Counter, ProcessEvent, ProcessEventKind};
 
-use crate::{COMM_FILTER, FOLLOW_FORKS, FORK_LAYOUT, PROCESS_EVENTS, TARGETS, count, read};
+use crate::{
+    COMM_FILTER, FOLLOW_FORKS, FORK_LAYOUT, PROCESS_EVENTS, TARGETS, count, count_failure,
+    current_tgid, is_target, read,
+};
 
 #[tracepoint(category = "sched", name = "sched_process_fork")]
 pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
-    let _ = on_fork(&ctx);
+    count_failure(on_fork(&ctx));
     0
 }
 
@@ -29,14 +28,14 @@ fn on_fork(ctx: &TracePointContext) -> Result<(), i64> {
         return Ok(());
     }
     // Fork runs in the parent: the current process is the one that forks.
-    let parent = (bpf_get_current_pid_tgid() >> 32) as u32;
-    if TARGETS.get_ptr(&parent).is_none() {
+    let parent = current_tgid();
+    if !is_target(parent) {
         return Ok(());
     }
     let layout = FORK_LAYOUT.load();
     let child: i32 = read(ctx, layout.child_pid)?;
     let child = child as u32;
-    if TARGETS.insert(&child, &1, 0).is_err() {
+    if TARGETS.insert(child, 1, 0).is_err() {
         count(Counter::TargetMapFull);
         return Ok(());
     }
@@ -45,8 +44,8 @@ fn on_fork(ctx: &TracePointContext) -> Result<(), i64> {
 }
 
 fn on_exec() {
-    let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    if TARGETS.get_ptr(&pid).is_some() {
+    let pid = current_tgid();
+    if is_target(pid) {
         emit(ProcessEventKind::Exec, pid, pid);
         return;
     }
@@ -54,7 +53,7 @@ fn on_exec() {
     if filter[0] == 0 || bpf_get_current_comm().ok() != Some(filter) {
         return;
     }
-    if TARGETS.insert(&pid, &1, 0).is_err() {
+    if TARGETS.insert(pid, 1, 0).is_err() {
         count(Counter::TargetMapFull);
         return;
     }

@@ -1,35 +1,45 @@
 //! The `probe` command: parse arguments, set up logging, run.
 
-use std::process::ExitCode;
+use std::{io, process::ExitCode};
 
-use clap::{CommandFactory, Parser, error::ErrorKind};
-use probe_user::{app, cli::Cli};
+use probe_user::{
+    app,
+    cli::{self, ParseResult},
+};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match cli.write_generated(&mut std::io::stdout()) {
-        Ok(true) => return ExitCode::SUCCESS,
-        Ok(false) => {}
-        Err(error) => {
-            eprintln!("probe: error: cannot write to standard output: {error}");
-            return ExitCode::FAILURE;
+    let config = match cli::parse() {
+        Ok(ParseResult::Run(config)) => config,
+        Ok(ParseResult::Special(special)) => {
+            return match special.write(&mut io::stdout()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => fail(&anyhow::Error::new(error).context("cannot write to stdout")),
+            };
         }
-    }
-    if let Err(message) = cli.validate() {
-        Cli::command()
-            .error(ErrorKind::MissingRequiredArgument, message)
-            .exit();
-    }
-    let level = if cli.verbose { "debug" } else { "warn" };
+        Err(error) => error.exit(),
+    };
+    let level = if config.verbose { "debug" } else { "warn" };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
         .format_timestamp(None)
         .format_target(false)
         .init();
-    match app::run(cli) {
+    match app::run(&config) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("probe: error: {error:#}");
-            ExitCode::FAILURE
-        }
+        Err(error) => fail(&error),
     }
+}
+
+/// Prints an error once, with its causes, and exits 1; a reader that went away (a broken pipe)
+/// is no failure of probe's.
+fn fail(error: &anyhow::Error) -> ExitCode {
+    let broken_pipe = error.chain().any(|cause| {
+        cause
+            .downcast_ref::<io::Error>()
+            .is_some_and(|io| io.kind() == io::ErrorKind::BrokenPipe)
+    });
+    if broken_pipe {
+        return ExitCode::SUCCESS;
+    }
+    eprintln!("probe: error: {error:#}");
+    ExitCode::FAILURE
 }

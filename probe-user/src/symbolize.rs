@@ -17,7 +17,7 @@ use blazesym::symbolize::{
     source::{Process, Source},
 };
 
-use crate::track::{CodePath, Frame, StackRef};
+use crate::track::{CodePath, CodePathSource, Frame, StackRef};
 
 type Resolved = Arc<Mutex<HashMap<StackRef, Option<Arc<CodePath>>>>>;
 
@@ -69,16 +69,6 @@ impl CodePaths {
         }
     }
 
-    /// The code path of `stack`, if it has been symbolized.
-    pub fn get(&self, stack: StackRef) -> Option<Arc<CodePath>> {
-        self.resolved
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&stack)
-            .cloned()
-            .flatten()
-    }
-
     /// Waits, at most `timeout`, until every noted stack has been symbolized.
     pub fn settle(&self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
@@ -93,6 +83,17 @@ impl CodePaths {
             }
             thread::sleep(Duration::from_millis(10));
         }
+    }
+}
+
+impl CodePathSource for CodePaths {
+    fn code_path(&self, stack: StackRef) -> Option<Arc<CodePath>> {
+        self.resolved
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&stack)
+            .cloned()
+            .flatten()
     }
 }
 

@@ -48,12 +48,40 @@ pub fn kernel_objects() -> Result<KernelObjects> {
     })
 }
 
+/// Runs clippy on the kernel crate, for its own target (host clippy leaves it out), with the
+/// workspace's lints; says so when the compiler has no clippy.
+pub fn lint_kernel() -> Result<()> {
+    let compiler = toolchain::ensure()?;
+    if !compiler.has_clippy {
+        eprintln!(
+            "xtask: {} has no clippy: the kernel crate is not linted",
+            compiler.description
+        );
+        return Ok(());
+    }
+    run(kernel_cargo(&compiler, "clippy", "clippy").args(["--", "-D", "warnings"]))
+        .context("clippy found problems in the kernel crate")
+}
+
 fn kernel_object(
     compiler: &toolchain::EbpfCompiler,
     variant: &str,
     features: &[&str],
 ) -> Result<PathBuf> {
-    let target_dir = workspace_root().join("target").join("ebpf").join(variant);
+    run(kernel_cargo(compiler, "build", variant).args(features))
+        .with_context(|| format!("cannot build the kernel program ({variant})"))?;
+    Ok(kernel_target_dir(variant)
+        .join(BPF_TARGET)
+        .join("release")
+        .join("probe"))
+}
+
+fn kernel_target_dir(variant: &str) -> PathBuf {
+    workspace_root().join("target").join("ebpf").join(variant)
+}
+
+/// `cargo SUBCOMMAND` for the kernel crate, in a target directory of its own per `variant`.
+fn kernel_cargo(compiler: &toolchain::EbpfCompiler, subcommand: &str, variant: &str) -> Command {
     // What aya-build passes: BTF for the kernel, debug info for BTF, and the arch cfg that
     // aya-ebpf's helpers expect.
     let rustflags = [
@@ -62,25 +90,25 @@ fn kernel_object(
         "-Clink-arg=--btf",
     ]
     .join("\x1f");
-    run(compiler
-        .cargo()
+    let mut command = compiler.cargo();
+    command
         .current_dir(workspace_root())
         .env("CARGO_ENCODED_RUSTFLAGS", rustflags)
         .env_remove("RUSTC_WORKSPACE_WRAPPER")
         .args([
-            "build",
+            subcommand,
             "--package",
             "probe-ebpf",
             "--bins",
             "--release",
             "--target",
             BPF_TARGET,
+            "-Z",
+            "build-std=core",
+            "--target-dir",
         ])
-        .args(features)
-        .args(["-Z", "build-std=core", "--target-dir"])
-        .arg(&target_dir))
-    .with_context(|| format!("cannot build the kernel program ({variant})"))?;
-    Ok(target_dir.join(BPF_TARGET).join("release").join("probe"))
+        .arg(kernel_target_dir(variant));
+    command
 }
 
 /// A host `cargo` command in the workspace, with the kernel objects to embed.

@@ -44,6 +44,7 @@ pub fn test() -> Result<()> {
         "warnings",
     ]))
     .context("clippy found problems")?;
+    build::lint_kernel()?;
 
     let mut tests = build::host_cargo(&objects);
     tests

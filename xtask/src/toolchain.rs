@@ -23,6 +23,8 @@ pub struct EbpfCompiler {
     /// Extra environment (Debian's compiler needs RUSTC_BOOTSTRAP for `-Z build-std`).
     env: Vec<(&'static str, String)>,
     pub description: String,
+    /// Whether `cargo clippy` works with this compiler (rustup's do; Debian's has no clippy).
+    pub has_clippy: bool,
 }
 
 impl EbpfCompiler {
@@ -97,21 +99,25 @@ fn rustup_compiler(toolchain: &str) -> Result<EbpfCompiler> {
         "--toolchain",
         toolchain,
     ]))?;
-    if !installed.lines().any(|line| line.starts_with("rust-src")) {
-        eprintln!("xtask: adding rust-src to {toolchain}");
-        run(Command::new("rustup").args([
-            "component",
-            "add",
-            "rust-src",
-            "--toolchain",
-            toolchain,
-        ]))?;
+    let add = |component: &str| {
+        eprintln!("xtask: adding {component} to {toolchain}");
+        run(Command::new("rustup").args(["component", "add", component, "--toolchain", toolchain]))
+    };
+    let has = |component: &str| installed.lines().any(|line| line.starts_with(component));
+    if !has("rust-src") {
+        add("rust-src")?;
     }
+    // Clippy lints the kernel crate too; a toolchain that cannot get it still builds.
+    let has_clippy = has("clippy")
+        || add("clippy")
+            .map_err(|error| eprintln!("xtask: no clippy for the kernel crate: {error:#}"))
+            .is_ok();
     Ok(EbpfCompiler {
         program: "rustup".into(),
         prefix: vec!["run".into(), toolchain.into(), "cargo".into()],
         env: Vec::new(),
         description: format!("rustup toolchain {toolchain}"),
+        has_clippy,
     })
 }
 
@@ -135,6 +141,7 @@ fn debian_compiler() -> Result<EbpfCompiler> {
         prefix: Vec::new(),
         env: vec![("RUSTC", RUSTC.into()), ("RUSTC_BOOTSTRAP", "1".into())],
         description: "Debian rustc-web".into(),
+        has_clippy: false,
     })
 }
 

@@ -12,17 +12,18 @@ mod sock;
 use aya_ebpf::{
     EbpfContext,
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    helpers::bpf_ktime_get_ns,
     programs::tracing::StackIdContext,
 };
 use aya_log_ebpf::debug;
 use probe_common::{
     Attribution, Counter, IPPROTO_TCP, InUse, ListenerKey, NO_STACK, SocketTuple, TcpState,
-    TransitionEvent,
+    TransitionEvent, v4_mapped,
 };
 
 use crate::{
-    EVENTS, LISTENERS, OWNERS, SEEDS, TARGETS, WAKEUP_BYTES, count, in_use, mark_in_use, user_stack,
+    EVENTS, LISTENERS, OWNERS, SEEDS, WAKEUP_BYTES, count, current_tgid, in_use, is_target,
+    mark_in_use, user_stack,
 };
 
 const CLOSE: u8 = TcpState::Close as u8;
@@ -59,12 +60,6 @@ trait SocketFields {
     fn endpoints(&self) -> Result<Endpoints, i64>;
 }
 
-/// `::ffff:a.b.c.d`, as the tracepoint's record holds an IPv4 address.
-#[inline(always)]
-const fn v4_mapped([a, b, c, d]: [u8; 4]) -> [u8; 16] {
-    [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a, b, c, d]
-}
-
 /// A field copied out of the kernel: `size_of::<T>()` bytes at `offset` of `bytes` (checked, for
 /// the verifier).
 #[inline(always)]
@@ -95,9 +90,9 @@ fn handle<C: EbpfContext + StackIdContext>(
 
     if transition.new_state == CLOSE {
         // The socket address may be reused by the next socket: forget it now.
-        let _ = OWNERS.remove(&transition.sock_id);
+        let _ = OWNERS.remove(transition.sock_id);
         if transition.old_state == LISTEN {
-            let _ = LISTENERS.remove(&listener_key(endpoints.saddr, endpoints.sport));
+            let _ = LISTENERS.remove(listener_key(endpoints.saddr, endpoints.sport));
         }
     }
     Ok(())
@@ -109,9 +104,10 @@ fn known_owner(sock_id: u64) -> Option<u32> {
     if !in_use(InUse::Owners) {
         return None;
     }
+    let owner = OWNERS.get_ptr(sock_id)?;
     // SAFETY: a plain u32 copied out at once; a concurrent delete could at worst hand us a stale
     // tgid of an entry that is being removed, which is still that socket's owner.
-    unsafe { OWNERS.get(&sock_id) }.copied()
+    Some(unsafe { *owner })
 }
 
 /// The owner of a socket not seen before, if this transition names one that is traced; the
@@ -167,9 +163,8 @@ fn process_owner(old: TcpState, new: TcpState) -> Option<u32> {
         | (TcpState::Close, TcpState::Listen)
         | (TcpState::Established, TcpState::FinWait1)
         | (TcpState::CloseWait, TcpState::LastAck) => {
-            let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-            TARGETS.get_ptr(&tgid)?;
-            Some(tgid)
+            let tgid = current_tgid();
+            is_target(tgid).then_some(tgid)
         }
         _ => None,
     }
@@ -185,9 +180,10 @@ fn take_seed(endpoints: &Endpoints) -> Option<u32> {
         dport: endpoints.dport,
         _pad: [0; 4],
     };
+    let owner = SEEDS.get_ptr(tuple)?;
     // SAFETY: a u32 read straight out of a live map value.
-    let owner = unsafe { *SEEDS.get_ptr(&tuple)? };
-    let _ = SEEDS.remove(&tuple);
+    let owner = unsafe { *owner };
+    let _ = SEEDS.remove(tuple);
     Some(owner)
 }
 
@@ -203,7 +199,7 @@ fn remember<C: EbpfContext>(
     if new != TcpState::Close {
         // Marked first: a transition on another CPU must not skip OWNERS once the entry is in.
         mark_in_use(InUse::Owners);
-        if OWNERS.insert(&sock_id, &owner, 0).is_err() {
+        if OWNERS.insert(sock_id, owner, 0).is_err() {
             // Its later transitions could not be attributed: report none of it, count it instead.
             count(Counter::OwnerMapFull);
             debug!(
@@ -216,7 +212,7 @@ fn remember<C: EbpfContext>(
     if new == TcpState::Listen {
         mark_in_use(InUse::Listeners);
         if LISTENERS
-            .insert(&listener_key(endpoints.saddr, endpoints.sport), &owner, 0)
+            .insert(listener_key(endpoints.saddr, endpoints.sport), owner, 0)
             .is_err()
         {
             count(Counter::ListenerMapFull);
@@ -232,7 +228,7 @@ fn remember<C: EbpfContext>(
 /// The owner of the listener that accepted this socket: exact local address first, then wildcards.
 fn listener_owner(endpoints: &Endpoints) -> Option<u32> {
     for addr in [endpoints.saddr, V4_ANY, V6_ANY] {
-        if let Some(owner) = LISTENERS.get_ptr(&listener_key(addr, endpoints.sport)) {
+        if let Some(owner) = LISTENERS.get_ptr(listener_key(addr, endpoints.sport)) {
             // SAFETY: a u32 read straight out of a live map value.
             return Some(unsafe { *owner });
         }
@@ -252,7 +248,7 @@ fn listener_key(addr: [u8; 16], port: u16) -> ListenerKey {
 /// itself runs it (never in softirq, where the stack would be someone else's).
 fn code_path<C: StackIdContext>(ctx: &C, transition: &Transition, owner: u32) -> i32 {
     let connect = (transition.old_state, transition.new_state) == (CLOSE, SYN_SENT);
-    if connect && (bpf_get_current_pid_tgid() >> 32) as u32 == owner {
+    if connect && current_tgid() == owner {
         user_stack(ctx)
     } else {
         NO_STACK
@@ -270,8 +266,10 @@ fn emit(
         count(Counter::RingBufFull);
         return;
     };
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
+    let ts_ns = unsafe { bpf_ktime_get_ns() };
     entry.write(TransitionEvent {
-        ts_ns: unsafe { bpf_ktime_get_ns() },
+        ts_ns,
         sock_id: transition.sock_id,
         owner_tgid: owner,
         family: endpoints.family,

@@ -8,12 +8,12 @@ use aya_ebpf::{
 use probe_common::SetStateLayout;
 
 use super::{Endpoints, SocketFields, Transition, field, handle};
-use crate::{COPY, CopyBytes, LAYOUT};
+use crate::{COPY, CopyBytes, LAYOUT, count_failure};
 
 #[tracepoint(category = "sock", name = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
-    // A failed read means a layout we do not understand; there is nothing better to do than skip.
-    let _ = from_record(&ctx);
+    // A failed read means a layout we do not understand: skipped, and counted.
+    count_failure(from_record(&ctx));
     0
 }
 

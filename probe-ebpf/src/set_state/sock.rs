@@ -8,10 +8,10 @@ use aya_ebpf::{
     macros::btf_tracepoint,
     programs::BtfTracePointContext,
 };
-use probe_common::{AF_INET6, SOCK_INET_BYTES, SockLayout};
+use probe_common::{AF_INET6, SOCK_INET_BYTES, SockLayout, v4_mapped};
 
-use super::{Endpoints, SocketFields, Transition, field, handle, v4_mapped};
-use crate::{COPY, SOCK_LAYOUT};
+use super::{Endpoints, SocketFields, Transition, field, handle};
+use crate::{COPY, SOCK_LAYOUT, count_failure};
 
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn inet_sock_set_state_btf(ctx: BtfTracePointContext) -> u32 {
@@ -24,8 +24,8 @@ pub fn inet_sock_set_state_btf(ctx: BtfTracePointContext) -> u32 {
         old_state: old_state as u8,
         new_state: new_state as u8,
     };
-    // A failed read means a layout we do not understand; there is nothing better to do than skip.
-    let _ = handle(&ctx, transition, &Sock { address: sock });
+    // A failed read means a layout we do not understand: skipped, and counted.
+    count_failure(handle(&ctx, transition, &Sock { address: sock }));
     0
 }
 

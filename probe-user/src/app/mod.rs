@@ -1,63 +1,96 @@
-//! One run of probe: set up the targets and the kernel side, note the sockets the targets already
-//! have, then hand over to the event loop.
+//! One run of probe: find the targets and attach the kernel side ([`attach`]), note the
+//! sockets the targets already have, start the command, then hand over to the [`Session`].
 
-mod event_loop;
-mod processes;
+mod outputs;
+mod session;
+mod sources;
 
 use anyhow::{Context, bail};
-use probe_common::TcpState;
 
 use crate::{
-    bpf::{Tracer, TracerConfig, privilege},
-    cli::{Cli, MAX_TARGETS},
+    bpf::{Streams, Tracer, privilege},
+    cli::{Command, Config},
     clock::monotonic_now,
     output::metrics,
+    process::{
+        self, Process,
+        spawn::{RunAs, spawn_held},
+    },
     snapshot,
-    target::{self, Process},
+    track::{ExistingSocket, Timestamp},
 };
+use session::Session;
+use sources::StopSignals;
 
-/// Runs probe as the command line says.
-pub fn run(cli: Cli) -> anyhow::Result<()> {
+/// Runs probe as configured.
+pub fn run(config: &Config) -> anyhow::Result<()> {
     return_large_buffers_to_the_system();
     // A single-threaded runtime: the command is forked below while probe has one thread only.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the event loop")?;
+    let _entered = runtime.enter();
     // Ctrl-C and SIGTERM are caught from here on: once probe says it is tracing, they always
     // end it with a summary.
-    let stop_signals = {
-        let _runtime = runtime.enter();
-        event_loop::StopSignals::catch()?
-    };
+    let signals = StopSignals::catch()?;
     // Bound first: a busy port is an error before anything is loaded.
-    let metrics_listener = cli.metrics_addr.map(metrics::bind).transpose()?;
-    let mut processes = resolve_pids(&cli.pids)?;
-    let follow = cli.follows_forks();
-    if let Some(name) = &cli.comm {
-        let named = target::named(name)?;
-        if named.is_empty() && !follow {
+    let metrics_listener = config.metrics_addr.map(metrics::bind).transpose()?;
+    let attached = attach(config)?;
+    // Attached, seeded, the command started: what probe needs from here on is much less.
+    privilege::drop_unneeded().context("cannot drop the capabilities probe no longer needs")?;
+    eprintln!(
+        "probe: tracing TCP state changes of {}{}{}; Ctrl-C to stop",
+        attached.targets,
+        if config.targets.follow_forks {
+            " and their children"
+        } else {
+            ""
+        },
+        match attached.existing.len() {
+            0 => String::new(),
+            n => format!(" ({n} TCP socket(s) already open)"),
+        }
+    );
+    let session = Session::start(config, attached, signals, metrics_listener)?;
+    runtime.block_on(session.run())
+}
+
+/// The kernel side attached to the targets, and what probe knew of them at that moment.
+pub struct Attached {
+    pub tracer: Tracer,
+    pub streams: Streams,
+    pub processes: Vec<Process>,
+    /// The process started from `-- COMMAND`.
+    pub command_pid: Option<u32>,
+    /// The targets' sockets when probe attached.
+    pub existing: Vec<ExistingSocket>,
+    /// When probe attached.
+    pub attach: Timestamp,
+    /// The traced processes, as the header of the live view and report name them.
+    pub targets: String,
+}
+
+/// Finds the targets, loads and attaches the kernel side, seeds the sockets the targets already
+/// have, and starts the command.
+fn attach(config: &Config) -> anyhow::Result<Attached> {
+    let targets = &config.targets;
+    let mut processes = resolve_pids(&targets.pids)?;
+    if let Some(name) = &targets.comm {
+        let named = process::named(name)?;
+        if named.is_empty() && !targets.follow_forks {
             bail!(
                 "no running process is named `{name}` (see `pgrep -l {name}`); add \
                  --follow-forks to wait for one to start"
             );
         }
-        for process in named {
-            if !processes.iter().any(|p| p.pid == process.pid) {
-                processes.push(process);
+        for found in named {
+            if !processes.iter().any(|p| p.pid == found.pid) {
+                processes.push(found);
             }
         }
     }
-    let (mut tracer, streams) = Tracer::load(TracerConfig {
-        ring_buffer_bytes: cli.ring_buffer_kib * 1024,
-        max_sockets: cli.max_sockets,
-        max_targets: MAX_TARGETS,
-        kernel_logs: cli.verbose,
-        follow_forks: follow,
-        comm_filter: if follow { cli.comm_filter() } else { None },
-        stacks: !cli.no_stacks,
-        attach: cli.attach,
-    })?;
+    let (mut tracer, streams) = Tracer::load(config.tracer())?;
     for process in &processes {
         tracer.add_target(process.pid)?;
     }
@@ -68,60 +101,31 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     let pids: Vec<u32> = processes.iter().map(|p| p.pid).collect();
     let existing = snapshot::tcp_sockets(&pids)?;
     for socket in &existing {
-        tracer.seed_socket(snapshot::seed_tuple(&socket.endpoints), socket.pid)?;
-        if socket.state == TcpState::Listen {
-            tracer.seed_listener(snapshot::listener_key(&socket.endpoints), socket.pid)?;
-        }
+        tracer.seed(socket)?;
     }
 
-    let command_pid = if cli.command.is_empty() {
-        None
-    } else {
-        // Registered before it execs, so even its first connection is attributed.
-        // Under sudo the command runs as the user who asked, not as root.
-        let run_as = if cli.as_root {
-            None
-        } else {
-            target::RunAs::sudo_user(
-                std::env::var("SUDO_UID").ok().as_deref(),
-                std::env::var("SUDO_GID").ok().as_deref(),
-                nix::unistd::geteuid().as_raw(),
-            )
-        };
-        let held = target::spawn_held(&cli.command, cli.json, run_as)?;
-        tracer.add_target(held.pid())?;
-        let pid = held.release()?;
-        let comm = target::resolve(pid).map_or_else(|_| command_name(&cli), |p| p.comm);
-        processes.push(Process {
-            pid,
-            comm,
-            named_thread: None,
-        });
-        Some(pid)
+    let command_pid = match &targets.command {
+        Some(command) => {
+            let pid = start_command(command, config, &mut tracer)?;
+            let comm = process::resolve(pid).map_or_else(|_| command_name(command), |p| p.comm);
+            processes.push(Process {
+                pid,
+                comm,
+                named_thread: None,
+            });
+            Some(pid)
+        }
+        None => None,
     };
-    // Attached, seeded, the command started: what probe needs from here on is much less.
-    privilege::drop_unneeded().context("cannot drop the capabilities probe no longer needs")?;
     let names: Vec<String> = processes
         .iter()
         .map(|p| format!("{} ({})", p.pid, p.comm))
         .collect();
-    let waiting = match (&cli.comm, processes.is_empty()) {
+    let targets = match (&targets.comm, processes.is_empty()) {
         (Some(name), true) => format!("new processes named {name}"),
         _ => names.join(", "),
     };
-    eprintln!(
-        "probe: tracing TCP state changes of {waiting}{}{}; Ctrl-C to stop",
-        if follow { " and their children" } else { "" },
-        match existing.len() {
-            0 => String::new(),
-            n => format!(" ({n} TCP socket(s) already open)"),
-        }
-    );
-
-    let targets = waiting;
-    runtime.block_on(event_loop::run(event_loop::Setup {
-        stop_signals,
-        cli: &cli,
+    Ok(Attached {
         tracer,
         streams,
         processes,
@@ -129,8 +133,25 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         existing,
         attach,
         targets,
-        metrics_listener,
-    }))
+    })
+}
+
+/// Starts `command`, registered as a target before it execs so that even its first connection
+/// is attributed. Under sudo it runs as the user who asked, not as root.
+fn start_command(command: &Command, config: &Config, tracer: &mut Tracer) -> anyhow::Result<u32> {
+    let run_as = if command.as_root {
+        None
+    } else {
+        RunAs::sudo_user(
+            std::env::var("SUDO_UID").ok().as_deref(),
+            std::env::var("SUDO_GID").ok().as_deref(),
+            nix::unistd::geteuid().as_raw(),
+        )
+    };
+    let stdout_to_stderr = config.view == crate::cli::View::Json;
+    let held = spawn_held(&command.argv, stdout_to_stderr, run_as)?;
+    tracer.add_target(held.pid())?;
+    Ok(held.release()?)
 }
 
 /// A tcp_info dump of 100,000 sockets takes tens of MiB for a moment. glibc would serve the
@@ -148,7 +169,7 @@ fn return_large_buffers_to_the_system() {
 fn resolve_pids(pids: &[u32]) -> anyhow::Result<Vec<Process>> {
     let mut processes: Vec<Process> = Vec::new();
     for &pid in pids {
-        let process = target::resolve(pid)?;
+        let process = process::resolve(pid)?;
         if let Some(thread) = process.named_thread {
             eprintln!(
                 "probe: {thread} is a thread of process {} ({}): tracing the whole process",
@@ -163,8 +184,8 @@ fn resolve_pids(pids: &[u32]) -> anyhow::Result<Vec<Process>> {
 }
 
 /// The name the kernel gives an exec'd program: its file name, cut to 15 bytes.
-fn command_name(cli: &Cli) -> String {
-    let program = cli.command.first().map(std::path::Path::new);
+fn command_name(command: &Command) -> String {
+    let program = command.argv.first().map(std::path::Path::new);
     let name = program
         .and_then(|p| p.file_name())
         .map(|n| n.to_string_lossy().into_owned())

@@ -1,18 +1,26 @@
 //! Loading, configuring and attaching the kernel program, and the maps userspace talks to.
 
+mod error;
 pub mod kernel_btf;
+mod keys;
 pub mod privilege;
 pub mod tracefs;
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf, StackTraceMap},
+    maps::{Array, HashMap, Map, MapData, MapError, MapType, PerCpuArray, RingBuf, StackTraceMap},
     programs::{BtfTracePoint, ProgramError, TracePoint},
 };
 use aya_log::EbpfLogger;
 use probe_common::{
-    Counter, ForkLayout, InUse, ListenerKey, SetStateLayout, SockLayout, SocketTuple, names,
+    Counter, ForkLayout, InUse, ListenerKey, SetStateLayout, SockLayout, SocketTuple, TcpState,
+    names,
 };
+
+pub use error::LoadError;
+use error::{BTF_HINT, map_error, refused};
+
+use crate::track::{ExistingSocket, Losses};
 
 /// The kernel object, built by `cargo xtask build` and embedded by `build.rs` (empty when the
 /// CLI was built without it, e.g. by a plain `cargo build`).
@@ -97,43 +105,6 @@ pub struct TracerConfig {
     pub attach: Attach,
 }
 
-/// Why the kernel side could not be set up.
-#[derive(Debug, thiserror::Error)]
-pub enum LoadError {
-    #[error(
-        "this probe binary was built without its kernel program; build it with `cargo xtask build`"
-    )]
-    NoKernelObject,
-    #[error(transparent)]
-    Privileges(#[from] privilege::MissingPrivileges),
-    #[error(transparent)]
-    TraceFs(#[from] tracefs::TraceFsError),
-    #[error(transparent)]
-    Btf(#[from] kernel_btf::BtfError),
-    #[error(
-        "the kernel refused probe's eBPF maps ({0}); probe needs Linux 5.8 or later (BPF ring \
-         buffer) built with CONFIG_BPF_SYSCALL"
-    )]
-    Load(String),
-    #[error(
-        "the kernel refused probe's tracepoint program ({0}); run with -v to see the verifier log"
-    )]
-    Verify(String),
-    #[error("cannot attach to the tracepoint {0}; the kernel needs CONFIG_BPF_EVENTS")]
-    Attach(String),
-    #[error(
-        "the kernel refused probe's BTF tracepoint program ({0}); run with -v to see why, or \
-         use `--attach tracepoint`"
-    )]
-    AttachBtf(String),
-    #[error(
-        "the kernel object has no `{0}`: it does not match this probe binary; rebuild with `cargo xtask build`"
-    )]
-    Missing(&'static str),
-    #[error("cannot use the kernel map `{name}`: {error}")]
-    Map { name: &'static str, error: MapError },
-}
-
 /// Counts of what the kernel program could not do since it was loaded.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct KernelCounters {
@@ -149,17 +120,18 @@ pub struct KernelCounters {
     pub target_map_full: u64,
     /// Stacks that could not be captured.
     pub stack_missing: u64,
+    /// Transitions, forks and execs skipped because the program could not read them.
+    pub read_failed: u64,
 }
 
 impl KernelCounters {
-    /// Events probe never received: transitions, forks and execs.
-    pub fn lost_events(&self) -> u64 {
-        self.ring_buf_full + self.process_events_full
-    }
-
-    /// Sockets whose connections probe cannot follow (a map was full).
-    pub fn untracked_sockets(&self) -> u64 {
-        self.owner_map_full + self.listener_map_full
+    /// What probe never saw or cannot follow, as every output reports it: events lost (ring
+    /// buffers full, records unreadable) and sockets untracked (a map was full).
+    pub fn losses(&self) -> Losses {
+        Losses {
+            lost_events: self.ring_buf_full + self.process_events_full + self.read_failed,
+            untracked_sockets: self.owner_map_full + self.listener_map_full,
+        }
     }
 }
 
@@ -232,7 +204,7 @@ impl Tracer {
             } else {
                 OBJECT_NO_STACKS
             })
-            .map_err(|error| LoadError::Load(error.to_string()))?;
+            .map_err(load_error)?;
         let logger = EbpfLogger::init(&mut ebpf).map_err(|_| LoadError::Missing("AYA_LOGS"))?;
 
         match source {
@@ -246,26 +218,17 @@ impl Tracer {
             attach(&mut ebpf, names::EXEC_PROGRAM, tracefs::PROCESS_EXEC)?;
         }
 
-        let events = RingBuf::try_from(take_map(&mut ebpf, names::EVENTS)?)
-            .map_err(|source| map_error(names::EVENTS, source))?;
+        let events = take(&mut ebpf, names::EVENTS)?;
         let stacks = match ebpf.take_map(names::STACKS) {
-            Some(map) => Some(
-                StackTraceMap::try_from(map).map_err(|source| map_error(names::STACKS, source))?,
-            ),
+            Some(map) => Some(typed(names::STACKS, map)?),
             None => None,
         };
-        let process_events = RingBuf::try_from(take_map(&mut ebpf, names::PROCESS_EVENTS)?)
-            .map_err(|source| map_error(names::PROCESS_EVENTS, source))?;
-        let targets = HashMap::try_from(take_map(&mut ebpf, names::TARGETS)?)
-            .map_err(|source| map_error(names::TARGETS, source))?;
-        let listeners = HashMap::try_from(take_map(&mut ebpf, names::LISTENERS)?)
-            .map_err(|source| map_error(names::LISTENERS, source))?;
-        let seeds = HashMap::try_from(take_map(&mut ebpf, names::SEEDS)?)
-            .map_err(|source| map_error(names::SEEDS, source))?;
-        let in_use = Array::try_from(take_map(&mut ebpf, names::IN_USE)?)
-            .map_err(|source| map_error(names::IN_USE, source))?;
-        let counters = PerCpuArray::try_from(take_map(&mut ebpf, names::COUNTERS)?)
-            .map_err(|source| map_error(names::COUNTERS, source))?;
+        let process_events = take(&mut ebpf, names::PROCESS_EVENTS)?;
+        let targets = take(&mut ebpf, names::TARGETS)?;
+        let listeners = take(&mut ebpf, names::LISTENERS)?;
+        let seeds = take(&mut ebpf, names::SEEDS)?;
+        let in_use = take(&mut ebpf, names::IN_USE)?;
+        let counters = take(&mut ebpf, names::COUNTERS)?;
         Ok((
             Tracer {
                 _ebpf: ebpf,
@@ -299,21 +262,20 @@ impl Tracer {
         }
     }
 
-    /// Attributes an existing connection (by its 4-tuple) to process `pid`, so its next
-    /// transition is traced.
-    pub fn seed_socket(&mut self, tuple: SocketTuple, pid: u32) -> Result<(), LoadError> {
+    /// Hands a socket found at attach to the kernel program, so that its next transition is
+    /// attributed to its owner (and, for a listener, what it accepts).
+    pub fn seed(&mut self, socket: &ExistingSocket) -> Result<(), LoadError> {
         self.seeds
-            .insert(tuple, pid, 0)
+            .insert(keys::socket_tuple(&socket.endpoints), socket.pid, 0)
             .map_err(|source| map_error(names::SEEDS, source))?;
-        self.mark_in_use(InUse::Seeds)
-    }
-
-    /// Attributes an existing listening socket to process `pid`, so what it accepts is traced.
-    pub fn seed_listener(&mut self, key: ListenerKey, pid: u32) -> Result<(), LoadError> {
-        self.listeners
-            .insert(key, pid, 0)
-            .map_err(|source| map_error(names::LISTENERS, source))?;
-        self.mark_in_use(InUse::Listeners)
+        self.mark_in_use(InUse::Seeds)?;
+        if socket.state == TcpState::Listen {
+            self.listeners
+                .insert(keys::listener_key(&socket.endpoints), socket.pid, 0)
+                .map_err(|source| map_error(names::LISTENERS, source))?;
+            self.mark_in_use(InUse::Listeners)?;
+        }
+        Ok(())
     }
 
     /// Tells the kernel program to look `slot`'s map up from now on.
@@ -339,6 +301,7 @@ impl Tracer {
             process_events_full: read(Counter::ProcessEventsFull)?,
             target_map_full: read(Counter::TargetMapFull)?,
             stack_missing: read(Counter::StackMissing)?,
+            read_failed: read(Counter::ReadFailed)?,
         })
     }
 }
@@ -349,22 +312,16 @@ fn attach(
     name: &'static str,
     tracepoint: tracefs::Tracepoint,
 ) -> Result<(), LoadError> {
-    let program: &mut TracePoint = ebpf
-        .program_mut(name)
-        .ok_or(LoadError::Missing(name))?
-        .try_into()
-        .map_err(|error: ProgramError| LoadError::Verify(error.to_string()))?;
-    program.load().map_err(|error| verify_error(name, error))?;
-    if let Ok(info) = program.info() {
-        log_verified(name, &info);
-    }
+    let program: &mut TracePoint = program(ebpf, name, "tracepoint")?;
+    program.load().map_err(|error| refused(name, "", error))?;
+    log_verified(name, program.info());
     program
         .attach(tracepoint.category, tracepoint.name)
-        .map_err(|error| {
-            LoadError::Attach(format!(
-                "{}:{}: {error}",
-                tracepoint.category, tracepoint.name
-            ))
+        .map_err(|source| LoadError::Attach {
+            program: name,
+            tracepoint: format!("{}:{}", tracepoint.category, tracepoint.name),
+            hint: "",
+            source: Box::new(source),
         })?;
     Ok(())
 }
@@ -375,54 +332,71 @@ fn attach_btf(
     name: &'static str,
     tracepoint: tracefs::Tracepoint,
 ) -> Result<(), LoadError> {
-    let btf = aya::Btf::from_sys_fs()
-        .map_err(|error| LoadError::Btf(kernel_btf::BtfError::Parse(error.to_string())))?;
-    let program: &mut BtfTracePoint = ebpf
-        .program_mut(name)
-        .ok_or(LoadError::Missing(name))?
-        .try_into()
-        .map_err(|error: ProgramError| LoadError::Verify(error.to_string()))?;
+    let btf = aya::Btf::from_sys_fs().map_err(LoadError::KernelBtf)?;
+    let program: &mut BtfTracePoint = program(ebpf, name, "BTF tracepoint")?;
     program
         .load(tracepoint.name, &btf)
-        .map_err(|error| match error {
-            ProgramError::LoadError { .. } => verify_error(name, error),
-            other => LoadError::AttachBtf(other.to_string()),
-        })?;
-    if let Ok(info) = program.info() {
-        log_verified(name, &info);
-    }
-    program
-        .attach()
-        .map_err(|error| LoadError::AttachBtf(format!("{}: {error}", tracepoint.name)))?;
+        .map_err(|error| refused(name, BTF_HINT, error))?;
+    log_verified(name, program.info());
+    program.attach().map_err(|source| LoadError::Attach {
+        program: name,
+        tracepoint: format!("the BTF tracepoint {}", tracepoint.name),
+        hint: BTF_HINT,
+        source: Box::new(source),
+    })?;
     Ok(())
 }
 
-/// The error for a program the kernel refused, with the verifier's log at debug level.
-fn verify_error(name: &str, error: ProgramError) -> LoadError {
-    match error {
-        ProgramError::LoadError {
-            io_error,
-            verifier_log,
-        } => {
-            log::debug!("verifier log of {name}:\n{verifier_log}");
-            LoadError::Verify(io_error.to_string())
-        }
-        other => LoadError::Verify(other.to_string()),
+/// Program `name` of the object, as the type `P` it must be.
+fn program<'a, P>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+    expected: &'static str,
+) -> Result<&'a mut P, LoadError>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or(LoadError::Missing(name))?
+        .try_into()
+        .map_err(|source| LoadError::ProgramType {
+            program: name,
+            expected,
+            source: Box::new(source),
+        })
+}
+
+fn log_verified(name: &str, info: Result<aya::programs::ProgramInfo, ProgramError>) {
+    if let Ok(info) = info {
+        log::debug!(
+            "program {name}: {} instructions verified, {} bytes translated",
+            info.verified_instruction_count().unwrap_or(0),
+            info.size_translated().unwrap_or(0)
+        );
     }
 }
 
-fn log_verified(name: &str, info: &aya::programs::ProgramInfo) {
-    log::debug!(
-        "program {name}: {} instructions verified, {} bytes translated",
-        info.verified_instruction_count().unwrap_or(0),
-        info.size_translated().unwrap_or(0)
-    );
+/// Why the object did not load: no ring buffer on this kernel says so, anything else keeps
+/// aya's error.
+fn load_error(error: aya::EbpfError) -> LoadError {
+    match aya::sys::is_map_supported(MapType::RingBuf) {
+        Ok(false) => LoadError::NoRingBuffer,
+        _ => LoadError::Load(Box::new(error)),
+    }
 }
 
-fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, LoadError> {
-    ebpf.take_map(name).ok_or(LoadError::Missing(name))
+/// Map `name` of the object, as the typed map `T` it must be.
+fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, LoadError>
+where
+    T: TryFrom<Map, Error = MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(LoadError::Missing(name))?;
+    typed(name, map)
 }
 
-fn map_error(name: &'static str, error: MapError) -> LoadError {
-    LoadError::Map { name, error }
+fn typed<T>(name: &'static str, map: Map) -> Result<T, LoadError>
+where
+    T: TryFrom<Map, Error = MapError>,
+{
+    T::try_from(map).map_err(|source| map_error(name, source))
 }

@@ -1,13 +1,15 @@
 //! What the user asked to see: connections by port, remote network and family, and transitions
 //! by state. Applied to what the sinks receive; the tracker still sees everything.
 
-use std::{io, net::IpAddr};
+use std::io;
 
 use ipnet::IpNet;
 use probe_common::TcpState;
 
 use super::{Key, KeyOutcome, Sink};
-use crate::track::{Endpoints, Family, StateChange, StuckAlert, Summary, Timestamp};
+use crate::track::{
+    Endpoints, Family, StateChange, StuckAlert, Summary, Timestamp, address::canonical,
+};
 
 /// The filters of the command line; an empty filter lets everything through.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -32,7 +34,7 @@ impl Filter {
             || self
                 .remotes
                 .iter()
-                .any(|net| net.contains(&comparable(endpoints.remote.ip())));
+                .any(|net| net.contains(&canonical(endpoints.remote.ip())));
         let family_ok = self.family.is_none_or(|family| family == endpoints.family);
         port_ok && remote_ok && family_ok
     }
@@ -43,14 +45,6 @@ impl Filter {
             && (self.states.is_empty()
                 || self.states.contains(&change.old)
                 || self.states.contains(&change.new))
-    }
-}
-
-/// An IPv4-mapped IPv6 address (a dual-stack socket) matches IPv4 networks.
-fn comparable(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
     }
 }
 
@@ -75,7 +69,7 @@ impl<S: Sink> Sink for Filtered<S> {
     }
 
     fn stuck(&mut self, alert: &StuckAlert) -> io::Result<()> {
-        if self.filter.shows(&alert.endpoints) {
+        if self.filter.shows(&alert.connection.endpoints) {
             self.inner.stuck(alert)?;
         }
         Ok(())
@@ -83,7 +77,7 @@ impl<S: Sink> Sink for Filtered<S> {
 
     fn summary(&mut self, summary: &Summary) -> io::Result<()> {
         let mut shown = summary.clone();
-        shown.retain(|connection| self.filter.shows(&connection.endpoints));
+        shown.retain(|open| self.filter.shows(&open.connection.endpoints));
         self.inner.summary(&shown)
     }
 
@@ -97,7 +91,7 @@ impl<S: Sink> Sink for Filtered<S> {
 
     fn tick(&mut self, now: Timestamp, table: &Summary) -> io::Result<()> {
         let mut shown = table.clone();
-        shown.retain(|connection| self.filter.shows(&connection.endpoints));
+        shown.retain(|open| self.filter.shows(&open.connection.endpoints));
         self.inner.tick(now, &shown)
     }
 

@@ -12,7 +12,7 @@ use serde::Serialize;
 use crate::{
     clock::WallClock,
     track::{
-        CodePath, Diagnosis, Endpoints, OpenConnection, Owner, StateChange, StuckAlert, Summary,
+        CodePath, ConnectionView, Diagnosis, OpenConnection, StateChange, StuckAlert, Summary,
         Timestamp,
     },
 };
@@ -71,12 +71,13 @@ struct Connection<'a> {
 }
 
 impl<'a> Connection<'a> {
-    fn new(id: Option<u64>, inode: Option<u64>, owner: &'a Owner, endpoints: &Endpoints) -> Self {
+    fn new(view: &'a ConnectionView) -> Self {
+        let endpoints = &view.endpoints;
         Connection {
-            pid: owner.pid,
-            comm: &owner.comm,
-            id: id.map(|id| format!("{id:#x}")),
-            inode,
+            pid: view.owner.pid,
+            comm: &view.owner.comm,
+            id: view.key.socket().map(|id| format!("{id:#x}")),
+            inode: view.inode,
             family: endpoints.family.name(),
             saddr: endpoints.local.ip().to_string(),
             sport: endpoints.local.port(),
@@ -204,18 +205,19 @@ fn millis(duration: Duration) -> u64 {
 }
 
 fn open_record(open: &OpenConnection) -> OpenRecord<'_> {
+    let view = &open.connection;
     OpenRecord {
-        connection: Connection::new(open.key.socket(), open.inode, &open.owner, &open.endpoints),
-        state: open.state.name(),
-        age_ms: open.age.map(millis),
-        since_attach: open.since_attach,
-        idle_ms: open.idle.map(millis),
-        bytes_acked: open.activity.map(|a| a.bytes_acked),
-        bytes_received: open.activity.map(|a| a.bytes_received),
-        retrans: open.activity.map(|a| a.retransmits),
+        connection: Connection::new(view),
+        state: view.state.name(),
+        age_ms: view.age.map(millis),
+        since_attach: view.since_attach,
+        idle_ms: view.idle.map(millis),
+        bytes_acked: view.activity.map(|a| a.bytes_acked),
+        bytes_received: view.activity.map(|a| a.bytes_received),
+        retrans: view.activity.map(|a| a.retransmits),
         stuck: open.stuck,
         opened_by: open.opened_by.name(),
-        opened_at: open.opened_at.as_deref().map(frames),
+        opened_at: view.opened_at.as_deref().map(frames),
     }
 }
 
@@ -271,22 +273,18 @@ impl<W: Write> Sink for JsonSink<W> {
     }
 
     fn stuck(&mut self, alert: &StuckAlert) -> io::Result<()> {
+        let view = &alert.connection;
         let record = StuckRecord {
             r#type: "stuck",
-            ts: self.ts(alert.since.saturating_add(alert.age)),
-            connection: Connection::new(
-                alert.key.socket(),
-                alert.inode,
-                &alert.owner,
-                &alert.endpoints,
-            ),
-            state: alert.state.name(),
-            since: self.ts(alert.since),
-            age_ms: millis(alert.age),
-            since_attach: alert.since_attach,
-            idle_ms: alert.idle.map(millis),
+            ts: self.ts(alert.since().saturating_add(alert.age())),
+            connection: Connection::new(view),
+            state: view.state.name(),
+            since: self.ts(alert.since()),
+            age_ms: millis(alert.age()),
+            since_attach: view.since_attach,
+            idle_ms: view.idle.map(millis),
             reason: alert.diagnosis.reason(),
-            opened_at: alert.opened_at.as_deref().map(frames),
+            opened_at: view.opened_at.as_deref().map(frames),
         };
         self.line(&record)
     }
@@ -322,8 +320,8 @@ impl<W: Write> Sink for JsonSink<W> {
                 reset: closed.reset,
                 connect_failed: closed.connect_failed,
             },
-            lost_events: summary.lost_events,
-            untracked_sockets: summary.untracked_sockets,
+            lost_events: summary.losses.lost_events,
+            untracked_sockets: summary.losses.untracked_sockets,
         };
         self.line(&record)?;
         self.out.flush()
@@ -340,7 +338,7 @@ mod tests {
     use serde_json::{Value, json};
 
     use super::*;
-    use crate::track::Ending;
+    use crate::track::{Ending, Endpoints, Owner};
 
     /// The hand-written transition line is the JSON the other records would give: checked field
     /// by field, with a name that needs escaping, an inode, IPv6 and an ending.

@@ -194,7 +194,8 @@ impl Metrics {
         }
         // Processes come and go: rebuilt from scratch, so exited ones disappear.
         self.open_by_process.clear();
-        for connection in &table.open {
+        for open in &table.open {
+            let connection = &open.connection;
             let labels = ProcessLabels {
                 pid: connection.owner.pid,
                 comm: connection.owner.comm.to_string(),
@@ -212,8 +213,8 @@ impl Metrics {
         ] {
             raise_to(&self.closed.get_or_create(&ClosedLabel { first }), total);
         }
-        raise_to(&self.lost_events, table.lost_events);
-        raise_to(&self.untracked_sockets, table.untracked_sockets);
+        raise_to(&self.lost_events, table.losses.lost_events);
+        raise_to(&self.untracked_sockets, table.losses.untracked_sockets);
     }
 }
 
@@ -246,7 +247,7 @@ impl Sink for Metrics {
     fn stuck(&mut self, alert: &StuckAlert) -> io::Result<()> {
         self.stuck_alerts
             .get_or_create(&StateLabel {
-                state: alert.state.name(),
+                state: alert.connection.state.name(),
             })
             .inc();
         Ok(())
@@ -359,7 +360,7 @@ mod tests {
     fn busy_metrics() -> Metrics {
         use probe_common::Attribution;
 
-        use crate::track::{Thresholds, Tracker, Transition};
+        use crate::track::{NoCodePaths, Thresholds, Tracker, Transition};
         let mut tracker = Tracker::new(Thresholds::default());
         let mut metrics = Metrics::new();
         for (old, new, second) in [
@@ -380,10 +381,11 @@ mod tests {
             metrics.transition(&change).unwrap();
         }
         let later = Timestamp::from_nanos(60_000_000_000);
-        for alert in tracker.due_stuck(later) {
+        for alert in tracker.due_stuck(later, &NoCodePaths) {
             metrics.stuck(&alert).unwrap();
         }
-        metrics.tick(later, &tracker.summary(later)).unwrap();
+        let table = tracker.summary(later, &NoCodePaths, Default::default());
+        metrics.tick(later, &table).unwrap();
         metrics
     }
 

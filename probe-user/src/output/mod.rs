@@ -131,7 +131,7 @@ mod tests {
     use super::{Sink, json::JsonSink, text::TextSink};
     use crate::{
         clock::WallClock,
-        track::{Endpoints, Thresholds, Timestamp, Tracker, Transition},
+        track::{Endpoints, Losses, Thresholds, Timestamp, Tracker, Transition},
     };
 
     const SECOND: u64 = 1_000_000_000;
@@ -274,13 +274,15 @@ mod tests {
             }
             sink.transition(&tracker.apply(&step)).unwrap();
         }
-        for mut alert in tracker.due_stuck(at(6_001)) {
-            alert.opened_at = alert.opened_stack.map(|_| opener.clone());
+        let code_paths = |stack| (stack == leak).then(|| opener.clone());
+        for alert in tracker.due_stuck(at(6_001), &code_paths) {
             sink.stuck(&alert).unwrap();
         }
-        let mut summary = tracker.summary(at(9_000));
-        summary.resolve_code_paths(|stack| (stack == leak).then(|| opener.clone()));
-        summary.lost_events = 2;
+        let losses = Losses {
+            lost_events: 2,
+            untracked_sockets: 0,
+        };
+        let summary = tracker.summary(at(9_000), &code_paths, losses);
         sink.summary(&summary).unwrap();
     }
 

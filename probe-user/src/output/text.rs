@@ -106,26 +106,27 @@ impl<W: Write> Sink for TextSink<W> {
 
     fn stuck(&mut self, alert: &StuckAlert) -> io::Result<()> {
         self.header()?;
-        let how_long = if alert.since_attach {
+        let view = &alert.connection;
+        let how_long = if view.since_attach {
             "since before probe started".to_string()
         } else {
-            format!("for {}", short_duration(alert.age))
+            format!("for {}", short_duration(alert.age()))
         };
-        let label = self.emphasis(&format!("STUCK in {} {how_long}", alert.state.name()));
-        let idle = alert
+        let label = self.emphasis(&format!("STUCK in {} {how_long}", view.state.name()));
+        let idle = view
             .idle
             .map(|idle| format!(", idle {}", short_duration(idle)))
             .unwrap_or_default();
         writeln!(
             self.out,
             "{label}{idle}: pid {} ({}) {} -> {}: {}",
-            alert.owner.pid,
-            alert.owner.comm,
-            alert.endpoints.local,
-            alert.endpoints.remote,
+            view.owner.pid,
+            view.owner.comm,
+            view.endpoints.local,
+            view.endpoints.remote,
             alert.diagnosis.reason()
         )?;
-        if let Some(path) = &alert.opened_at {
+        if let Some(path) = &view.opened_at {
             writeln!(self.out, "    opened at {}", path.describe(OPENED_AT_DEPTH))?;
         }
         Ok(())
@@ -210,7 +211,7 @@ impl<W: Write> Sink for TextSink<W> {
         writeln!(
             self.out,
             "lost events: {}, untracked sockets: {}",
-            summary.lost_events, summary.untracked_sockets
+            summary.losses.lost_events, summary.losses.untracked_sockets
         )?;
         self.out.flush()
     }

@@ -1,6 +1,6 @@
 //! Where in a program something happened: a symbolized user stack.
 
-use std::fmt;
+use std::{fmt, sync::Arc};
 
 /// A user stack the kernel captured: its id in the kernel's stack map, in the process it was
 /// captured in (symbolized later, away from the event path).
@@ -8,6 +8,29 @@ use std::fmt;
 pub struct StackRef {
     pub pid: u32,
     pub id: u32,
+}
+
+/// Where the symbolized stacks come from, for the tracker to name the code that opened a
+/// connection when it reports one.
+pub trait CodePathSource {
+    /// The code path of `stack`, once it has been symbolized.
+    fn code_path(&self, stack: StackRef) -> Option<Arc<CodePath>>;
+}
+
+/// Any function from stacks to code paths (a table in tests, for instance).
+impl<F: Fn(StackRef) -> Option<Arc<CodePath>>> CodePathSource for F {
+    fn code_path(&self, stack: StackRef) -> Option<Arc<CodePath>> {
+        self(stack)
+    }
+}
+
+/// No stacks (`--no-stacks`): no connection has a code path.
+pub struct NoCodePaths;
+
+impl CodePathSource for NoCodePaths {
+    fn code_path(&self, _stack: StackRef) -> Option<Arc<CodePath>> {
+        None
+    }
 }
 
 /// One frame of a user stack.

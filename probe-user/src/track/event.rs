@@ -1,10 +1,14 @@
 //! Decoding the kernel's [`TransitionEvent`] into a [`Transition`].
 
-use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 
 use probe_common::{AF_INET, AF_INET6, Attribution, TcpState, TransitionEvent};
 
-use super::{code_path::StackRef, time::Timestamp};
+use super::{
+    address::{from_mapped, to_mapped},
+    code_path::StackRef,
+    time::Timestamp,
+};
 
 /// The address family of a socket.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -47,21 +51,6 @@ const FAMILY_V6: u8 = 1;
 const LOCAL_V4: u8 = 2;
 const REMOTE_V4: u8 = 4;
 
-fn pack_ip(ip: IpAddr) -> [u8; 16] {
-    match ip {
-        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
-        IpAddr::V6(v6) => v6.octets(),
-    }
-}
-
-fn unpack_ip(octets: [u8; 16], v4: bool) -> IpAddr {
-    let v6 = Ipv6Addr::from(octets);
-    match v6.to_ipv4_mapped() {
-        Some(v4_address) if v4 => IpAddr::V4(v4_address),
-        _ => IpAddr::V6(v6),
-    }
-}
-
 impl From<Endpoints> for PackedEndpoints {
     fn from(endpoints: Endpoints) -> Self {
         let mut kinds = 0;
@@ -75,8 +64,8 @@ impl From<Endpoints> for PackedEndpoints {
             kinds |= REMOTE_V4;
         }
         PackedEndpoints {
-            local_ip: pack_ip(endpoints.local.ip()),
-            remote_ip: pack_ip(endpoints.remote.ip()),
+            local_ip: to_mapped(endpoints.local.ip()),
+            remote_ip: to_mapped(endpoints.remote.ip()),
             local_port: endpoints.local.port(),
             remote_port: endpoints.remote.port(),
             kinds,
@@ -93,11 +82,11 @@ impl From<PackedEndpoints> for Endpoints {
                 Family::Ipv4
             },
             local: SocketAddr::new(
-                unpack_ip(packed.local_ip, packed.kinds & LOCAL_V4 != 0),
+                from_mapped(packed.local_ip, packed.kinds & LOCAL_V4 != 0),
                 packed.local_port,
             ),
             remote: SocketAddr::new(
-                unpack_ip(packed.remote_ip, packed.kinds & REMOTE_V4 != 0),
+                from_mapped(packed.remote_ip, packed.kinds & REMOTE_V4 != 0),
                 packed.remote_port,
             ),
         }
@@ -172,13 +161,7 @@ impl Transition {
             AF_INET6 => Family::Ipv6,
             other => return Err(DecodeError::UnknownFamily(other)),
         };
-        let addr = |bytes: [u8; 16]| -> IpAddr {
-            let v6 = Ipv6Addr::from(bytes);
-            match (family, v6.to_ipv4_mapped()) {
-                (Family::Ipv4, Some(v4)) => IpAddr::V4(v4),
-                _ => IpAddr::V6(v6),
-            }
-        };
+        let addr = |bytes: [u8; 16]| from_mapped(bytes, family == Family::Ipv4);
         Ok(Transition {
             sock_id: raw.sock_id,
             pid: raw.owner_tgid,
@@ -273,7 +256,7 @@ pub(crate) mod tests {
     fn decodes_ipv6_and_keeps_mapped_addresses_of_dual_stack_sockets() {
         let mut raw = raw_event(TcpState::Established, TcpState::CloseWait);
         raw.family = AF_INET6;
-        raw.daddr = Ipv6Addr::LOCALHOST.octets();
+        raw.daddr = std::net::Ipv6Addr::LOCALHOST.octets();
         let t = Transition::decode(&bytes_of(&raw)).unwrap();
         assert_eq!(t.endpoints.family, Family::Ipv6);
         assert_eq!(t.endpoints.remote, "[::1]:8080".parse().unwrap());

@@ -5,6 +5,7 @@
 //! as a [`Timestamp`], so the whole module is tested with event sequences and made-up times.
 
 pub mod activity;
+pub mod address;
 pub mod code_path;
 pub mod event;
 pub mod lifecycle;
@@ -15,9 +16,10 @@ pub mod summary;
 pub mod table;
 pub mod time;
 pub mod tracker;
+pub mod view;
 
 pub use activity::{Activity, ExistingSocket};
-pub use code_path::{CodePath, Frame, StackRef};
+pub use code_path::{CodePath, CodePathSource, Frame, NoCodePaths, StackRef};
 pub use event::{DecodeError, Endpoints, Family, Transition};
 pub use lifecycle::{
     ClosedFirst, Connection, ConnectionKey, Ending, History, OpenedBy, Owner, StateVisit,
@@ -26,3 +28,4 @@ pub use stuck::{Diagnosis, Thresholds};
 pub use summary::{ClosedCounts, CodePathGroup, EndpointGroup, OpenConnection, Stay, Summary};
 pub use time::Timestamp;
 pub use tracker::{StateChange, StuckAlert, Tracker};
+pub use view::{ConnectionView, Losses};

@@ -7,7 +7,8 @@ use probe_common::{Attribution, TcpState};
 use proptest::prelude::*;
 
 use super::{
-    Endpoints, ExistingSocket, Family, StackRef, Thresholds, Timestamp, Tracker, Transition,
+    Endpoints, ExistingSocket, Family, Losses, NoCodePaths, StackRef, Thresholds, Timestamp,
+    Tracker, Transition,
 };
 
 fn state() -> impl Strategy<Value = TcpState> {
@@ -51,7 +52,7 @@ fn endpoints(n: u64) -> Endpoints {
 }
 
 fn check_invariants(tracker: &Tracker, now: Timestamp) {
-    let summary = tracker.summary(now);
+    let summary = tracker.summary(now, &NoCodePaths, Losses::default());
     assert_eq!(summary.open.len(), tracker.open_count());
     assert_eq!(summary.counts().values().sum::<usize>(), summary.open.len());
     for (state, stuck) in summary.stuck() {
@@ -60,7 +61,7 @@ fn check_invariants(tracker: &Tracker, now: Timestamp) {
             "more stuck than open in {state:?}"
         );
     }
-    for connection in &summary.open {
+    for connection in summary.open.iter().map(|open| &open.connection) {
         assert_ne!(
             connection.state,
             TcpState::Close,
@@ -130,8 +131,8 @@ proptest! {
                     now,
                 ),
                 Step::Tick => {
-                    for alert in tracker.due_stuck(now) {
-                        prop_assert!(matches!(alert.state, TcpState::CloseWait | TcpState::Established));
+                    for alert in tracker.due_stuck(now, &NoCodePaths) {
+                        prop_assert!(matches!(alert.connection.state, TcpState::CloseWait | TcpState::Established));
                     }
                 }
             }

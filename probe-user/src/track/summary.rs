@@ -5,40 +5,19 @@ use std::{collections::BTreeMap, net::SocketAddr, sync::Arc, time::Duration};
 use probe_common::TcpState;
 
 use super::{
-    activity::Activity,
-    code_path::{CodePath, StackRef},
-    event::Endpoints,
-    lifecycle::{
-        ClosedFirst, Connection, ConnectionKey, Ending, History, OpenedBy, Owner, StateVisit,
-    },
-    time::Timestamp,
+    code_path::CodePath,
+    lifecycle::{ClosedFirst, Connection, Ending, History, OpenedBy, StateVisit},
+    view::{ConnectionView, Losses},
 };
 
 /// An open connection as the summary lists it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OpenConnection {
-    pub key: ConnectionKey,
-    pub inode: Option<u64>,
-    pub owner: Owner,
-    pub endpoints: Endpoints,
-    pub state: TcpState,
-    /// When it entered `state`, where probe saw it (attach time, if `since_attach`).
-    pub since: Option<Timestamp>,
-    /// How long it has been in `state`, where known (at least, if `since_attach`).
-    pub age: Option<Duration>,
-    /// Already in `state` when probe attached.
-    pub since_attach: bool,
-    /// Time without data either way, where tcp_info tells.
-    pub idle: Option<Duration>,
-    pub activity: Option<Activity>,
-    /// Where the program opened it, where probe captured it.
-    pub opened_stack: Option<StackRef>,
-    /// That stack, symbolized (see [`Summary::resolve_code_paths`]).
-    pub opened_at: Option<Arc<CodePath>>,
-    /// Flagged as stuck in `state`.
+    pub connection: ConnectionView,
+    /// Flagged as stuck in its state.
     pub stuck: bool,
     pub opened_by: OpenedBy,
-    /// Every state it entered, oldest first (the last one is `state`).
+    /// Every state it entered, oldest first (the last one is its state).
     pub history: History,
 }
 
@@ -59,9 +38,9 @@ impl OpenConnection {
             })
             .collect();
         stays.push(Stay {
-            state: self.state,
-            lasted: self.age,
-            at_least: self.since_attach,
+            state: self.connection.state,
+            lasted: self.connection.age,
+            at_least: self.connection.since_attach,
         });
         stays
     }
@@ -144,30 +123,27 @@ pub struct CodePathGroup {
 pub struct Summary {
     pub open: Vec<OpenConnection>,
     pub closed: ClosedCounts,
-    /// Events the kernel could not deliver (ring buffer full).
-    pub lost_events: u64,
-    /// Sockets the kernel could not track (owner or listener map full).
-    pub untracked_sockets: u64,
+    /// What the kernel side could not deliver or follow.
+    pub losses: Losses,
     counts: BTreeMap<TcpState, usize>,
     stuck: BTreeMap<TcpState, usize>,
 }
 
 impl Summary {
     /// A summary of these open connections (already in the order to show) and totals.
-    pub fn new(open: Vec<OpenConnection>, closed: ClosedCounts) -> Summary {
+    pub fn new(open: Vec<OpenConnection>, closed: ClosedCounts, losses: Losses) -> Summary {
         let mut counts = BTreeMap::new();
         let mut stuck = BTreeMap::new();
-        for connection in &open {
-            *counts.entry(connection.state).or_insert(0) += 1;
-            if connection.stuck {
-                *stuck.entry(connection.state).or_insert(0) += 1;
+        for open in &open {
+            *counts.entry(open.connection.state).or_insert(0) += 1;
+            if open.stuck {
+                *stuck.entry(open.connection.state).or_insert(0) += 1;
             }
         }
         Summary {
             open,
             closed,
-            lost_events: 0,
-            untracked_sockets: 0,
+            losses,
             counts,
             stuck,
         }
@@ -177,11 +153,7 @@ impl Summary {
     pub fn retain(&mut self, keep: impl FnMut(&OpenConnection) -> bool) {
         let mut open = std::mem::take(&mut self.open);
         open.retain(keep);
-        let lost_events = self.lost_events;
-        let untracked_sockets = self.untracked_sockets;
-        *self = Summary::new(open, self.closed);
-        self.lost_events = lost_events;
-        self.untracked_sockets = untracked_sockets;
+        *self = Summary::new(open, self.closed, self.losses);
     }
 
     /// Open connections per state, for the states that have any.
@@ -209,7 +181,8 @@ impl Summary {
     pub fn groups(&self) -> Vec<EndpointGroup> {
         let mut groups: Vec<EndpointGroup> = Vec::new();
         // `open` is already oldest first, so each group's first member is its oldest.
-        for connection in &self.open {
+        for open in &self.open {
+            let connection = &open.connection;
             let (state, remote) = (connection.state, connection.endpoints.remote);
             match groups
                 .iter_mut()
@@ -217,7 +190,7 @@ impl Summary {
             {
                 Some(group) => {
                     group.connections += 1;
-                    group.stuck += usize::from(connection.stuck);
+                    group.stuck += usize::from(open.stuck);
                     if !group.pids.contains(&connection.owner.pid) {
                         group.pids.push(connection.owner.pid);
                     }
@@ -226,7 +199,7 @@ impl Summary {
                     state,
                     remote,
                     connections: 1,
-                    stuck: usize::from(connection.stuck),
+                    stuck: usize::from(open.stuck),
                     oldest: connection.age,
                     since_attach: connection.since_attach,
                     pids: vec![connection.owner.pid],
@@ -243,21 +216,12 @@ impl Summary {
 }
 
 impl Summary {
-    /// Fills in where each open connection was opened, from its captured stack.
-    pub fn resolve_code_paths(
-        &mut self,
-        mut resolve: impl FnMut(StackRef) -> Option<Arc<CodePath>>,
-    ) {
-        for connection in &mut self.open {
-            connection.opened_at = connection.opened_stack.and_then(&mut resolve);
-        }
-    }
-
     /// Stuck connections grouped by state and by the code path that opened them (the same code
     /// in different processes is one group), the largest group first.
     pub fn stuck_by_code_path(&self) -> Vec<CodePathGroup> {
         let mut groups: Vec<CodePathGroup> = Vec::new();
-        for connection in self.open.iter().filter(|c| c.stuck) {
+        for open in self.open.iter().filter(|c| c.stuck) {
+            let connection = &open.connection;
             let same = |g: &&mut CodePathGroup| {
                 g.state == connection.state && g.opened_at == connection.opened_at
             };
@@ -288,7 +252,11 @@ pub fn state_rank(state: TcpState) -> (u8, TcpState) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::track::event::Family;
+    use crate::track::{
+        event::{Endpoints, Family},
+        lifecycle::{ConnectionKey, Owner},
+        time::Timestamp,
+    };
 
     fn open(
         id: u64,
@@ -298,25 +266,26 @@ mod tests {
         age_s: Option<u64>,
     ) -> OpenConnection {
         OpenConnection {
-            key: ConnectionKey::Socket(id),
-            inode: None,
-            since_attach: false,
-            idle: None,
-            activity: None,
-            opened_stack: None,
-            opened_at: None,
-            owner: Owner {
-                pid,
-                comm: "c".into(),
+            connection: ConnectionView {
+                key: ConnectionKey::Socket(id),
+                inode: None,
+                owner: Owner {
+                    pid,
+                    comm: "c".into(),
+                },
+                endpoints: Endpoints {
+                    family: Family::Ipv4,
+                    local: "127.0.0.1:1".parse().unwrap(),
+                    remote: remote.parse().unwrap(),
+                },
+                state,
+                since: age_s.map(|s| Timestamp::from_nanos(1_000_000_000_000 - s * 1_000_000_000)),
+                age: age_s.map(Duration::from_secs),
+                since_attach: false,
+                idle: None,
+                activity: None,
+                opened_at: None,
             },
-            endpoints: Endpoints {
-                family: Family::Ipv4,
-                local: "127.0.0.1:1".parse().unwrap(),
-                remote: remote.parse().unwrap(),
-            },
-            state,
-            since: age_s.map(|s| Timestamp::from_nanos(1_000_000_000_000 - s * 1_000_000_000)),
-            age: age_s.map(Duration::from_secs),
             stuck: state == TcpState::CloseWait,
             opened_by: OpenedBy::Local,
             history: History::default(),
@@ -334,6 +303,7 @@ mod tests {
                 open(5, 7, TcpState::FinWait2, "10.0.0.3:80", Some(5)),
             ],
             ClosedCounts::default(),
+            Losses::default(),
         );
         let groups = summary.groups();
         let shape: Vec<(&str, String, usize, usize)> = groups

@@ -209,7 +209,7 @@ mod tests {
         let mut view = View::new("42 (client)".into());
         view.tick(
             Timestamp::from_nanos(1),
-            &Summary::new(Vec::new(), Default::default()),
+            &Summary::new(Vec::new(), Default::default(), Default::default()),
         );
         let clock = WallClock::from_readings(Timestamp::from_nanos(0), Duration::ZERO);
         terminal.draw(|frame| draw(frame, &view, clock)).unwrap();

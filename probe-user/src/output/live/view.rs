@@ -196,7 +196,7 @@ impl View {
 
 fn stuck_groups(table: &Summary) -> Vec<StuckGroup> {
     let mut groups: BTreeMap<(TcpState, SocketAddr), StuckGroup> = BTreeMap::new();
-    for connection in table.open.iter().filter(|c| c.stuck) {
+    for connection in table.open.iter().filter(|c| c.stuck).map(|c| &c.connection) {
         let key = (connection.state, connection.endpoints.remote);
         let group = groups.entry(key).or_insert_with(|| StuckGroup {
             state: connection.state,
@@ -226,7 +226,7 @@ mod tests {
     use probe_common::{Attribution, TcpState::*};
 
     use super::*;
-    use crate::track::{Endpoints, Thresholds, Tracker, Transition};
+    use crate::track::{Endpoints, Losses, NoCodePaths, Thresholds, Tracker, Transition};
 
     const MS: u64 = 1_000_000;
 
@@ -267,8 +267,8 @@ mod tests {
         }
         for second in 1..=seconds {
             let now = Timestamp::from_nanos(second * 1000 * MS + 500 * MS);
-            let _ = tracker.due_stuck(now);
-            view.tick(now, &tracker.summary(now));
+            let _ = tracker.due_stuck(now, &NoCodePaths);
+            view.tick(now, &tracker.summary(now, &NoCodePaths, Losses::default()));
         }
         view
     }
@@ -324,7 +324,7 @@ mod tests {
         assert_eq!(view.history[&CloseWait].len(), HISTORY);
         view.tick(
             Timestamp::from_nanos(u64::MAX / 2),
-            &Summary::new(Vec::new(), Default::default()),
+            &Summary::new(Vec::new(), Default::default(), Default::default()),
         );
         assert_eq!(view.history[&CloseWait].back(), Some(&0));
         assert!(view.counts.is_empty());

@@ -187,9 +187,12 @@ fn stuck_groups(out: &mut String, table: &Summary) {
         let members = table
             .open
             .iter()
-            .filter(|c| c.stuck && c.state == group.state && c.endpoints.remote == group.remote);
+            .filter(|c| c.stuck)
+            .filter(|c| c.connection.state == group.state)
+            .filter(|c| c.connection.endpoints.remote == group.remote);
         let mut shown = 0;
-        for connection in members {
+        for open in members {
+            let connection = &open.connection;
             shown += 1;
             if shown > LIFECYCLES_PER_GROUP {
                 continue;
@@ -204,7 +207,7 @@ fn stuck_groups(out: &mut String, table: &Summary) {
                 connection.endpoints.local,
                 connection.owner.pid,
                 escape(&connection.owner.comm),
-                lifecycle(connection),
+                lifecycle(open),
                 connection.idle.map_or_else(|| "-".into(), short_duration),
             );
         }
@@ -285,8 +288,8 @@ fn totals(out: &mut String, table: &Summary, transitions: u64) {
         closed.simultaneous,
         closed.reset,
         closed.connect_failed,
-        table.lost_events,
-        table.untracked_sockets
+        table.losses.lost_events,
+        table.losses.untracked_sockets
     );
 }
 
@@ -297,7 +300,9 @@ mod tests {
     use probe_common::{Attribution, TcpState::*};
 
     use super::*;
-    use crate::track::{Endpoints, Thresholds, Timestamp, Tracker, Transition};
+    use crate::track::{
+        Endpoints, Losses, NoCodePaths, Thresholds, Timestamp, Tracker, Transition,
+    };
 
     const MS: u64 = 1_000_000;
 
@@ -332,11 +337,16 @@ mod tests {
                 tracker.apply(&step(id, &local, old, new, ms + id));
             }
             let now = Timestamp::from_nanos(id * 1000 * MS);
-            timeline.record(now, tracker.summary(now).counts());
+            timeline.record(
+                now,
+                tracker
+                    .summary(now, &NoCodePaths, Losses::default())
+                    .counts(),
+            );
         }
         let end = Timestamp::from_nanos(5000 * MS);
-        tracker.due_stuck(end);
-        let table = tracker.summary(end);
+        tracker.due_stuck(end, &NoCodePaths);
+        let table = tracker.summary(end, &NoCodePaths, Losses::default());
         timeline.record(end, table.counts());
         let page = render(&Facts {
             targets: "77 (<leaky>)",

@@ -1,37 +1,17 @@
-//! Following the traced processes: their exits (pidfds), and the kernel's fork and exec events.
+//! Following the traced processes: their exits (pidfds), and the forks and execs the kernel
+//! reports.
 
-use std::{collections::HashSet, io, os::fd::AsRawFd};
+use std::{
+    collections::HashSet,
+    io,
+    os::fd::{FromRawFd, OwnedFd},
+};
 
 use probe_common::{ProcessEvent, ProcessEventKind};
 use tokio::{
     io::{Interest, unix::AsyncFd},
     sync::mpsc,
 };
-
-use crate::target;
-
-/// Registers an fd owner with the event loop, for readiness to read.
-pub fn readable<T: AsRawFd>(owner: T) -> io::Result<AsyncFd<T>> {
-    // SAFETY: every owner passed here (a ring buffer map, the kernel logger, a pidfd) owns its
-    // fd, keeps it open for its whole life, and always returns that same fd.
-    unsafe { AsyncFd::register_with_interest(owner, Interest::READABLE) }.map_err(io::Error::from)
-}
-
-/// Standard output, watched for its reader going away (a pipe reports an error then).
-pub struct Stdout;
-
-impl AsRawFd for Stdout {
-    fn as_raw_fd(&self) -> std::os::fd::RawFd {
-        libc::STDOUT_FILENO
-    }
-}
-
-/// Watches standard output for an error (the reading end of a pipe closed), where it can be
-/// watched: not for files and the like, which cannot be polled.
-pub fn watch_stdout() -> Option<AsyncFd<Stdout>> {
-    // SAFETY: fd 1 stays open for the whole life of probe.
-    unsafe { AsyncFd::register_with_interest(Stdout, Interest::ERROR) }.ok()
-}
 
 /// Tells when traced processes exit.
 pub struct ExitWatch {
@@ -41,8 +21,8 @@ pub struct ExitWatch {
     alive: HashSet<u32>,
 }
 
-impl ExitWatch {
-    pub fn new() -> Self {
+impl Default for ExitWatch {
+    fn default() -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         ExitWatch {
             tx,
@@ -50,14 +30,23 @@ impl ExitWatch {
             alive: HashSet::new(),
         }
     }
+}
 
-    /// Watches process `pid`; one that is already gone is reported as exited at once.
+impl ExitWatch {
+    /// Watches process `pid` (within a runtime context); one that is already gone is reported
+    /// as exited at once.
     pub fn watch(&mut self, pid: u32) {
         if !self.alive.insert(pid) {
             return;
         }
         let tx = self.tx.clone();
-        match target::exit_handle(pid).and_then(readable) {
+        let handle = exit_handle(pid).and_then(|fd| {
+            // SAFETY: the pidfd is owned by the AsyncFd, open for its whole life, and always
+            // the same fd.
+            unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }
+                .map_err(io::Error::from)
+        });
+        match handle {
             Ok(handle) => {
                 tokio::spawn(async move {
                     // Readable means exited; an error means it cannot be watched: the same.
@@ -99,6 +88,17 @@ impl ExitWatch {
     }
 }
 
+/// A handle that becomes readable when process `pid` exits (a pidfd).
+pub fn exit_handle(pid: u32) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the syscall just returned this fd, and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
 /// A fork or exec the kernel reported.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProcessNews {
@@ -107,29 +107,26 @@ pub struct ProcessNews {
     pub comm: String,
 }
 
-/// Decodes one record of the process ring buffer.
-pub fn decode(bytes: &[u8]) -> Option<ProcessNews> {
-    if bytes.len() < size_of::<ProcessEvent>() {
-        return None;
+impl ProcessNews {
+    /// Decodes one record of the process ring buffer.
+    pub fn decode(bytes: &[u8]) -> Option<ProcessNews> {
+        if bytes.len() < size_of::<ProcessEvent>() {
+            return None;
+        }
+        // SAFETY: the length is checked, the read is unaligned, and `ProcessEvent` is plain old
+        // data for which every bit pattern is valid.
+        let raw = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<ProcessEvent>()) };
+        let end = raw
+            .comm
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(raw.comm.len());
+        Some(ProcessNews {
+            kind: ProcessEventKind::from_raw(raw.kind)?,
+            pid: raw.pid,
+            comm: String::from_utf8_lossy(&raw.comm[..end]).into_owned(),
+        })
     }
-    // SAFETY: the length is checked, the read is unaligned, and `ProcessEvent` is plain old
-    // data for which every bit pattern is valid.
-    let raw = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<ProcessEvent>()) };
-    let kind = match raw.kind {
-        1 => ProcessEventKind::Fork,
-        2 => ProcessEventKind::Exec,
-        _ => return None,
-    };
-    let end = raw
-        .comm
-        .iter()
-        .position(|&b| b == 0)
-        .unwrap_or(raw.comm.len());
-    Some(ProcessNews {
-        kind,
-        pid: raw.pid,
-        comm: String::from_utf8_lossy(&raw.comm[..end]).into_owned(),
-    })
 }
 
 #[cfg(test)]
@@ -151,13 +148,20 @@ mod tests {
         let bytes =
             unsafe { std::slice::from_raw_parts((&raw as *const ProcessEvent).cast::<u8>(), 32) };
         assert_eq!(
-            decode(bytes),
+            ProcessNews::decode(bytes),
             Some(ProcessNews {
                 kind: ProcessEventKind::Fork,
                 pid: 77,
                 comm: "sh".into()
             })
         );
-        assert_eq!(decode(&bytes[..31]), None);
+        assert_eq!(ProcessNews::decode(&bytes[..31]), None);
+        let mut unknown = raw;
+        unknown.kind = 9;
+        // SAFETY: as above.
+        let bytes = unsafe {
+            std::slice::from_raw_parts((&unknown as *const ProcessEvent).cast::<u8>(), 32)
+        };
+        assert_eq!(ProcessNews::decode(bytes), None);
     }
 }

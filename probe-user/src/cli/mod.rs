@@ -1,21 +1,20 @@
-//! Command-line arguments and their validation.
+//! The command line: the flags as clap parses them ([`Cli`]), turned once into the validated
+//! [`Config`] the run works from, or into a [`Special`] mode that returns early. Nothing after
+//! [`parse`] sees clap types.
 
-use std::{
-    ffi::OsString,
-    net::{IpAddr, SocketAddr},
-    path::PathBuf,
-    time::Duration,
-};
+mod config;
+mod values;
 
-use clap::{CommandFactory, Parser};
+use std::{ffi::OsString, net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::{CommandFactory, Parser, error::ErrorKind};
 use ipnet::IpNet;
 use probe_common::TcpState;
 
-use crate::{
-    bpf::Attach,
-    output::{filter::Filter, metrics::parse_listen_address},
-    track::Family,
-};
+pub use config::{Command, Config, Kernel, Targets, View};
+use values::{parse_comm, parse_network, parse_pid, parse_ring_kib, parse_state, parse_threshold};
+
+use crate::{bpf::Attach, output::metrics::parse_listen_address};
 
 /// Which TCP connections of a process are stuck, since when, and why.
 ///
@@ -158,154 +157,77 @@ pub const VERSION: &str = concat!(
 /// How many processes probe can trace at once.
 pub const MAX_TARGETS: u32 = 1024;
 
-impl Cli {
-    /// Checks what clap cannot: there must be something to trace.
-    pub fn validate(&self) -> Result<(), String> {
-        if self.pids.is_empty() && self.command.is_empty() && self.comm.is_none() {
-            return Err(
-                "nothing to trace: give --pid PID, --comm NAME, or a command after `--` \
-                 (probe -- COMMAND)"
-                    .into(),
-            );
-        }
-        if self.pids.len() >= MAX_TARGETS as usize {
-            return Err(format!(
-                "at most {} processes can be traced",
-                MAX_TARGETS - 1
-            ));
-        }
-        Ok(())
-    }
+/// What the command line asks for.
+#[derive(Debug)]
+pub enum ParseResult {
+    /// A mode that prints something and returns at once.
+    Special(Special),
+    /// Trace, as configured.
+    Run(Box<Config>),
 }
 
-impl Cli {
-    /// Whether forked processes are traced: on with a COMMAND unless turned off, off otherwise
-    /// unless turned on.
-    pub fn follows_forks(&self) -> bool {
-        if self.no_follow_forks {
-            false
-        } else {
-            self.follow_forks || !self.command.is_empty()
-        }
-    }
-
-    /// The `--comm` name as the kernel stores process names: at most 15 bytes, NUL padded.
-    pub fn comm_filter(&self) -> Option<[u8; 16]> {
-        self.comm.as_ref().map(|name| {
-            let mut filter = [0u8; 16];
-            let bytes = &name.as_bytes()[..name.len().min(15)];
-            filter[..bytes.len()].copy_from_slice(bytes);
-            filter
-        })
-    }
+/// The modes that only print something.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Special {
+    /// A shell completion script (for `cargo xtask dist`).
+    Completions(clap_complete::Shell),
+    /// The man page, in roff (for `cargo xtask dist`).
+    Man,
 }
 
-impl Cli {
-    /// Writes the shell completions or man page `--generate-completions` / `--generate-man`
-    /// ask for (for `cargo xtask dist`); false when neither was asked.
-    pub fn write_generated(&self, out: &mut dyn std::io::Write) -> std::io::Result<bool> {
-        if let Some(shell) = self.generate_completions {
-            clap_complete::generate(shell, &mut Cli::command(), "probe", out);
-            return Ok(true);
-        }
-        if self.generate_man {
-            clap_mangen::Man::new(Cli::command()).render(out)?;
-            return Ok(true);
-        }
-        Ok(false)
-    }
-}
-
-impl Cli {
-    /// What the user asked to see.
-    pub fn filter(&self) -> Filter {
-        Filter {
-            ports: self.ports.clone(),
-            remotes: self.remotes.clone(),
-            family: if self.ipv4 {
-                Some(Family::Ipv4)
-            } else if self.ipv6 {
-                Some(Family::Ipv6)
-            } else {
-                None
-            },
-            states: self.states.clone(),
+impl Special {
+    /// Writes what this mode prints.
+    pub fn write(self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        match self {
+            Special::Completions(shell) => {
+                clap_complete::generate(shell, &mut Cli::command(), "probe", out);
+                Ok(())
+            }
+            Special::Man => clap_mangen::Man::new(Cli::command()).render(out),
         }
     }
 }
 
-fn parse_network(text: &str) -> Result<IpNet, String> {
-    text.parse::<IpNet>()
-        .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
-        .map_err(|_| format!("`{text}` is neither an address nor a network like 10.0.0.0/8"))
+/// Parses and validates this process's command line.
+pub fn parse() -> Result<ParseResult, clap::Error> {
+    parse_from(std::env::args_os())
 }
 
-fn parse_state(text: &str) -> Result<TcpState, String> {
-    let wanted = text
-        .trim_start_matches("TCP_")
-        .to_ascii_uppercase()
-        .replace('-', "_");
-    TcpState::ALL
-        .into_iter()
-        .find(|state| state.name() == wanted)
-        .ok_or_else(|| {
-            let names: Vec<&str> = TcpState::ALL.iter().map(|s| s.name()).collect();
-            format!("`{text}` is not a TCP state; one of {}", names.join(", "))
-        })
-}
-
-fn parse_comm(text: &str) -> Result<String, String> {
-    if text.is_empty() || text.contains('/') {
-        return Err(
-            "a process name as `ps -o comm` shows it (no path), e.g. `--comm nginx`".into(),
-        );
+/// Parses and validates a command line (`args` starts with the program name).
+pub fn parse_from<I, T>(args: I) -> Result<ParseResult, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let cli = Cli::try_parse_from(args)?;
+    if let Some(shell) = cli.generate_completions {
+        return Ok(ParseResult::Special(Special::Completions(shell)));
     }
-    // The kernel keeps the first 15 bytes of a name: match what it keeps.
-    let mut end = text.len().min(15);
-    while !text.is_char_boundary(end) {
-        end -= 1;
+    if cli.generate_man {
+        return Ok(ParseResult::Special(Special::Man));
     }
-    Ok(text[..end].to_string())
-}
-
-fn parse_pid(text: &str) -> Result<u32, String> {
-    match text.parse::<i64>() {
-        Ok(pid) if pid > 0 && pid <= i64::from(i32::MAX) => Ok(pid as u32),
-        Ok(_) => Err("a pid is a positive number (see `pgrep NAME`)".into()),
-        Err(_) => Err(format!("`{text}` is not a pid (a positive number)")),
-    }
-}
-
-fn parse_threshold(text: &str) -> Result<Duration, String> {
-    let duration = humantime::parse_duration(text)
-        .map_err(|e| format!("`{text}` is not a duration ({e}); try 500ms, 5s, 2m or 1h"))?;
-    if duration.is_zero() {
-        return Err("must be longer than zero".into());
-    }
-    Ok(duration)
-}
-
-fn parse_ring_kib(text: &str) -> Result<u32, String> {
-    let kib: u32 = text
-        .parse()
-        .map_err(|_| format!("`{text}` is not a number of KiB"))?;
-    if kib < 4 || !kib.is_power_of_two() || kib > 1 << 20 {
-        return Err("the ring buffer size is a power of two from 4 to 1048576 KiB".into());
-    }
-    Ok(kib)
+    Config::from_cli(cli)
+        .map(|config| ParseResult::Run(Box::new(config)))
+        .map_err(|message| Cli::command().error(ErrorKind::ArgumentConflict, message))
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use probe_common::TcpState;
 
-    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
-        Cli::try_parse_from(std::iter::once("probe").chain(args.iter().copied()))
+    use super::*;
+    use crate::track::Family;
+
+    fn parse(args: &[&str]) -> Result<Config, clap::Error> {
+        match parse_from(std::iter::once("probe").chain(args.iter().copied()))? {
+            ParseResult::Run(config) => Ok(*config),
+            ParseResult::Special(special) => panic!("{args:?} is the special mode {special:?}"),
+        }
     }
 
     /// The container arguments of `deploy/daemonset.yaml` (a flow sequence, which is JSON).
     fn daemonset_args() -> Vec<String> {
-        let manifest = include_str!("../../deploy/daemonset.yaml");
+        let manifest = include_str!("../../../deploy/daemonset.yaml");
         let line = manifest
             .lines()
             .find_map(|line| line.trim().strip_prefix("args: "))
@@ -316,37 +238,39 @@ mod tests {
     #[test]
     fn the_daemonset_runs_a_valid_command_line() {
         let args = daemonset_args();
-        let cli = parse(&args.iter().map(String::as_str).collect::<Vec<_>>()).unwrap();
-        cli.validate().unwrap();
-        assert!(cli.follows_forks() && cli.comm.is_some() && cli.json);
-        assert_eq!(cli.metrics_addr, Some("0.0.0.0:9464".parse().unwrap()));
+        let config = parse(&args.iter().map(String::as_str).collect::<Vec<_>>()).unwrap();
+        assert!(config.targets.follow_forks && config.targets.comm.is_some());
+        assert_eq!(config.view, View::Json);
+        assert_eq!(config.metrics_addr, Some("0.0.0.0:9464".parse().unwrap()));
     }
 
     #[test]
     fn metrics_listen_on_loopback_unless_told() {
-        let cli = parse(&["--pid", "1", "--metrics-addr", "9464"]).unwrap();
-        assert_eq!(cli.metrics_addr, Some("127.0.0.1:9464".parse().unwrap()));
+        let config = parse(&["--pid", "1", "--metrics-addr", "9464"]).unwrap();
+        assert_eq!(config.metrics_addr, Some("127.0.0.1:9464".parse().unwrap()));
         assert!(parse(&["--pid", "1", "--metrics-addr", "everywhere"]).is_err());
         assert!(parse(&["--pid", "1", "--live", "--json"]).is_err());
     }
 
     #[test]
     fn defaults() {
-        let cli = parse(&["--pid", "12"]).unwrap();
-        assert_eq!(cli.pids, [12]);
-        assert_eq!(cli.close_wait_after, Duration::from_secs(5));
-        assert_eq!(cli.established_after, Duration::from_secs(60));
-        assert_eq!(cli.ring_buffer_kib, 4096);
-        assert!(cli.validate().is_ok());
+        let config = parse(&["--pid", "12"]).unwrap();
+        assert_eq!(config.targets.pids, [12]);
+        assert_eq!(config.thresholds.close_wait, Duration::from_secs(5));
+        assert_eq!(config.thresholds.established, Duration::from_secs(60));
+        assert_eq!(config.kernel.ring_buffer_kib, 4096);
+        assert_eq!(config.view, View::Text);
+        assert!(config.kernel.stacks);
     }
 
     #[test]
     fn command_after_double_dash_keeps_its_own_flags() {
-        let cli = parse(&["--json", "--", "curl", "--json", "-v"]).unwrap();
-        assert!(cli.json);
-        assert!(!cli.verbose);
-        assert_eq!(cli.command, ["curl", "--json", "-v"]);
-        assert!(cli.validate().is_ok());
+        let config = parse(&["--json", "--", "curl", "--json", "-v"]).unwrap();
+        assert_eq!(config.view, View::Json);
+        assert!(!config.verbose);
+        let command = config.targets.command.unwrap();
+        assert_eq!(command.argv, ["curl", "--json", "-v"]);
+        assert!(!command.as_root);
     }
 
     #[test]
@@ -369,40 +293,36 @@ mod tests {
 
     #[test]
     fn forks_are_followed_by_default_only_for_a_command() {
-        assert!(!parse(&["--pid", "1"]).unwrap().follows_forks());
-        assert!(
-            parse(&["--pid", "1", "--follow-forks"])
-                .unwrap()
-                .follows_forks()
-        );
-        assert!(parse(&["--", "sh"]).unwrap().follows_forks());
-        assert!(
-            !parse(&["--no-follow-forks", "--", "sh"])
-                .unwrap()
-                .follows_forks()
-        );
-        assert!(
-            !parse(&["--follow-forks", "--no-follow-forks", "--pid", "1"])
-                .unwrap()
-                .follows_forks()
-        );
+        let follows = |args: &[&str]| parse(args).unwrap().targets.follow_forks;
+        assert!(!follows(&["--pid", "1"]));
+        assert!(follows(&["--pid", "1", "--follow-forks"]));
+        assert!(follows(&["--", "sh"]));
+        assert!(!follows(&["--no-follow-forks", "--", "sh"]));
+        assert!(!follows(&[
+            "--follow-forks",
+            "--no-follow-forks",
+            "--pid",
+            "1"
+        ]));
     }
 
     #[test]
     fn comm_names_are_kept_as_the_kernel_keeps_them() {
-        let cli = parse(&["--comm", "a-very-long-process-name"]).unwrap();
-        assert_eq!(cli.comm.as_deref(), Some("a-very-long-pro"));
-        let filter = cli.comm_filter().unwrap();
+        let config = parse(&["--comm", "a-very-long-process-name"]).unwrap();
+        assert_eq!(config.targets.comm.as_deref(), Some("a-very-long-pro"));
+        // Without --follow-forks, only the running processes of that name are traced.
+        assert_eq!(config.targets.comm_filter(), None);
+        let config = parse(&["--comm", "a-very-long-process-name", "--follow-forks"]).unwrap();
+        let filter = config.targets.comm_filter().unwrap();
         assert_eq!(&filter[..15], b"a-very-long-pro");
         assert_eq!(filter[15], 0);
         assert!(parse(&["--comm", "/usr/bin/curl"]).is_err());
         assert!(parse(&["--comm", ""]).is_err());
-        assert!(cli.validate().is_ok());
     }
 
     #[test]
     fn filters_as_ss_users_write_them() {
-        let cli = parse(&[
+        let config = parse(&[
             "--pid",
             "1",
             "--port",
@@ -418,7 +338,7 @@ mod tests {
             "TCP_LAST_ACK",
         ])
         .unwrap();
-        let filter = cli.filter();
+        let filter = config.filter;
         assert_eq!(filter.ports, [5432]);
         assert_eq!(filter.remotes[1].to_string(), "192.168.1.7/32");
         assert_eq!(filter.family, Some(Family::Ipv6));
@@ -433,7 +353,23 @@ mod tests {
 
     #[test]
     fn nothing_to_trace_is_an_error() {
-        let err = parse(&["--json"]).unwrap().validate().unwrap_err();
-        assert!(err.contains("--pid"));
+        let err = parse(&["--json"]).unwrap_err().to_string();
+        assert!(err.contains("--pid"), "{err}");
+    }
+
+    #[test]
+    fn generating_completions_or_the_man_page_returns_early() {
+        let special = |args: &[&str]| match parse_from(args.iter().copied()).unwrap() {
+            ParseResult::Special(special) => special,
+            ParseResult::Run(config) => panic!("{args:?} runs {config:?}"),
+        };
+        assert_eq!(special(&["probe", "--generate-man"]), Special::Man);
+        assert_eq!(
+            special(&["probe", "--generate-completions", "bash"]),
+            Special::Completions(clap_complete::Shell::Bash)
+        );
+        let mut page = Vec::new();
+        Special::Man.write(&mut page).unwrap();
+        assert!(String::from_utf8_lossy(&page).contains(".TH probe"));
     }
 }

@@ -1,0 +1,428 @@
+//! One run of probe: kernel events through the tracker to the sinks, forks and execs, exits,
+//! tcp_info refreshes and stuck deadlines, until something says stop. [`Session::pump`] is one
+//! wakeup's work; [`Session::finish`] drains what is left the same way and writes the summary.
+
+use std::{io, time::Duration};
+
+use anyhow::Context;
+use aya::maps::{MapData, RingBuf};
+use aya_log::EbpfLogger;
+use probe_common::ProcessEventKind;
+use tokio::{
+    io::{Interest, unix::AsyncFd},
+    time::{Instant, sleep, sleep_until},
+};
+
+use super::{
+    Attached,
+    outputs::{self, KeysReceiver},
+    sources::{Stdout, StopSignals, readable, watch_stdout},
+};
+use crate::{
+    bpf::Tracer,
+    cli::Config,
+    clock::monotonic_now,
+    output::{Key, KeyOutcome, Outputs, Sink, filter::Filtered},
+    process::{
+        self,
+        watch::{ExitWatch, ProcessNews},
+    },
+    snapshot,
+    symbolize::CodePaths,
+    track::{CodePathSource, NoCodePaths, Tracker, Transition},
+};
+
+/// After the last traced process exits, keep reading this long: the FINs its exit sent are
+/// answered within moments on a live network, and those transitions belong to the story.
+const EXIT_GRACE: Duration = Duration::from_millis(300);
+/// Wake at least this often: the kernel wakes probe only once a batch of events is waiting, so
+/// a trickle of events is read on this tick (and stuck connections are flagged on time).
+const MAX_IDLE_TICK: Duration = Duration::from_millis(100);
+/// Before flagging by idle time, tcp_info must be at most this old.
+const FRESH_ACTIVITY: Duration = Duration::from_millis(500);
+/// How often the live view, the report's timeline and the metrics look at the whole table.
+const TICK: Duration = Duration::from_secs(1);
+/// How long the summary waits for the stacks still being symbolized.
+const SYMBOLIZE_GRACE: Duration = Duration::from_secs(2);
+
+/// Why the session ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stop {
+    /// Ctrl-C, SIGTERM, `q` in the live view, or `--duration`.
+    Asked,
+    /// The traced command, or every traced process, exited.
+    TargetsExited,
+    /// Standard output was closed (e.g. `probe ... | head`).
+    OutputClosed,
+}
+
+/// What woke the session.
+enum Wake {
+    /// A ring buffer or the kernel log has something, or a timer ran out: just work.
+    Work,
+    Exited(u32),
+    Key(Key),
+    Stop(Stop),
+}
+
+/// The kernel's streams, registered with the event loop.
+struct Streams {
+    events: AsyncFd<RingBuf<MapData>>,
+    process_events: AsyncFd<RingBuf<MapData>>,
+    /// Must stay alive as long as the program runs: dropping it closes its map.
+    logs: AsyncFd<EbpfLogger<&'static dyn log::Log>>,
+}
+
+/// When the next tcp_info refresh and table tick are due.
+struct Schedule {
+    refresh_every: Duration,
+    refreshed_at: Instant,
+    ticks: bool,
+    next_tick: Instant,
+    end: Option<Instant>,
+}
+
+/// A run in progress.
+pub struct Session {
+    tracer: Tracer,
+    tracker: Tracker,
+    streams: Streams,
+    code_paths: Option<CodePaths>,
+    sink: Filtered<Outputs>,
+    keys: Option<KeysReceiver>,
+    signals: StopSignals,
+    stdout: Option<AsyncFd<Stdout>>,
+    exits: ExitWatch,
+    command_pid: Option<u32>,
+    /// Forks are followed: the run ends when every traced process has exited.
+    follow: bool,
+    /// New processes of the `--comm` name may come at any time: the run does not end when the
+    /// last one exits.
+    waits_for_new: bool,
+    /// A report still wants the summary when nobody reads stdout any more.
+    reports: bool,
+    schedule: Schedule,
+}
+
+impl Session {
+    /// Sets up the outputs and starts following what `attached` holds (within a runtime).
+    pub fn start(
+        config: &Config,
+        attached: Attached,
+        signals: StopSignals,
+        metrics_listener: Option<std::net::TcpListener>,
+    ) -> anyhow::Result<Session> {
+        let Attached {
+            tracer,
+            streams,
+            processes,
+            command_pid,
+            existing,
+            attach,
+            targets,
+        } = attached;
+        let mut tracker = Tracker::new(config.thresholds);
+        let mut exits = ExitWatch::default();
+        for process in &processes {
+            tracker.register_process(process.pid, &process.comm);
+            exits.watch(process.pid);
+        }
+        for socket in &existing {
+            tracker.seed(socket, attach);
+        }
+        let (sink, keys) = outputs::make(config, targets, metrics_listener)?;
+        let ticks = sink.wants_ticks();
+        Ok(Session {
+            tracer,
+            tracker,
+            streams: Streams {
+                events: readable(streams.events).context("cannot poll the kernel ring buffer")?,
+                process_events: readable(streams.process_events)
+                    .context("cannot poll the kernel's process events")?,
+                logs: readable(streams.logger).context("cannot poll the kernel log")?,
+            },
+            code_paths: streams.stacks.map(CodePaths::start),
+            sink,
+            keys,
+            signals,
+            // `probe ... | head`: stop as soon as the reader goes, not at the next write.
+            stdout: watch_stdout(),
+            exits,
+            command_pid,
+            follow: config.targets.follow_forks,
+            waits_for_new: config.targets.follow_forks && config.targets.comm.is_some(),
+            reports: config.report.is_some(),
+            schedule: Schedule {
+                refresh_every: (config.thresholds.established / 4)
+                    .clamp(Duration::from_secs(1), Duration::from_secs(10)),
+                refreshed_at: Instant::now(),
+                ticks,
+                next_tick: Instant::now(),
+                end: config.duration.map(|d| Instant::now() + d),
+            },
+        })
+    }
+
+    /// Runs until stopped, then finishes.
+    pub async fn run(mut self) -> anyhow::Result<()> {
+        let stop = loop {
+            let wake = self.wait().await?;
+            if let Some(stop) = self.pump(wake)? {
+                break stop;
+            }
+        };
+        self.finish(stop).await
+    }
+
+    /// Waits for the next thing to do.
+    async fn wait(&mut self) -> anyhow::Result<Wake> {
+        let next = self.schedule.next_due(&self.tracker);
+        let Session {
+            streams,
+            exits,
+            stdout,
+            keys,
+            signals,
+            schedule,
+            ..
+        } = self;
+        tokio::select! {
+            guard = streams.events.readable_mut() => {
+                // Cleared before the drain reads it all, so no new readiness is missed.
+                guard.context("cannot poll the kernel ring buffer")?.clear_ready();
+                Ok(Wake::Work)
+            }
+            guard = streams.process_events.readable_mut() => {
+                guard.context("cannot poll the kernel's process events")?.clear_ready();
+                Ok(Wake::Work)
+            }
+            guard = streams.logs.readable_mut() => {
+                let mut guard = guard.context("cannot poll the kernel log")?;
+                guard.get_inner_mut().flush();
+                guard.clear_ready();
+                Ok(Wake::Work)
+            }
+            pid = exits.next_exit() => Ok(Wake::Exited(pid)),
+            _ = async { stdout.as_ref()?.ready(Interest::ERROR).await.ok() }, if stdout.is_some() => {
+                Ok(Wake::Stop(Stop::OutputClosed))
+            }
+            Some(key) = async { keys.as_mut()?.recv().await }, if keys.is_some() => Ok(Wake::Key(key)),
+            _ = signals.next() => Ok(Wake::Stop(Stop::Asked)),
+            _ = sleep_until(schedule.end.unwrap_or_else(far_future)), if schedule.end.is_some() => {
+                Ok(Wake::Stop(Stop::Asked))
+            }
+            _ = sleep(next) => Ok(Wake::Work),
+        }
+    }
+
+    /// One wakeup's work: exits and keys, forks and execs, a tcp_info refresh when due, every
+    /// waiting event through the tracker to the sinks, stuck connections, the table tick.
+    fn pump(&mut self, wake: Wake) -> anyhow::Result<Option<Stop>> {
+        let mut stop = match wake {
+            Wake::Work => None,
+            Wake::Exited(pid) => self.exited(pid)?,
+            Wake::Key(key) => (self.sink.key(key) == KeyOutcome::Quit).then_some(Stop::Asked),
+            Wake::Stop(stop) => Some(stop),
+        };
+        // Forks and execs before transitions, whatever woke the loop: a process that has just
+        // exec'd may already have connected, and its transitions must carry its new name.
+        self.follow_processes()?;
+        // Fresh tcp_info before deciding whether an ESTABLISHED connection is idle, and now and
+        // then for the summary's figures.
+        let deadline_due = self
+            .tracker
+            .next_deadline()
+            .is_some_and(|d| d <= monotonic_now());
+        let since_refresh = self.schedule.refreshed_at.elapsed();
+        if since_refresh >= self.schedule.refresh_every
+            || (deadline_due && since_refresh >= FRESH_ACTIVITY)
+        {
+            self.refresh_activity();
+        }
+        let shown = self.show_events().and_then(|()| {
+            if self.schedule.ticks && Instant::now() >= self.schedule.next_tick {
+                self.schedule.next_tick = Instant::now() + TICK;
+                self.tick()?;
+            }
+            self.sink.flush()
+        });
+        match shown {
+            Ok(()) => {}
+            Err(error) if error.kind() == io::ErrorKind::BrokenPipe => {
+                stop = Some(Stop::OutputClosed);
+            }
+            Err(error) => return Err(error).context("cannot write output"),
+        }
+        Ok(stop)
+    }
+
+    /// The last word: what is left in the ring buffers, the summary, the report.
+    async fn finish(mut self, stop: Stop) -> anyhow::Result<()> {
+        // Nobody reads the output any more; only a report still wants the summary.
+        if stop == Stop::OutputClosed && !self.reports {
+            return Ok(());
+        }
+        if stop == Stop::TargetsExited {
+            sleep(EXIT_GRACE).await;
+        }
+        self.refresh_activity();
+        self.follow_processes()?;
+        let shown = self.show_events();
+        self.streams.logs.get_mut().flush();
+
+        let counters = self.tracer.counters()?;
+        let losses = counters.losses();
+        if let Some(code_paths) = &self.code_paths {
+            code_paths.settle(SYMBOLIZE_GRACE);
+        }
+        let summary = self
+            .tracker
+            .summary(monotonic_now(), self.code_path_source(), losses);
+        if losses.lost_events > 0 || losses.untracked_sockets > 0 || counters.target_map_full > 0 {
+            eprintln!(
+                "probe: warning: {} event(s) lost (ring buffer full: raise --ring-buffer-kib; \
+                 {} unreadable), {} socket(s) untracked (raise --max-sockets), {} process(es) \
+                 not followed",
+                losses.lost_events,
+                counters.read_failed,
+                losses.untracked_sockets,
+                counters.target_map_full
+            );
+        }
+        match shown.and_then(|()| self.sink.summary(&summary)) {
+            Err(error) if error.kind() != io::ErrorKind::BrokenPipe => {
+                Err(error).context("cannot write output")
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// A traced process exited: stop when it was the last one (or the command).
+    fn exited(&mut self, pid: u32) -> anyhow::Result<Option<Stop>> {
+        self.tracer.remove_target(pid)?;
+        if self.command_pid == Some(pid) {
+            process::spawn::reap(pid);
+        }
+        let done = if self.follow {
+            self.exits.count() == 0 && !self.waits_for_new
+        } else {
+            self.command_pid == Some(pid) || self.exits.count() == 0
+        };
+        Ok(done.then_some(Stop::TargetsExited))
+    }
+
+    /// Every event waiting in the ring buffer through the tracker to the sinks (noting the
+    /// stacks of connects for symbolizing, while their process is there to be read), then the
+    /// connections that became stuck. The one drain path, for the loop and the end alike.
+    fn show_events(&mut self) -> io::Result<()> {
+        let ring = self.streams.events.get_mut();
+        while let Some(item) = ring.next() {
+            match Transition::decode(&item) {
+                Ok(transition) => {
+                    if let (Some(code_paths), Some(stack)) =
+                        (self.code_paths.as_mut(), transition.stack)
+                    {
+                        code_paths.note(stack);
+                    }
+                    self.sink.transition(&self.tracker.apply(&transition))?;
+                }
+                Err(error) => log::warn!("skipping a malformed kernel event: {error}"),
+            }
+        }
+        let code_paths: &dyn CodePathSource = match &self.code_paths {
+            Some(code_paths) => code_paths,
+            None => &NoCodePaths,
+        };
+        for alert in self.tracker.due_stuck(monotonic_now(), code_paths) {
+            self.sink.stuck(&alert)?;
+        }
+        Ok(())
+    }
+
+    /// The whole table, for the sinks that look at it every second.
+    fn tick(&mut self) -> io::Result<()> {
+        let now = monotonic_now();
+        let losses = match self.tracer.counters() {
+            Ok(counters) => counters.losses(),
+            Err(error) => {
+                log::debug!("cannot read the kernel counters: {error:#}");
+                Default::default()
+            }
+        };
+        let table = self.tracker.summary(now, self.code_path_source(), losses);
+        self.sink.tick(now, &table)
+    }
+
+    fn code_path_source(&self) -> &dyn CodePathSource {
+        match &self.code_paths {
+            Some(code_paths) => code_paths,
+            None => &NoCodePaths,
+        }
+    }
+
+    /// Reads every fork and exec waiting.
+    fn follow_processes(&mut self) -> anyhow::Result<()> {
+        loop {
+            let news = match self.streams.process_events.get_mut().next() {
+                Some(item) => ProcessNews::decode(&item),
+                None => return Ok(()),
+            };
+            if let Some(news) = news {
+                self.follow_process(news)?;
+            }
+        }
+    }
+
+    /// A fork of a traced process (the kernel already made the child a target) or an exec.
+    fn follow_process(&mut self, news: ProcessNews) -> anyhow::Result<()> {
+        let pid = news.pid;
+        if news.kind == ProcessEventKind::Fork {
+            // The kernel cannot tell a new thread from a new process: threads already share
+            // their process's tgid, so their own entry is of no use.
+            let is_process = process::resolve(pid).is_ok_and(|p| p.named_thread.is_none());
+            if !is_process {
+                self.tracer.remove_target(pid)?;
+                return Ok(());
+            }
+        }
+        self.tracker.register_process(pid, &news.comm);
+        if !self.exits.is_alive(pid) {
+            log::debug!("now tracing {pid} ({})", news.comm);
+            self.exits.watch(pid);
+        }
+        Ok(())
+    }
+
+    /// Samples tcp_info of the running targets' sockets (one sock_diag dump per namespace).
+    fn refresh_activity(&mut self) {
+        let pids: Vec<u32> = self.exits.alive().collect();
+        match snapshot::tcp_sockets(&pids) {
+            Ok(samples) => self.tracker.refresh_activity(&samples),
+            // A process that just exited, for instance: the next refresh will do.
+            Err(error) => log::debug!("tcp_info refresh skipped: {error}"),
+        }
+        self.schedule.refreshed_at = Instant::now();
+    }
+}
+
+impl Schedule {
+    /// How long to sleep: until the next stuck deadline, refresh or tick, at most
+    /// [`MAX_IDLE_TICK`].
+    fn next_due(&self, tracker: &Tracker) -> Duration {
+        let until_deadline = tracker.next_deadline().map_or(MAX_IDLE_TICK, |deadline| {
+            deadline.saturating_since(monotonic_now())
+        });
+        let next_refresh = self.refreshed_at + self.refresh_every;
+        until_deadline
+            .min(
+                next_refresh
+                    .min(self.next_tick)
+                    .saturating_duration_since(Instant::now()),
+            )
+            .min(MAX_IDLE_TICK)
+    }
+}
+
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(86400 * 365)
+}

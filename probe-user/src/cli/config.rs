@@ -1,0 +1,167 @@
+//! The run's configuration: the command line, validated once and resolved into what each part
+//! of probe needs (ripgrep's `HiArgs`).
+
+use std::{ffi::OsString, net::SocketAddr, path::PathBuf, time::Duration};
+
+use super::{Cli, MAX_TARGETS};
+use crate::{
+    bpf::{Attach, TracerConfig},
+    output::filter::Filter,
+    track::{Family, Thresholds},
+};
+
+/// Everything a run needs to know, validated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub targets: Targets,
+    pub thresholds: Thresholds,
+    /// Stop after this long.
+    pub duration: Option<Duration>,
+    /// What the outputs show.
+    pub filter: Filter,
+    pub view: View,
+    /// Write an HTML incident report here when probe stops.
+    pub report: Option<PathBuf>,
+    /// Serve Prometheus metrics here.
+    pub metrics_addr: Option<SocketAddr>,
+    pub kernel: Kernel,
+    /// Debug logs, the kernel program's included.
+    pub verbose: bool,
+}
+
+/// What to trace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Targets {
+    /// Running processes (or threads of them).
+    pub pids: Vec<u32>,
+    /// Running processes of this name, as the kernel keeps names (at most 15 bytes).
+    pub comm: Option<String>,
+    /// A command to start and trace.
+    pub command: Option<Command>,
+    /// Also trace what the traced processes fork.
+    pub follow_forks: bool,
+}
+
+impl Targets {
+    /// The `--comm` name as the kernel stores process names (NUL padded), when new processes
+    /// of that name are to be traced as they exec.
+    pub fn comm_filter(&self) -> Option<[u8; 16]> {
+        let name = self.comm.as_ref().filter(|_| self.follow_forks)?;
+        let mut filter = [0u8; 16];
+        let bytes = &name.as_bytes()[..name.len().min(15)];
+        filter[..bytes.len()].copy_from_slice(bytes);
+        Some(filter)
+    }
+}
+
+/// A command to start, held until probe is attached.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Command {
+    /// The program and its arguments.
+    pub argv: Vec<OsString>,
+    /// Run it as root even under sudo.
+    pub as_root: bool,
+}
+
+/// What stdout shows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum View {
+    /// Lines for people.
+    Text,
+    /// NDJSON.
+    Json,
+    /// The full-screen live view.
+    Live,
+}
+
+/// Sizes and switches of the kernel side.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Kernel {
+    pub ring_buffer_kib: u32,
+    pub max_sockets: u32,
+    /// Capture the user stacks of connects.
+    pub stacks: bool,
+    pub attach: Attach,
+}
+
+impl Config {
+    /// Validates what clap cannot, and resolves the defaults that depend on other flags.
+    pub fn from_cli(cli: Cli) -> Result<Config, String> {
+        if cli.pids.is_empty() && cli.command.is_empty() && cli.comm.is_none() {
+            return Err(
+                "nothing to trace: give --pid PID, --comm NAME, or a command after `--` \
+                 (probe -- COMMAND)"
+                    .into(),
+            );
+        }
+        if cli.pids.len() >= MAX_TARGETS as usize {
+            return Err(format!(
+                "at most {} processes can be traced",
+                MAX_TARGETS - 1
+            ));
+        }
+        // Forks are followed by default with a command (its children are part of it), not
+        // otherwise; the last of --follow-forks / --no-follow-forks wins.
+        let follow_forks = !cli.no_follow_forks && (cli.follow_forks || !cli.command.is_empty());
+        let command = (!cli.command.is_empty()).then_some(Command {
+            argv: cli.command,
+            as_root: cli.as_root,
+        });
+        let view = if cli.live {
+            View::Live
+        } else if cli.json {
+            View::Json
+        } else {
+            View::Text
+        };
+        Ok(Config {
+            targets: Targets {
+                pids: cli.pids,
+                comm: cli.comm,
+                command,
+                follow_forks,
+            },
+            thresholds: Thresholds {
+                close_wait: cli.close_wait_after,
+                established: cli.established_after,
+            },
+            duration: cli.duration,
+            filter: Filter {
+                ports: cli.ports,
+                remotes: cli.remotes,
+                family: if cli.ipv4 {
+                    Some(Family::Ipv4)
+                } else if cli.ipv6 {
+                    Some(Family::Ipv6)
+                } else {
+                    None
+                },
+                states: cli.states,
+            },
+            view,
+            report: cli.report,
+            metrics_addr: cli.metrics_addr,
+            kernel: Kernel {
+                ring_buffer_kib: cli.ring_buffer_kib,
+                max_sockets: cli.max_sockets,
+                stacks: !cli.no_stacks,
+                attach: cli.attach,
+            },
+            verbose: cli.verbose,
+        })
+    }
+
+    /// How the kernel side is to be set up.
+    pub fn tracer(&self) -> TracerConfig {
+        TracerConfig {
+            ring_buffer_bytes: self.kernel.ring_buffer_kib * 1024,
+            max_sockets: self.kernel.max_sockets,
+            max_targets: MAX_TARGETS,
+            kernel_logs: self.verbose,
+            follow_forks: self.targets.follow_forks,
+            comm_filter: self.targets.comm_filter(),
+            stacks: self.kernel.stacks,
+            attach: self.kernel.attach,
+        }
+    }
+}

@@ -1,0 +1,114 @@
+//! The processes probe traces: resolving `--pid` and `--comm` ([`resolve`], [`named`]),
+//! starting `-- COMMAND` held before exec so that its first connection is seen ([`spawn`]), and
+//! following them: their exits, and the forks and execs the kernel reports ([`watch`]).
+
+pub mod spawn;
+pub mod watch;
+
+/// Why a process cannot be traced.
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    #[error("no process with pid {0} is running (find it with `pgrep NAME` or `ps aux`)")]
+    NoSuchProcess(u32),
+    #[error("cannot read /proc/{pid} ({error}); run probe as root (sudo)")]
+    Proc { pid: u32, error: procfs::ProcError },
+    #[error("cannot list the processes in /proc ({0}); run probe as root (sudo)")]
+    ProcList(procfs::ProcError),
+    #[error("cannot start `{command}`: {reason}")]
+    Exec { command: String, reason: String },
+    #[error("cannot start `{command}`: {error}")]
+    Spawn { command: String, error: nix::Error },
+    #[error("the command is empty: put it after `--`, e.g. `probe -- curl http://127.0.0.1/`")]
+    EmptyCommand,
+    #[error("the command contains a NUL byte")]
+    NulInCommand,
+}
+
+/// A traced process.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Process {
+    /// The process id (tgid): all its threads share it.
+    pub pid: u32,
+    /// Its name, from `/proc/PID/comm`.
+    pub comm: String,
+    /// The thread id the user named, when it was a thread rather than the process itself.
+    pub named_thread: Option<u32>,
+}
+
+/// Looks up a running process; a thread id resolves to its process.
+pub fn resolve(pid: u32) -> Result<Process, TargetError> {
+    let proc_error = |error| match error {
+        procfs::ProcError::NotFound(_) => TargetError::NoSuchProcess(pid),
+        error => TargetError::Proc { pid, error },
+    };
+    let id = i32::try_from(pid).map_err(|_| TargetError::NoSuchProcess(pid))?;
+    let status = procfs::process::Process::new(id)
+        .and_then(|process| process.status())
+        .map_err(proc_error)?;
+    let tgid = u32::try_from(status.tgid).map_err(|_| TargetError::NoSuchProcess(pid))?;
+    Ok(Process {
+        pid: tgid,
+        comm: status.name,
+        named_thread: (tgid != pid).then_some(pid),
+    })
+}
+
+/// The running processes named `name` (as `/proc/PID/comm` has it).
+pub fn named(name: &str) -> Result<Vec<Process>, TargetError> {
+    let all = procfs::process::all_processes().map_err(TargetError::ProcList)?;
+    Ok(all
+        .filter_map(Result::ok)
+        .filter_map(|process| process.stat().ok())
+        .filter(|stat| stat.comm == name)
+        .filter_map(|stat| {
+            Some(Process {
+                pid: u32::try_from(stat.pid).ok()?,
+                comm: stat.comm,
+                named_thread: None,
+            })
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolves_this_process_and_its_threads() {
+        let me = std::process::id();
+        let process = resolve(me).unwrap();
+        assert_eq!(process.pid, me);
+        assert_eq!(process.named_thread, None);
+
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            tx.send(nix::unistd::gettid().as_raw() as u32).unwrap();
+            done_rx.recv().unwrap();
+        });
+        let tid = rx.recv().unwrap();
+        let resolved = resolve(tid).unwrap();
+        assert_eq!(resolved.pid, me);
+        assert_eq!(resolved.named_thread, Some(tid));
+        done_tx.send(()).unwrap();
+        thread.join().unwrap();
+    }
+
+    #[test]
+    fn finds_processes_by_name() {
+        let me = resolve(std::process::id()).unwrap();
+        let named = named(&me.comm).unwrap();
+        assert!(named.iter().any(|p| p.pid == me.pid));
+        assert!(named.iter().all(|p| p.comm == me.comm));
+        assert!(super::named("no-such-name-x").unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_missing_process_is_a_clear_error() {
+        // pid_max is at most 2^22, so this pid cannot exist.
+        let err = resolve(i32::MAX as u32).unwrap_err();
+        assert!(matches!(err, TargetError::NoSuchProcess(_)), "{err}");
+        assert!(err.to_string().contains("pgrep"));
+    }
+}

@@ -1,0 +1,376 @@
+//! The connection table: every open connection of the traced processes, fed by transitions and
+//! by the sockets found at attach, and watched for stuck states.
+
+use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
+
+use probe_common::TcpState;
+use rustc_hash::FxHashMap;
+
+use super::{
+    activity::ExistingSocket,
+    code_path::CodePathSource,
+    event::{Endpoints, Transition},
+    lifecycle::{Connection, ConnectionKey, Ending, Owner},
+    stuck::{Diagnosis, StuckDetector, Thresholds},
+    summary::{ClosedCounts, OpenConnection, Summary},
+    table::Table,
+    time::Timestamp,
+    view::{ConnectionView, Losses},
+};
+
+/// What one transition did to a connection, for the sinks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StateChange {
+    /// The kernel socket address.
+    pub id: u64,
+    pub inode: Option<u64>,
+    pub owner: Owner,
+    pub endpoints: Endpoints,
+    pub old: TcpState,
+    pub new: TcpState,
+    pub at: Timestamp,
+    /// Time spent in `old`, where probe saw the connection enter it.
+    pub in_old: Option<Duration>,
+    /// How the connection ended, when `new` is CLOSE.
+    pub ending: Option<Ending>,
+}
+
+impl StateChange {
+    /// True when the connection went on into TIME_WAIT, which the tracepoint does not show.
+    pub fn time_wait(&self) -> bool {
+        self.ending == Some(Ending::TimeWait)
+    }
+}
+
+/// A connection that just crossed its state's threshold.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StuckAlert {
+    /// The connection; its `since` and `age` are always known here (bounds, if
+    /// `since_attach`).
+    pub connection: ConnectionView,
+    pub diagnosis: Diagnosis,
+}
+
+impl StuckAlert {
+    /// When it entered its state (when probe attached, if `since_attach`).
+    pub fn since(&self) -> Timestamp {
+        self.connection.since.unwrap_or_default()
+    }
+
+    /// How long it has been in its state (at least, if `since_attach`).
+    pub fn age(&self) -> Duration {
+        self.connection.age.unwrap_or_default()
+    }
+}
+
+#[derive(Debug)]
+struct Tracked {
+    connection: Connection,
+    /// Number of the current state visit, unique across all connections: a queued deadline is
+    /// still valid only while the connection is in that same visit.
+    visit: u32,
+    /// Flagged as stuck in the current visit.
+    stuck: bool,
+}
+
+/// Connection table and stuck detection.
+#[derive(Debug)]
+pub struct Tracker {
+    table: Table<Tracked>,
+    /// Connections found at attach and not yet named by a transition: endpoints -> inode.
+    existing: HashMap<(SocketAddr, SocketAddr), u64>,
+    processes: FxHashMap<u32, Arc<str>>,
+    thresholds: Thresholds,
+    detector: StuckDetector,
+    closed: ClosedCounts,
+    next_visit: u32,
+}
+
+/// Deadlines queued beyond this many per open connection (plus a constant) trigger a clean-up of
+/// the ones whose connection moved on, so churn cannot grow the queue without bound.
+const STALE_DEADLINES_PER_CONNECTION: usize = 2;
+const STALE_DEADLINES_SLACK: usize = 1024;
+
+impl Tracker {
+    /// An empty table with these thresholds.
+    pub fn new(thresholds: Thresholds) -> Self {
+        Tracker {
+            table: Table::default(),
+            existing: HashMap::new(),
+            processes: FxHashMap::default(),
+            thresholds,
+            detector: StuckDetector::default(),
+            closed: ClosedCounts::default(),
+            next_visit: 0,
+        }
+    }
+
+    /// Names a traced process, so its connections show its name.
+    pub fn register_process(&mut self, pid: u32, comm: &str) {
+        self.processes.insert(pid, Arc::from(comm));
+    }
+
+    /// Adds a connection that was already open when probe attached at `now`. A CLOSE_WAIT one is
+    /// due at once; an ESTABLISHED one when it has been idle for the threshold. A socket in
+    /// CLOSE (created, never connected) is no connection: its connect or listen will be seen.
+    pub fn seed(&mut self, socket: &ExistingSocket, now: Timestamp) {
+        if socket.state == TcpState::Close {
+            return;
+        }
+        let connection = Connection::existing(socket, now);
+        let key = connection.key;
+        self.existing.insert(
+            (socket.endpoints.local, socket.endpoints.remote),
+            socket.inode,
+        );
+        let visit = self.next_visit();
+        let deadline = match (socket.state, socket.activity) {
+            (TcpState::CloseWait, _) => Some(now),
+            (TcpState::Established, Some(activity)) => Some(
+                now.saturating_add(self.thresholds.established)
+                    .saturating_sub(activity.idle_at(now)),
+            ),
+            (state, _) => self.thresholds.of(state).map(|t| now.saturating_add(t)),
+        };
+        if let Some(deadline) = deadline {
+            self.detector.watch(key, visit, socket.state, deadline);
+        }
+        self.table.insert(
+            key,
+            Tracked {
+                connection,
+                visit,
+                stuck: false,
+            },
+        );
+    }
+
+    /// Applies one transition from the kernel.
+    pub fn apply(&mut self, transition: &Transition) -> StateChange {
+        let key = ConnectionKey::Socket(transition.sock_id);
+        self.adopt_existing(key, &transition.endpoints);
+        let starts_lifecycle = matches!(
+            (transition.old, transition.new),
+            (TcpState::Close, _) | (TcpState::Listen, TcpState::SynRecv)
+        );
+        let visit = self.next_visit();
+        let tracked = if self.table.contains_key(key) {
+            let tracked = self.table.get_mut(key).expect("checked just above");
+            if starts_lifecycle {
+                // The socket id was reused and the old lifecycle's CLOSE was never seen (a
+                // lost event): the old lifecycle cannot go on, start afresh.
+                tracked.connection = Connection::first_seen(transition);
+            }
+            tracked
+        } else {
+            self.table.insert(
+                key,
+                Tracked {
+                    connection: Connection::first_seen(transition),
+                    visit,
+                    stuck: false,
+                },
+            )
+        };
+        let in_old = tracked.connection.advance(transition);
+        tracked.visit = visit;
+        tracked.stuck = false;
+
+        let connection = &tracked.connection;
+        let change = StateChange {
+            id: transition.sock_id,
+            inode: connection.inode(),
+            owner: owner_of(&self.processes, connection.pid),
+            endpoints: connection.endpoints(),
+            old: transition.old,
+            new: transition.new,
+            at: transition.at,
+            in_old,
+            ending: connection.ending,
+        };
+        if connection.is_closed() {
+            if let Some(done) = self.table.remove(key) {
+                self.closed.record(&done.connection);
+            }
+        } else if let Some(threshold) = self.thresholds.of(transition.new) {
+            self.detector.watch(
+                key,
+                visit,
+                transition.new,
+                transition.at.saturating_add(threshold),
+            );
+            self.drop_stale_deadlines();
+        }
+        change
+    }
+
+    /// Records fresh tcp_info samples (one sock_diag dump of the traced processes' sockets),
+    /// matched to open connections by their endpoints.
+    pub fn refresh_activity(&mut self, samples: &[ExistingSocket]) {
+        let by_endpoints: HashMap<(SocketAddr, SocketAddr), &ExistingSocket> = samples
+            .iter()
+            .map(|s| ((s.endpoints.local, s.endpoints.remote), s))
+            .collect();
+        for tracked in self.table.values_mut() {
+            let connection = &mut tracked.connection;
+            let endpoints = (connection.endpoints().local, connection.endpoints().remote);
+            if let Some(sample) = by_endpoints.get(&endpoints) {
+                connection.set_inode(sample.inode);
+                if let Some(activity) = sample.activity {
+                    connection.set_activity(activity);
+                }
+            }
+        }
+    }
+
+    /// Flags the connections whose deadline has come at `now`, each once per state visit. An
+    /// ESTABLISHED connection that tcp_info shows busy is not flagged: it is looked at again when
+    /// it could have been idle for the threshold.
+    pub fn due_stuck(
+        &mut self,
+        now: Timestamp,
+        code_paths: &dyn CodePathSource,
+    ) -> Vec<StuckAlert> {
+        let mut alerts = Vec::new();
+        for due in self.detector.due(now) {
+            let Some(tracked) = self.table.get_mut(due.key) else {
+                continue;
+            };
+            if tracked.visit != due.visit || tracked.stuck {
+                continue;
+            }
+            let (Some(diagnosis), Some(threshold)) = (
+                Diagnosis::for_state(due.state),
+                self.thresholds.of(due.state),
+            ) else {
+                continue;
+            };
+            let idle = tracked.connection.activity().map(|a| a.idle_at(now));
+            if let (TcpState::Established, Some(idle)) = (due.state, idle)
+                && idle < threshold
+            {
+                self.detector.watch(
+                    due.key,
+                    due.visit,
+                    due.state,
+                    now.saturating_add(threshold - idle),
+                );
+                continue;
+            }
+            tracked.stuck = true;
+            let mut connection = view(&self.processes, &tracked.connection, now, code_paths);
+            // Entered before probe saw it, and not at attach either: flagged from now on.
+            connection.since.get_or_insert(now);
+            connection.age.get_or_insert(Duration::ZERO);
+            alerts.push(StuckAlert {
+                connection,
+                diagnosis,
+            });
+        }
+        alerts
+    }
+
+    /// When [`Tracker::due_stuck`] will next have something to look at.
+    pub fn next_deadline(&self) -> Option<Timestamp> {
+        self.detector.next_deadline()
+    }
+
+    /// The open connections (oldest in their state first) and the totals, as of `now`; the
+    /// code paths and the kernel's losses are what the tracker cannot know by itself.
+    pub fn summary(
+        &self,
+        now: Timestamp,
+        code_paths: &dyn CodePathSource,
+        losses: Losses,
+    ) -> Summary {
+        let mut open: Vec<OpenConnection> = self
+            .table
+            .values()
+            .map(|tracked| OpenConnection {
+                connection: view(&self.processes, &tracked.connection, now, code_paths),
+                stuck: tracked.stuck,
+                opened_by: tracked.connection.opened_by,
+                history: tracked.connection.history,
+            })
+            .collect();
+        // Unknown starts (already open before probe saw them) are the oldest of all.
+        open.sort_by_key(|c| (c.connection.since, c.connection.key));
+        Summary::new(open, self.closed, losses)
+    }
+
+    /// How many connections are open.
+    pub fn open_count(&self) -> usize {
+        self.table.len()
+    }
+
+    /// A connection found at attach, named by a transition for the first time: from now on it
+    /// is known by its socket address.
+    fn adopt_existing(&mut self, key: ConnectionKey, endpoints: &Endpoints) {
+        if self.existing.is_empty() || self.table.contains_key(key) {
+            return;
+        }
+        let Some(inode) = self.existing.remove(&(endpoints.local, endpoints.remote)) else {
+            return;
+        };
+        if self.table.rekey(ConnectionKey::Inode(inode), key)
+            && let Some(tracked) = self.table.get_mut(key)
+        {
+            tracked.connection.key = key;
+        }
+    }
+
+    /// A new visit number. They wrap after 4 billion visits: by then, a queued deadline with
+    /// the same number for the same connection is long gone.
+    fn next_visit(&mut self) -> u32 {
+        self.next_visit = self.next_visit.wrapping_add(1);
+        self.next_visit
+    }
+
+    fn drop_stale_deadlines(&mut self) {
+        let limit = self.table.len() * STALE_DEADLINES_PER_CONNECTION + STALE_DEADLINES_SLACK;
+        if self.detector.pending() > limit {
+            let table = &self.table;
+            self.detector
+                .retain(|key, visit| table.get(key).is_some_and(|tracked| tracked.visit == visit));
+        }
+    }
+}
+
+/// A connection as the outputs show it, as of `now`.
+fn view(
+    processes: &FxHashMap<u32, Arc<str>>,
+    connection: &Connection,
+    now: Timestamp,
+    code_paths: &dyn CodePathSource,
+) -> ConnectionView {
+    let since = connection.state_since();
+    ConnectionView {
+        key: connection.key,
+        inode: connection.inode(),
+        owner: owner_of(processes, connection.pid),
+        endpoints: connection.endpoints(),
+        state: connection.state(),
+        since,
+        age: since.map(|since| now.saturating_since(since)),
+        since_attach: connection.since_attach(),
+        idle: connection.activity().map(|a| a.idle_at(now)),
+        activity: connection.activity(),
+        opened_at: connection
+            .opened_at
+            .and_then(|stack| code_paths.code_path(stack)),
+    }
+}
+
+/// The owner of a connection, named.
+fn owner_of(processes: &FxHashMap<u32, Arc<str>>, pid: u32) -> Owner {
+    Owner {
+        pid,
+        comm: processes
+            .get(&pid)
+            .cloned()
+            .unwrap_or_else(|| Arc::from("?")),
+    }
+}
+
+#[cfg(test)]
+mod tests;
