@@ -1,0 +1,200 @@
+//! `cargo xtask bench`: what tracing costs the traced workload, measured side by side in one run.
+//!
+//! Configurations are interleaved round by round, and every run of a tracer is paired with a run
+//! of the workload alone right next to it (before it in one round, after it in the next); each is
+//! reported as its ratio to its pair (median and spread over the rounds): absolute times on a
+//! shared 2-core machine are noise, and they drift within a minute; ratios of neighbouring runs
+//! are what can be compared.
+
+mod procfs;
+mod report;
+mod workers;
+
+use std::{fs, path::Path};
+
+use anyhow::{Context, Result};
+
+use crate::{build, cmd::tool_exists};
+use procfs::{BpfStats, measure_memory};
+use report::{Measured, bcc_tcpstates_works, report};
+use workers::{Sleeper, Tracer, Worker};
+
+/// A tcpstates-style bpftrace script: every TCP transition, with the time spent in the old
+/// state, printed (as bcc's and libbpf-tools' tcpstates do; it cannot filter by owner).
+pub(super) const BPFTRACE_TCPSTATES: &str = r#"
+tracepoint:sock:inet_sock_set_state /args->protocol == 6/ {
+    $sk = args->skaddr;
+    $us = @last[$sk] ? (nsecs - @last[$sk]) / 1000 : 0;
+    printf("%d %s %d %d %d %d %d\n", pid, comm, args->sport, args->dport, args->oldstate, args->newstate, $us);
+    if (args->newstate == 7) { delete(@last[$sk]); } else { @last[$sk] = nsecs; }
+}"#;
+
+/// probe's arguments for the classic tracepoint program (the default is the BTF one).
+const CLASSIC: &[&str] = &["--attach", "tracepoint"];
+
+/// What is measured, round after round.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Config {
+    /// The workload alone.
+    Baseline,
+    /// probe tracing the workload (every transition to userspace, stacks on).
+    Probe,
+    /// The same without stack capture.
+    ProbeNoStacks,
+    /// probe tracing the workload with the classic tracepoint program.
+    ProbeClassic,
+    /// probe tracing an unrelated idle process: in-kernel filtering only.
+    ProbeIdle,
+    /// The same with the classic tracepoint program.
+    ProbeIdleClassic,
+    /// bpftrace with a tcpstates-style script.
+    Bpftrace,
+}
+
+impl Config {
+    fn label(self) -> &'static str {
+        match self {
+            Config::Baseline => "1. no tracer (baseline)",
+            Config::Probe => "2. probe --pid WORKLOAD",
+            Config::ProbeNoStacks => "2b. probe --pid WORKLOAD --no-stacks",
+            Config::ProbeClassic => "2c. probe --pid WORKLOAD --attach tracepoint",
+            Config::ProbeIdle => "3. probe --pid IDLE (unrelated)",
+            Config::ProbeIdleClassic => "3b. probe --pid IDLE --attach tracepoint",
+            Config::Bpftrace => "4. bpftrace tcpstates-style script",
+        }
+    }
+}
+
+/// One measured run.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct Run {
+    /// Connections per second of the workload.
+    rate: f64,
+    /// Transitions the tracer delivered (lines it printed).
+    transitions: u64,
+    /// Events the tracer reported lost.
+    lost: u64,
+    /// The tracer's CPU time.
+    cpu_seconds: f64,
+    /// The tracer's peak resident memory, KiB.
+    peak_rss_kib: u64,
+    /// Runs of the tracer's BPF programs, and the time they took (kernel.bpf_stats_enabled).
+    program_runs: u64,
+    program_ns: u64,
+    /// The workload's wall time, seconds.
+    seconds: f64,
+    /// Connections per second of the workload alone in the run paired with this one.
+    paired_rate: f64,
+}
+
+/// Runs the benchmark and writes BENCHMARKS.md.
+pub fn bench(rounds: usize, connections: usize, concurrency: usize) -> Result<()> {
+    let built = build::all()?;
+    let xtask = std::env::current_exe().context("cannot find the xtask binary")?;
+    let bpftrace = tool_exists("bpftrace") || crate::toolchain::apt_install(&["bpftrace"]).is_ok();
+    let bcc = bcc_tcpstates_works();
+    let mut configs = vec![
+        Config::Baseline,
+        Config::Probe,
+        Config::ProbeNoStacks,
+        Config::ProbeClassic,
+        Config::ProbeIdle,
+        Config::ProbeIdleClassic,
+    ];
+    if bpftrace {
+        configs.push(Config::Bpftrace);
+    }
+
+    let mut runs: Vec<(usize, Config, Run)> = Vec::new();
+    let tracers: Vec<Config> = configs
+        .iter()
+        .copied()
+        .filter(|&config| config != Config::Baseline)
+        .collect();
+    for round in 0..rounds {
+        // Rotate the order each round, so no configuration always runs first or last; the
+        // workload alone runs next to each tracer, first in even rounds and last in odd ones.
+        let mut order = tracers.clone();
+        order.rotate_left(round % tracers.len());
+        for config in order {
+            let mut pair = [Config::Baseline, config];
+            if round % 2 == 1 {
+                pair.reverse();
+            }
+            let [first, second] = pair.map(|config| {
+                measure(config, &built.probe, &xtask, connections, concurrency)
+                    .with_context(|| format!("round {round}, {}", config.label()))
+            });
+            let (mut alone, mut traced) = if round % 2 == 0 {
+                (first?, second?)
+            } else {
+                (second?, first?)
+            };
+            alone.paired_rate = alone.rate;
+            traced.paired_rate = alone.rate;
+            eprintln!(
+                "xtask: round {} {:<45} {:>8.0} conn/s (alone: {:.0}), {} transitions, {} lost",
+                round + 1,
+                config.label(),
+                traced.rate,
+                alone.rate,
+                traced.transitions,
+                traced.lost
+            );
+            runs.push((round, Config::Baseline, alone));
+            runs.push((round, config, traced));
+        }
+    }
+    // The kernel programs' own time per run, in a round of its own: kernel.bpf_stats_enabled
+    // adds two clock reads to every run of every program, which the rounds above must not pay.
+    let stats = BpfStats::enable();
+    let mut timed: Vec<(Config, Run)> = Vec::new();
+    for &config in &tracers {
+        let run = measure(config, &built.probe, &xtask, connections, concurrency)
+            .with_context(|| format!("timing round, {}", config.label()))?;
+        timed.push((config, run));
+    }
+    drop(stats);
+    let memory = measure_memory(&built.probe, &xtask, 100_000)?;
+    let measured = Measured {
+        runs: &runs,
+        timed: &timed,
+        memory: &memory,
+    };
+    let report = report(measured, &configs, rounds, connections, concurrency, &bcc);
+    println!("{report}");
+    let path = build::workspace_root().join("BENCHMARKS.md");
+    fs::write(&path, report).with_context(|| format!("cannot write {}", path.display()))?;
+    eprintln!("xtask: wrote {}", path.display());
+    Ok(())
+}
+
+fn measure(
+    config: Config,
+    probe: &Path,
+    xtask: &Path,
+    connections: usize,
+    concurrency: usize,
+) -> Result<Run> {
+    let workload = Worker::churn(xtask, connections, concurrency)?;
+    let idle = Sleeper::start()?;
+    let tracer = match config {
+        Config::Baseline => None,
+        Config::Probe => Some(Tracer::probe(probe, workload.pid(), &[])?),
+        Config::ProbeNoStacks => Some(Tracer::probe(probe, workload.pid(), &["--no-stacks"])?),
+        Config::ProbeClassic => Some(Tracer::probe(probe, workload.pid(), CLASSIC)?),
+        Config::ProbeIdle => Some(Tracer::probe(probe, idle.pid(), &[])?),
+        Config::ProbeIdleClassic => Some(Tracer::probe(probe, idle.pid(), CLASSIC)?),
+        Config::Bpftrace => Some(Tracer::bpftrace()?),
+    };
+    let rate = workload.run_churn()?;
+    let mut run = Run {
+        rate,
+        seconds: connections as f64 / rate,
+        ..Run::default()
+    };
+    if let Some(tracer) = tracer {
+        tracer.stop(&mut run)?;
+    }
+    Ok(run)
+}

@@ -1,0 +1,208 @@
+//! BENCHMARKS.md: the table, the method, the machine.
+
+use std::{fmt::Write as _, fs, path::PathBuf, process::Command, thread};
+
+use anyhow::Result;
+
+use super::{Config, Run, procfs::Memory};
+
+/// Whether bcc's tcpstates runs on this kernel, and if not, why.
+pub(super) fn bcc_tcpstates_works() -> Result<(), String> {
+    let tool = PathBuf::from("/usr/sbin/tcpstates-bpfcc");
+    if !tool.exists() && crate::toolchain::apt_install(&["bpfcc-tools"]).is_err() {
+        return Err("bpfcc-tools could not be installed".into());
+    }
+    let output = Command::new("timeout")
+        .args(["10", "/usr/sbin/tcpstates-bpfcc"])
+        .output()
+        .map_err(|e| e.to_string())?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    match stderr.lines().find(|l| l.contains("kernel headers")) {
+        Some(line) => Err(line.trim().to_string()),
+        None if output.status.code() == Some(124) => Ok(()),
+        None => Err(stderr
+            .lines()
+            .last()
+            .unwrap_or("it failed")
+            .trim()
+            .to_string()),
+    }
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
+    }
+}
+
+/// Everything measured: the rounds, the timing round, the memory run.
+pub(super) struct Measured<'a> {
+    pub(super) runs: &'a [(usize, Config, Run)],
+    pub(super) timed: &'a [(Config, Run)],
+    pub(super) memory: &'a Memory,
+}
+
+pub(super) fn report(
+    measured: Measured,
+    configs: &[Config],
+    rounds: usize,
+    connections: usize,
+    concurrency: usize,
+    bcc: &Result<(), String>,
+) -> String {
+    let Measured {
+        runs,
+        timed,
+        memory,
+    } = measured;
+    let mut out = String::new();
+    let _ = writeln!(out, "# Benchmarks\n");
+    let _ = writeln!(
+        out,
+        "What tracing costs a connection-churning workload, measured side by side in one run of `cargo xtask bench --rounds {rounds} --connections {connections} --concurrency {concurrency}`.\n"
+    );
+    let _ = writeln!(out, "Machine: {}.\n", machine());
+    let _ = writeln!(
+        out,
+        "Workload: one process with a loopback server and {concurrency} client threads making {connections} connections (connect, one byte each way, client closes first), so every connection makes ten TCP state transitions of that process. The configurations run interleaved, {rounds} rounds, in a rotating order, and every tracer run is paired with a run of the workload alone right next to it (before it in one round, after it in the next). Ratio: the tracer run's rate over its pair's, median over the rounds [min, max]; the baseline row's rate is the median of all the runs alone.\n"
+    );
+    let _ = writeln!(
+        out,
+        "| configuration | workload conn/s (median) | throughput vs baseline | transitions delivered/s | events lost | tracer CPU s per million transitions | kernel program ns per run | tracer peak RSS |"
+    );
+    let _ = writeln!(
+        out,
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    );
+    for &config in configs {
+        let mine: Vec<&Run> = runs
+            .iter()
+            .filter(|(_, c, _)| *c == config)
+            .map(|(_, _, run)| run)
+            .collect();
+        let mut rates: Vec<f64> = mine.iter().map(|r| r.rate).collect();
+        let mut ratios: Vec<f64> = runs
+            .iter()
+            .filter(|(_, c, _)| *c == config)
+            .map(|(_, _, run)| run.rate / run.paired_rate)
+            .collect();
+        let (low, high) = ratios
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(l, h), &r| (l.min(r), h.max(r)));
+        let transitions: u64 = mine.iter().map(|r| r.transitions).sum();
+        let seconds: f64 = mine.iter().map(|r| r.seconds).sum();
+        let cpu: f64 = mine.iter().map(|r| r.cpu_seconds).sum();
+        let lost: u64 = mine.iter().map(|r| r.lost).sum();
+        let rss = mine.iter().map(|r| r.peak_rss_kib).max().unwrap_or(0);
+        let (program_runs, program_ns) = timed
+            .iter()
+            .find(|(c, _)| *c == config)
+            .map_or((0, 0), |(_, run)| (run.program_runs, run.program_ns));
+        let tracer = config != Config::Baseline;
+        let dash = || "-".to_string();
+        let _ = writeln!(
+            out,
+            "| {} | {:.0} | {:.3} [{:.3}, {:.3}] | {} | {} | {} | {} | {} |",
+            config.label(),
+            median(&mut rates),
+            median(&mut ratios),
+            low,
+            high,
+            if tracer {
+                format!("{:.0}", transitions as f64 / seconds)
+            } else {
+                dash()
+            },
+            if tracer { lost.to_string() } else { dash() },
+            if tracer && transitions > 0 {
+                format!("{:.2}", cpu / transitions as f64 * 1e6)
+            } else {
+                dash()
+            },
+            if program_runs > 0 {
+                format!("{:.0}", program_ns as f64 / program_runs as f64)
+            } else {
+                dash()
+            },
+            if tracer {
+                format!("{:.1} MiB", rss as f64 / 1024.0)
+            } else {
+                dash()
+            },
+        );
+    }
+    let per_connection = (memory.loaded_rss_kib.saturating_sub(memory.idle_rss_kib) * 1024) as f64
+        / memory.connections as f64;
+    let _ = writeln!(
+        out,
+        "\nMemory with {} open connections tracked (both ends of {} loopback connections, held by processes that probe traces): probe's anonymous memory (its heap: RssAnon) {:.1} MiB, against {:.1} MiB when tracing an idle process: **{:.0} bytes per tracked connection**; {} events lost while they opened.\n",
+        memory.connections,
+        memory.connections / 2,
+        memory.loaded_rss_kib as f64 / 1024.0,
+        memory.idle_rss_kib as f64 / 1024.0,
+        per_connection,
+        memory.lost
+    );
+    let _ = writeln!(out, "Notes:\n");
+    let _ = writeln!(
+        out,
+        "- Kernel program ns per run: the average time of the tracer's BPF programs per run (all its programs), measured in one more run of each configuration with `kernel.bpf_stats_enabled` on; it is off during the rounds, because it adds two clock reads to every run of every program. For probe on an unrelated pid (3) every run is a transition it filters out; for (2) most runs deliver an event."
+    );
+    let _ = writeln!(
+        out,
+        "- probe (2) delivers only the workload's transitions and keeps the full model (lifecycles, deadlines, stacks on connects); bpftrace (4) prints every TCP transition of the host with the time in the old state, as tcpstates does, and keeps no model."
+    );
+    let _ = writeln!(
+        out,
+        "- probe attaches its BTF tracepoint program (`tp_btf`) by default: the kernel hands it the socket without filling a trace record, and it reads the socket's fields only for transitions it keeps. 2c and 3b run the classic tracepoint program (`--attach tracepoint`, for kernels without BTF), which copies the record the kernel fills for every transition."
+    );
+    let _ = writeln!(
+        out,
+        "- Transitions delivered/s is over the workload's run time; a tracer that keeps up delivers about ten per connection."
+    );
+    match bcc {
+        Ok(()) => {
+            let _ = writeln!(
+                out,
+                "- bcc's tcpstates runs on this kernel but is not part of this table."
+            );
+        }
+        Err(why) => {
+            let _ = writeln!(
+                out,
+                "- bcc's `tcpstates-bpfcc` (Debian bpfcc-tools) does not run on this kernel: \"{why}\" (bcc compiles its programs at start against kernel headers, which this kernel does not ship)."
+            );
+        }
+    }
+    out
+}
+
+fn machine() -> String {
+    let cpu = fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|m| m.trim_start_matches([' ', '\t', ':']).to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = thread::available_parallelism().map_or(0, |n| n.get());
+    let memory = fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .next()
+                .map(|l| l.split_whitespace().nth(1).unwrap_or("0").to_string())
+        })
+        .and_then(|kib| kib.parse::<u64>().ok())
+        .map_or(0, |kib| kib / 1024 / 1024);
+    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!(
+        "{cores} cores ({cpu}), {memory} GiB, Linux {}",
+        kernel.trim()
+    )
+}

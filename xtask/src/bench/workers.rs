@@ -1,0 +1,265 @@
+//! The processes a benchmark run is made of: the churn workload, an idle target, connection
+//! holders, and the tracers whose output is counted.
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    path::Path,
+    process::{Child, ChildStdin, Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+        mpsc,
+    },
+    thread,
+    time::Duration,
+};
+
+use anyhow::{Context, Result, bail};
+
+use super::{
+    BPFTRACE_TCPSTATES, Run,
+    procfs::{bpf_program_stats, cpu_seconds, peak_rss_kib},
+};
+
+/// An idle process to trace, killed when dropped.
+pub(super) struct Sleeper(Child);
+
+impl Sleeper {
+    pub(super) fn start() -> Result<Sleeper> {
+        let child = Command::new("sleep")
+            .arg("3600")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("cannot start an idle process")?;
+        Ok(Sleeper(child))
+    }
+
+    pub(super) fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Sleeper {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// An xtask child (the churn workload, a connection holder) that waits for `go` on stdin and
+/// answers with a line on stdout.
+pub(super) struct Worker {
+    child: Child,
+    stdin: ChildStdin,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Worker {
+    /// Starts `xtask ARGS`; `what` names it in errors.
+    pub(super) fn start(xtask: &Path, args: &[String], what: &str) -> Result<Worker> {
+        let mut child = Command::new(xtask)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("cannot start {what}"))?;
+        let stdin = child.stdin.take().context("no stdin")?;
+        let lines = lines_of(child.stdout.take().context("no stdout")?);
+        Ok(Worker {
+            child,
+            stdin,
+            lines,
+        })
+    }
+
+    /// The churn workload, held until [`Worker::run_churn`].
+    pub(super) fn churn(xtask: &Path, connections: usize, concurrency: usize) -> Result<Worker> {
+        let args = [
+            "churn".to_string(),
+            "--connections".into(),
+            connections.to_string(),
+            "--concurrency".into(),
+            concurrency.to_string(),
+        ];
+        Worker::start(xtask, &args, "the workload")
+    }
+
+    pub(super) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub(super) fn go(&mut self) -> Result<()> {
+        writeln!(self.stdin, "go").context("cannot tell a worker to go")
+    }
+
+    /// Its answer, waiting at most five minutes.
+    pub(super) fn answer(&self, what: &str) -> Result<String> {
+        self.lines
+            .recv_timeout(Duration::from_secs(300))
+            .with_context(|| format!("{what} did not answer"))
+    }
+
+    /// Lets the churn workload go; returns its connections per second.
+    pub(super) fn run_churn(mut self) -> Result<f64> {
+        self.go()?;
+        let line = self.answer("the workload")?;
+        self.child.wait()?;
+        line.strip_prefix("rate ")
+            .and_then(|rate| rate.trim().parse().ok())
+            .with_context(|| format!("unexpected workload output: {line}"))
+    }
+
+    /// Closes its stdin (a holder then lets go of its connections) and waits for it.
+    pub(super) fn finish(mut self) -> Result<()> {
+        drop(self.stdin);
+        self.child.wait()?;
+        Ok(())
+    }
+}
+
+/// A running tracer whose output lines are counted.
+pub(super) struct Tracer {
+    child: Child,
+    counted: mpsc::Receiver<(u64, u64)>,
+    /// Events the tracer said it dropped (bpftrace, on stderr).
+    dropped: Arc<AtomicU64>,
+}
+
+impl Tracer {
+    /// The tracer's process id.
+    pub(super) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub(super) fn probe(probe: &Path, pid: u32, extra: &[&str]) -> Result<Tracer> {
+        let mut command = Command::new(probe);
+        command
+            .args(["--json", "--pid", &pid.to_string()])
+            .args(extra);
+        Tracer::start(command, "probe: tracing")
+    }
+
+    pub(super) fn bpftrace() -> Result<Tracer> {
+        let mut command = Command::new("bpftrace");
+        command.args(["-e", BPFTRACE_TCPSTATES]);
+        Tracer::start(command, "Attaching")
+    }
+
+    /// Starts `command` and waits until a line starting with `ready` appears on either output.
+    pub(super) fn start(mut command: Command, ready: &'static str) -> Result<Tracer> {
+        let mut child = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("cannot start {command:?}"))?;
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let stdout = child.stdout.take().context("no stdout")?;
+        let stderr = child.stderr.take().context("no stderr")?;
+        let (counted_tx, counted) = mpsc::channel();
+        let ready_out = ready_tx.clone();
+        thread::spawn(move || {
+            // Count transition lines; the last line of probe's JSON is its summary.
+            let (mut transitions, mut lost) = (0, 0);
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line.starts_with(ready) {
+                    let _ = ready_out.send(());
+                } else if line.starts_with("{\"type\":\"summary\"") {
+                    lost = summary_lost(&line);
+                } else if let Some(dropped) = dropped_count(&line) {
+                    lost += dropped;
+                } else {
+                    transitions += 1;
+                }
+            }
+            let _ = counted_tx.send((transitions, lost));
+        });
+        // bpftrace says what its perf buffer dropped, `Lost 123 events` (0.17: on stdout).
+        let dropped = Arc::new(AtomicU64::new(0));
+        let dropped_by_tracer = Arc::clone(&dropped);
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.starts_with(ready) {
+                    let _ = ready_tx.send(());
+                }
+                if let Some(count) = dropped_count(&line) {
+                    dropped_by_tracer.fetch_add(count, Ordering::Relaxed);
+                }
+            }
+        });
+        if ready_rx.recv_timeout(Duration::from_secs(30)).is_err() {
+            let _ = child.kill();
+            bail!("{command:?} did not start");
+        }
+        Ok(Tracer {
+            child,
+            counted,
+            dropped,
+        })
+    }
+
+    /// Stops it; returns (transitions, lost, CPU seconds, peak RSS KiB).
+    /// Stops the tracer, noting what it cost in `run`.
+    pub(super) fn stop(mut self, run: &mut Run) -> Result<()> {
+        // Let it drain what the workload's last connections produced.
+        thread::sleep(Duration::from_millis(300));
+        let pid = self.child.id();
+        run.cpu_seconds = cpu_seconds(pid)?;
+        run.peak_rss_kib = peak_rss_kib(pid)?;
+        (run.program_runs, run.program_ns) = bpf_program_stats(pid);
+        // bpftrace can miss a SIGINT that lands while it sets up: say it again until it listens,
+        // and end it for good if it never does.
+        for attempt in 0..100 {
+            let signal = if attempt < 90 {
+                libc::SIGINT
+            } else {
+                libc::SIGKILL
+            };
+            if attempt % 10 == 0 || attempt >= 90 {
+                // SAFETY: signalling our own child, which has not been reaped yet.
+                unsafe { libc::kill(pid as i32, signal) };
+            }
+            if self.child.try_wait()?.is_some() {
+                break;
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+        self.child.wait()?;
+        let (transitions, lost) = self
+            .counted
+            .recv_timeout(Duration::from_secs(60))
+            .context("the tracer's output did not end")?;
+        let lost = lost + self.dropped.load(Ordering::Relaxed);
+        run.transitions = transitions;
+        run.lost = lost;
+        Ok(())
+    }
+}
+
+fn lines_of(out: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    rx
+}
+
+/// `Lost 123 events` -> 123.
+fn dropped_count(line: &str) -> Option<u64> {
+    line.strip_prefix("Lost ")?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+fn summary_lost(line: &str) -> u64 {
+    line.split("\"lost_events\":")
+        .nth(1)
+        .and_then(|rest| rest.split([',', '}']).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
