@@ -10,11 +10,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::support::{
-    Helper, Idle, ServerMode, TestResult, ensure, server, ss_sockets_of, stuck, traced_client,
+use crate::harness::{
+    Helper, Idle, Role, ServerMode, TestResult, WAIT, ensure, server, ss_sockets_of, stuck,
+    traced_client,
 };
-
-const WAIT: Duration = Duration::from_secs(15);
 
 /// A file in the temporary directory, named for this test run, removed when dropped.
 struct TempFile(PathBuf);
@@ -50,14 +49,13 @@ fn poll<T>(what: &str, mut check: impl FnMut() -> Result<Option<T>, String>) -> 
 fn close_wait_leak(
     count: usize,
     probe_args: &[&str],
-) -> Result<(Helper, crate::support::Probe, std::net::SocketAddr), String> {
+) -> Result<(Helper, crate::harness::Probe, std::net::SocketAddr), String> {
     let mut args = vec!["--close-wait-after", "1s"];
     args.extend_from_slice(probe_args);
     let (client, mut probe, addr) = traced_client(
         "127.0.0.1:0",
         ServerMode::CloseAtOnce,
-        "hold-clients",
-        &count.to_string(),
+        |server| Role::HoldClients { server, count },
         &args,
         "ready",
     )?;
@@ -339,7 +337,10 @@ impl Drop for Tmux {
 /// server's endpoint, `f` and `s` change the view, `q` quits with the summary and exit 0.
 pub fn the_live_view_works_in_a_terminal() -> TestResult {
     let addr = server("127.0.0.1:0", ServerMode::CloseAtOnce)?;
-    let mut client = Helper::start("hold-clients", &[&addr.to_string(), "3"])?;
+    let mut client = Helper::start(&Role::HoldClients {
+        server: addr,
+        count: 3,
+    })?;
     let pid = client.pid();
     let command = format!(
         "{} --live --pid {pid} --close-wait-after 1s; echo probe-exit=$?; sleep 60",

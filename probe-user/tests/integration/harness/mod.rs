@@ -1,0 +1,29 @@
+//! What the integration tests share: the real `probe` ([`Probe`]), helper processes playing a
+//! [`Role`] ([`Helper`]), loopback servers, network namespaces, and `ss` as the oracle.
+
+mod helper;
+mod netns;
+pub mod prerequisites;
+mod probe;
+pub mod roles;
+mod servers;
+mod ss;
+
+use std::time::Duration;
+
+pub use helper::{Helper, this_binary};
+pub use netns::NetworkNamespace;
+pub use probe::{Probe, of_type, render, stuck, transitions};
+pub use roles::Role;
+pub use servers::{Idle, ServerMode, connect, server, traced_client};
+pub use ss::{bpf_map_types, ss_sockets_of, ss_state, wait_for_ss};
+
+/// How long a test waits for what it expects.
+pub const WAIT: Duration = Duration::from_secs(15);
+
+pub type TestResult = Result<(), String>;
+
+/// Fails the test with `message` unless `condition` holds.
+pub fn ensure(condition: bool, message: impl FnOnce() -> String) -> TestResult {
+    if condition { Ok(()) } else { Err(message()) }
+}

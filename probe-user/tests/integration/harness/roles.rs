@@ -1,0 +1,281 @@
+//! The helper processes' side: this test binary, run as `integration helper ROLE_JSON`, plays
+//! one [`Role`] and talks to the test over stdin/stdout (`go` in, `ready`/`done`/ports out; EOF
+//! on stdin means exit).
+
+use std::{
+    io::{BufRead, Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    process::ExitCode,
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde::{Deserialize, Serialize};
+
+use super::ensure;
+
+/// What a helper process does.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "role", rename_all = "kebab-case")]
+pub enum Role {
+    /// Connects at once, holds a moment, closes, exits: for `probe -- COMMAND`.
+    ConnectOnce { server: SocketAddr },
+    /// Connects `count` times after `go` and holds every connection until stdin closes.
+    HoldClients { server: SocketAddr, count: usize },
+    /// Connects and closes at once, `count` times, after `go` (this side closes first).
+    CloseClients { server: SocketAddr, count: usize },
+    /// Listens on a fresh loopback port (told on stdout) and closes what it accepts at once.
+    ClosingServer,
+    /// After `go`, opens `idle` connections that stay silent and `busy` ones that send a byte
+    /// every 200 ms; tells the busy ones' local ports.
+    IdleAndBusy {
+        server: SocketAddr,
+        idle: usize,
+        busy: usize,
+    },
+    /// After `go`, opens `alpha` connections through one function and `beta` through another,
+    /// and keeps them.
+    LeakTwoWays {
+        server: SocketAddr,
+        alpha: usize,
+        beta: usize,
+    },
+    /// After `go`, `count` connections opened and closed as fast as possible; after a second
+    /// `go`, one more, held, whose local port it tells.
+    BurstThenHold { server: SocketAddr, count: usize },
+    /// After `go`, for `seconds`: connections to its own loopback server, opened, used and
+    /// closed (client first) in a loop; then tells how many.
+    Churn { seconds: u64 },
+    /// Tells a thread's id, then connects from that thread after `go`.
+    ConnectFromAThread { server: SocketAddr },
+    /// After `go`, listens on a fresh loopback port (told on stdout) and holds what it accepts.
+    Server,
+}
+
+impl Role {
+    /// The arguments that make this test binary play the role.
+    pub fn args(&self) -> [String; 2] {
+        // A role always serializes: it is plain data.
+        let json = serde_json::to_string(self).unwrap_or_default();
+        ["helper".into(), json]
+    }
+
+    /// Plays the role named by the command line after `helper`.
+    pub fn main(args: &[String]) -> ExitCode {
+        let role = args
+            .first()
+            .ok_or_else(|| "no role".to_string())
+            .and_then(|json| serde_json::from_str::<Role>(json).map_err(|e| e.to_string()));
+        match role.and_then(Role::play) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("helper {args:?}: {error}");
+                ExitCode::FAILURE
+            }
+        }
+    }
+
+    fn play(self) -> Result<(), String> {
+        match self {
+            Role::ConnectOnce { server } => {
+                let stream = connect(server)?;
+                thread::sleep(Duration::from_millis(200));
+                drop(stream);
+                thread::sleep(Duration::from_millis(200));
+                Ok(())
+            }
+            Role::HoldClients { server, count } => {
+                wait_for_go()?;
+                let held = (0..count)
+                    .map(|_| connect(server))
+                    .collect::<Result<Vec<_>, _>>()?;
+                answer("ready")?;
+                wait_for_eof();
+                drop(held);
+                Ok(())
+            }
+            Role::CloseClients { server, count } => {
+                wait_for_go()?;
+                for _ in 0..count {
+                    drop(connect(server)?);
+                }
+                answer("done")?;
+                wait_for_eof();
+                Ok(())
+            }
+            Role::ClosingServer => {
+                let listener = listen()?;
+                thread::spawn(move || {
+                    for stream in listener.incoming() {
+                        drop(stream);
+                    }
+                });
+                wait_for_eof();
+                Ok(())
+            }
+            Role::IdleAndBusy { server, idle, busy } => idle_and_busy(server, idle, busy),
+            Role::LeakTwoWays {
+                server,
+                alpha,
+                beta,
+            } => {
+                wait_for_go()?;
+                let mut leaked = Vec::new();
+                for _ in 0..alpha {
+                    leaked.push(open_leaky_connection_alpha(server).map_err(err)?);
+                }
+                for _ in 0..beta {
+                    leaked.push(open_leaky_connection_beta(server).map_err(err)?);
+                }
+                answer("ready")?;
+                wait_for_eof();
+                drop(leaked);
+                Ok(())
+            }
+            Role::BurstThenHold { server, count } => {
+                wait_for_go()?;
+                for _ in 0..count {
+                    drop(connect(server)?);
+                }
+                answer("burst done")?;
+                wait_for_go()?;
+                let held = connect(server)?;
+                answer(&held.local_addr().map_err(err)?.port().to_string())?;
+                wait_for_eof();
+                Ok(())
+            }
+            Role::Churn { seconds } => churn(seconds),
+            Role::ConnectFromAThread { server } => {
+                let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+                let thread = thread::spawn(move || -> Result<TcpStream, String> {
+                    // SAFETY: gettid has no preconditions.
+                    let _ = tid_tx.send(unsafe { libc::gettid() });
+                    wait_for_go()?;
+                    connect(server)
+                });
+                answer(&tid_rx.recv().map_err(|e| e.to_string())?.to_string())?;
+                let stream = thread.join().map_err(|_| "the thread panicked")??;
+                wait_for_eof();
+                drop(stream);
+                Ok(())
+            }
+            Role::Server => {
+                wait_for_go()?;
+                let listener = listen()?;
+                thread::spawn(move || {
+                    let held: Vec<TcpStream> = listener.incoming().map_while(Result::ok).collect();
+                    drop(held);
+                });
+                wait_for_eof();
+                Ok(())
+            }
+        }
+    }
+}
+
+fn idle_and_busy(server: SocketAddr, idle: usize, busy: usize) -> Result<(), String> {
+    wait_for_go()?;
+    let idle = (0..idle)
+        .map(|_| connect(server))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut busy = (0..busy)
+        .map(|_| connect(server))
+        .collect::<Result<Vec<_>, _>>()?;
+    let ports: Vec<String> = busy
+        .iter()
+        .map(|s| s.local_addr().map(|a| a.port().to_string()))
+        .collect::<Result<_, _>>()
+        .map_err(err)?;
+    answer(&ports.join(","))?;
+    let (done_tx, done) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        wait_for_eof();
+        let _ = done_tx.send(());
+    });
+    while done.recv_timeout(Duration::from_millis(200)).is_err() {
+        for stream in &mut busy {
+            stream.write_all(b"x").map_err(err)?;
+        }
+    }
+    drop(idle);
+    Ok(())
+}
+
+fn churn(seconds: u64) -> Result<(), String> {
+    let listener = TcpListener::bind("127.0.0.1:0").map_err(err)?;
+    let server = listener.local_addr().map_err(err)?;
+    for _ in 0..2 {
+        let listener = listener.try_clone().map_err(err)?;
+        thread::spawn(move || {
+            for mut stream in listener.incoming().flatten() {
+                let mut byte = [0u8; 1];
+                if stream.read_exact(&mut byte).is_ok() {
+                    let _ = stream.write_all(&byte);
+                    let _ = stream.read(&mut byte);
+                }
+            }
+        });
+    }
+    wait_for_go()?;
+    let end = Instant::now() + Duration::from_secs(seconds);
+    let mut connections = 0u64;
+    while Instant::now() < end {
+        let mut stream = connect(server)?;
+        stream.write_all(b"?").map_err(err)?;
+        let mut reply = [0u8; 1];
+        stream.read_exact(&mut reply).map_err(err)?;
+        connections += 1;
+    }
+    answer(&connections.to_string())?;
+    wait_for_eof();
+    Ok(())
+}
+
+/// One of the two code paths of [`Role::LeakTwoWays`]: a known name for the stack to show.
+#[inline(never)]
+fn open_leaky_connection_alpha(server: SocketAddr) -> std::io::Result<TcpStream> {
+    std::hint::black_box(TcpStream::connect(server))
+}
+
+/// The other code path of [`Role::LeakTwoWays`] (a different body, so that the compiler cannot
+/// fold the two functions into one).
+#[inline(never)]
+fn open_leaky_connection_beta(server: SocketAddr) -> std::io::Result<TcpStream> {
+    std::hint::black_box(TcpStream::connect_timeout(&server, Duration::from_secs(5)))
+}
+
+fn err(e: std::io::Error) -> String {
+    e.to_string()
+}
+
+fn connect(server: SocketAddr) -> Result<TcpStream, String> {
+    TcpStream::connect(server).map_err(|e| format!("cannot connect to {server}: {e}"))
+}
+
+/// Listens on a fresh loopback port and tells it.
+fn listen() -> Result<TcpListener, String> {
+    let listener = TcpListener::bind("127.0.0.1:0").map_err(err)?;
+    answer(&listener.local_addr().map_err(err)?.port().to_string())?;
+    Ok(listener)
+}
+
+fn wait_for_go() -> Result<(), String> {
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .map_err(|e| e.to_string())?;
+    ensure(line.trim() == "go", || format!("expected go, got {line:?}"))
+}
+
+fn answer(line: &str) -> Result<(), String> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}")
+        .and_then(|()| out.flush())
+        .map_err(|e| e.to_string())
+}
+
+fn wait_for_eof() {
+    let mut sink = String::new();
+    while matches!(std::io::stdin().lock().read_line(&mut sink), Ok(n) if n > 0) {}
+}

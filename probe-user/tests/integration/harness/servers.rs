@@ -1,0 +1,98 @@
+//! Loopback servers in the test process, traced clients against them, idle processes.
+
+use std::{
+    net::{SocketAddr, TcpListener, TcpStream},
+    process::{Child, Command, Stdio},
+    thread,
+};
+
+use super::{Helper, Probe, ensure, roles::Role};
+
+/// What a loopback server in the test process does with each accepted connection.
+#[derive(Clone, Copy)]
+pub enum ServerMode {
+    /// Closes at once: its clients end up in CLOSE_WAIT.
+    CloseAtOnce,
+    /// Holds every connection open (until the test process exits).
+    Hold,
+    /// Reads until the client closes, then closes too (a clean close by the client).
+    CloseAfterPeer,
+}
+
+/// Starts a server on `bind` (port 0) in a thread; returns its address.
+pub fn server(bind: &str, mode: ServerMode) -> Result<SocketAddr, String> {
+    let listener = TcpListener::bind(bind).map_err(|e| format!("cannot bind {bind}: {e}"))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().flatten() {
+            match mode {
+                ServerMode::CloseAtOnce => drop(stream),
+                ServerMode::Hold => held.push(stream),
+                ServerMode::CloseAfterPeer => {
+                    thread::spawn(move || {
+                        let mut buf = [0u8; 64];
+                        let mut stream = stream;
+                        while matches!(std::io::Read::read(&mut stream, &mut buf), Ok(n) if n > 0) {
+                        }
+                    });
+                }
+            }
+        }
+    });
+    Ok(addr)
+}
+
+/// Connects from the (untraced) test process.
+pub fn connect(addr: SocketAddr) -> Result<TcpStream, String> {
+    TcpStream::connect(addr).map_err(|e| format!("cannot connect to {addr}: {e}"))
+}
+
+/// A helper client against a fresh loopback server on `bind`, traced by probe (with `probe_args`
+/// besides `--pid`) from before it touches the network; returns once the helper said `answer`.
+pub fn traced_client(
+    bind: &str,
+    mode: ServerMode,
+    role: impl FnOnce(SocketAddr) -> Role,
+    probe_args: &[&str],
+    answer: &str,
+) -> Result<(Helper, Probe, SocketAddr), String> {
+    let addr = server(bind, mode)?;
+    let role = role(addr);
+    let mut client = Helper::start(&role)?;
+    let pid = client.pid().to_string();
+    let mut args = vec!["--pid", pid.as_str()];
+    args.extend_from_slice(probe_args);
+    let probe = Probe::start(&args)?;
+    client.say("go")?;
+    let heard = client.hear()?;
+    ensure(heard == answer, || {
+        format!("the {role:?} helper said {heard:?}, not {answer:?}")
+    })?;
+    Ok((client, probe, addr))
+}
+
+/// An idle process to trace (`sleep`), killed when dropped.
+pub struct Idle(Child);
+
+impl Idle {
+    pub fn start() -> Result<Idle, String> {
+        Command::new("sleep")
+            .arg("60")
+            .stdout(Stdio::null())
+            .spawn()
+            .map(Idle)
+            .map_err(|e| format!("cannot start sleep: {e}"))
+    }
+
+    pub fn pid(&self) -> String {
+        self.0.id().to_string()
+    }
+}
+
+impl Drop for Idle {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -1,0 +1,90 @@
+//! Integration tests: the real `probe` binary, loaded into the running kernel, watching real
+//! processes on loopback, checked against what they did and against `ss`.
+//!
+//! They need root, BPF, and a probe binary with its kernel program (`cargo xtask test` gives all
+//! three). Without BPF they are skipped, loudly; without root or the kernel program they fail when
+//! `PROBE_REQUIRE_INTEGRATION=1` (as `cargo xtask test` sets) and are skipped, loudly, otherwise
+//! (a plain `cargo test` of the pure modules).
+//!
+//! One module per theme; [`harness`] holds what they share. This binary is also every helper
+//! process of the tests: `integration helper ROLE_JSON` (see [`harness::roles`]).
+
+mod attach;
+mod code_paths;
+mod filters;
+mod harness;
+mod lifecycle;
+mod programs;
+mod robustness;
+mod targets;
+mod views;
+
+use std::process::ExitCode;
+
+use harness::{
+    Role,
+    prerequisites::{Missing, prerequisites, required, skip_loudly},
+};
+use libtest_mimic::{Arguments, Trial};
+
+/// One trial per test function, named after it.
+macro_rules! trials {
+    ($($module:ident::$test:ident),* $(,)?) => {
+        vec![$(Trial::test(stringify!($test), || Ok($module::$test()?))),*]
+    };
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("helper") {
+        return Role::main(&args[2..]);
+    }
+    let trials = trials![
+        lifecycle::close_wait_is_flagged_and_matches_ss,
+        lifecycle::idle_established_is_flagged,
+        lifecycle::clean_active_close_goes_to_time_wait,
+        lifecycle::accepted_connections_belong_to_the_server,
+        lifecycle::ipv6_on_loopback,
+        targets::a_noisy_neighbour_is_not_traced,
+        targets::a_command_is_traced_from_its_first_connection,
+        targets::a_missing_pid_is_a_clear_error,
+        attach::attach_to_an_existing_close_wait_pile_up,
+        attach::only_idle_established_connections_are_flagged,
+        attach::a_server_started_before_probe_owns_what_it_accepts,
+        targets::forked_workers_are_traced,
+        targets::a_client_in_its_own_network_namespace,
+        code_paths::stuck_connections_are_grouped_by_the_function_that_opened_them,
+        code_paths::without_stacks_there_is_no_stack_map_and_no_opened_at,
+        robustness::bad_input_gets_a_clear_error_and_no_panic,
+        targets::a_thread_id_means_its_process,
+        robustness::closing_stdout_ends_probe_cleanly,
+        robustness::sigterm_still_prints_the_summary,
+        robustness::kernel_objects_are_freed_even_after_sigkill,
+        robustness::an_unprivileged_user_is_told_what_to_do,
+        robustness::a_ring_buffer_overflow_is_counted_and_probe_keeps_up,
+        robustness::a_full_owner_map_is_reported_not_fatal,
+        targets::a_command_under_sudo_runs_as_the_user_who_asked,
+        robustness::the_programs_pass_the_verifier_with_room_to_spare,
+        robustness::probe_drops_the_capabilities_it_no_longer_needs,
+        robustness::memory_stays_flat_under_sustained_churn,
+        filters::filters_show_only_what_was_asked,
+        views::metrics_are_served_on_loopback_and_match_ss,
+        views::the_report_renders_in_a_browser,
+        views::the_live_view_works_in_a_terminal,
+        views::the_live_view_degrades_to_lines_without_a_terminal,
+        programs::both_kernel_programs_see_the_same_transitions,
+    ];
+    let trials = match prerequisites() {
+        Ok(()) => trials,
+        Err(Missing::Bpf(why)) => skip_loudly(trials, &why),
+        Err(Missing::Setup(why)) if required() => trials
+            .into_iter()
+            .map(|trial| {
+                let why = why.clone();
+                Trial::test(trial.name().to_string(), move || Err(why.into()))
+            })
+            .collect(),
+        Err(Missing::Setup(why)) => skip_loudly(trials, &why),
+    };
+    libtest_mimic::run(&Arguments::from_args(), trials).exit_code()
+}
