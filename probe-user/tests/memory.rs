@@ -94,6 +94,7 @@ fn an_open_connection_costs_under_300_bytes() {
                 unacked: 0,
                 retransmits: 0,
             }),
+            last_ack_received: None,
         });
     }
     tracker.refresh_activity(&samples);

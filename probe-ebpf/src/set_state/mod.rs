@@ -148,7 +148,12 @@ fn attribute_new<C: EbpfContext>(
     let Some((owner, attribution)) = found else {
         return Ok(None);
     };
-    if !remember(ctx, transition.sock_id, new, &endpoints, owner) {
+    // A socket is counted as untracked once, when probe first learns of it: at its start or
+    // from its seed. A close of a socket whose start was refused is not counted again.
+    let first_sight = old == TcpState::Close
+        || (old, new) == (TcpState::Listen, TcpState::SynRecv)
+        || attribution == Attribution::Snapshot;
+    if !remember(ctx, transition.sock_id, new, &endpoints, owner, first_sight) {
         return Ok(None);
     }
     Ok(Some((owner, attribution, endpoints)))
@@ -188,20 +193,23 @@ fn take_seed(endpoints: &Endpoints) -> Option<u32> {
 }
 
 /// Remembers the owner of a newly attributed socket (and of a new listener); false when the
-/// socket cannot be followed because a map is full.
+/// socket cannot be followed because a map is full (counted when `first_sight`).
 fn remember<C: EbpfContext>(
     ctx: &C,
     sock_id: u64,
     new: TcpState,
     endpoints: &Endpoints,
     owner: u32,
+    first_sight: bool,
 ) -> bool {
     if new != TcpState::Close {
         // Marked first: a transition on another CPU must not skip OWNERS once the entry is in.
         mark_in_use(InUse::Owners);
         if OWNERS.insert(sock_id, owner, 0).is_err() {
             // Its later transitions could not be attributed: report none of it, count it instead.
-            count(Counter::OwnerMapFull);
+            if first_sight {
+                count(Counter::OwnerMapFull);
+            }
             debug!(
                 ctx,
                 "owner map full: socket of pid {} left untracked", owner

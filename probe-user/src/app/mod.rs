@@ -9,14 +9,14 @@ use anyhow::{Context, bail};
 
 use crate::{
     bpf::{Streams, Tracer, privilege},
-    cli::{Command, Config},
+    cli::{Command, Config, Kernel},
     clock::monotonic_now,
-    output::metrics,
+    output::{escape::terminal, metrics},
     process::{
         self, Process,
         spawn::{RunAs, spawn_held},
     },
-    snapshot,
+    snapshot::{self, Namespaces},
     track::{ExistingSocket, Timestamp},
 };
 use session::Session;
@@ -25,6 +25,7 @@ use sources::StopSignals;
 /// Runs probe as configured.
 pub fn run(config: &Config) -> anyhow::Result<()> {
     return_large_buffers_to_the_system();
+    raise_the_fd_limit();
     // A single-threaded runtime: the command is forked below while probe has one thread only.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -69,6 +70,8 @@ pub struct Attached {
     pub attach: Timestamp,
     /// The traced processes, as the header of the live view and report name them.
     pub targets: String,
+    /// Their network namespaces, kept open for later refreshes.
+    pub namespaces: Namespaces,
 }
 
 /// Finds the targets, loads and attaches the kernel side, seeds the sockets the targets already
@@ -90,7 +93,17 @@ fn attach(config: &Config) -> anyhow::Result<Attached> {
             }
         }
     }
-    let (mut tracer, streams) = Tracer::load(config.tracer())?;
+    let pids: Vec<u32> = processes.iter().map(|p| p.pid).collect();
+    let tracer_config = config.tracer(snapshot::socket_count(&pids));
+    let max_sockets = tracer_config.max_sockets;
+    if Kernel::socket_slots_mib(max_sockets) >= 256 {
+        eprintln!(
+            "probe: room for {max_sockets} sockets takes about {} MiB of kernel memory, reserved \
+             up front (and a few seconds to set up); lower --max-sockets if that is too much",
+            Kernel::socket_slots_mib(max_sockets)
+        );
+    }
+    let (mut tracer, streams) = Tracer::load(tracer_config)?;
     for process in &processes {
         tracer.add_target(process.pid)?;
     }
@@ -98,10 +111,19 @@ fn attach(config: &Config) -> anyhow::Result<Attached> {
     // The program is attached: every transition from here on is seen. The sockets the targets
     // already have are seeded so that their next transition is attributed too.
     let attach = monotonic_now();
-    let pids: Vec<u32> = processes.iter().map(|p| p.pid).collect();
-    let existing = snapshot::tcp_sockets(&pids)?;
-    for socket in &existing {
-        tracer.seed(socket)?;
+    let mut namespaces = Namespaces::default();
+    let existing: Vec<ExistingSocket> = snapshot::take(&pids, &mut namespaces)?
+        .held()
+        .cloned()
+        .collect();
+    let refused = tracer.seed(&existing)?;
+    if refused > 0 {
+        eprintln!(
+            "probe: warning: {refused} of the {} TCP sockets already open do not fit in \
+             --max-sockets {max_sockets}: they are not followed (counted as untracked); raise \
+             --max-sockets",
+            existing.len()
+        );
     }
 
     let command_pid = match &targets.command {
@@ -119,7 +141,7 @@ fn attach(config: &Config) -> anyhow::Result<Attached> {
     };
     let names: Vec<String> = processes
         .iter()
-        .map(|p| format!("{} ({})", p.pid, p.comm))
+        .map(|p| format!("{} ({})", p.pid, terminal(&p.comm)))
         .collect();
     let targets = match (&targets.comm, processes.is_empty()) {
         (Some(name), true) => format!("new processes named {name}"),
@@ -133,6 +155,7 @@ fn attach(config: &Config) -> anyhow::Result<Attached> {
         existing,
         attach,
         targets,
+        namespaces,
     })
 }
 
@@ -166,14 +189,28 @@ fn return_large_buffers_to_the_system() {
     }
 }
 
+/// Raises the soft limit on open files to the hard one: probe holds a file per map, per traced
+/// process (its exit handle) and per metrics client, and a shell's default soft limit (1024) is
+/// far below what a busy host needs. Where that fails, probe runs with what it has.
+fn raise_the_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+        && let Err(error) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+    {
+        log::debug!("cannot raise the open file limit from {soft} to {hard}: {error}");
+    }
+}
+
 fn resolve_pids(pids: &[u32]) -> anyhow::Result<Vec<Process>> {
     let mut processes: Vec<Process> = Vec::new();
     for &pid in pids {
-        let process = process::resolve(pid)?;
+        let process = process::resolve_target(pid)?;
         if let Some(thread) = process.named_thread {
             eprintln!(
                 "probe: {thread} is a thread of process {} ({}): tracing the whole process",
-                process.pid, process.comm
+                process.pid,
+                terminal(&process.comm)
             );
         }
         if !processes.iter().any(|p| p.pid == process.pid) {

@@ -22,14 +22,14 @@ use crate::{
     bpf::Tracer,
     cli::Config,
     clock::monotonic_now,
-    output::{Key, KeyOutcome, Outputs, Sink, filter::Filtered},
+    output::{Key, KeyOutcome, Outputs, Sink, escape::terminal, filter::Filtered},
     process::{
         self,
         watch::{ExitWatch, ProcessNews},
     },
-    snapshot,
+    snapshot::{self, Namespaces},
     symbolize::CodePaths,
-    track::{CodePathSource, NoCodePaths, Tracker, Transition},
+    track::{CodePathSource, NoCodePaths, StateChange, Tracker, Transition},
 };
 
 /// After the last traced process exits, keep reading this long: the FINs its exit sent are
@@ -50,6 +50,8 @@ const SYMBOLIZE_GRACE: Duration = Duration::from_secs(2);
 pub enum Stop {
     /// Ctrl-C, SIGTERM, `q` in the live view, or `--duration`.
     Asked,
+    /// SIGHUP: the terminal or session went away; what cannot be written there is no failure.
+    HungUp,
     /// The traced command, or every traced process, exited.
     TargetsExited,
     /// Standard output was closed (e.g. `probe ... | head`).
@@ -102,6 +104,8 @@ pub struct Session {
     /// A report still wants the summary when nobody reads stdout any more.
     reports: bool,
     schedule: Schedule,
+    /// The traced processes' network namespaces, kept open.
+    namespaces: Namespaces,
 }
 
 impl Session {
@@ -120,6 +124,7 @@ impl Session {
             existing,
             attach,
             targets,
+            namespaces,
         } = attached;
         let mut tracker = Tracker::new(config.thresholds);
         let mut exits = ExitWatch::default();
@@ -152,6 +157,7 @@ impl Session {
             follow: config.targets.follow_forks,
             waits_for_new: config.targets.follow_forks && config.targets.comm.is_some(),
             reports: config.report.is_some(),
+            namespaces,
             schedule: Schedule {
                 refresh_every: (config.thresholds.established / 4)
                     .clamp(Duration::from_secs(1), Duration::from_secs(10)),
@@ -207,7 +213,7 @@ impl Session {
                 Ok(Wake::Stop(Stop::OutputClosed))
             }
             Some(key) = async { keys.as_mut()?.recv().await }, if keys.is_some() => Ok(Wake::Key(key)),
-            _ = signals.next() => Ok(Wake::Stop(Stop::Asked)),
+            hung_up = signals.next() => Ok(Wake::Stop(if hung_up { Stop::HungUp } else { Stop::Asked })),
             _ = sleep_until(schedule.end.unwrap_or_else(far_future)), if schedule.end.is_some() => {
                 Ok(Wake::Stop(Stop::Asked))
             }
@@ -234,12 +240,14 @@ impl Session {
             .next_deadline()
             .is_some_and(|d| d <= monotonic_now());
         let since_refresh = self.schedule.refreshed_at.elapsed();
-        if since_refresh >= self.schedule.refresh_every
+        let abandoned = if since_refresh >= self.schedule.refresh_every
             || (deadline_due && since_refresh >= FRESH_ACTIVITY)
         {
-            self.refresh_activity();
-        }
-        let shown = self.show_events().and_then(|()| {
+            self.refresh()?
+        } else {
+            Vec::new()
+        };
+        let shown = self.show(&abandoned).and_then(|()| {
             if self.schedule.ticks && Instant::now() >= self.schedule.next_tick {
                 self.schedule.next_tick = Instant::now() + TICK;
                 self.tick()?;
@@ -265,9 +273,9 @@ impl Session {
         if stop == Stop::TargetsExited {
             sleep(EXIT_GRACE).await;
         }
-        self.refresh_activity();
+        let abandoned = self.refresh()?;
         self.follow_processes()?;
-        let shown = self.show_events();
+        let shown = self.show(&abandoned);
         self.streams.logs.get_mut().flush();
 
         let counters = self.tracer.counters()?;
@@ -290,7 +298,7 @@ impl Session {
             );
         }
         match shown.and_then(|()| self.sink.summary(&summary)) {
-            Err(error) if error.kind() != io::ErrorKind::BrokenPipe => {
+            Err(error) if error.kind() != io::ErrorKind::BrokenPipe && stop != Stop::HungUp => {
                 Err(error).context("cannot write output")
             }
             _ => Ok(()),
@@ -309,6 +317,14 @@ impl Session {
             self.command_pid == Some(pid) || self.exits.count() == 0
         };
         Ok(done.then_some(Stop::TargetsExited))
+    }
+
+    /// Connections that ended outside the kernel's view (`changes`), then every event waiting.
+    fn show(&mut self, changes: &[StateChange]) -> io::Result<()> {
+        for change in changes {
+            self.sink.transition(change)?;
+        }
+        self.show_events()
     }
 
     /// Every event waiting in the ring buffer through the tracker to the sinks (noting the
@@ -387,21 +403,54 @@ impl Session {
         }
         self.tracker.register_process(pid, &news.comm);
         if !self.exits.is_alive(pid) {
-            log::debug!("now tracing {pid} ({})", news.comm);
+            log::debug!("now tracing {pid} ({})", terminal(&news.comm));
             self.exits.watch(pid);
         }
         Ok(())
     }
 
-    /// Samples tcp_info of the running targets' sockets (one sock_diag dump per namespace).
-    fn refresh_activity(&mut self) {
-        let pids: Vec<u32> = self.exits.alive().collect();
-        match snapshot::tcp_sockets(&pids) {
-            Ok(samples) => self.tracker.refresh_activity(&samples),
-            // A process that just exited, for instance: the next refresh will do.
-            Err(error) => log::debug!("tcp_info refresh skipped: {error}"),
-        }
+    /// Samples tcp_info of the running targets' sockets (one sock_diag dump per namespace),
+    /// and brings owners up to date with who holds each socket: the connections nobody holds
+    /// any more whose process exited end here, for the sinks to show.
+    fn refresh(&mut self) -> anyhow::Result<Vec<StateChange>> {
         self.schedule.refreshed_at = Instant::now();
+        let pids: Vec<u32> = self.exits.alive().collect();
+        let snapshot = match snapshot::take(&pids, &mut self.namespaces) {
+            Ok(snapshot) => snapshot,
+            Err(error) => {
+                // A permission problem, say: the next refresh will try again.
+                log::debug!("tcp_info refresh skipped: {error}");
+                return Ok(Vec::new());
+            }
+        };
+        self.tracker.refresh_activity(&snapshot.sockets);
+        let mut holders = snapshot.holders;
+        let unheld = self.tracker.unheld(&holders);
+        if !unheld.is_empty() {
+            holders.extend(snapshot::holders_anywhere(&unheld));
+        }
+        for pid in holders.values().flatten() {
+            if !self.tracker.knows_process(*pid)
+                && let Ok(process) = process::resolve(*pid)
+            {
+                self.tracker.register_process(*pid, &process.comm);
+            }
+        }
+        let exits = &self.exits;
+        let alive = |pid: u32| exits.is_alive(pid) || process::is_running(pid);
+        let mut abandoned = Vec::new();
+        for (change, key) in self
+            .tracker
+            .reconcile_holders(&holders, alive, monotonic_now())
+        {
+            // The kernel side stops following it too.
+            match key.socket() {
+                Some(socket) => self.tracer.forget_socket(socket)?,
+                None => self.tracer.forget_seed(&change.endpoints)?,
+            }
+            abandoned.push(change);
+        }
+        Ok(abandoned)
     }
 }
 

@@ -16,27 +16,30 @@ pub fn readable<T: AsRawFd>(owner: T) -> io::Result<AsyncFd<T>> {
     unsafe { AsyncFd::register_with_interest(owner, Interest::READABLE) }.map_err(io::Error::from)
 }
 
-/// Ctrl-C and SIGTERM, caught.
+/// Ctrl-C, SIGTERM and SIGHUP (the terminal or ssh session went away), caught.
 pub struct StopSignals {
     interrupt: Signal,
     terminate: Signal,
+    hangup: Signal,
 }
 
 impl StopSignals {
-    /// Catches SIGINT and SIGTERM (within a runtime context): from here on, they end probe with
-    /// a summary.
+    /// Catches SIGINT, SIGTERM and SIGHUP (within a runtime context): from here on, they end
+    /// probe with a summary, a report and a last look at the metrics.
     pub fn catch() -> anyhow::Result<StopSignals> {
         Ok(StopSignals {
             interrupt: signal(SignalKind::interrupt()).context("cannot handle SIGINT")?,
             terminate: signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
+            hangup: signal(SignalKind::hangup()).context("cannot handle SIGHUP")?,
         })
     }
 
-    /// The next stop signal.
-    pub async fn next(&mut self) {
+    /// The next stop signal: true for SIGHUP (the terminal may be gone with it).
+    pub async fn next(&mut self) -> bool {
         tokio::select! {
-            _ = self.interrupt.recv() => {}
-            _ = self.terminate.recv() => {}
+            _ = self.interrupt.recv() => false,
+            _ = self.terminate.recv() => false,
+            _ = self.hangup.recv() => true,
         }
     }
 }

@@ -20,7 +20,7 @@ use probe_common::{
 pub use error::LoadError;
 use error::{BTF_HINT, map_error, refused};
 
-use crate::track::{ExistingSocket, Losses};
+use crate::track::{Endpoints, ExistingSocket, Losses};
 
 /// The kernel object, built by `cargo xtask build` and embedded by `build.rs` (empty when the
 /// CLI was built without it, e.g. by a plain `cargo build`).
@@ -122,6 +122,8 @@ pub struct KernelCounters {
     pub stack_missing: u64,
     /// Transitions, forks and execs skipped because the program could not read them.
     pub read_failed: u64,
+    /// Sockets found at attach that did not fit in the seed map (counted by userspace).
+    pub seeds_refused: u64,
 }
 
 impl KernelCounters {
@@ -130,7 +132,7 @@ impl KernelCounters {
     pub fn losses(&self) -> Losses {
         Losses {
             lost_events: self.ring_buf_full + self.process_events_full + self.read_failed,
-            untracked_sockets: self.owner_map_full + self.listener_map_full,
+            untracked_sockets: self.owner_map_full + self.listener_map_full + self.seeds_refused,
         }
     }
 }
@@ -140,10 +142,13 @@ pub struct Tracer {
     /// Owns the program and its attachment.
     _ebpf: Ebpf,
     targets: HashMap<MapData, u32, u8>,
+    owners: HashMap<MapData, u64, u32>,
     listeners: HashMap<MapData, ListenerKey, u32>,
     seeds: HashMap<MapData, SocketTuple, u32>,
     in_use: Array<MapData, u32>,
     counters: PerCpuArray<MapData, u64>,
+    /// Sockets found at attach that the seed map had no room for.
+    seeds_refused: u64,
 }
 
 /// What [`Tracer::load`] hands over for reading: the event ring buffer and the kernel log.
@@ -225,6 +230,7 @@ impl Tracer {
         };
         let process_events = take(&mut ebpf, names::PROCESS_EVENTS)?;
         let targets = take(&mut ebpf, names::TARGETS)?;
+        let owners = take(&mut ebpf, names::OWNERS)?;
         let listeners = take(&mut ebpf, names::LISTENERS)?;
         let seeds = take(&mut ebpf, names::SEEDS)?;
         let in_use = take(&mut ebpf, names::IN_USE)?;
@@ -233,10 +239,12 @@ impl Tracer {
             Tracer {
                 _ebpf: ebpf,
                 targets,
+                owners,
                 listeners,
                 seeds,
                 in_use,
                 counters,
+                seeds_refused: 0,
             },
             Streams {
                 events,
@@ -254,28 +262,52 @@ impl Tracer {
             .map_err(|source| map_error(names::TARGETS, source))
     }
 
-    /// Stops attributing new sockets to process `pid` (it exited).
+    /// Stops attributing new sockets to process `pid` (it exited, or is a thread). The kernel
+    /// or an earlier exit may have removed it already: that is no error.
     pub fn remove_target(&mut self, pid: u32) -> Result<(), LoadError> {
-        match self.targets.remove(&pid) {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(source) => Err(map_error(names::TARGETS, source)),
-        }
+        absent_is_gone(self.targets.remove(&pid)).map_err(|source| map_error(names::TARGETS, source))
     }
 
-    /// Hands a socket found at attach to the kernel program, so that its next transition is
-    /// attributed to its owner (and, for a listener, what it accepts).
-    pub fn seed(&mut self, socket: &ExistingSocket) -> Result<(), LoadError> {
-        self.seeds
-            .insert(keys::socket_tuple(&socket.endpoints), socket.pid, 0)
+    /// Stops following the socket at kernel address `socket` (probe let it go).
+    pub fn forget_socket(&mut self, socket: u64) -> Result<(), LoadError> {
+        absent_is_gone(self.owners.remove(&socket)).map_err(|source| map_error(names::OWNERS, source))
+    }
+
+    /// Stops waiting for the next transition of a socket seeded at attach (probe let it go).
+    pub fn forget_seed(&mut self, endpoints: &Endpoints) -> Result<(), LoadError> {
+        absent_is_gone(self.seeds.remove(&keys::socket_tuple(endpoints)))
+            .map_err(|source| map_error(names::SEEDS, source))
+    }
+
+    /// Hands the sockets found at attach to the kernel program, so that the next transition of
+    /// each is attributed to its owner (and, for a listener, what it accepts). Those that do
+    /// not fit (`--max-sockets`) are counted as untracked; how many is returned.
+    pub fn seed(&mut self, sockets: &[ExistingSocket]) -> Result<u64, LoadError> {
+        let mut refused = 0;
+        for socket in sockets {
+            let seeded = full_is_refused(
+                self.seeds
+                    .insert(keys::socket_tuple(&socket.endpoints), socket.pid, 0),
+            )
             .map_err(|source| map_error(names::SEEDS, source))?;
-        self.mark_in_use(InUse::Seeds)?;
-        if socket.state == TcpState::Listen {
-            self.listeners
-                .insert(keys::listener_key(&socket.endpoints), socket.pid, 0)
+            if !seeded {
+                refused += 1;
+                continue;
+            }
+            self.mark_in_use(InUse::Seeds)?;
+            if socket.state == TcpState::Listen {
+                let listening = full_is_refused(
+                    self.listeners
+                        .insert(keys::listener_key(&socket.endpoints), socket.pid, 0),
+                )
                 .map_err(|source| map_error(names::LISTENERS, source))?;
-            self.mark_in_use(InUse::Listeners)?;
+                if listening {
+                    self.mark_in_use(InUse::Listeners)?;
+                }
+            }
         }
-        Ok(())
+        self.seeds_refused += refused;
+        Ok(refused)
     }
 
     /// Tells the kernel program to look `slot`'s map up from now on.
@@ -302,6 +334,7 @@ impl Tracer {
             target_map_full: read(Counter::TargetMapFull)?,
             stack_missing: read(Counter::StackMissing)?,
             read_failed: read(Counter::ReadFailed)?,
+            seeds_refused: self.seeds_refused,
         })
     }
 }
@@ -345,6 +378,32 @@ fn attach_btf(
         source: Box::new(source),
     })?;
     Ok(())
+}
+
+/// A delete of a key that is not there: someone removed it first, which is as good. (aya 0.14
+/// reports it as the syscall's ENOENT, not as `KeyNotFound`.)
+fn absent_is_gone(result: Result<(), MapError>) -> Result<(), MapError> {
+    match result {
+        Err(MapError::KeyNotFound) => Ok(()),
+        Err(MapError::SyscallError(error))
+            if error.io_error.raw_os_error() == Some(libc::ENOENT) =>
+        {
+            Ok(())
+        }
+        other => other,
+    }
+}
+
+/// An insert into a full hash map (E2BIG): not stored, which the caller counts. True when the
+/// entry is in.
+fn full_is_refused(result: Result<(), MapError>) -> Result<bool, MapError> {
+    match result {
+        Ok(()) => Ok(true),
+        Err(MapError::SyscallError(error)) if error.io_error.raw_os_error() == Some(libc::E2BIG) => {
+            Ok(false)
+        }
+        Err(other) => Err(other),
+    }
 }
 
 /// Program `name` of the object, as the type `P` it must be.
@@ -399,4 +458,28 @@ where
     T: TryFrom<Map, Error = MapError>,
 {
     T::try_from(map).map_err(|source| map_error(name, source))
+}
+
+#[cfg(test)]
+mod tests {
+    use aya::sys::SyscallError;
+
+    use super::*;
+
+    fn syscall(errno: i32) -> MapError {
+        MapError::SyscallError(SyscallError {
+            call: "bpf_map_update_elem",
+            io_error: std::io::Error::from_raw_os_error(errno),
+        })
+    }
+
+    #[test]
+    fn a_missing_key_is_gone_and_a_full_map_refuses_but_other_errors_stay_errors() {
+        assert!(absent_is_gone(Err(syscall(libc::ENOENT))).is_ok());
+        assert!(absent_is_gone(Err(MapError::KeyNotFound)).is_ok());
+        assert!(absent_is_gone(Err(syscall(libc::EPERM))).is_err());
+        assert_eq!(full_is_refused(Err(syscall(libc::E2BIG))).ok(), Some(false));
+        assert_eq!(full_is_refused(Ok(())).ok(), Some(true));
+        assert!(full_is_refused(Err(syscall(libc::ENOMEM))).is_err());
+    }
 }

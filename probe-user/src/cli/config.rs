@@ -78,10 +78,34 @@ pub enum View {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Kernel {
     pub ring_buffer_kib: u32,
-    pub max_sockets: u32,
+    /// `None`: sized from the sockets found at attach ([`Kernel::max_sockets_for`]).
+    pub max_sockets: Option<u32>,
     /// Capture the user stacks of connects.
     pub stacks: bool,
     pub attach: Attach,
+}
+
+/// Sockets the kernel side follows at once by default.
+pub const DEFAULT_MAX_SOCKETS: u32 = 65_536;
+
+/// Kernel memory one socket slot costs: an entry in OWNERS and in SEEDS (hash maps are
+/// preallocated: key, value and the kernel's element header, rounded up).
+const BYTES_PER_SOCKET_SLOT: u64 = 192;
+
+impl Kernel {
+    /// How many sockets to make room for: as asked, or by default enough for twice the sockets
+    /// the targets hold at attach (the kernel's limit for a map is far above what fits here).
+    pub fn max_sockets_for(&self, sockets: usize) -> u32 {
+        self.max_sockets.unwrap_or_else(|| {
+            let wanted = u32::try_from(sockets.saturating_mul(2)).unwrap_or(u32::MAX);
+            wanted.clamp(DEFAULT_MAX_SOCKETS, 16_777_216).next_power_of_two()
+        })
+    }
+
+    /// What `max_sockets` slots cost in kernel memory, in MiB.
+    pub fn socket_slots_mib(max_sockets: u32) -> u64 {
+        u64::from(max_sockets) * BYTES_PER_SOCKET_SLOT / (1 << 20)
+    }
 }
 
 impl Config {
@@ -99,6 +123,18 @@ impl Config {
                 "at most {} processes can be traced",
                 MAX_TARGETS - 1
             ));
+        }
+        if cli.command.is_empty() {
+            if cli.as_root {
+                return Err("--as-root only applies to a command probe starts \
+                     (probe --as-root -- COMMAND)"
+                    .into());
+            }
+            if cli.no_follow_forks {
+                return Err("--no-follow-forks only applies to a command probe starts: with \
+                     --pid and --comm, forks are followed only with --follow-forks"
+                    .into());
+            }
         }
         // Forks are followed by default with a command (its children are part of it), not
         // otherwise; the last of --follow-forks / --no-follow-forks wins.
@@ -151,11 +187,11 @@ impl Config {
         })
     }
 
-    /// How the kernel side is to be set up.
-    pub fn tracer(&self) -> TracerConfig {
+    /// How the kernel side is to be set up, when the targets hold `sockets` sockets.
+    pub fn tracer(&self, sockets: usize) -> TracerConfig {
         TracerConfig {
             ring_buffer_bytes: self.kernel.ring_buffer_kib * 1024,
-            max_sockets: self.kernel.max_sockets,
+            max_sockets: self.kernel.max_sockets_for(sockets),
             max_targets: MAX_TARGETS,
             kernel_logs: self.verbose,
             follow_forks: self.targets.follow_forks,

@@ -109,9 +109,10 @@ pub struct Cli {
     #[arg(long, value_name = "KIB", default_value_t = 4096, value_parser = parse_ring_kib)]
     pub ring_buffer_kib: u32,
 
-    /// How many sockets the kernel side can track at once.
-    #[arg(long, value_name = "N", default_value_t = 65536, value_parser = clap::value_parser!(u32).range(16..=16_777_216))]
-    pub max_sockets: u32,
+    /// How many sockets the kernel side can track at once [default: 65536, or twice the
+    /// sockets the traced processes hold at attach when that is more].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(16..=16_777_216))]
+    pub max_sockets: Option<u32>,
 
     /// Run `-- COMMAND` as root even under sudo (by default it runs as the user who ran sudo).
     #[arg(long)]
@@ -259,6 +260,8 @@ mod tests {
         assert_eq!(config.thresholds.close_wait, Duration::from_secs(5));
         assert_eq!(config.thresholds.established, Duration::from_secs(60));
         assert_eq!(config.kernel.ring_buffer_kib, 4096);
+        assert_eq!(config.kernel.max_sockets_for(100), 65_536);
+        assert_eq!(config.kernel.max_sockets_for(68_000), 262_144);
         assert_eq!(config.view, View::Text);
         assert!(config.kernel.stacks);
     }
@@ -284,6 +287,8 @@ mod tests {
             &["--pid", "1", "--established-after", "0s"],
             &["--pid", "1", "--ring-buffer-kib", "1000"],
             &["--pid", "1", "--max-sockets", "0"],
+            &["--pid", "1", "--duration", "9223372036854775807s"],
+            &["--pid", "1", "--close-wait-after", "3651d"],
         ] {
             assert!(parse(args).is_err(), "{args:?} was accepted");
         }
@@ -298,12 +303,11 @@ mod tests {
         assert!(follows(&["--pid", "1", "--follow-forks"]));
         assert!(follows(&["--", "sh"]));
         assert!(!follows(&["--no-follow-forks", "--", "sh"]));
-        assert!(!follows(&[
-            "--follow-forks",
-            "--no-follow-forks",
-            "--pid",
-            "1"
-        ]));
+        assert!(!follows(&["--follow-forks", "--no-follow-forks", "--", "sh"]));
+        let err = parse(&["--no-follow-forks", "--pid", "1"]).unwrap_err();
+        assert!(err.to_string().contains("command"), "{err}");
+        let err = parse(&["--as-root", "--pid", "1"]).unwrap_err();
+        assert!(err.to_string().contains("command"), "{err}");
     }
 
     #[test]

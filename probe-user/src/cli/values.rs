@@ -48,11 +48,25 @@ pub fn parse_pid(text: &str) -> Result<u32, String> {
     }
 }
 
+/// The longest duration probe takes: longer ones would only overflow its clock arithmetic.
+pub const LONGEST: Duration = Duration::from_secs(3650 * 86_400);
+
 pub fn parse_threshold(text: &str) -> Result<Duration, String> {
-    let duration = humantime::parse_duration(text)
-        .map_err(|e| format!("`{text}` is not a duration ({e}); try 500ms, 5s, 2m or 1h"))?;
+    let too_long = || {
+        format!(
+            "`{text}` is too long: at most 3650d (ten years); leave --duration out to run until \
+             Ctrl-C"
+        )
+    };
+    let duration = humantime::parse_duration(text).map_err(|e| match e {
+        humantime::DurationError::NumberOverflow => too_long(),
+        e => format!("`{text}` is not a duration ({e}); try 500ms, 5s, 2m or 1h"),
+    })?;
     if duration.is_zero() {
         return Err("must be longer than zero".into());
+    }
+    if duration > LONGEST {
+        return Err(too_long());
     }
     Ok(duration)
 }

@@ -19,6 +19,7 @@ use crate::{
 
 use super::{
     Sink,
+    escape::json_controls,
     format::{TimeWriter, rfc3339},
     line::Line,
 };
@@ -44,8 +45,10 @@ impl<W: Write> JsonSink<W> {
     }
 
     fn line(&mut self, value: &impl Serialize) -> io::Result<()> {
-        serde_json::to_writer(&mut self.out, value)?;
-        self.out.write_all(b"\n")
+        let mut json = serde_json::to_vec(value)?;
+        json_controls(&mut json);
+        json.push(b'\n');
+        self.out.write_all(&json)
     }
 
     fn ts(&self, at: Timestamp) -> String {
@@ -58,6 +61,9 @@ impl<W: Write> JsonSink<W> {
 struct Connection<'a> {
     pid: u32,
     comm: &'a str,
+    /// Other processes that hold the socket too.
+    #[serde(skip_serializing_if = "<[u32]>::is_empty")]
+    also_held_by: &'a [u32],
     /// The kernel socket address, as hex (too large for a JSON number to keep exactly); null for
     /// a connection found at attach that has not changed state since.
     id: Option<String>,
@@ -76,6 +82,7 @@ impl<'a> Connection<'a> {
         Connection {
             pid: view.owner.pid,
             comm: &view.owner.comm,
+            also_held_by: &view.also_held_by,
             id: view.key.socket().map(|id| format!("{id:#x}")),
             inode: view.inode,
             family: endpoints.family.name(),
@@ -188,15 +195,16 @@ fn push_option(line: &mut Line, value: Option<u64>) {
 fn push_json_string(line: &mut Line, text: &str) {
     let plain = text
         .bytes()
-        .all(|byte| byte >= 0x20 && byte != b'"' && byte != b'\\');
+        .all(|byte| (0x20..0x7f).contains(&byte) && byte != b'"' && byte != b'\\');
     if plain {
         line.push_byte(b'"');
         line.push_str(text);
         line.push_byte(b'"');
     } else {
         // A string always serializes.
-        let escaped = serde_json::to_string(text).unwrap_or_default();
-        line.push_str(&escaped);
+        let mut escaped = serde_json::to_vec(text).unwrap_or_default();
+        json_controls(&mut escaped);
+        line.push_str(&String::from_utf8_lossy(&escaped));
     }
 }
 
@@ -357,6 +365,8 @@ mod tests {
             at: Timestamp::from_nanos(1_500_000),
             in_old: Some(Duration::from_micros(2_500)),
             ending: Some(Ending::TimeWait),
+            closed_first: None,
+            visited: Default::default(),
         };
         let clock = WallClock::from_readings(Timestamp::from_nanos(0), Duration::from_secs(60));
         let mut out = Vec::new();

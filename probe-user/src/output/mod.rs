@@ -1,5 +1,6 @@
 //! Sinks: where the tracker's findings go. Each sink formats; none reaches back into the tracker.
 
+pub mod escape;
 pub mod filter;
 pub mod format;
 pub mod json;

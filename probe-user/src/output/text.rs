@@ -13,6 +13,7 @@ const OPENED_AT_DEPTH: usize = 3;
 
 use super::{
     Sink,
+    escape::terminal,
     format::{TimeWriter, age, short_duration, write_short_duration},
     line::Line,
 };
@@ -80,7 +81,7 @@ impl<W: Write> Sink for TextSink<W> {
         line.push_int_right(change.owner.pid, 7);
         line.push_byte(b' ');
         let mut start = line.mark();
-        line.push_str(&change.owner.comm);
+        line.push_str(&terminal(&change.owner.comm));
         line.pad_from(start, 15);
         for endpoint in [change.endpoints.local, change.endpoints.remote] {
             line.push_byte(b' ');
@@ -117,17 +118,27 @@ impl<W: Write> Sink for TextSink<W> {
             .idle
             .map(|idle| format!(", idle {}", short_duration(idle)))
             .unwrap_or_default();
+        let others: Vec<String> = view.also_held_by.iter().map(u32::to_string).collect();
+        let also = if others.is_empty() {
+            String::new()
+        } else {
+            format!(", also held by {}", others.join(","))
+        };
         writeln!(
             self.out,
-            "{label}{idle}: pid {} ({}) {} -> {}: {}",
+            "{label}{idle}: pid {} ({}{also}) {} -> {}: {}",
             view.owner.pid,
-            view.owner.comm,
+            terminal(&view.owner.comm),
             view.endpoints.local,
             view.endpoints.remote,
             alert.diagnosis.reason()
         )?;
         if let Some(path) = &view.opened_at {
-            writeln!(self.out, "    opened at {}", path.describe(OPENED_AT_DEPTH))?;
+            writeln!(
+                self.out,
+                "    opened at {}",
+                terminal(&path.describe(OPENED_AT_DEPTH))
+            )?;
         }
         Ok(())
     }
@@ -185,7 +196,7 @@ impl<W: Write> Sink for TextSink<W> {
             for group in by_code {
                 let place = group.opened_at.as_ref().map_or_else(
                     || "an unknown place (opened before probe started)".to_string(),
-                    |path| path.describe(OPENED_AT_DEPTH),
+                    |path| terminal(&path.describe(OPENED_AT_DEPTH)).into_owned(),
                 );
                 let all = if group.connections > 1 { "all " } else { "" };
                 writeln!(

@@ -22,7 +22,24 @@ pub enum TargetError {
     EmptyCommand,
     #[error("the command contains a NUL byte")]
     NulInCommand,
+    #[error(
+        "no user has uid {0} (SUDO_UID): run the command as root with --as-root, or fix SUDO_UID"
+    )]
+    NoSuchUser(u32),
+    #[error(
+        "process {0} has exited (a zombie its parent has not reaped): it has no connections \
+         left to trace"
+    )]
+    Zombie(u32),
+    #[error(
+        "{pid} ({name}) is a kernel thread: it has no TCP connections of its own; trace the \
+         process that owns them (see `ss -tnp`)"
+    )]
+    KernelThread { pid: u32, name: String },
 }
+
+/// `PF_KTHREAD` in a task's flags (`/proc/PID/stat`): a kernel thread.
+const PF_KTHREAD: u32 = 0x0020_0000;
 
 /// A traced process.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -51,6 +68,35 @@ pub fn resolve(pid: u32) -> Result<Process, TargetError> {
         comm: status.name,
         named_thread: (tgid != pid).then_some(pid),
     })
+}
+
+/// A process the user asked to trace (`--pid`): as [`resolve`], and refused when it cannot
+/// have connections of its own (a zombie, a kernel thread).
+pub fn resolve_target(pid: u32) -> Result<Process, TargetError> {
+    let process = resolve(pid)?;
+    let id = i32::try_from(process.pid).map_err(|_| TargetError::NoSuchProcess(pid))?;
+    let stat = procfs::process::Process::new(id)
+        .and_then(|p| p.stat())
+        .map_err(|error| TargetError::Proc { pid, error })?;
+    if stat.state == 'Z' {
+        return Err(TargetError::Zombie(process.pid));
+    }
+    if stat.flags & PF_KTHREAD != 0 {
+        return Err(TargetError::KernelThread {
+            pid: process.pid,
+            name: process.comm,
+        });
+    }
+    Ok(process)
+}
+
+/// Whether process `pid` runs (exists and is not a zombie).
+pub fn is_running(pid: u32) -> bool {
+    i32::try_from(pid)
+        .ok()
+        .and_then(|id| procfs::process::Process::new(id).ok())
+        .and_then(|process| process.stat().ok())
+        .is_some_and(|stat| !matches!(stat.state, 'Z' | 'X'))
 }
 
 /// The running processes named `name` (as `/proc/PID/comm` has it).
@@ -93,6 +139,14 @@ mod tests {
         assert_eq!(resolved.named_thread, Some(tid));
         done_tx.send(()).unwrap();
         thread.join().unwrap();
+    }
+
+    #[test]
+    fn kernel_threads_are_refused_with_a_reason() {
+        // kthreadd, the parent of every kernel thread, is always pid 2.
+        let error = resolve_target(2).unwrap_err();
+        assert!(matches!(error, TargetError::KernelThread { .. }), "{error}");
+        assert!(resolve_target(std::process::id()).is_ok());
     }
 
     #[test]

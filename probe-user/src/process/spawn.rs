@@ -10,8 +10,8 @@ use nix::{
     fcntl::OFlag,
     sys::wait::waitpid,
     unistd::{
-        ForkResult, Gid, Pid, Uid, dup2, execvp, fork, pipe2, read, setgid, setgroups, setuid,
-        write,
+        ForkResult, Gid, Pid, Uid, User, dup2, execvp, execvpe, fork, pipe2, read, setgid,
+        setgroups, setuid, write,
     },
 };
 
@@ -100,6 +100,9 @@ pub fn spawn_held(
         command: shown.clone(),
         error,
     };
+    // The environment `sudo -u USER` gives: the user's own HOME, USER and LOGNAME (prepared
+    // here: the child may not allocate).
+    let environment = run_as.map(|user| user_environment(user.uid)).transpose()?;
     let (go_read, go_write) = pipe2(OFlag::O_CLOEXEC).map_err(spawn_error)?;
     let (errors_read, errors_write) = pipe2(OFlag::O_CLOEXEC).map_err(spawn_error)?;
 
@@ -124,7 +127,11 @@ pub fn spawn_held(
                     .and_then(|()| setuid(Uid::from_raw(user.uid))),
                 None => Ok(()),
             };
-            let errno = match dropped.and_then(|()| execvp(&program, &argv)) {
+            let exec = || match &environment {
+                Some(environment) => execvpe(&program, &argv, environment),
+                None => execvp(&program, &argv),
+            };
+            let errno = match dropped.and_then(|()| exec()) {
                 Err(errno) => errno as i32,
                 Ok(never) => match never {},
             };
@@ -139,6 +146,31 @@ pub fn spawn_held(
             exec_errors: errors_read,
         }),
     }
+}
+
+/// probe's environment, with HOME, USER and LOGNAME those of user `uid` (from the password
+/// database), as `sudo -u` sets them.
+fn user_environment(uid: u32) -> Result<Vec<CString>, TargetError> {
+    let user = User::from_uid(Uid::from_raw(uid))
+        .ok()
+        .flatten()
+        .ok_or(TargetError::NoSuchUser(uid))?;
+    let own = [
+        ("HOME", user.dir.as_os_str().as_bytes()),
+        ("USER", user.name.as_bytes()),
+        ("LOGNAME", user.name.as_bytes()),
+    ];
+    let mut environment: Vec<CString> = std::env::vars_os()
+        .filter(|(name, _)| !own.iter().any(|(own, _)| name.as_bytes() == own.as_bytes()))
+        .filter_map(|(name, value)| {
+            CString::new([name.as_bytes(), b"=", value.as_bytes()].concat()).ok()
+        })
+        .collect();
+    for (name, value) in own {
+        let entry = [name.as_bytes(), b"=", value].concat();
+        environment.push(CString::new(entry).map_err(|_| TargetError::NulInCommand)?);
+    }
+    Ok(environment)
 }
 
 /// Collects the exit status of a child probe started, so it does not linger as a zombie.

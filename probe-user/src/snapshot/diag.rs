@@ -28,6 +28,8 @@ pub struct DiagSocket {
     pub inode: u64,
     /// What tcp_info says, sampled when the dump was read.
     pub activity: Option<Activity>,
+    /// tcp_info's time since the last ACK arrived, when the dump was read.
+    pub last_ack_received: Option<Duration>,
 }
 
 /// Every TCP socket (IPv4 and IPv6, all states) of the calling thread's network namespace.
@@ -105,6 +107,10 @@ fn convert(response: &InetResponse) -> Option<DiagSocket> {
     } else {
         Family::Ipv6
     };
+    let last_ack_received = response.nlas.iter().find_map(|nla| match nla {
+        Nla::TcpInfo(info) => Some(Duration::from_millis(u64::from(info.last_ack_recv))),
+        _ => None,
+    });
     let activity = response.nlas.iter().find_map(|nla| match nla {
         Nla::TcpInfo(info) => Some(Activity {
             sampled_at: monotonic_now(),
@@ -124,6 +130,7 @@ fn convert(response: &InetResponse) -> Option<DiagSocket> {
         remote: SocketAddr::new(id.destination_address, id.destination_port),
         inode: u64::from(header.inode),
         activity,
+        last_ack_received,
     })
 }
 

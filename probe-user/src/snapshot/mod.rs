@@ -3,59 +3,129 @@
 //! process in a container is seen as it sees itself).
 
 pub mod diag;
+mod namespaces;
 
-use std::{
-    collections::{HashMap, HashSet},
-    fs::{self, File},
-    io,
-    net::IpAddr,
-    os::unix::fs::MetadataExt,
-    thread,
-};
+pub use namespaces::Namespaces;
 
-use nix::sched::{CloneFlags, setns};
-use probe_common::{ListenerKey, SocketTuple, TcpState};
+use std::{collections::HashSet, io};
+use probe_common::TcpState;
 
-use crate::track::{Endpoints, ExistingSocket};
+use crate::track::{Endpoints, ExistingSocket, Holders};
 
 /// Why the sockets of a process could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
     #[error("cannot list the sockets of process {pid} ({error}); run probe as root (sudo)")]
     Fds { pid: u32, error: procfs::ProcError },
-    #[error("cannot read the TCP sockets of process {pid} through sock_diag ({error})")]
+    #[error("cannot read the TCP sockets of process {pid}'s network namespace through sock_diag ({error})")]
     Diag { pid: u32, error: io::Error },
 }
 
-/// The TCP sockets of each process in `pids`, with their tcp_info.
-pub fn tcp_sockets(pids: &[u32]) -> Result<Vec<ExistingSocket>, SnapshotError> {
-    // One dump per network namespace, shared by the processes in it.
-    let mut dumps: HashMap<u64, Vec<diag::DiagSocket>> = HashMap::new();
-    let mut found = Vec::new();
-    for &pid in pids {
-        let inodes = socket_inodes(pid)?;
-        if inodes.is_empty() {
-            continue;
-        }
-        let namespace =
-            network_namespace(pid).map_err(|error| SnapshotError::Diag { pid, error })?;
-        let dump = match dumps.get(&namespace) {
-            Some(dump) => dump,
-            None => {
-                let dump = in_network_namespace_of(pid, diag::dump_tcp)
-                    .map_err(|error| SnapshotError::Diag { pid, error })?;
-                dumps.entry(namespace).or_insert(dump)
-            }
-        };
-        // A socket in CLOSE was never connected (or is gone): it is not a connection yet. (This
-        // kernel's dump leaves bound, unconnected sockets out; others may not.)
-        found.extend(
-            dump.iter()
-                .filter(|socket| inodes.contains(&socket.inode) && socket.state != TcpState::Close)
-                .map(|socket| existing(pid, socket)),
-        );
+/// What the processes' fd tables and the kernel's socket table say at one moment.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// Every TCP socket of the network namespaces the processes are in, with tcp_info, each
+    /// under its first holder among the processes (pid 0 when none of them holds it).
+    pub sockets: Vec<ExistingSocket>,
+    /// Which of the processes hold each socket (by inode): more than one when a socket was
+    /// inherited over fork or passed over a unix socket.
+    pub holders: Holders,
+}
+
+impl Snapshot {
+    /// The sockets the processes hold.
+    pub fn held(&self) -> impl Iterator<Item = &ExistingSocket> {
+        self.sockets.iter().filter(|socket| socket.pid != 0)
     }
-    Ok(found)
+}
+
+/// The TCP sockets of the network namespaces of the processes in `pids` (and of every
+/// namespace noted before, whose processes may have exited), with their tcp_info and who of
+/// `pids` holds each. A process that is gone by the time it is read is skipped.
+pub fn take(pids: &[u32], namespaces: &mut Namespaces) -> Result<Snapshot, SnapshotError> {
+    // Socket inode -> the processes of `pids` that hold it (any kind of socket, for now).
+    let mut held = Holders::new();
+    let mut sorted = pids.to_vec();
+    sorted.sort_unstable();
+    for pid in sorted {
+        let inodes = match socket_inodes(pid) {
+            Ok(inodes) => inodes,
+            Err(SnapshotError::Fds {
+                error: procfs::ProcError::NotFound(_),
+                ..
+            }) => continue,
+            Err(error) => return Err(error),
+        };
+        match namespaces.note(pid) {
+            Ok(_) => {
+                for inode in inodes {
+                    held.entry(inode).or_default().push(pid);
+                }
+            }
+            // Exited meanwhile: its namespace, if noted before, is read all the same.
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+            Err(error) => return Err(SnapshotError::Diag { pid, error }),
+        }
+    }
+    let dumps = namespaces
+        .dump_all()
+        .map_err(|error| SnapshotError::Diag { pid: 0, error })?;
+    let mut snapshot = Snapshot::default();
+    for socket in dumps.values().flatten() {
+        if let Some(pids) = held.remove(&socket.inode) {
+            snapshot.holders.insert(socket.inode, pids);
+        }
+    }
+    // A socket in CLOSE was never connected (or is gone): it is not a connection yet. (This
+    // kernel's dump leaves bound, unconnected sockets out; others may not.)
+    for socket in dumps
+        .values()
+        .flatten()
+        .filter(|socket| socket.state != TcpState::Close)
+    {
+        let holder = snapshot
+            .holders
+            .get(&socket.inode)
+            .and_then(|pids| pids.first().copied())
+            .unwrap_or(0);
+        snapshot.sockets.push(existing(holder, socket));
+    }
+    Ok(snapshot)
+}
+
+/// Which processes, of all on the host, hold these socket inodes: for sockets none of the
+/// traced processes holds any more (handed to a process probe does not trace). Reads every
+/// process's fd table: call it only for such sockets.
+pub fn holders_anywhere(inodes: &HashSet<u64>) -> Holders {
+    let mut holders = Holders::new();
+    let Ok(all) = procfs::process::all_processes() else {
+        return holders;
+    };
+    for process in all.filter_map(Result::ok) {
+        let Ok(fds) = process.fd() else {
+            continue;
+        };
+        let pid = process.pid as u32;
+        for fd in fds.filter_map(Result::ok) {
+            if let procfs::process::FDTarget::Socket(inode) = fd.target
+                && inodes.contains(&inode)
+            {
+                let pids = holders.entry(inode).or_default();
+                if !pids.contains(&pid) {
+                    pids.push(pid);
+                }
+            }
+        }
+    }
+    holders
+}
+
+/// How many sockets the processes in `pids` hold (any kind: an upper bound on their TCP
+/// sockets), to size the kernel's maps before attaching; processes that cannot be read count 0.
+pub fn socket_count(pids: &[u32]) -> usize {
+    pids.iter()
+        .map(|&pid| socket_inodes(pid).map_or(0, |inodes| inodes.len()))
+        .sum()
 }
 
 /// The inodes of the sockets process `pid` holds (all its threads share them).
@@ -74,28 +144,6 @@ fn socket_inodes(pid: u32) -> Result<HashSet<u64>, SnapshotError> {
     fds().map_err(|error| SnapshotError::Fds { pid, error })
 }
 
-fn network_namespace(pid: u32) -> io::Result<u64> {
-    Ok(fs::metadata(format!("/proc/{pid}/ns/net"))?.ino())
-}
-
-/// Runs `read` in the network namespace of process `pid`: here when it is ours, else on a thread
-/// of its own that joins that namespace (so the rest of probe stays where it is).
-fn in_network_namespace_of<T: Send + 'static>(
-    pid: u32,
-    read: fn() -> io::Result<T>,
-) -> io::Result<T> {
-    if network_namespace(pid)? == fs::metadata("/proc/self/ns/net")?.ino() {
-        return read();
-    }
-    let namespace = File::open(format!("/proc/{pid}/ns/net"))?;
-    thread::spawn(move || {
-        setns(&namespace, CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
-        read()
-    })
-    .join()
-    .map_err(|_| io::Error::other("the namespace reader panicked"))?
-}
-
 fn existing(pid: u32, socket: &diag::DiagSocket) -> ExistingSocket {
     ExistingSocket {
         pid,
@@ -107,41 +155,13 @@ fn existing(pid: u32, socket: &diag::DiagSocket) -> ExistingSocket {
             remote: socket.remote,
         },
         activity: socket.activity,
-    }
-}
-
-/// An address as the tracepoint shows it: IPv6, with IPv4 addresses IPv4-mapped.
-fn tracepoint_address(ip: IpAddr) -> [u8; 16] {
-    match ip {
-        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
-        IpAddr::V6(v6) => v6.octets(),
-    }
-}
-
-/// The key under which the kernel program looks this connection up at its next transition.
-pub fn seed_tuple(endpoints: &Endpoints) -> SocketTuple {
-    SocketTuple {
-        saddr: tracepoint_address(endpoints.local.ip()),
-        daddr: tracepoint_address(endpoints.remote.ip()),
-        sport: endpoints.local.port(),
-        dport: endpoints.remote.port(),
-        _pad: [0; 4],
-    }
-}
-
-/// The key under which the kernel program finds this listener's owner for what it accepts.
-pub fn listener_key(endpoints: &Endpoints) -> ListenerKey {
-    ListenerKey {
-        addr: tracepoint_address(endpoints.local.ip()),
-        port: endpoints.local.port(),
-        _pad: [0; 6],
+        last_ack_received: socket.last_ack_received,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::track::Family;
     use std::net::{TcpListener, TcpStream};
 
     #[test]
@@ -149,7 +169,9 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (server, _) = listener.accept().unwrap();
-        let sockets = tcp_sockets(&[std::process::id()]).unwrap();
+        let me = std::process::id();
+        let snapshot = take(&[me], &mut Namespaces::default()).unwrap();
+        let sockets: Vec<&ExistingSocket> = snapshot.held().collect();
         for stream in [&client, &server] {
             let (local, remote) = (stream.local_addr().unwrap(), stream.peer_addr().unwrap());
             let socket = sockets
@@ -161,24 +183,12 @@ mod tests {
             assert!(socket.activity.is_some());
         }
         assert!(sockets.iter().any(|s| s.state == TcpState::Listen));
-        assert!(sockets.iter().all(|s| s.pid == std::process::id()));
-    }
-
-    #[test]
-    fn seed_keys_use_the_tracepoint_address_form() {
-        let endpoints = Endpoints {
-            family: Family::Ipv4,
-            local: "127.0.0.1:40000".parse().unwrap(),
-            remote: "10.0.0.2:80".parse().unwrap(),
-        };
-        let tuple = seed_tuple(&endpoints);
-        assert_eq!(tuple.saddr[10..], [0xff, 0xff, 127, 0, 0, 1]);
-        assert_eq!((tuple.sport, tuple.dport), (40000, 80));
-        let any = Endpoints {
-            family: Family::Ipv4,
-            local: "0.0.0.0:8080".parse().unwrap(),
-            remote: "0.0.0.0:0".parse().unwrap(),
-        };
-        assert_eq!(listener_key(&any).addr[10..], [0xff, 0xff, 0, 0, 0, 0]);
+        assert!(sockets.iter().all(|s| s.pid == me));
+        assert!(snapshot.holders.values().all(|pids| pids == &[me]));
+        // Found anywhere on the host, too: held by this process only.
+        let inodes: HashSet<u64> = sockets.iter().map(|s| s.inode).collect();
+        let anywhere = holders_anywhere(&inodes);
+        assert_eq!(anywhere.len(), inodes.len());
+        assert!(anywhere.values().all(|pids| pids == &[me]));
     }
 }

@@ -82,6 +82,24 @@ pub struct ExistingSocket {
     pub state: TcpState,
     pub endpoints: Endpoints,
     pub activity: Option<Activity>,
+    /// tcp_info's time since the last ACK arrived, when it was read.
+    pub last_ack_received: Option<Duration>,
+}
+
+impl ExistingSocket {
+    /// How long the socket has been in its state at least, as far as tcp_info proves it. A
+    /// state entered when a segment arrived (CLOSE_WAIT: the peer's FIN; FIN_WAIT2: the ACK of
+    /// ours; ESTABLISHED: the handshake's last segment) was entered no later than the last ACK
+    /// that arrived, as every such segment carries one: the time since that ACK is a lower
+    /// bound. For the other states nothing proves more than zero.
+    pub fn time_in_state_at_least(&self) -> Duration {
+        match self.state {
+            TcpState::CloseWait | TcpState::FinWait2 | TcpState::Established => {
+                self.last_ack_received.unwrap_or_default()
+            }
+            _ => Duration::ZERO,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -27,5 +27,5 @@ pub use lifecycle::{
 pub use stuck::{Diagnosis, Thresholds};
 pub use summary::{ClosedCounts, CodePathGroup, EndpointGroup, OpenConnection, Stay, Summary};
 pub use time::Timestamp;
-pub use tracker::{StateChange, StuckAlert, Tracker};
+pub use tracker::{Holders, StateChange, StuckAlert, Tracker};
 pub use view::{ConnectionView, Losses};

@@ -127,6 +127,7 @@ proptest! {
                             unacked: 0,
                             retransmits: 0,
                         }),
+                        last_ack_received: None,
                     },
                     now,
                 ),

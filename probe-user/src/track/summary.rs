@@ -6,7 +6,7 @@ use probe_common::TcpState;
 
 use super::{
     code_path::CodePath,
-    lifecycle::{ClosedFirst, Connection, Ending, History, OpenedBy, StateVisit},
+    lifecycle::{ClosedFirst, Ending, History, OpenedBy, StateVisit},
     view::{ConnectionView, Losses},
 };
 
@@ -73,21 +73,21 @@ pub struct ClosedCounts {
 }
 
 impl ClosedCounts {
-    /// Counts one closed connection.
-    pub fn record(&mut self, connection: &Connection) {
-        if connection.ending == Some(Ending::ListenerClosed) {
+    /// Counts one connection that ended as `ending`, whoever `closed_first`.
+    pub fn record(&mut self, closed_first: Option<ClosedFirst>, ending: Ending) {
+        if ending == Ending::ListenerClosed {
             return;
         }
         self.total += 1;
-        match connection.closed_first {
+        match closed_first {
             Some(ClosedFirst::Local) => self.local_first += 1,
             Some(ClosedFirst::Remote) => self.remote_first += 1,
             Some(ClosedFirst::Simultaneous) => self.simultaneous += 1,
             None => {}
         }
-        match connection.ending {
-            Some(Ending::Reset) => self.reset += 1,
-            Some(Ending::ConnectFailed) => self.connect_failed += 1,
+        match ending {
+            Ending::Reset => self.reset += 1,
+            Ending::ConnectFailed => self.connect_failed += 1,
             _ => {}
         }
     }
@@ -184,30 +184,36 @@ impl Summary {
         for open in &self.open {
             let connection = &open.connection;
             let (state, remote) = (connection.state, connection.endpoints.remote);
-            match groups
-                .iter_mut()
-                .find(|g| g.state == state && g.remote == remote)
+            let index = match groups
+                .iter()
+                .position(|g| g.state == state && g.remote == remote)
             {
-                Some(group) => {
+                Some(index) => {
+                    let group = &mut groups[index];
                     group.connections += 1;
                     group.stuck += usize::from(open.stuck);
-                    if !group.pids.contains(&connection.owner.pid) {
-                        group.pids.push(connection.owner.pid);
-                    }
+                    index
                 }
-                None => groups.push(EndpointGroup {
-                    state,
-                    remote,
-                    connections: 1,
-                    stuck: usize::from(open.stuck),
-                    oldest: connection.age,
-                    since_attach: connection.since_attach,
-                    pids: vec![connection.owner.pid],
-                }),
-            }
+                None => {
+                    groups.push(EndpointGroup {
+                        state,
+                        remote,
+                        connections: 1,
+                        stuck: usize::from(open.stuck),
+                        oldest: connection.age,
+                        since_attach: connection.since_attach,
+                        pids: Vec::new(),
+                    });
+                    groups.len() - 1
+                }
+            };
+            let pids = &mut groups[index].pids;
+            pids.push(connection.owner.pid);
+            pids.extend_from_slice(&connection.also_held_by);
         }
         for group in &mut groups {
             group.pids.sort_unstable();
+            group.pids.dedup();
         }
         // Stable sort: keeps oldest-first order inside each state.
         groups.sort_by_key(|g| state_rank(g.state));
@@ -273,6 +279,7 @@ mod tests {
                     pid,
                     comm: "c".into(),
                 },
+                also_held_by: Vec::new(),
                 endpoints: Endpoints {
                     family: Family::Ipv4,
                     local: "127.0.0.1:1".parse().unwrap(),

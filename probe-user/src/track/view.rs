@@ -20,6 +20,9 @@ pub struct ConnectionView {
     /// The socket inode, where known.
     pub inode: Option<u64>,
     pub owner: Owner,
+    /// Other processes that hold the socket too (inherited over fork, passed over a unix
+    /// socket), lowest pid first; usually none.
+    pub also_held_by: Vec<u32>,
     pub endpoints: Endpoints,
     /// The state it is in.
     pub state: TcpState,

@@ -13,8 +13,9 @@ use crate::harness::{
     stuck, transitions, wait_for_ss,
 };
 
-/// A client already piling up CLOSE_WAIT when probe attaches: all of them reported at once (as
-/// `ss` counts them), and their close seen when the client exits.
+/// A client already piling up CLOSE_WAIT when probe attaches: all of them reported (as `ss`
+/// counts them) once they have been in CLOSE_WAIT for the threshold, and their close seen when
+/// the client exits.
 pub fn attach_to_an_existing_close_wait_pile_up() -> TestResult {
     let addr = server("127.0.0.1:0", ServerMode::CloseAtOnce)?;
     let mut client = Helper::start(&Role::HoldClients {
@@ -26,7 +27,7 @@ pub fn attach_to_an_existing_close_wait_pile_up() -> TestResult {
     ensure(client.hear()? == "ready", || "client not ready".into())?;
     let ss = wait_for_ss(pid, "close-wait", 6)?;
 
-    let mut probe = Probe::start(&["--pid", &pid.to_string(), "--close-wait-after", "1h"])?;
+    let mut probe = Probe::start(&["--pid", &pid.to_string(), "--close-wait-after", "1s"])?;
     ensure(
         probe.stderr().contains("6 TCP socket(s) already open"),
         || probe.stderr(),
@@ -39,6 +40,9 @@ pub fn attach_to_an_existing_close_wait_pile_up() -> TestResult {
             alert["since_attach"] == true && alert["inode"].is_u64() && alert["idle_ms"].is_u64(),
             || format!("not flagged as found at attach: {alert}"),
         )?;
+        ensure(alert["age_ms"].as_u64() >= Some(1000), || {
+            format!("flagged before it was proven 1 s old: {alert}")
+        })?;
         let local = format!("127.0.0.1:{} ", alert["sport"]);
         ensure(ss.iter().any(|line| line.contains(&local)), || {
             format!("{local}is not one of ss's sockets:\n{}", ss.join("\n"))

@@ -13,6 +13,7 @@ mod attach;
 mod code_paths;
 mod filters;
 mod harness;
+mod hostile;
 mod lifecycle;
 mod programs;
 mod robustness;
@@ -73,6 +74,19 @@ fn main() -> ExitCode {
         views::the_live_view_works_in_a_terminal,
         views::the_live_view_degrades_to_lines_without_a_terminal,
         programs::both_kernel_programs_see_the_same_transitions,
+        hostile::follow_forks_survives_a_storm_of_short_lived_children,
+        hostile::close_wait_found_at_attach_is_flagged_only_once_old_enough,
+        hostile::more_existing_sockets_than_max_sockets_degrade_instead_of_failing,
+        hostile::the_owner_is_the_process_that_holds_the_socket_after_a_fork,
+        hostile::a_socket_passed_over_scm_rights_belongs_to_its_receiver,
+        hostile::the_report_never_follows_a_planted_symlink,
+        hostile::untrusted_names_never_reach_the_terminal_raw,
+        hostile::the_metrics_endpoint_survives_running_out_of_descriptors,
+        hostile::sighup_ends_probe_like_sigterm,
+        hostile::filters_match_the_addresses_probe_prints,
+        hostile::a_filter_means_the_same_everywhere,
+        hostile::a_zombie_or_a_kernel_thread_is_refused_with_a_reason,
+        hostile::a_connection_of_an_exited_process_is_not_open,
     ];
     let trials = match prerequisites() {
         Ok(()) => trials,

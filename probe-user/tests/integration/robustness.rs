@@ -57,6 +57,28 @@ pub fn bad_input_gets_a_clear_error_and_no_panic() -> TestResult {
             "no such file or directory",
         ),
         (&["--comm", "no-such-program-x"], 1, "--follow-forks"),
+        (
+            &["--pid", "1", "--duration", "9223372036854775807s"],
+            2,
+            "at most",
+        ),
+        (
+            &["--pid", "1", "--close-wait-after", "584942417355y"],
+            2,
+            "at most",
+        ),
+        (
+            &["--pid", "1", "--established-after", "99999999999999d"],
+            2,
+            "at most",
+        ),
+        (&["--pid", "1", "--as-root"], 2, "command"),
+        (&["--pid", "1", "--no-follow-forks"], 2, "command"),
+        (
+            &["--pid", "1", "--metrics-addr", "10.99.99.99:1"],
+            1,
+            "no such address",
+        ),
     ];
     for (args, code, hint) in cases {
         let (exit, stderr) = probe_fails(args)?;

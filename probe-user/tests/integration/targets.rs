@@ -198,20 +198,29 @@ pub fn a_thread_id_means_its_process() -> TestResult {
 
 /// Under sudo, `-- COMMAND` runs as the user who ran sudo; with `--as-root`, as root.
 pub fn a_command_under_sudo_runs_as_the_user_who_asked() -> TestResult {
-    for (flags, expected) in [(&[][..], "65534"), (&["--as-root"][..], "0")] {
+    // The user 65534 is `nobody`, whose home is /nonexistent: the command sees the
+    // environment `sudo -u nobody` would give it.
+    let cases = [
+        (&[][..], "65534 /nonexistent nobody nobody"),
+        (&["--as-root"][..], "0 /root root root"),
+    ];
+    for (flags, expected) in cases {
         let output = Command::new(env!("CARGO_BIN_EXE_probe"))
             .arg("--json")
             .args(flags)
-            .args(["--", "id", "-u"])
+            .args(["--", "sh", "-c", "echo $(id -u) $HOME $USER $LOGNAME"])
             .env("SUDO_UID", "65534")
             .env("SUDO_GID", "65534")
+            .env("HOME", "/root")
+            .env("USER", "root")
+            .env("LOGNAME", "root")
             .output()
             .map_err(|e| e.to_string())?;
         // With --json, the command's stdout goes to probe's stderr.
         let stderr = String::from_utf8_lossy(&output.stderr);
         ensure(
             output.status.success() && stderr.lines().any(|line| line.trim() == expected),
-            || format!("probe {flags:?} -- id -u: {stderr}"),
+            || format!("probe {flags:?} -- sh -c 'echo ...' (wanted {expected}): {stderr}"),
         )?;
     }
     Ok(())

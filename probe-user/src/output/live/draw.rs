@@ -12,6 +12,7 @@ use ratatui::{
 use probe_common::TcpState;
 
 use super::view::View;
+use crate::output::escape::terminal;
 use crate::{
     clock::WallClock,
     output::format::{age, short_duration, time_of_day},
@@ -176,7 +177,7 @@ fn draw_recent(frame: &mut Frame, area: Rect, view: &View, clock: WallClock) {
                 "{} {:>7} {:<15} {:<22} {:<22} {} -> {}",
                 time_of_day(clock.to_system_time(change.at)),
                 change.owner.pid,
-                change.owner.comm,
+                terminal(&change.owner.comm),
                 change.endpoints.local.to_string(),
                 change.endpoints.remote.to_string(),
                 change.old.name(),

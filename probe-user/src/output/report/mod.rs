@@ -3,15 +3,13 @@
 //! connections by remote endpoint with their lifecycles, and the diagnosis with its fix.
 
 mod chart;
+mod file;
 mod html;
 mod timeline;
 
-use std::{
-    fs::File,
-    io::{self, Write},
-    path::{Path, PathBuf},
-    time::SystemTime,
-};
+use std::{io, path::Path, time::SystemTime};
+
+pub use file::{ReportFile, ReportFileError};
 
 use super::Sink;
 use crate::{
@@ -21,9 +19,10 @@ use crate::{
 
 /// Collects the timeline while probe runs and writes the page at the end.
 pub struct Report {
-    path: PathBuf,
     /// Opened at start, so a path that cannot be written is an error before tracing starts.
-    file: Option<File>,
+    file: Option<ReportFile>,
+    /// Where it goes, as the note at the end says.
+    shown_path: String,
     targets: String,
     clock: WallClock,
     started: SystemTime,
@@ -32,14 +31,11 @@ pub struct Report {
 }
 
 impl Report {
-    /// Creates (or truncates) the report file now; the page is written by [`Sink::summary`].
-    pub fn create(path: &Path, targets: String, clock: WallClock) -> anyhow::Result<Report> {
-        use anyhow::Context;
-        let file = File::create(path)
-            .with_context(|| format!("cannot create the report file {}", path.display()))?;
+    /// Opens the report's destination now; the page is written by [`Sink::summary`].
+    pub fn create(path: &Path, targets: String, clock: WallClock) -> Result<Report, ReportFileError> {
         Ok(Report {
-            path: path.to_path_buf(),
-            file: Some(file),
+            file: Some(ReportFile::create(path)?),
+            shown_path: path.display().to_string(),
             targets,
             clock,
             started: SystemTime::now(),
@@ -60,7 +56,7 @@ impl Sink for Report {
     }
 
     fn summary(&mut self, summary: &Summary) -> io::Result<()> {
-        let Some(mut file) = self.file.take() else {
+        let Some(file) = self.file.take() else {
             return Ok(());
         };
         let ended = SystemTime::now();
@@ -76,15 +72,9 @@ impl Sink for Report {
             transitions: self.transitions,
             clock: self.clock,
         });
-        file.write_all(page.as_bytes())
-            .and_then(|()| file.sync_all())
-            .map_err(|error| {
-                io::Error::new(
-                    error.kind(),
-                    format!("cannot write the report {}: {error}", self.path.display()),
-                )
-            })?;
-        eprintln!("probe: report written to {}", self.path.display());
+        file.commit(page.as_bytes())
+            .map_err(|error| io::Error::other(format!("{error}: {}", source_of(&error))))?;
+        eprintln!("probe: report written to {}", self.shown_path);
         Ok(())
     }
 
@@ -100,4 +90,9 @@ impl Sink for Report {
         self.timeline.record(now, table.counts());
         Ok(())
     }
+}
+
+/// The cause of a report error, for the one line that reaches the user.
+fn source_of(error: &ReportFileError) -> String {
+    std::error::Error::source(error).map_or_else(String::new, ToString::to_string)
 }

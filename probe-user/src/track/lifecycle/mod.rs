@@ -86,10 +86,14 @@ pub enum Ending {
     ConnectFailed,
     /// A listening socket was closed (LISTEN -> CLOSE).
     ListenerClosed,
+    /// Its process exited and no process holds the socket any more: the kernel finishes it
+    /// alone (probe stops following it).
+    Abandoned,
 }
 
 impl Ending {
-    /// `"time_wait"`, `"last_ack"`, `"reset"`, `"connect_failed"` or `"listener_closed"`.
+    /// `"time_wait"`, `"last_ack"`, `"reset"`, `"connect_failed"`, `"listener_closed"` or
+    /// `"abandoned"`.
     pub const fn name(self) -> &'static str {
         match self {
             Ending::TimeWait => "time_wait",
@@ -97,6 +101,7 @@ impl Ending {
             Ending::Reset => "reset",
             Ending::ConnectFailed => "connect_failed",
             Ending::ListenerClosed => "listener_closed",
+            Ending::Abandoned => "abandoned",
         }
     }
 
@@ -142,6 +147,8 @@ pub struct History {
     states: [u8; VISITS],
     flags: [u8; VISITS],
     len: u8,
+    /// Every state ever entered, kept visits or not (it fits in the struct's padding).
+    visited: StateSet,
 }
 
 impl Default for History {
@@ -151,6 +158,7 @@ impl Default for History {
             states: [0; VISITS],
             flags: [0; VISITS],
             len: 0,
+            visited: StateSet::default(),
         }
     }
 }
@@ -174,6 +182,7 @@ impl History {
         } else {
             self.len += 1;
         }
+        self.visited.insert(visit.state);
         self.since[index] = visit.since.map_or(UNKNOWN_SINCE, Timestamp::as_nanos);
         self.states[index] = visit.state as u8;
         self.flags[index] =
@@ -211,6 +220,27 @@ impl History {
     /// True before the first visit.
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+
+    /// Every state the connection entered (TIME_WAIT where it was inferred).
+    pub fn visited(&self) -> StateSet {
+        self.visited
+    }
+}
+
+/// A set of TCP states, in 16 bits.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StateSet(u16);
+
+impl StateSet {
+    /// Adds `state`.
+    pub fn insert(&mut self, state: TcpState) {
+        self.0 |= 1 << (state as u8);
+    }
+
+    /// Whether `state` is in the set.
+    pub fn contains(self, state: TcpState) -> bool {
+        self.0 & (1 << (state as u8)) != 0
     }
 }
 
@@ -295,9 +325,11 @@ impl Connection {
                 _ => None,
             },
             ending: None,
+            // Entered at least this long before attach, as tcp_info proves it: flagged once that
+            // lower bound passes the threshold, never before.
             history: std::iter::once(StateVisit {
                 state: socket.state,
-                since: Some(attach),
+                since: Some(attach.saturating_sub(socket.time_in_state_at_least())),
                 inferred: false,
                 at_least: true,
             })
@@ -397,6 +429,20 @@ impl Connection {
     /// bound).
     pub fn since_attach(&self) -> bool {
         self.history.last().is_some_and(|visit| visit.at_least)
+    }
+
+    /// Ends the lifecycle without a CLOSE from the kernel: its process exited and nobody holds
+    /// the socket (see [`Ending::Abandoned`]); returns the time spent in the last state.
+    pub fn abandon(&mut self, at: Timestamp) -> Option<Duration> {
+        let in_state = self
+            .history
+            .last()
+            .filter(|visit| !visit.at_least)
+            .and_then(|visit| visit.since)
+            .map(|since| at.saturating_since(since));
+        self.ending = Some(Ending::Abandoned);
+        self.enter(TcpState::Close, at, true);
+        in_state
     }
 
     /// True once the connection reached CLOSE.

@@ -10,7 +10,7 @@ use super::{
     activity::ExistingSocket,
     code_path::CodePathSource,
     event::{Endpoints, Transition},
-    lifecycle::{Connection, ConnectionKey, Ending, Owner},
+    lifecycle::{ClosedFirst, Connection, ConnectionKey, Ending, Owner, StateSet},
     stuck::{Diagnosis, StuckDetector, Thresholds},
     summary::{ClosedCounts, OpenConnection, Summary},
     table::Table,
@@ -33,6 +33,10 @@ pub struct StateChange {
     pub in_old: Option<Duration>,
     /// How the connection ended, when `new` is CLOSE.
     pub ending: Option<Ending>,
+    /// Which side closed first, where known.
+    pub closed_first: Option<ClosedFirst>,
+    /// Every state the connection has entered, this one included.
+    pub visited: StateSet,
 }
 
 impl StateChange {
@@ -84,6 +88,8 @@ pub struct Tracker {
     detector: StuckDetector,
     closed: ClosedCounts,
     next_visit: u32,
+    /// The processes that hold a connection besides its owner, for the few held by several.
+    co_holders: FxHashMap<ConnectionKey, Vec<u32>>,
 }
 
 /// Deadlines queued beyond this many per open connection (plus a constant) trigger a clean-up of
@@ -102,7 +108,13 @@ impl Tracker {
             detector: StuckDetector::default(),
             closed: ClosedCounts::default(),
             next_visit: 0,
+            co_holders: FxHashMap::default(),
         }
+    }
+
+    /// Whether process `pid` has a name here.
+    pub fn knows_process(&self, pid: u32) -> bool {
+        self.processes.contains_key(&pid)
     }
 
     /// Names a traced process, so its connections show its name.
@@ -119,18 +131,22 @@ impl Tracker {
         }
         let connection = Connection::existing(socket, now);
         let key = connection.key;
+        // When the socket entered its state at the latest (tcp_info's lower bound on its age).
+        let entered = connection.state_since().unwrap_or(now);
         self.existing.insert(
             (socket.endpoints.local, socket.endpoints.remote),
             socket.inode,
         );
         let visit = self.next_visit();
         let deadline = match (socket.state, socket.activity) {
-            (TcpState::CloseWait, _) => Some(now),
             (TcpState::Established, Some(activity)) => Some(
                 now.saturating_add(self.thresholds.established)
                     .saturating_sub(activity.idle_at(now)),
             ),
-            (state, _) => self.thresholds.of(state).map(|t| now.saturating_add(t)),
+            (state, _) => self
+                .thresholds
+                .of(state)
+                .map(|t| entered.saturating_add(t)),
         };
         if let Some(deadline) = deadline {
             self.detector.watch(key, visit, socket.state, deadline);
@@ -187,11 +203,12 @@ impl Tracker {
             at: transition.at,
             in_old,
             ending: connection.ending,
+            closed_first: connection.closed_first,
+            visited: connection.history.visited(),
         };
-        if connection.is_closed() {
-            if let Some(done) = self.table.remove(key) {
-                self.closed.record(&done.connection);
-            }
+        if let Some(ending) = connection.ending {
+            self.closed.record(connection.closed_first, ending);
+            self.forget(key);
         } else if let Some(threshold) = self.thresholds.of(transition.new) {
             self.detector.watch(
                 key,
@@ -258,7 +275,12 @@ impl Tracker {
                 continue;
             }
             tracked.stuck = true;
-            let mut connection = view(&self.processes, &tracked.connection, now, code_paths);
+            let context = ViewContext {
+                processes: &self.processes,
+                co_holders: &self.co_holders,
+                code_paths,
+            };
+            let mut connection = view(context, &tracked.connection, now);
             // Entered before probe saw it, and not at attach either: flagged from now on.
             connection.since.get_or_insert(now);
             connection.age.get_or_insert(Duration::ZERO);
@@ -287,7 +309,7 @@ impl Tracker {
             .table
             .values()
             .map(|tracked| OpenConnection {
-                connection: view(&self.processes, &tracked.connection, now, code_paths),
+                connection: view(self.context(code_paths), &tracked.connection, now),
                 stuck: tracked.stuck,
                 opened_by: tracked.connection.opened_by,
                 history: tracked.connection.history,
@@ -319,6 +341,20 @@ impl Tracker {
         }
     }
 
+    fn context<'a>(&'a self, code_paths: &'a dyn CodePathSource) -> ViewContext<'a> {
+        ViewContext {
+            processes: &self.processes,
+            co_holders: &self.co_holders,
+            code_paths,
+        }
+    }
+
+    /// Forgets a connection that ended.
+    fn forget(&mut self, key: ConnectionKey) {
+        self.table.remove(key);
+        self.co_holders.remove(&key);
+    }
+
     /// A new visit number. They wrap after 4 billion visits: by then, a queued deadline with
     /// the same number for the same connection is long gone.
     fn next_visit(&mut self) -> u32 {
@@ -336,18 +372,26 @@ impl Tracker {
     }
 }
 
+/// What a connection's view is made from besides the connection.
+#[derive(Clone, Copy)]
+struct ViewContext<'a> {
+    processes: &'a FxHashMap<u32, Arc<str>>,
+    co_holders: &'a FxHashMap<ConnectionKey, Vec<u32>>,
+    code_paths: &'a dyn CodePathSource,
+}
+
 /// A connection as the outputs show it, as of `now`.
-fn view(
-    processes: &FxHashMap<u32, Arc<str>>,
-    connection: &Connection,
-    now: Timestamp,
-    code_paths: &dyn CodePathSource,
-) -> ConnectionView {
+fn view(context: ViewContext<'_>, connection: &Connection, now: Timestamp) -> ConnectionView {
     let since = connection.state_since();
     ConnectionView {
         key: connection.key,
         inode: connection.inode(),
-        owner: owner_of(processes, connection.pid),
+        owner: owner_of(context.processes, connection.pid),
+        also_held_by: context
+            .co_holders
+            .get(&connection.key)
+            .cloned()
+            .unwrap_or_default(),
         endpoints: connection.endpoints(),
         state: connection.state(),
         since,
@@ -357,7 +401,7 @@ fn view(
         activity: connection.activity(),
         opened_at: connection
             .opened_at
-            .and_then(|stack| code_paths.code_path(stack)),
+            .and_then(|stack| context.code_paths.code_path(stack)),
     }
 }
 
@@ -372,5 +416,8 @@ fn owner_of(processes: &FxHashMap<u32, Arc<str>>, pid: u32) -> Owner {
     }
 }
 
+mod owners;
 #[cfg(test)]
 mod tests;
+
+pub use owners::Holders;

@@ -209,6 +209,7 @@ fn existing(inode: u64, state: TcpState, idle_s: Option<u64>, now: Timestamp) ->
         state,
         endpoints: t(inode, Close, Close, 0).endpoints,
         activity: idle_s.map(|idle| activity(idle, now)),
+        last_ack_received: None,
     }
 }
 
@@ -225,18 +226,30 @@ fn activity(idle_s: u64, sampled_at: Timestamp) -> Activity {
 }
 
 #[test]
-fn close_wait_found_at_attach_is_flagged_at_once_as_at_least_since_attach() {
+fn close_wait_found_at_attach_is_flagged_once_its_proven_age_passes_the_threshold() {
     let mut tracker = tracker();
-    let attach = at(1_000);
-    tracker.seed(&existing(7, CloseWait, Some(30), attach), attach);
+    let attach = at(100_000);
+    // The peer's FIN came 30 s ago at least (tcp_info's last ACK): past 5 s, flagged at once.
+    let mut old = existing(7, CloseWait, Some(30), attach);
+    old.last_ack_received = Some(Duration::from_secs(30));
+    tracker.seed(&old, attach);
+    // Only 300 ms proven: flagged 4.7 s after attach if still there, never before.
+    let mut young = existing(8, CloseWait, Some(1), attach);
+    young.last_ack_received = Some(Duration::from_millis(300));
+    tracker.seed(&young, attach);
     let alerts = tracker.due_stuck(attach, &NoCodePaths);
     assert_eq!(alerts.len(), 1);
     assert!(alerts[0].connection.since_attach);
     assert_eq!(alerts[0].connection.key, ConnectionKey::Inode(7));
     assert_eq!(alerts[0].connection.idle, Some(Duration::from_secs(30)));
-    let summary = tracker.summary(at(3_000), &NoCodePaths, Losses::default());
-    assert!(summary.open[0].connection.since_attach && summary.open[0].stuck);
-    assert_eq!(summary.open[0].connection.age, Some(Duration::from_secs(2)));
+    assert_eq!(alerts[0].age(), Duration::from_secs(30), "at least since the last ACK");
+    assert!(tracker.due_stuck(at(104_699), &NoCodePaths).is_empty());
+    let later = tracker.due_stuck(at(104_700), &NoCodePaths);
+    assert_eq!(later.len(), 1);
+    assert_eq!(later[0].connection.key, ConnectionKey::Inode(8));
+    let summary = tracker.summary(at(105_000), &NoCodePaths, Losses::default());
+    assert!(summary.open.iter().all(|o| o.connection.since_attach && o.stuck));
+    assert_eq!(summary.open[0].connection.age, Some(Duration::from_secs(35)));
 }
 
 #[test]
@@ -300,6 +313,7 @@ fn a_busy_established_connection_is_not_flagged() {
         state: Established,
         endpoints: t(id, Close, Close, 0).endpoints,
         activity: Some(activity(idle_s, at(at_ms))),
+        last_ack_received: None,
     };
     // At 59s: connection 1 moved data 1s ago, connection 2 never did.
     tracker.refresh_activity(&[sample(1, 1, 59_000), sample(2, 59, 59_000)]);

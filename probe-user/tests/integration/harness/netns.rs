@@ -1,28 +1,92 @@
 //! Network namespaces of the tests' own.
 
-use std::{process::Command, thread, time::Duration};
+use std::{
+    net::IpAddr,
+    process::Command,
+    sync::atomic::{AtomicU32, Ordering},
+    thread,
+    time::Duration,
+};
 
 use super::{TestResult, ensure};
 
 /// A network namespace of the test's own, with loopback up; deleted on drop.
 pub struct NetworkNamespace {
     pub name: String,
+    number: u32,
+    /// Has a veth pair to this namespace.
+    linked: bool,
+}
+
+/// Numbers the namespaces of one test run (tests run in parallel).
+static NEXT: AtomicU32 = AtomicU32::new(1);
+
+/// Runs `ip ARGS`.
+pub fn ip(args: &[&str]) -> TestResult {
+    let output = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run ip (install iproute2): {e}"))?;
+    ensure(output.status.success(), || {
+        format!(
+            "ip {args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    })
 }
 
 impl NetworkNamespace {
     pub fn create() -> Result<NetworkNamespace, String> {
-        let name = format!("probe-test-{}", std::process::id());
-        let ip = |args: &[&str]| -> TestResult {
-            let status = Command::new("ip")
-                .args(args)
-                .status()
-                .map_err(|e| format!("cannot run ip (install iproute2): {e}"))?;
-            ensure(status.success(), || format!("ip {args:?} failed"))
-        };
+        let number = NEXT.fetch_add(1, Ordering::Relaxed);
+        let name = format!("probe-test-{}-{number}", std::process::id());
         ip(&["netns", "add", &name])?;
-        let namespace = NetworkNamespace { name };
+        let namespace = NetworkNamespace {
+            name,
+            number,
+            linked: false,
+        };
         ip(&["-n", &namespace.name, "link", "set", "lo", "up"])?;
         Ok(namespace)
+    }
+
+    /// A namespace joined to this one by a veth pair: this side is [`Self::host_address`], the
+    /// namespace's side [`Self::address`], on a /24 of their own.
+    pub fn linked() -> Result<NetworkNamespace, String> {
+        let mut namespace = NetworkNamespace::create()?;
+        let (outside, inside) = namespace.link_names();
+        ip(&["link", "add", &outside, "type", "veth", "peer", "name", &inside])?;
+        namespace.linked = true;
+        ip(&["link", "set", &inside, "netns", &namespace.name])?;
+        let host = format!("{}/24", namespace.host_address());
+        let far = format!("{}/24", namespace.address());
+        ip(&["addr", "add", &host, "dev", &outside])?;
+        ip(&["link", "set", &outside, "up"])?;
+        ip(&["-n", &namespace.name, "addr", "add", &far, "dev", &inside])?;
+        ip(&["-n", &namespace.name, "link", "set", &inside, "up"])?;
+        Ok(namespace)
+    }
+
+    /// The veth ends: outside (this namespace) and inside.
+    fn link_names(&self) -> (String, String) {
+        let tag = format!("{}{}", std::process::id() % 10000, self.number);
+        (format!("pto{tag}"), format!("pti{tag}"))
+    }
+
+    /// This side's address on the link.
+    pub fn host_address(&self) -> IpAddr {
+        IpAddr::from([10, 201, (self.number % 250) as u8, 1])
+    }
+
+    /// The namespace's address on the link.
+    pub fn address(&self) -> IpAddr {
+        IpAddr::from([10, 201, (self.number % 250) as u8, 2])
+    }
+
+    /// Takes the namespace's end of the link down: nothing it sent or would send arrives any
+    /// more.
+    pub fn cut(&self) -> TestResult {
+        let (_, inside) = self.link_names();
+        ip(&["-n", &self.name, "link", "set", &inside, "down"])
     }
 
     /// `ss` inside the namespace: the lines of `pid` in `state`, once there are `count`.
@@ -52,6 +116,9 @@ impl NetworkNamespace {
 
 impl Drop for NetworkNamespace {
     fn drop(&mut self) {
+        if self.linked {
+            let _ = ip(&["link", "del", &self.link_names().0]);
+        }
         let _ = Command::new("ip")
             .args(["netns", "del", &self.name])
             .status();

@@ -115,8 +115,13 @@ impl Probe {
     /// Stops probe with SIGINT (unless it already stopped) and returns every record, the summary
     /// last, checking that probe exited 0.
     pub fn stop(self) -> Result<Vec<Value>, String> {
+        self.stop_with(libc::SIGINT)
+    }
+
+    /// Stops probe with `signal`, as [`Probe::stop`] does with SIGINT.
+    pub fn stop_with(self, signal: i32) -> Result<Vec<Value>, String> {
         // SAFETY: sending a signal to our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        unsafe { libc::kill(self.child.id() as i32, signal) };
         self.finish()
     }
 

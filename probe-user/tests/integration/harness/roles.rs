@@ -50,6 +50,30 @@ pub enum Role {
     ConnectFromAThread { server: SocketAddr },
     /// After `go`, listens on a fresh loopback port (told on stdout) and holds what it accepts.
     Server,
+    /// Listens on `bind` (port 0: a fresh one, told on stdout) and holds what it accepts.
+    HoldingServer { bind: SocketAddr },
+    /// After `go`, connects to `server` `per_second` times a second and closes each connection
+    /// `linger_ms` after the peer closed it: a healthy closer, slightly slow, under load. Tells
+    /// `running` once the first connections are in CLOSE_WAIT.
+    CloseLater {
+        server: SocketAddr,
+        per_second: u32,
+        linger_ms: u64,
+    },
+    /// After `go`, connects `count` times, forks a child that keeps the sockets, closes its own
+    /// copies and exits, having told the child's pid. The child holds them until stdin closes.
+    HandOver { server: SocketAddr, count: usize },
+    /// Forks a receiver; after `go`, connects `count` times, passes the sockets to the receiver
+    /// over SCM_RIGHTS and closes its own copies; tells the receiver's pid and stays until stdin
+    /// closes (so does the receiver).
+    PassOver { server: SocketAddr, count: usize },
+    /// Names itself `name` (as the kernel keeps names: at most 15 bytes), then plays
+    /// [`Role::HoldClients`].
+    Named {
+        name: String,
+        server: SocketAddr,
+        count: usize,
+    },
 }
 
 impl Role {
@@ -159,6 +183,35 @@ impl Role {
                 drop(stream);
                 Ok(())
             }
+            Role::CloseLater {
+                server,
+                per_second,
+                linger_ms,
+            } => close_later(server, per_second, Duration::from_millis(linger_ms)),
+            Role::HandOver { server, count } => hand_over(server, count),
+            Role::PassOver { server, count } => pass_over(server, count),
+            Role::Named {
+                name,
+                server,
+                count,
+            } => {
+                let name = std::ffi::CString::new(name).map_err(|e| e.to_string())?;
+                // SAFETY: PR_SET_NAME reads a NUL-terminated string, which `name` is.
+                if unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) } != 0 {
+                    return Err(std::io::Error::last_os_error().to_string());
+                }
+                Role::HoldClients { server, count }.play()
+            }
+            Role::HoldingServer { bind } => {
+                let listener = TcpListener::bind(bind).map_err(err)?;
+                answer(&listener.local_addr().map_err(err)?.port().to_string())?;
+                thread::spawn(move || {
+                    let held: Vec<TcpStream> = listener.incoming().map_while(Result::ok).collect();
+                    drop(held);
+                });
+                wait_for_eof();
+                Ok(())
+            }
             Role::Server => {
                 wait_for_go()?;
                 let listener = listen()?;
@@ -229,6 +282,146 @@ fn churn(seconds: u64) -> Result<(), String> {
     answer(&connections.to_string())?;
     wait_for_eof();
     Ok(())
+}
+
+fn close_later(server: SocketAddr, per_second: u32, linger: Duration) -> Result<(), String> {
+    wait_for_go()?;
+    let (done_tx, done) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        wait_for_eof();
+        let _ = done_tx.send(());
+    });
+    let every = Duration::from_secs(1) / per_second.max(1);
+    let mut next_connect = Instant::now();
+    // Each connection, and when its peer closed.
+    let mut open: Vec<(TcpStream, Option<Instant>)> = Vec::new();
+    let mut told = false;
+    while done.try_recv().is_err() {
+        if Instant::now() >= next_connect {
+            let stream = connect(server)?;
+            stream.set_nonblocking(true).map_err(err)?;
+            open.push((stream, None));
+            next_connect += every;
+        }
+        for (stream, closed_at) in &mut open {
+            if closed_at.is_none() && matches!(stream.read(&mut [0u8; 16]), Ok(0)) {
+                *closed_at = Some(Instant::now());
+            }
+        }
+        open.retain(|(_, closed_at)| closed_at.is_none_or(|at| at.elapsed() < linger));
+        if !told && open.iter().any(|(_, closed_at)| closed_at.is_some()) {
+            answer("running")?;
+            told = true;
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+    Ok(())
+}
+
+fn hand_over(server: SocketAddr, count: usize) -> Result<(), String> {
+    wait_for_go()?;
+    let held = (0..count)
+        .map(|_| connect(server))
+        .collect::<Result<Vec<_>, _>>()?;
+    // SAFETY: this helper is single-threaded here; the child only sleeps on stdin and exits.
+    match unsafe { libc::fork() } {
+        -1 => Err(std::io::Error::last_os_error().to_string()),
+        0 => {
+            wait_for_eof();
+            drop(held);
+            // SAFETY: _exit ends the child without running the parent's atexit handlers.
+            unsafe { libc::_exit(0) }
+        }
+        child => {
+            drop(held);
+            answer(&child.to_string())
+        }
+    }
+}
+
+fn pass_over(server: SocketAddr, count: usize) -> Result<(), String> {
+    use std::os::{fd::AsRawFd, unix::net::UnixDatagram};
+    let (sender, receiver) = UnixDatagram::pair().map_err(err)?;
+    // SAFETY: this helper is single-threaded here; the child receives fds and waits.
+    let child = match unsafe { libc::fork() } {
+        -1 => return Err(std::io::Error::last_os_error().to_string()),
+        0 => {
+            drop(sender);
+            let received: Vec<i32> = (0..count).filter_map(|_| receive_fd(&receiver)).collect();
+            wait_for_eof();
+            drop(received);
+            // SAFETY: as in `hand_over`.
+            unsafe { libc::_exit(0) }
+        }
+        child => child,
+    };
+    drop(receiver);
+    wait_for_go()?;
+    for _ in 0..count {
+        let stream = connect(server)?;
+        send_fd(&sender, stream.as_raw_fd())?;
+        drop(stream);
+    }
+    answer(&child.to_string())?;
+    wait_for_eof();
+    Ok(())
+}
+
+/// Sends `fd` over `socket` (SCM_RIGHTS).
+fn send_fd(socket: &std::os::unix::net::UnixDatagram, fd: i32) -> Result<(), String> {
+    use std::os::fd::AsRawFd;
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    // SAFETY: CMSG_SPACE only computes a size.
+    let space = unsafe { libc::CMSG_SPACE(size_of::<i32>() as u32) } as usize;
+    let mut control = vec![0u8; space];
+    // SAFETY: a zeroed msghdr is valid; every pointer set below outlives the sendmsg call, and
+    // the control buffer is CMSG_SPACE bytes, room for one header and one fd.
+    unsafe {
+        let mut message: libc::msghdr = std::mem::zeroed();
+        message.msg_iov = &mut iov;
+        message.msg_iovlen = 1;
+        message.msg_control = control.as_mut_ptr().cast();
+        message.msg_controllen = space;
+        let header = libc::CMSG_FIRSTHDR(&message);
+        (*header).cmsg_level = libc::SOL_SOCKET;
+        (*header).cmsg_type = libc::SCM_RIGHTS;
+        (*header).cmsg_len = libc::CMSG_LEN(size_of::<i32>() as u32) as usize;
+        libc::CMSG_DATA(header).cast::<i32>().write_unaligned(fd);
+        if libc::sendmsg(socket.as_raw_fd(), &message, 0) < 0 {
+            return Err(std::io::Error::last_os_error().to_string());
+        }
+    }
+    Ok(())
+}
+
+/// Receives one fd sent over `socket` (SCM_RIGHTS).
+fn receive_fd(socket: &std::os::unix::net::UnixDatagram) -> Option<i32> {
+    use std::os::fd::AsRawFd;
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    // SAFETY: CMSG_SPACE only computes a size.
+    let space = unsafe { libc::CMSG_SPACE(size_of::<i32>() as u32) } as usize;
+    let mut control = vec![0u8; space];
+    // SAFETY: as in `send_fd`; the header is read only when the kernel filled one in.
+    unsafe {
+        let mut message: libc::msghdr = std::mem::zeroed();
+        message.msg_iov = &mut iov;
+        message.msg_iovlen = 1;
+        message.msg_control = control.as_mut_ptr().cast();
+        message.msg_controllen = space;
+        if libc::recvmsg(socket.as_raw_fd(), &mut message, 0) < 0 {
+            return None;
+        }
+        let header = libc::CMSG_FIRSTHDR(&message);
+        (!header.is_null()).then(|| libc::CMSG_DATA(header).cast::<i32>().read_unaligned())
+    }
 }
 
 /// One of the two code paths of [`Role::LeakTwoWays`]: a known name for the stack to show.

@@ -1,7 +1,12 @@
 //! Prometheus metrics: what probe sees, as gauges, counters and histograms, served over HTTP
 //! (`--metrics-addr`) for a fleet's existing monitoring.
 //!
-//! The sink updates the metrics as events come; the server only encodes them when scraped.
+//! The sink updates the metrics as events come; the server ([`serve`]) only encodes them when
+//! scraped.
+
+mod serve;
+
+pub use serve::{bind, serve};
 
 use std::{
     io,
@@ -9,22 +14,12 @@ use std::{
     sync::Arc,
 };
 
-use http_body_util::Full;
-use hyper::{
-    Request, Response, StatusCode,
-    body::{Bytes, Incoming},
-    header::CONTENT_TYPE,
-    server::conn::http1,
-    service::service_fn,
-};
-use hyper_util::rt::TokioIo;
 use probe_common::TcpState;
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
-use tokio::net::TcpListener;
 
 use super::Sink;
 use crate::track::{StateChange, StuckAlert, Summary, Timestamp};
@@ -272,64 +267,6 @@ impl Sink for Metrics {
     }
 }
 
-/// Binds the metrics address (before probe drops its privileges and starts tracing, so a busy
-/// port is an error at once).
-pub fn bind(address: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
-    use anyhow::Context;
-    let listener = std::net::TcpListener::bind(address).with_context(|| {
-        format!(
-            "cannot serve metrics on {address}: is another process using that port? Pick \
-             another with --metrics-addr"
-        )
-    })?;
-    listener
-        .set_nonblocking(true)
-        .context("cannot set up the metrics socket")?;
-    Ok(listener)
-}
-
-/// Serves `GET /metrics` (any path, in fact) until the runtime stops.
-pub async fn serve(listener: std::net::TcpListener, metrics: Metrics) -> io::Result<()> {
-    let listener = TcpListener::from_std(listener)?;
-    loop {
-        let (stream, _) = listener.accept().await?;
-        let metrics = metrics.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |request: Request<Incoming>| {
-                let metrics = metrics.clone();
-                async move { Ok::<_, hyper::Error>(respond(&request, &metrics)) }
-            });
-            if let Err(error) = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                log::debug!("metrics connection: {error}");
-            }
-        });
-    }
-}
-
-fn respond(request: &Request<Incoming>, metrics: &Metrics) -> Response<Full<Bytes>> {
-    let mut response = if request.uri().path() == "/metrics" {
-        let mut response = Response::new(Full::new(Bytes::from(metrics.encode())));
-        response.headers_mut().insert(
-            CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8"
-                .parse()
-                .expect("a valid header value"),
-        );
-        response
-    } else {
-        Response::new(Full::new(Bytes::from_static(
-            b"probe: metrics are at /metrics\n",
-        )))
-    };
-    if request.uri().path() != "/metrics" {
-        *response.status_mut() = StatusCode::NOT_FOUND;
-    }
-    response
-}
-
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -353,6 +290,8 @@ mod tests {
             at: Timestamp::from_nanos(0),
             in_old: in_old_ms.map(Duration::from_millis),
             ending: None,
+            closed_first: None,
+            visited: Default::default(),
         }
     }
 
@@ -406,7 +345,7 @@ mod tests {
 
     #[test]
     fn the_alert_rules_use_metrics_that_exist() {
-        let rules = include_str!("../../../deploy/alerts.yaml");
+        let rules = include_str!("../../../../deploy/alerts.yaml");
         let exposed = busy_metrics().encode();
         let mut used = 0;
         for word in rules.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
