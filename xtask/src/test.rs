@@ -14,11 +14,14 @@ use crate::{
 /// Runs every check and test; fails on the first failure.
 pub fn test() -> Result<()> {
     // `ss`, the independent oracle of the integration tests; tmux drives the live view,
-    // Chromium renders the HTML report.
+    // Chromium renders the HTML report; nginx is the real pre-fork server of the ownership test;
+    // prlimit lowers probe's fd limit in the metrics test.
     let tools = [
         ("ss", "iproute2"),
         ("tmux", "tmux"),
         ("chromium", "chromium"),
+        ("nginx", "nginx"),
+        ("prlimit", "util-linux"),
     ];
     let missing: Vec<&str> = tools
         .iter()

@@ -265,12 +265,14 @@ impl Tracer {
     /// Stops attributing new sockets to process `pid` (it exited, or is a thread). The kernel
     /// or an earlier exit may have removed it already: that is no error.
     pub fn remove_target(&mut self, pid: u32) -> Result<(), LoadError> {
-        absent_is_gone(self.targets.remove(&pid)).map_err(|source| map_error(names::TARGETS, source))
+        absent_is_gone(self.targets.remove(&pid))
+            .map_err(|source| map_error(names::TARGETS, source))
     }
 
     /// Stops following the socket at kernel address `socket` (probe let it go).
     pub fn forget_socket(&mut self, socket: u64) -> Result<(), LoadError> {
-        absent_is_gone(self.owners.remove(&socket)).map_err(|source| map_error(names::OWNERS, source))
+        absent_is_gone(self.owners.remove(&socket))
+            .map_err(|source| map_error(names::OWNERS, source))
     }
 
     /// Stops waiting for the next transition of a socket seeded at attach (probe let it go).
@@ -285,10 +287,11 @@ impl Tracer {
     pub fn seed(&mut self, sockets: &[ExistingSocket]) -> Result<u64, LoadError> {
         let mut refused = 0;
         for socket in sockets {
-            let seeded = full_is_refused(
-                self.seeds
-                    .insert(keys::socket_tuple(&socket.endpoints), socket.pid, 0),
-            )
+            let seeded = full_is_refused(self.seeds.insert(
+                keys::socket_tuple(&socket.endpoints),
+                socket.pid,
+                0,
+            ))
             .map_err(|source| map_error(names::SEEDS, source))?;
             if !seeded {
                 refused += 1;
@@ -296,10 +299,11 @@ impl Tracer {
             }
             self.mark_in_use(InUse::Seeds)?;
             if socket.state == TcpState::Listen {
-                let listening = full_is_refused(
-                    self.listeners
-                        .insert(keys::listener_key(&socket.endpoints), socket.pid, 0),
-                )
+                let listening = full_is_refused(self.listeners.insert(
+                    keys::listener_key(&socket.endpoints),
+                    socket.pid,
+                    0,
+                ))
                 .map_err(|source| map_error(names::LISTENERS, source))?;
                 if listening {
                     self.mark_in_use(InUse::Listeners)?;
@@ -399,7 +403,9 @@ fn absent_is_gone(result: Result<(), MapError>) -> Result<(), MapError> {
 fn full_is_refused(result: Result<(), MapError>) -> Result<bool, MapError> {
     match result {
         Ok(()) => Ok(true),
-        Err(MapError::SyscallError(error)) if error.io_error.raw_os_error() == Some(libc::E2BIG) => {
+        Err(MapError::SyscallError(error))
+            if error.io_error.raw_os_error() == Some(libc::E2BIG) =>
+        {
             Ok(false)
         }
         Err(other) => Err(other),

@@ -98,7 +98,9 @@ impl Kernel {
     pub fn max_sockets_for(&self, sockets: usize) -> u32 {
         self.max_sockets.unwrap_or_else(|| {
             let wanted = u32::try_from(sockets.saturating_mul(2)).unwrap_or(u32::MAX);
-            wanted.clamp(DEFAULT_MAX_SOCKETS, 16_777_216).next_power_of_two()
+            wanted
+                .clamp(DEFAULT_MAX_SOCKETS, 16_777_216)
+                .next_power_of_two()
         })
     }
 
@@ -131,9 +133,11 @@ impl Config {
                     .into());
             }
             if cli.no_follow_forks {
-                return Err("--no-follow-forks only applies to a command probe starts: with \
+                return Err(
+                    "--no-follow-forks only applies to a command probe starts: with \
                      --pid and --comm, forks are followed only with --follow-forks"
-                    .into());
+                        .into(),
+                );
             }
         }
         // Forks are followed by default with a command (its children are part of it), not

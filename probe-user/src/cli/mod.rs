@@ -303,7 +303,12 @@ mod tests {
         assert!(follows(&["--pid", "1", "--follow-forks"]));
         assert!(follows(&["--", "sh"]));
         assert!(!follows(&["--no-follow-forks", "--", "sh"]));
-        assert!(!follows(&["--follow-forks", "--no-follow-forks", "--", "sh"]));
+        assert!(!follows(&[
+            "--follow-forks",
+            "--no-follow-forks",
+            "--",
+            "sh"
+        ]));
         let err = parse(&["--no-follow-forks", "--pid", "1"]).unwrap_err();
         assert!(err.to_string().contains("command"), "{err}");
         let err = parse(&["--as-root", "--pid", "1"]).unwrap_err();
@@ -359,6 +364,65 @@ mod tests {
     fn nothing_to_trace_is_an_error() {
         let err = parse(&["--json"]).unwrap_err().to_string();
         assert!(err.contains("--pid"), "{err}");
+    }
+
+    /// Pieces of command lines: every flag, values of every kind, and the odd ones out.
+    fn piece() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let flags: Vec<String> = Cli::command()
+            .get_arguments()
+            .filter_map(|arg| arg.get_long().map(|long| format!("--{long}")))
+            .chain(["-p", "-d", "-4", "-6", "-v", "--", "-"].map(String::from))
+            .collect();
+        prop_oneof![
+            proptest::sample::select(flags),
+            proptest::sample::select(
+                [
+                    "0",
+                    "1",
+                    "-1",
+                    "65535",
+                    "4294967296",
+                    "9223372036854775807s",
+                    "1s",
+                    "5m",
+                    "0s",
+                    "3651d",
+                    "::ffff:1.2.3.4",
+                    "10.0.0.0/8",
+                    "::/0",
+                    "close-wait",
+                    "TIME_WAIT",
+                    "bash",
+                    "9464",
+                    "0.0.0.0:1",
+                    "/dev/null",
+                    "auto",
+                    "btf",
+                    "",
+                ]
+                .map(String::from)
+                .to_vec()
+            ),
+            any::<String>(),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Whatever a user (or a script) types, parsing ends in a configuration or an error,
+        /// never in a panic, and a configuration's derived values never overflow.
+        #[test]
+        fn any_command_line_parses_or_errs_without_panicking(
+            args in proptest::collection::vec(piece(), 0..8),
+            sockets in 0usize..usize::MAX,
+        ) {
+            let argv = std::iter::once("probe".to_string()).chain(args);
+            if let Ok(ParseResult::Run(config)) = parse_from(argv) {
+                let tracer = config.tracer(sockets);
+                proptest::prop_assert!(tracer.max_sockets >= 16);
+                proptest::prop_assert!(tracer.ring_buffer_bytes >= 4096);
+            }
+        }
     }
 
     #[test]

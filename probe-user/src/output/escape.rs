@@ -89,7 +89,10 @@ mod tests {
             terminal("\x1b]0;PWNED\x07\x1b[31mX"),
             "\\e]0;PWNED\\x07\\e[31mX"
         );
-        assert_eq!(terminal("a\tb\r\n\x7f\u{9b}c\\"), "a\\tb\\r\\n\\x7f\\x9bc\\\\");
+        assert_eq!(
+            terminal("a\tb\r\n\x7f\u{9b}c\\"),
+            "a\\tb\\r\\n\\x7f\\x9bc\\\\"
+        );
         assert_eq!(terminal("naïve ünïcode"), "naïve ünïcode");
     }
 

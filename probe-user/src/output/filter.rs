@@ -180,7 +180,10 @@ mod tests {
             assert!(filter(net).shows(&dual_stack), "{net}");
         }
         assert!(filter("10.0.0.0/8").shows(&plain_v4));
-        assert!(!filter("::/0").shows(&plain_v4), "an IPv4 socket prints IPv4");
+        assert!(
+            !filter("::/0").shows(&plain_v4),
+            "an IPv4 socket prints IPv4"
+        );
         assert!(filter("fd00::/8").shows(&v6));
         assert!(!filter("192.168.0.0/16").shows(&plain_v4));
     }

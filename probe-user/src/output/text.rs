@@ -109,7 +109,10 @@ impl<W: Write> Sink for TextSink<W> {
         self.header()?;
         let view = &alert.connection;
         let how_long = if view.since_attach {
-            "since before probe started".to_string()
+            format!(
+                "for at least {} (since before probe started)",
+                short_duration(alert.age())
+            )
         } else {
             format!("for {}", short_duration(alert.age()))
         };

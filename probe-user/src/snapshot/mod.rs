@@ -7,8 +7,8 @@ mod namespaces;
 
 pub use namespaces::Namespaces;
 
-use std::{collections::HashSet, io};
 use probe_common::TcpState;
+use std::{collections::HashSet, io};
 
 use crate::track::{Endpoints, ExistingSocket, Holders};
 
@@ -17,7 +17,9 @@ use crate::track::{Endpoints, ExistingSocket, Holders};
 pub enum SnapshotError {
     #[error("cannot list the sockets of process {pid} ({error}); run probe as root (sudo)")]
     Fds { pid: u32, error: procfs::ProcError },
-    #[error("cannot read the TCP sockets of process {pid}'s network namespace through sock_diag ({error})")]
+    #[error(
+        "cannot read the TCP sockets of process {pid}'s network namespace through sock_diag ({error})"
+    )]
     Diag { pid: u32, error: io::Error },
 }
 

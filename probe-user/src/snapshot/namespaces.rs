@@ -27,8 +27,8 @@ impl Namespaces {
     pub fn note(&mut self, pid: u32) -> io::Result<u64> {
         let path = format!("/proc/{pid}/ns/net");
         let inode = fs::metadata(&path)?.ino();
-        if !self.open.contains_key(&inode) {
-            self.open.insert(inode, Arc::new(File::open(&path)?));
+        if let std::collections::hash_map::Entry::Vacant(entry) = self.open.entry(inode) {
+            entry.insert(Arc::new(File::open(&path)?));
         }
         Ok(inode)
     }

@@ -157,7 +157,11 @@ pub fn the_owner_is_the_process_that_holds_the_socket_after_a_fork() -> TestResu
     let shown = stuck_ports(records, child);
     let expected = ss_ports(child)?;
     ensure(shown == expected, || {
-        format!("probe {shown:?}, ss {expected:?}:\n{}\n{}", ss.join("\n"), render(records))
+        format!(
+            "probe {shown:?}, ss {expected:?}:\n{}\n{}",
+            ss.join("\n"),
+            render(records)
+        )
     })?;
     let records = probe.stop()?;
     let summary = records.last().ok_or("no summary")?;
@@ -181,7 +185,12 @@ pub fn a_socket_passed_over_scm_rights_belongs_to_its_receiver() -> TestResult {
         server: addr,
         count: 2,
     })?;
-    let mut probe = Probe::start(&["--pid", &sender.pid().to_string(), "--close-wait-after", "1s"])?;
+    let mut probe = Probe::start(&[
+        "--pid",
+        &sender.pid().to_string(),
+        "--close-wait-after",
+        "1s",
+    ])?;
     sender.say("go")?;
     let receiver: u32 = sender.hear()?.parse().map_err(|_| "no receiver pid")?;
     wait_for_ss(receiver, "close-wait", 2)?;
@@ -214,11 +223,14 @@ pub fn the_report_never_follows_a_planted_symlink() -> TestResult {
         .output()
         .map_err(|e| e.to_string())?;
     let stderr = String::from_utf8_lossy(&output.stderr);
-    ensure(!output.status.success() && stderr.contains("symlink"), || {
-        format!("a symlinked report was accepted: {stderr}")
-    })?;
+    ensure(
+        !output.status.success() && stderr.contains("symlink"),
+        || format!("a symlinked report was accepted: {stderr}"),
+    )?;
     let content = fs::read_to_string(&target).map_err(|e| e.to_string())?;
-    ensure(content == "root:x:0:0\n", || format!("the target changed: {content:?}"))?;
+    ensure(content == "root:x:0:0\n", || {
+        format!("the target changed: {content:?}")
+    })?;
 
     // SIGKILL mid-run: no report, and no empty file where it would have been.
     let report = dir.0.join("killed.html");
@@ -231,7 +243,9 @@ pub fn the_report_never_follows_a_planted_symlink() -> TestResult {
     thread::sleep(Duration::from_secs(2));
     let _ = child.kill();
     let _ = child.wait();
-    ensure(!report.exists(), || "a killed probe left a report file".into())?;
+    ensure(!report.exists(), || {
+        "a killed probe left a report file".into()
+    })?;
 
     // A restrictive umask: the report is still readable by the service owner (0644).
     let report = dir.0.join("umask.html");
@@ -253,12 +267,20 @@ pub fn the_report_never_follows_a_planted_symlink() -> TestResult {
         .mode()
         & 0o777;
     ensure(mode == 0o644, || format!("report mode {mode:o}"))?;
-    ensure(fs::read_dir(&dir.0).map_err(|e| e.to_string())?.count() == 3, || {
-        "temporary files were left behind".into()
-    })?;
+    ensure(
+        fs::read_dir(&dir.0).map_err(|e| e.to_string())?.count() == 3,
+        || "temporary files were left behind".into(),
+    )?;
 
     let status = Command::new(env!("CARGO_BIN_EXE_probe"))
-        .args(["--pid", &idle.pid(), "--duration", "1s", "--report", "/dev/null"])
+        .args([
+            "--pid",
+            &idle.pid(),
+            "--duration",
+            "1s",
+            "--report",
+            "/dev/null",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .output()
@@ -333,7 +355,13 @@ pub fn the_metrics_endpoint_survives_running_out_of_descriptors() -> TestResult 
     let mut probe = Command::new("prlimit")
         .arg("--nofile=80:80")
         .arg(env!("CARGO_BIN_EXE_probe"))
-        .args(["--pid", &idle.pid(), "--json", "--metrics-addr", &port.to_string()])
+        .args([
+            "--pid",
+            &idle.pid(),
+            "--json",
+            "--metrics-addr",
+            &port.to_string(),
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -349,7 +377,9 @@ pub fn the_metrics_endpoint_survives_running_out_of_descriptors() -> TestResult 
         .filter_map(|_| TcpStream::connect_timeout(&target, Duration::from_millis(200)).ok())
         .collect();
     // More than probe's 80 descriptors can take: its accepts hit EMFILE.
-    ensure(flood.len() > 100, || format!("only {} connections", flood.len()))?;
+    ensure(flood.len() > 100, || {
+        format!("only {} connections", flood.len())
+    })?;
     // The flood holds its connections; the endpoint must come back all the same.
     let deadline = Instant::now() + Duration::from_secs(30);
     let body = loop {
@@ -422,7 +452,9 @@ pub fn sighup_ends_probe_like_sigterm() -> TestResult {
     let summary = records.last().ok_or("no summary")?;
     ensure(summary["stuck"]["CLOSE_WAIT"] == 2, || summary.to_string())?;
     let page = fs::read_to_string(&report.0).map_err(|e| format!("no report: {e}"))?;
-    ensure(page.contains("</html>"), || "the report is incomplete".into())
+    ensure(page.contains("</html>"), || {
+        "the report is incomplete".into()
+    })
 }
 
 /// A dual-stack client's connections print as `::ffff:127.0.0.1`: `--remote` with that exact
@@ -633,7 +665,140 @@ pub fn a_connection_of_an_exited_process_is_not_open() -> TestResult {
     let summary = records.last().ok_or("no summary")?;
     let open = summary["open"].as_array().map_or(0, Vec::len);
     ensure(open == 0, || {
-        format!("a connection of exited {pid} is open:\n{}", render(&records))
+        format!(
+            "a connection of exited {pid} is open:\n{}",
+            render(&records)
+        )
     })?;
-    ensure(summary["closed"]["local_first"] == 1, || summary.to_string())
+    ensure(summary["closed"]["local_first"] == 1, || {
+        summary.to_string()
+    })
+}
+
+/// nginx with two workers accepting from one shared listener, traced from before the clients
+/// come: each worker owns the connections it accepted, as `ss -p` counts them (the kernel side
+/// can only name the listener's owner; the fd tables name the worker).
+pub fn nginx_workers_each_own_what_they_accepted() -> TestResult {
+    let dir = TempPath::new("nginx");
+    fs::create_dir_all(&dir.0).map_err(|e| e.to_string())?;
+    let port = {
+        let free = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+        free.local_addr().map_err(|e| e.to_string())?.port()
+    };
+    let config = dir.0.join("nginx.conf");
+    fs::write(
+        &config,
+        format!(
+            "daemon off;\nworker_processes 2;\npid {dir}/nginx.pid;\nerror_log {dir}/error.log;\n\
+             events {{ worker_connections 64; accept_mutex off; }}\n\
+             http {{ access_log off; keepalive_timeout 120s;\n\
+               server {{ listen 127.0.0.1:{port}; location / {{ return 200 \"ok\\n\"; }} }} }}\n",
+            dir = dir.0.display()
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    let nginx = Command::new("nginx")
+        .arg("-c")
+        .arg(&config)
+        .arg("-p")
+        .arg(&dir.0)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot run nginx (install nginx): {e}"))?;
+    let mut nginx = KillOnDrop(nginx);
+    let master = nginx.0.id();
+    let address: SocketAddr = format!("127.0.0.1:{port}")
+        .parse()
+        .map_err(|_| "bad address")?;
+    let deadline = Instant::now() + WAIT;
+    let workers = loop {
+        let children = fs::read_to_string(format!("/proc/{master}/task/{master}/children"))
+            .unwrap_or_default();
+        let workers: Vec<u32> = children
+            .split_whitespace()
+            .filter_map(|pid| pid.parse().ok())
+            .collect();
+        if workers.len() == 2 && TcpStream::connect(address).is_ok() {
+            break workers;
+        }
+        if let Ok(Some(status)) = nginx.0.try_wait() {
+            return Err(format!("nginx exited: {status}"));
+        }
+        ensure(Instant::now() < deadline, || {
+            "nginx did not start 2 workers".into()
+        })?;
+        thread::sleep(Duration::from_millis(100));
+    };
+    let pids: Vec<String> = std::iter::once(master)
+        .chain(workers.iter().copied())
+        .map(|pid| pid.to_string())
+        .collect();
+    let mut args = vec!["--established-after", "1h"];
+    for pid in &pids {
+        args.extend(["--pid", pid.as_str()]);
+    }
+    let probe = Probe::start(&args)?;
+    let mut clients = Vec::new();
+    for _ in 0..10 {
+        let mut client = TcpStream::connect(address).map_err(|e| e.to_string())?;
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: probe\r\n\r\n")
+            .map_err(|e| e.to_string())?;
+        client
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .map_err(|e| e.to_string())?;
+        let mut response = [0u8; 512];
+        let n = client.read(&mut response).map_err(|e| e.to_string())?;
+        ensure(response[..n].starts_with(b"HTTP/1.1 200"), || {
+            String::from_utf8_lossy(&response[..n]).into_owned()
+        })?;
+        clients.push(client);
+    }
+    thread::sleep(Duration::from_millis(1500));
+    let per_worker_ss: Vec<usize> = workers
+        .iter()
+        .map(|&worker| {
+            ss_sockets_of(worker, "established").map(|lines| {
+                lines
+                    .iter()
+                    .filter(|line| line.contains(&format!("127.0.0.1:{port} ")))
+                    .count()
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    let records = probe.stop()?;
+    drop(clients);
+    let summary = records.last().ok_or("no summary")?;
+    let open: Vec<&Value> = summary["open"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|c| c["state"] == "ESTABLISHED" && c["sport"] == port)
+        .collect();
+    let per_worker_probe: Vec<usize> = workers
+        .iter()
+        .map(|&worker| open.iter().filter(|c| c["pid"] == worker).count())
+        .collect();
+    ensure(
+        per_worker_ss.iter().sum::<usize>() == 10 && per_worker_probe == per_worker_ss,
+        || {
+            format!(
+                "per worker {workers:?}: ss {per_worker_ss:?}, probe {per_worker_probe:?}:\n{}",
+                render(&records)
+            )
+        },
+    )
+}
+
+/// A server's master process, stopped with SIGTERM when dropped (so that it stops its workers
+/// too), then reaped.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let _ = self.0.wait();
+    }
 }

@@ -87,6 +87,7 @@ fn main() -> ExitCode {
         hostile::a_filter_means_the_same_everywhere,
         hostile::a_zombie_or_a_kernel_thread_is_refused_with_a_reason,
         hostile::a_connection_of_an_exited_process_is_not_open,
+        hostile::nginx_workers_each_own_what_they_accepted,
     ];
     let trials = match prerequisites() {
         Ok(()) => trials,

@@ -3,12 +3,7 @@
 //! rest of a run: connections are capped, idle ones time out, and a failed accept is retried
 //! after a pause.
 
-use std::{
-    io,
-    net::SocketAddr,
-    sync::Arc,
-    time::Duration,
-};
+use std::{io, net::SocketAddr, sync::Arc, time::Duration};
 
 use http_body_util::Full;
 use hyper::{
@@ -75,7 +70,9 @@ pub async fn serve(listener: std::net::TcpListener, metrics: Metrics) -> io::Res
             }
             Err(error) => {
                 if backoff == Duration::from_millis(10) {
-                    log::warn!("the metrics endpoint cannot accept a connection ({error}); retrying");
+                    log::warn!(
+                        "the metrics endpoint cannot accept a connection ({error}); retrying"
+                    );
                 }
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -122,4 +119,3 @@ fn respond(request: &Request<Incoming>, metrics: &Metrics) -> Response<Full<Byte
     }
     response
 }
-

@@ -203,7 +203,10 @@ mod tests {
         let dir = directory("complete");
         let path = dir.join("r.html");
         let file = ReportFile::create(&path).unwrap();
-        assert!(!path.exists(), "nothing is visible before the page is complete");
+        assert!(
+            !path.exists(),
+            "nothing is visible before the page is complete"
+        );
         file.commit(b"<html></html>").unwrap();
         assert_eq!(fs::read(&path).unwrap(), b"<html></html>");
         let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
@@ -232,7 +235,12 @@ mod tests {
             .unwrap()
             .commit(b"x")
             .unwrap();
-        assert!(fs::metadata("/dev/null").unwrap().file_type().is_char_device());
+        assert!(
+            fs::metadata("/dev/null")
+                .unwrap()
+                .file_type()
+                .is_char_device()
+        );
         fs::remove_dir_all(dir).unwrap();
     }
 

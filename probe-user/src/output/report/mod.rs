@@ -32,7 +32,11 @@ pub struct Report {
 
 impl Report {
     /// Opens the report's destination now; the page is written by [`Sink::summary`].
-    pub fn create(path: &Path, targets: String, clock: WallClock) -> Result<Report, ReportFileError> {
+    pub fn create(
+        path: &Path,
+        targets: String,
+        clock: WallClock,
+    ) -> Result<Report, ReportFileError> {
         Ok(Report {
             file: Some(ReportFile::create(path)?),
             shown_path: path.display().to_string(),

@@ -143,10 +143,7 @@ impl Tracker {
                 now.saturating_add(self.thresholds.established)
                     .saturating_sub(activity.idle_at(now)),
             ),
-            (state, _) => self
-                .thresholds
-                .of(state)
-                .map(|t| entered.saturating_add(t)),
+            (state, _) => self.thresholds.of(state).map(|t| entered.saturating_add(t)),
         };
         if let Some(deadline) = deadline {
             self.detector.watch(key, visit, socket.state, deadline);

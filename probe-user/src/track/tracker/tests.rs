@@ -242,14 +242,26 @@ fn close_wait_found_at_attach_is_flagged_once_its_proven_age_passes_the_threshol
     assert!(alerts[0].connection.since_attach);
     assert_eq!(alerts[0].connection.key, ConnectionKey::Inode(7));
     assert_eq!(alerts[0].connection.idle, Some(Duration::from_secs(30)));
-    assert_eq!(alerts[0].age(), Duration::from_secs(30), "at least since the last ACK");
+    assert_eq!(
+        alerts[0].age(),
+        Duration::from_secs(30),
+        "at least since the last ACK"
+    );
     assert!(tracker.due_stuck(at(104_699), &NoCodePaths).is_empty());
     let later = tracker.due_stuck(at(104_700), &NoCodePaths);
     assert_eq!(later.len(), 1);
     assert_eq!(later[0].connection.key, ConnectionKey::Inode(8));
     let summary = tracker.summary(at(105_000), &NoCodePaths, Losses::default());
-    assert!(summary.open.iter().all(|o| o.connection.since_attach && o.stuck));
-    assert_eq!(summary.open[0].connection.age, Some(Duration::from_secs(35)));
+    assert!(
+        summary
+            .open
+            .iter()
+            .all(|o| o.connection.since_attach && o.stuck)
+    );
+    assert_eq!(
+        summary.open[0].connection.age,
+        Some(Duration::from_secs(35))
+    );
 }
 
 #[test]

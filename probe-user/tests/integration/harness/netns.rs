@@ -54,7 +54,9 @@ impl NetworkNamespace {
     pub fn linked() -> Result<NetworkNamespace, String> {
         let mut namespace = NetworkNamespace::create()?;
         let (outside, inside) = namespace.link_names();
-        ip(&["link", "add", &outside, "type", "veth", "peer", "name", &inside])?;
+        ip(&[
+            "link", "add", &outside, "type", "veth", "peer", "name", &inside,
+        ])?;
         namespace.linked = true;
         ip(&["link", "set", &inside, "netns", &namespace.name])?;
         let host = format!("{}/24", namespace.host_address());
