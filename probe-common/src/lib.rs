@@ -43,8 +43,11 @@ pub mod names {
     pub const LISTENERS: &str = "LISTENERS";
     /// Per-CPU [`Counter`](crate::Counter)s.
     pub const COUNTERS: &str = "COUNTERS";
-    /// [`SocketTuple`](crate::SocketTuple) -> owner tgid, for sockets that existed before attach.
+    /// [`SocketTuple`](crate::SocketTuple) -> owner tgid, for sockets that existed before attach
+    /// (the classic tracepoint program, which knows no cookies).
     pub const SEEDS: &str = "SEEDS";
+    /// Socket cookie -> owner tgid, for sockets that existed before attach (the BTF program).
+    pub const SEED_COOKIES: &str = "SEED_COOKIES";
     /// Which of the optional lookup maps hold anything ([`InUse`](crate::InUse) slots), so the
     /// kernel program skips lookups in empty ones.
     pub const IN_USE: &str = "IN_USE";
@@ -184,6 +187,10 @@ pub struct TransitionEvent {
     pub ts_ns: u64,
     /// The kernel socket address: an opaque id, reused after the socket reaches CLOSE.
     pub sock_id: u64,
+    /// The socket's cookie: unique for the kernel's whole uptime, across network namespaces,
+    /// and what sock_diag reports too (`idiag_cookie`). 0 from the classic tracepoint
+    /// program, which has no socket to ask.
+    pub cookie: u64,
     /// The owning process.
     pub owner_tgid: u32,
     /// `AF_INET` or `AF_INET6`.
@@ -349,7 +356,7 @@ pub struct SockLayout {
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum InUse {
-    /// `SEEDS` (set by userspace when it seeds the sockets found at attach).
+    /// `SEEDS` or `SEED_COOKIES` (set by userspace when it seeds the sockets found at attach).
     Seeds = 0,
     /// `LISTENERS` (set by the kernel program on listen(), by userspace when it seeds listeners).
     Listeners = 1,
@@ -421,9 +428,9 @@ mod tests {
 
     #[test]
     fn event_layout_is_stable() {
-        assert_eq!(core::mem::size_of::<TransitionEvent>(), 72);
-        assert_eq!(core::mem::offset_of!(TransitionEvent, stack_id), 32);
-        assert_eq!(core::mem::offset_of!(TransitionEvent, saddr), 40);
+        assert_eq!(core::mem::size_of::<TransitionEvent>(), 80);
+        assert_eq!(core::mem::offset_of!(TransitionEvent, stack_id), 40);
+        assert_eq!(core::mem::offset_of!(TransitionEvent, saddr), 48);
         assert_eq!(core::mem::size_of::<ListenerKey>(), 24);
         assert_eq!(core::mem::size_of::<SocketTuple>(), 40);
         assert_eq!(core::mem::size_of::<ProcessEvent>(), 32);

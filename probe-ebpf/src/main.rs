@@ -121,10 +121,15 @@ static LISTENERS: HashMap<ListenerKey, u32> = HashMap::with_max_entries(1, 0);
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
 
-/// Connection 4-tuple -> owner tgid, for sockets that existed before attach (seeded by userspace;
-/// moved to [`OWNERS`] at their first transition).
+/// Connection 4-tuple -> owner tgid, for sockets that existed before attach (seeded by userspace
+/// for the classic program; moved to [`OWNERS`] at their first transition).
 #[map]
 static SEEDS: HashMap<SocketTuple, u32> = HashMap::with_max_entries(1, 0);
+
+/// Socket cookie -> owner tgid, the same for the BTF program, which can ask a socket its cookie:
+/// unlike a 4-tuple, it tells apart sockets of different network namespaces.
+#[map]
+static SEED_COOKIES: HashMap<u64, u32> = HashMap::with_max_entries(1, 0);
 
 /// User stacks of connects, by id.
 #[cfg(feature = "stacks")]

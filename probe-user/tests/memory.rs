@@ -71,6 +71,7 @@ fn an_open_connection_costs_under_300_bytes() {
         ] {
             tracker.apply(&Transition {
                 sock_id: 0xffff_8880_0000_0000 + n * 4096,
+                cookie: None,
                 pid: 42,
                 at: Timestamp::from_nanos(at * 1_000),
                 endpoints: endpoints(n),
@@ -83,6 +84,7 @@ fn an_open_connection_costs_under_300_bytes() {
         samples.push(ExistingSocket {
             pid: 42,
             inode: 1_000_000 + n,
+            cookie: 0,
             state: TcpState::Established,
             endpoints: endpoints(n),
             activity: Some(Activity {

@@ -22,8 +22,8 @@ use probe_common::{
 };
 
 use crate::{
-    EVENTS, LISTENERS, OWNERS, SEEDS, WAKEUP_BYTES, count, current_tgid, in_use, is_target,
-    mark_in_use, user_stack,
+    EVENTS, LISTENERS, OWNERS, SEED_COOKIES, SEEDS, WAKEUP_BYTES, count, current_tgid, in_use,
+    is_target, mark_in_use, user_stack,
 };
 
 const CLOSE: u8 = TcpState::Close as u8;
@@ -58,6 +58,8 @@ trait SocketFields {
     fn protocol(&self) -> Result<u16, i64>;
     /// The socket's family, ports and addresses.
     fn endpoints(&self) -> Result<Endpoints, i64>;
+    /// The socket's cookie; 0 where the program cannot ask for it.
+    fn cookie(&self) -> u64;
 }
 
 /// A field copied out of the kernel: `size_of::<T>()` bytes at `offset` of `bytes` (checked, for
@@ -78,15 +80,27 @@ fn handle<C: EbpfContext + StackIdContext>(
     transition: Transition,
     fields: &impl SocketFields,
 ) -> Result<(), i64> {
-    let (owner, attribution, endpoints) = match known_owner(transition.sock_id) {
-        Some(owner) => (owner, Attribution::Known, fields.endpoints()?),
+    let (owner, attribution, endpoints, cookie) = match known_owner(transition.sock_id) {
+        Some(owner) => (
+            owner,
+            Attribution::Known,
+            fields.endpoints()?,
+            fields.cookie(),
+        ),
         None => match attribute_new(ctx, &transition, fields)? {
             Some(found) => found,
             None => return Ok(()),
         },
     };
     let stack_id = code_path(ctx, &transition, owner);
-    emit(&transition, &endpoints, owner, attribution, stack_id);
+    emit(
+        &transition,
+        &endpoints,
+        cookie,
+        owner,
+        attribution,
+        stack_id,
+    );
 
     if transition.new_state == CLOSE {
         // The socket address may be reused by the next socket: forget it now.
@@ -117,7 +131,7 @@ fn attribute_new<C: EbpfContext>(
     ctx: &C,
     transition: &Transition,
     fields: &impl SocketFields,
-) -> Result<Option<(u32, Attribution, Endpoints)>, i64> {
+) -> Result<Option<(u32, Attribution, Endpoints, u64)>, i64> {
     let (Some(old), Some(new)) = (
         TcpState::from_raw(transition.old_state),
         TcpState::from_raw(transition.new_state),
@@ -135,7 +149,8 @@ fn attribute_new<C: EbpfContext>(
         return Ok(None);
     }
     let endpoints = fields.endpoints()?;
-    let found = match seeded.then(|| take_seed(&endpoints)).flatten() {
+    let cookie = fields.cookie();
+    let found = match seeded.then(|| take_seed(cookie, &endpoints)).flatten() {
         Some(owner) => Some((owner, Attribution::Snapshot)),
         None => match by_process {
             Some(owner) => Some((owner, Attribution::ProcessContext)),
@@ -156,7 +171,7 @@ fn attribute_new<C: EbpfContext>(
     if !remember(ctx, transition.sock_id, new, &endpoints, owner, first_sight) {
         return Ok(None);
     }
-    Ok(Some((owner, attribution, endpoints)))
+    Ok(Some((owner, attribution, endpoints, cookie)))
 }
 
 /// The current process, if this transition runs only in the owner's own context (connect,
@@ -176,8 +191,16 @@ fn process_owner(old: TcpState, new: TcpState) -> Option<u32> {
 }
 
 /// The owner userspace seeded for this connection (it existed before attach), taken out of the
-/// seeds: from now on the socket is known by its address.
-fn take_seed(endpoints: &Endpoints) -> Option<u32> {
+/// seeds: from now on the socket is known by its address. By cookie where the program has one
+/// (unique across network namespaces), by 4-tuple otherwise.
+fn take_seed(cookie: u64, endpoints: &Endpoints) -> Option<u32> {
+    if cookie != 0 {
+        let owner = SEED_COOKIES.get_ptr(cookie)?;
+        // SAFETY: a u32 read straight out of a live map value.
+        let owner = unsafe { *owner };
+        let _ = SEED_COOKIES.remove(cookie);
+        return Some(owner);
+    }
     let tuple = SocketTuple {
         saddr: endpoints.saddr,
         daddr: endpoints.daddr,
@@ -266,6 +289,7 @@ fn code_path<C: StackIdContext>(ctx: &C, transition: &Transition, owner: u32) ->
 fn emit(
     transition: &Transition,
     endpoints: &Endpoints,
+    cookie: u64,
     owner: u32,
     attribution: Attribution,
     stack_id: i32,
@@ -279,6 +303,7 @@ fn emit(
     entry.write(TransitionEvent {
         ts_ns,
         sock_id: transition.sock_id,
+        cookie,
         owner_tgid: owner,
         family: endpoints.family,
         sport: endpoints.sport,

@@ -60,4 +60,10 @@ impl SocketFields for Record<'_> {
             daddr: field(self.bytes, self.layout.daddr_v6)?,
         })
     }
+
+    #[inline(always)]
+    fn cookie(&self) -> u64 {
+        // The trace record has no socket to ask: seeds and refreshes use the 4-tuple instead.
+        0
+    }
 }

@@ -4,7 +4,8 @@
 //! cheap path for the many transitions of processes nobody traces.
 
 use aya_ebpf::{
-    helpers::{bpf_probe_read_kernel, bpf_probe_read_kernel_buf},
+    cty::c_void,
+    helpers::{bpf_get_socket_cookie, bpf_probe_read_kernel, bpf_probe_read_kernel_buf},
     macros::btf_tracepoint,
     programs::BtfTracePointContext,
 };
@@ -54,6 +55,13 @@ impl Sock {
 }
 
 impl SocketFields for Sock {
+    #[inline(always)]
+    fn cookie(&self) -> u64 {
+        // SAFETY: the address is the `struct sock *` the tracepoint handed over, which the
+        // verifier knows by its BTF type; the helper reads (or sets) its cookie.
+        unsafe { bpf_get_socket_cookie(self.address as *mut c_void) }
+    }
+
     #[inline(always)]
     fn protocol(&self) -> Result<u16, i64> {
         self.read(SOCK_LAYOUT.load().protocol)

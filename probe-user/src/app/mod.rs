@@ -104,8 +104,20 @@ fn attach(config: &Config) -> anyhow::Result<Attached> {
         );
     }
     let (mut tracer, streams) = Tracer::load(tracer_config)?;
-    for process in &processes {
-        tracer.add_target(process.pid)?;
+    let mut traced = Vec::with_capacity(processes.len());
+    for process in processes {
+        if tracer.add_target(process.pid)? {
+            traced.push(process);
+        }
+    }
+    let untraced = pids.len() - traced.len();
+    let mut processes = traced;
+    let pids: Vec<u32> = processes.iter().map(|p| p.pid).collect();
+    if untraced > 0 {
+        eprintln!(
+            "probe: warning: {untraced} process(es) not traced: probe traces at most {} at once",
+            crate::cli::MAX_TARGETS
+        );
     }
 
     // The program is attached: every transition from here on is seen. The sockets the targets
@@ -173,7 +185,12 @@ fn start_command(command: &Command, config: &Config, tracer: &mut Tracer) -> any
     };
     let stdout_to_stderr = config.view == crate::cli::View::Json;
     let held = spawn_held(&command.argv, stdout_to_stderr, run_as)?;
-    tracer.add_target(held.pid())?;
+    if !tracer.add_target(held.pid())? {
+        anyhow::bail!(
+            "cannot trace the command: probe already traces {} processes",
+            crate::cli::MAX_TARGETS
+        );
+    }
     Ok(held.release()?)
 }
 

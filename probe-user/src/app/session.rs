@@ -446,7 +446,7 @@ impl Session {
             // The kernel side stops following it too.
             match key.socket() {
                 Some(socket) => self.tracer.forget_socket(socket)?,
-                None => self.tracer.forget_seed(&change.endpoints)?,
+                None => self.tracer.forget_seed(change.cookie, &change.endpoints)?,
             }
             abandoned.push(change);
         }

@@ -145,6 +145,9 @@ pub struct Tracer {
     owners: HashMap<MapData, u64, u32>,
     listeners: HashMap<MapData, ListenerKey, u32>,
     seeds: HashMap<MapData, SocketTuple, u32>,
+    seed_cookies: HashMap<MapData, u64, u32>,
+    /// The attached program reports socket cookies (the BTF one): seeds are keyed by cookie.
+    cookies: bool,
     in_use: Array<MapData, u32>,
     counters: PerCpuArray<MapData, u64>,
     /// Sockets found at attach that the seed map had no room for.
@@ -199,7 +202,22 @@ impl Tracer {
                 &config.comm_filter.unwrap_or([0; 16]),
                 true,
             )
-            .map_max_entries(names::SEEDS, config.max_sockets)
+            // Seeds by cookie for the BTF program, by tuple for the classic one; the other map
+            // is never used and takes no room.
+            .map_max_entries(
+                names::SEEDS,
+                match source {
+                    SetStateSource::Btf(_) => 1,
+                    SetStateSource::Record(_) => config.max_sockets,
+                },
+            )
+            .map_max_entries(
+                names::SEED_COOKIES,
+                match source {
+                    SetStateSource::Btf(_) => config.max_sockets,
+                    SetStateSource::Record(_) => 1,
+                },
+            )
             .map_max_entries(names::EVENTS, config.ring_buffer_bytes)
             .map_max_entries(names::OWNERS, config.max_sockets)
             .map_max_entries(names::LISTENERS, config.max_targets.max(64))
@@ -233,6 +251,7 @@ impl Tracer {
         let owners = take(&mut ebpf, names::OWNERS)?;
         let listeners = take(&mut ebpf, names::LISTENERS)?;
         let seeds = take(&mut ebpf, names::SEEDS)?;
+        let seed_cookies = take(&mut ebpf, names::SEED_COOKIES)?;
         let in_use = take(&mut ebpf, names::IN_USE)?;
         let counters = take(&mut ebpf, names::COUNTERS)?;
         Ok((
@@ -242,6 +261,8 @@ impl Tracer {
                 owners,
                 listeners,
                 seeds,
+                seed_cookies,
+                cookies: matches!(source, SetStateSource::Btf(_)),
                 in_use,
                 counters,
                 seeds_refused: 0,
@@ -255,10 +276,9 @@ impl Tracer {
         ))
     }
 
-    /// Starts tracing process `pid` (all its threads).
-    pub fn add_target(&mut self, pid: u32) -> Result<(), LoadError> {
-        self.targets
-            .insert(pid, 1, 0)
+    /// Starts tracing process `pid` (all its threads); false when the target map is full.
+    pub fn add_target(&mut self, pid: u32) -> Result<bool, LoadError> {
+        full_is_refused(self.targets.insert(pid, 1, 0))
             .map_err(|source| map_error(names::TARGETS, source))
     }
 
@@ -276,9 +296,17 @@ impl Tracer {
     }
 
     /// Stops waiting for the next transition of a socket seeded at attach (probe let it go).
-    pub fn forget_seed(&mut self, endpoints: &Endpoints) -> Result<(), LoadError> {
-        absent_is_gone(self.seeds.remove(&keys::socket_tuple(endpoints)))
-            .map_err(|source| map_error(names::SEEDS, source))
+    pub fn forget_seed(
+        &mut self,
+        cookie: Option<u64>,
+        endpoints: &Endpoints,
+    ) -> Result<(), LoadError> {
+        match cookie.filter(|_| self.cookies) {
+            Some(cookie) => absent_is_gone(self.seed_cookies.remove(&cookie))
+                .map_err(|source| map_error(names::SEED_COOKIES, source)),
+            None => absent_is_gone(self.seeds.remove(&keys::socket_tuple(endpoints)))
+                .map_err(|source| map_error(names::SEEDS, source)),
+        }
     }
 
     /// Hands the sockets found at attach to the kernel program, so that the next transition of
@@ -287,12 +315,17 @@ impl Tracer {
     pub fn seed(&mut self, sockets: &[ExistingSocket]) -> Result<u64, LoadError> {
         let mut refused = 0;
         for socket in sockets {
-            let seeded = full_is_refused(self.seeds.insert(
-                keys::socket_tuple(&socket.endpoints),
-                socket.pid,
-                0,
-            ))
-            .map_err(|source| map_error(names::SEEDS, source))?;
+            let seeded = if self.cookies && socket.cookie != 0 {
+                full_is_refused(self.seed_cookies.insert(socket.cookie, socket.pid, 0))
+                    .map_err(|source| map_error(names::SEED_COOKIES, source))?
+            } else {
+                full_is_refused(self.seeds.insert(
+                    keys::socket_tuple(&socket.endpoints),
+                    socket.pid,
+                    0,
+                ))
+                .map_err(|source| map_error(names::SEEDS, source))?
+            };
             if !seeded {
                 refused += 1;
                 continue;

@@ -198,6 +198,7 @@ mod tests {
         }
         StateChange {
             id: 1,
+            cookie: None,
             inode: None,
             owner: Owner {
                 pid: 1,

@@ -67,6 +67,8 @@ struct Connection<'a> {
     /// The kernel socket address, as hex (too large for a JSON number to keep exactly); null for
     /// a connection found at attach that has not changed state since.
     id: Option<String>,
+    /// The socket's cookie, where known: the same number `ss -e` shows as `sk:` (in hex there).
+    cookie: Option<u64>,
     /// The socket inode, where known.
     inode: Option<u64>,
     family: &'static str,
@@ -84,6 +86,7 @@ impl<'a> Connection<'a> {
             comm: &view.owner.comm,
             also_held_by: &view.also_held_by,
             id: view.key.socket().map(|id| format!("{id:#x}")),
+            cookie: view.cookie,
             inode: view.inode,
             family: endpoints.family.name(),
             saddr: endpoints.local.ip().to_string(),
@@ -245,7 +248,9 @@ impl<W: Write> Sink for JsonSink<W> {
         push_json_string(line, &change.owner.comm);
         line.push_str(r#","id":""#);
         line.push_hex(change.id);
-        line.push_str(r#"","inode":"#);
+        line.push_str(r#"","cookie":"#);
+        push_option(line, change.cookie);
+        line.push_str(r#","inode":"#);
         push_option(line, change.inode);
         line.push_str(r#","family":""#);
         line.push_str(endpoints.family.name());
@@ -354,6 +359,7 @@ mod tests {
     fn transition_lines_are_valid_json_with_every_field() {
         let change = StateChange {
             id: 0xffff_8881_2345_6780,
+            cookie: Some(77),
             inode: Some(991),
             owner: Owner {
                 pid: 12,
@@ -378,7 +384,7 @@ mod tests {
             value,
             json!({
                 "type": "transition", "ts": "1970-01-01T00:01:00.001500Z", "pid": 12,
-                "comm": "we\"ird\\name\n", "id": "0xffff888123456780", "inode": 991,
+                "comm": "we\"ird\\name\n", "id": "0xffff888123456780", "cookie": 77, "inode": 991,
                 "family": "ipv6", "saddr": "2001:db8::1", "sport": 443,
                 "daddr": "::ffff:10.0.0.1", "dport": 5000, "old": "FIN_WAIT2", "new": "CLOSE",
                 "in_old_ms": 2, "time_wait": true, "ending": "time_wait"

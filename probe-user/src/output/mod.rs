@@ -151,6 +151,7 @@ mod tests {
     ) -> Transition {
         Transition {
             sock_id: id,
+            cookie: None,
             pid: 4242,
             at: at(ms),
             endpoints: Endpoints::parse(local, remote),

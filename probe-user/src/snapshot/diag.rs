@@ -26,6 +26,8 @@ pub struct DiagSocket {
     pub local: SocketAddr,
     pub remote: SocketAddr,
     pub inode: u64,
+    /// The socket's cookie (`idiag_cookie`): what the BTF program reports for it too.
+    pub cookie: u64,
     /// What tcp_info says, sampled when the dump was read.
     pub activity: Option<Activity>,
     /// tcp_info's time since the last ACK arrived, when the dump was read.
@@ -129,9 +131,23 @@ fn convert(response: &InetResponse) -> Option<DiagSocket> {
         local: SocketAddr::new(id.source_address, id.source_port),
         remote: SocketAddr::new(id.destination_address, id.destination_port),
         inode: u64::from(header.inode),
+        cookie: cookie_of(&id.cookie),
         activity,
         last_ack_received,
     })
+}
+
+/// `idiag_cookie` is two native-endian `u32`s, the low half first.
+fn cookie_of(bytes: &[u8; 8]) -> u64 {
+    let half = |at: usize| {
+        u64::from(u32::from_ne_bytes([
+            bytes[at],
+            bytes[at + 1],
+            bytes[at + 2],
+            bytes[at + 3],
+        ]))
+    };
+    half(0) | (half(4) << 32)
 }
 
 #[cfg(test)]
@@ -155,6 +171,7 @@ mod tests {
         assert_eq!(found.remote, listener.local_addr().unwrap());
         assert_eq!(found.family, Family::Ipv4);
         assert!(found.inode > 0);
+        assert!(found.cookie > 0);
         assert!(found.activity.is_some(), "tcp_info is missing");
         assert!(
             sockets

@@ -150,6 +150,7 @@ fn existing(pid: u32, socket: &diag::DiagSocket) -> ExistingSocket {
     ExistingSocket {
         pid,
         inode: socket.inode,
+        cookie: socket.cookie,
         state: socket.state,
         endpoints: Endpoints {
             family: socket.family,

@@ -79,6 +79,8 @@ impl From<PackedActivity> for Activity {
 pub struct ExistingSocket {
     pub pid: u32,
     pub inode: u64,
+    /// The socket's cookie, as sock_diag reports it (0 where it does not).
+    pub cookie: u64,
     pub state: TcpState,
     pub endpoints: Endpoints,
     pub activity: Option<Activity>,

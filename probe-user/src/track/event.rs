@@ -115,6 +115,9 @@ impl Endpoints {
 pub struct Transition {
     /// The kernel socket address, an opaque id reused after CLOSE.
     pub sock_id: u64,
+    /// The socket's cookie (unique for the kernel's uptime, and what sock_diag reports), where
+    /// the kernel program could ask for it.
+    pub cookie: Option<u64>,
     /// The owning process.
     pub pid: u32,
     /// When the socket entered `new`.
@@ -164,6 +167,7 @@ impl Transition {
         let addr = |bytes: [u8; 16]| from_mapped(bytes, family == Family::Ipv4);
         Ok(Transition {
             sock_id: raw.sock_id,
+            cookie: (raw.cookie != 0).then_some(raw.cookie),
             pid: raw.owner_tgid,
             at: Timestamp::from_nanos(raw.ts_ns),
             endpoints: Endpoints {
@@ -210,6 +214,7 @@ pub(crate) mod tests {
         TransitionEvent {
             ts_ns: 42,
             sock_id: 0xffff_8881_0000_1000,
+            cookie: 4096,
             owner_tgid: 1234,
             family: AF_INET,
             sport: 40000,
@@ -247,6 +252,7 @@ pub(crate) mod tests {
         assert_eq!((t.pid, t.at.as_nanos()), (1234, 42));
         assert_eq!(t.attribution, Attribution::ProcessContext);
         assert_eq!(t.stack, Some(StackRef { pid: 1234, id: 7 }));
+        assert_eq!(t.cookie, Some(4096));
         let mut no_stack = raw;
         no_stack.stack_id = probe_common::NO_STACK;
         assert_eq!(Transition::from_event(&no_stack).unwrap().stack, None);
@@ -271,8 +277,8 @@ pub(crate) mod tests {
         let raw = raw_event(TcpState::Close, TcpState::SynSent);
         let bytes = bytes_of(&raw);
         assert_eq!(
-            Transition::decode(&bytes[..63]),
-            Err(DecodeError::TooShort(63))
+            Transition::decode(&bytes[..79]),
+            Err(DecodeError::TooShort(79))
         );
         let mut bad = raw;
         bad.new_state = 0;

@@ -102,6 +102,7 @@ proptest! {
                 Step::Transition { id, old, new, stack } => {
                     let change = tracker.apply(&Transition {
                         sock_id: id,
+                        cookie: None,
                         pid: 1,
                         at: now,
                         endpoints: endpoints(id),
@@ -116,6 +117,7 @@ proptest! {
                     &ExistingSocket {
                         pid: 1,
                         inode,
+                        cookie: 0,
                         state,
                         endpoints: endpoints(inode + 100),
                         activity: idle_ms.map(|ms| super::Activity {

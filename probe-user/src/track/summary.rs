@@ -274,6 +274,7 @@ mod tests {
         OpenConnection {
             connection: ConnectionView {
                 key: ConnectionKey::Socket(id),
+                cookie: None,
                 inode: None,
                 owner: Owner {
                     pid,

@@ -17,6 +17,8 @@ use super::{
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConnectionView {
     pub key: ConnectionKey,
+    /// The socket's cookie, where known.
+    pub cookie: Option<u64>,
     /// The socket inode, where known.
     pub inode: Option<u64>,
     pub owner: Owner,

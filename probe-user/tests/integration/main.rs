@@ -14,6 +14,7 @@ mod code_paths;
 mod filters;
 mod harness;
 mod hostile;
+mod identity;
 mod lifecycle;
 mod programs;
 mod robustness;
@@ -88,6 +89,8 @@ fn main() -> ExitCode {
         hostile::a_zombie_or_a_kernel_thread_is_refused_with_a_reason,
         hostile::a_connection_of_an_exited_process_is_not_open,
         hostile::nginx_workers_each_own_what_they_accepted,
+        identity::a_hanging_connect_gets_its_port_and_inode_from_the_next_refresh,
+        identity::the_same_tuple_in_two_namespaces_belongs_to_each_own_process,
     ];
     let trials = match prerequisites() {
         Ok(()) => trials,

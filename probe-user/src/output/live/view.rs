@@ -233,6 +233,7 @@ mod tests {
     fn step(id: u64, port: u16, remote: &str, old: TcpState, new: TcpState, ms: u64) -> Transition {
         Transition {
             sock_id: id,
+            cookie: None,
             pid: 10,
             at: Timestamp::from_nanos(ms * MS),
             endpoints: Endpoints::parse(&format!("127.0.0.1:{port}"), remote),

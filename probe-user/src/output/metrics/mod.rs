@@ -279,6 +279,7 @@ mod tests {
     fn change(old: TcpState, new: TcpState, in_old_ms: Option<u64>) -> StateChange {
         StateChange {
             id: 1,
+            cookie: None,
             inode: None,
             owner: Owner {
                 pid: 7,
@@ -309,6 +310,7 @@ mod tests {
         ] {
             let change = tracker.apply(&Transition {
                 sock_id: 1,
+                cookie: None,
                 pid: 7,
                 at: Timestamp::from_nanos(second * 1_000_000_000),
                 endpoints: Endpoints::parse("127.0.0.1:5000", "127.0.0.1:80"),

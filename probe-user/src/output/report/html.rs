@@ -309,6 +309,7 @@ mod tests {
     fn step(id: u64, local: &str, old: TcpState, new: TcpState, ms: u64) -> Transition {
         Transition {
             sock_id: id,
+            cookie: None,
             pid: 77,
             at: Timestamp::from_nanos(ms * MS),
             endpoints: Endpoints::parse(local, "10.1.2.3:8080"),

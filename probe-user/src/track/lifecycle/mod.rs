@@ -261,6 +261,9 @@ pub struct Connection {
     /// The socket inode, where known (connections found at attach, and after an activity
     /// refresh).
     inode: Option<NonZeroU64>,
+    /// The socket's cookie, where the kernel program or sock_diag gave it: the key that joins
+    /// the two exactly (a 4-tuple can repeat across network namespaces).
+    cookie: Option<NonZeroU64>,
     /// The owning process (its name lives with the tracker, once per process).
     pub pid: u32,
     endpoints: PackedEndpoints,
@@ -295,6 +298,7 @@ impl Connection {
         Connection {
             key: ConnectionKey::Socket(transition.sock_id),
             inode: None,
+            cookie: transition.cookie.and_then(NonZeroU64::new),
             pid: transition.pid,
             endpoints: transition.endpoints.into(),
             opened_by,
@@ -311,6 +315,7 @@ impl Connection {
         Connection {
             key: ConnectionKey::Inode(socket.inode),
             inode: NonZeroU64::new(socket.inode),
+            cookie: NonZeroU64::new(socket.cookie),
             pid: socket.pid,
             endpoints: socket.endpoints.into(),
             opened_by: if socket.state == TcpState::Listen {
@@ -391,6 +396,20 @@ impl Connection {
     /// The socket inode, where known.
     pub fn inode(&self) -> Option<u64> {
         self.inode.map(NonZeroU64::get)
+    }
+
+    /// The socket's cookie, where known.
+    pub fn cookie(&self) -> Option<u64> {
+        self.cookie.map(NonZeroU64::get)
+    }
+
+    /// Notes what the kernel's socket table says of this socket now: its inode, its cookie and
+    /// its endpoints (connect() enters SYN_SENT before the local port is chosen; the table has
+    /// it).
+    pub fn note_sample(&mut self, inode: u64, cookie: u64, endpoints: Endpoints) {
+        self.set_inode(inode);
+        self.cookie = NonZeroU64::new(cookie).or(self.cookie);
+        self.endpoints = endpoints.into();
     }
 
     /// Notes the socket inode (0, which no socket has, is ignored).

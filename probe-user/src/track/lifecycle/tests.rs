@@ -7,6 +7,7 @@ use probe_common::{Attribution, TcpState::*};
 fn transition(old: TcpState, new: TcpState, at_ms: u64) -> Transition {
     Transition {
         sock_id: 7,
+        cookie: None,
         pid: 100,
         at: Timestamp::from_nanos(at_ms * 1_000_000),
         endpoints: Endpoints {
@@ -117,6 +118,7 @@ fn a_connection_found_at_attach_is_known_since_attach_only() {
     let socket = ExistingSocket {
         pid: 1,
         inode: 99,
+        cookie: 0,
         state: CloseWait,
         endpoints: transition(Close, Close, 0).endpoints,
         activity: None,

@@ -23,6 +23,8 @@ use super::{
 pub struct StateChange {
     /// The kernel socket address.
     pub id: u64,
+    /// The socket's cookie, where known.
+    pub cookie: Option<u64>,
     pub inode: Option<u64>,
     pub owner: Owner,
     pub endpoints: Endpoints,
@@ -81,8 +83,11 @@ struct Tracked {
 #[derive(Debug)]
 pub struct Tracker {
     table: Table<Tracked>,
-    /// Connections found at attach and not yet named by a transition: endpoints -> inode.
+    /// Connections found at attach and not yet named by a transition: endpoints -> inode (for
+    /// the classic program's events, which carry no cookie).
     existing: HashMap<(SocketAddr, SocketAddr), u64>,
+    /// The same by cookie -> inode: the exact join, wherever events carry cookies.
+    existing_cookies: FxHashMap<u64, u64>,
     processes: FxHashMap<u32, Arc<str>>,
     thresholds: Thresholds,
     detector: StuckDetector,
@@ -103,6 +108,7 @@ impl Tracker {
         Tracker {
             table: Table::default(),
             existing: HashMap::new(),
+            existing_cookies: FxHashMap::default(),
             processes: FxHashMap::default(),
             thresholds,
             detector: StuckDetector::default(),
@@ -137,6 +143,9 @@ impl Tracker {
             (socket.endpoints.local, socket.endpoints.remote),
             socket.inode,
         );
+        if socket.cookie != 0 {
+            self.existing_cookies.insert(socket.cookie, socket.inode);
+        }
         let visit = self.next_visit();
         let deadline = match (socket.state, socket.activity) {
             (TcpState::Established, Some(activity)) => Some(
@@ -161,7 +170,7 @@ impl Tracker {
     /// Applies one transition from the kernel.
     pub fn apply(&mut self, transition: &Transition) -> StateChange {
         let key = ConnectionKey::Socket(transition.sock_id);
-        self.adopt_existing(key, &transition.endpoints);
+        self.adopt_existing(key, transition);
         let starts_lifecycle = matches!(
             (transition.old, transition.new),
             (TcpState::Close, _) | (TcpState::Listen, TcpState::SynRecv)
@@ -192,6 +201,7 @@ impl Tracker {
         let connection = &tracked.connection;
         let change = StateChange {
             id: transition.sock_id,
+            cookie: connection.cookie(),
             inode: connection.inode(),
             owner: owner_of(&self.processes, connection.pid),
             endpoints: connection.endpoints(),
@@ -218,18 +228,32 @@ impl Tracker {
         change
     }
 
-    /// Records fresh tcp_info samples (one sock_diag dump of the traced processes' sockets),
-    /// matched to open connections by their endpoints.
+    /// Records what the kernel's socket table says now (sock_diag dumps of the traced
+    /// processes' network namespaces): each connection's inode, endpoints and tcp_info. A
+    /// connection with a cookie is matched by it, exactly, whatever its namespace and even
+    /// while its local port is still unknown to probe (a connect hanging in SYN_SENT); one
+    /// without (the classic program) by its endpoints.
     pub fn refresh_activity(&mut self, samples: &[ExistingSocket]) {
+        let by_cookie: FxHashMap<u64, &ExistingSocket> = samples
+            .iter()
+            .filter(|s| s.cookie != 0)
+            .map(|s| (s.cookie, s))
+            .collect();
         let by_endpoints: HashMap<(SocketAddr, SocketAddr), &ExistingSocket> = samples
             .iter()
             .map(|s| ((s.endpoints.local, s.endpoints.remote), s))
             .collect();
         for tracked in self.table.values_mut() {
             let connection = &mut tracked.connection;
-            let endpoints = (connection.endpoints().local, connection.endpoints().remote);
-            if let Some(sample) = by_endpoints.get(&endpoints) {
-                connection.set_inode(sample.inode);
+            let sample = match connection.cookie() {
+                Some(cookie) => by_cookie.get(&cookie),
+                None => {
+                    let endpoints = connection.endpoints();
+                    by_endpoints.get(&(endpoints.local, endpoints.remote))
+                }
+            };
+            if let Some(sample) = sample {
+                connection.note_sample(sample.inode, sample.cookie, sample.endpoints);
                 if let Some(activity) = sample.activity {
                     connection.set_activity(activity);
                 }
@@ -324,11 +348,22 @@ impl Tracker {
 
     /// A connection found at attach, named by a transition for the first time: from now on it
     /// is known by its socket address.
-    fn adopt_existing(&mut self, key: ConnectionKey, endpoints: &Endpoints) {
+    fn adopt_existing(&mut self, key: ConnectionKey, transition: &Transition) {
         if self.existing.is_empty() || self.table.contains_key(key) {
             return;
         }
-        let Some(inode) = self.existing.remove(&(endpoints.local, endpoints.remote)) else {
+        let endpoints = (transition.endpoints.local, transition.endpoints.remote);
+        let inode = match transition.cookie {
+            Some(cookie) => {
+                let inode = self.existing_cookies.remove(&cookie);
+                if inode.is_some() {
+                    self.existing.remove(&endpoints);
+                }
+                inode
+            }
+            None => self.existing.remove(&endpoints),
+        };
+        let Some(inode) = inode else {
             return;
         };
         if self.table.rekey(ConnectionKey::Inode(inode), key)
@@ -382,6 +417,7 @@ fn view(context: ViewContext<'_>, connection: &Connection, now: Timestamp) -> Co
     let since = connection.state_since();
     ConnectionView {
         key: connection.key,
+        cookie: connection.cookie(),
         inode: connection.inode(),
         owner: owner_of(context.processes, connection.pid),
         also_held_by: context

@@ -75,6 +75,7 @@ impl Tracker {
         let connection = &tracked.connection;
         let change = StateChange {
             id: key.socket().unwrap_or_default(),
+            cookie: connection.cookie(),
             inode: connection.inode(),
             owner: owner_of(&self.processes, connection.pid),
             endpoints: connection.endpoints(),

@@ -13,6 +13,7 @@ fn at(ms: u64) -> Timestamp {
 fn t(id: u64, old: TcpState, new: TcpState, ms: u64) -> Transition {
     Transition {
         sock_id: id,
+        cookie: None,
         pid: 42,
         at: at(ms),
         endpoints: Endpoints {
@@ -206,6 +207,7 @@ fn existing(inode: u64, state: TcpState, idle_s: Option<u64>, now: Timestamp) ->
     ExistingSocket {
         pid: 42,
         inode,
+        cookie: 0,
         state,
         endpoints: t(inode, Close, Close, 0).endpoints,
         activity: idle_s.map(|idle| activity(idle, now)),
@@ -322,6 +324,7 @@ fn a_busy_established_connection_is_not_flagged() {
     let sample = |id: u64, idle_s: u64, at_ms: u64| ExistingSocket {
         pid: 42,
         inode: 100 + id,
+        cookie: 0,
         state: Established,
         endpoints: t(id, Close, Close, 0).endpoints,
         activity: Some(activity(idle_s, at(at_ms))),

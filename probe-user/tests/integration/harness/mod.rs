@@ -12,7 +12,7 @@ mod ss;
 use std::time::Duration;
 
 pub use helper::{Helper, this_binary};
-pub use netns::NetworkNamespace;
+pub use netns::{NetworkNamespace, ip};
 pub use probe::{Probe, of_type, render, stuck, transitions};
 pub use roles::Role;
 pub use servers::{Idle, ServerMode, connect, server, traced_client};

@@ -68,6 +68,11 @@ impl NetworkNamespace {
         Ok(namespace)
     }
 
+    /// The name of this side's end of the link.
+    pub fn outside_link(&self) -> String {
+        self.link_names().0
+    }
+
     /// The veth ends: outside (this namespace) and inside.
     fn link_names(&self) -> (String, String) {
         let tag = format!("{}{}", std::process::id() % 10000, self.number);

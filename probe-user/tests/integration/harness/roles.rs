@@ -50,8 +50,18 @@ pub enum Role {
     ConnectFromAThread { server: SocketAddr },
     /// After `go`, listens on a fresh loopback port (told on stdout) and holds what it accepts.
     Server,
-    /// Listens on `bind` (port 0: a fresh one, told on stdout) and holds what it accepts.
+    /// Listens on `bind` (port 0: a fresh one, told on stdout) and holds what it accepts until
+    /// `close` on stdin (then closes them all) or stdin closes.
     HoldingServer { bind: SocketAddr },
+    /// At each `go`, connects to `server` from the next of `local_ports` (bound first) and
+    /// answers `ready`; holds the connections until stdin closes.
+    BoundClients {
+        server: SocketAddr,
+        local_ports: Vec<u16>,
+    },
+    /// After `go`, starts a connect to `server` that will not complete (a black-holed
+    /// address), answers `connecting`, and waits for stdin to close.
+    ConnectHanging { server: SocketAddr },
     /// After `go`, connects to `server` `per_second` times a second and closes each connection
     /// `linger_ms` after the peer closed it: a healthy closer, slightly slow, under load. Tells
     /// `running` once the first connections are in CLOSE_WAIT.
@@ -202,13 +212,25 @@ impl Role {
                 }
                 Role::HoldClients { server, count }.play()
             }
-            Role::HoldingServer { bind } => {
-                let listener = TcpListener::bind(bind).map_err(err)?;
-                answer(&listener.local_addr().map_err(err)?.port().to_string())?;
-                thread::spawn(move || {
-                    let held: Vec<TcpStream> = listener.incoming().map_while(Result::ok).collect();
-                    drop(held);
-                });
+            Role::HoldingServer { bind } => holding_server(bind),
+            Role::BoundClients {
+                server,
+                local_ports,
+            } => {
+                let mut held = Vec::new();
+                for port in local_ports {
+                    wait_for_go()?;
+                    held.push(bound_connect(SocketAddr::new(server.ip(), port), server)?);
+                    answer("ready")?;
+                }
+                wait_for_eof();
+                drop(held);
+                Ok(())
+            }
+            Role::ConnectHanging { server } => {
+                wait_for_go()?;
+                thread::spawn(move || TcpStream::connect(server));
+                answer("connecting")?;
                 wait_for_eof();
                 Ok(())
             }
@@ -224,6 +246,42 @@ impl Role {
             }
         }
     }
+}
+
+fn holding_server(bind: SocketAddr) -> Result<(), String> {
+    let listener = TcpListener::bind(bind).map_err(err)?;
+    answer(&listener.local_addr().map_err(err)?.port().to_string())?;
+    let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let accepted = std::sync::Arc::clone(&held);
+    thread::spawn(move || {
+        for stream in listener.incoming().map_while(Result::ok) {
+            accepted
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(stream);
+        }
+    });
+    let mut line = String::new();
+    while matches!(std::io::stdin().lock().read_line(&mut line), Ok(n) if n > 0) {
+        if line.trim() == "close" {
+            held.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clear();
+            answer("closed")?;
+        }
+        line.clear();
+    }
+    Ok(())
+}
+
+/// A connection from exactly `local` to `server`.
+fn bound_connect(local: SocketAddr, server: SocketAddr) -> Result<TcpStream, String> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(server), Type::STREAM, None).map_err(err)?;
+    socket.set_reuse_address(true).map_err(err)?;
+    socket.bind(&local.into()).map_err(err)?;
+    socket.connect(&server.into()).map_err(err)?;
+    Ok(socket.into())
 }
 
 fn idle_and_busy(server: SocketAddr, idle: usize, busy: usize) -> Result<(), String> {
