@@ -68,6 +68,12 @@ pub mod names {
     pub const FOLLOW_FORKS: &str = "FOLLOW_FORKS";
     /// Global `[u8; 16]`: a process name whose new execs become targets (all zero: none).
     pub const COMM_FILTER: &str = "COMM_FILTER";
+    /// Global `u8`: 1 to attribute the sockets of every process (host-wide mode).
+    pub const TRACE_ALL: &str = "TRACE_ALL";
+    /// cgroup v2 id -> unused: processes in these cgroups (or below) are traced.
+    pub const CGROUPS: &str = "CGROUPS";
+    /// The [`CgroupLevels`](crate::CgroupLevels) global.
+    pub const CGROUP_LEVELS: &str = "CGROUP_LEVELS";
     /// The tracepoint program on `sched:sched_process_fork`.
     pub const FORK_PROGRAM: &str = "sched_process_fork";
     /// The tracepoint program on `sched:sched_process_exec`.
@@ -351,6 +357,27 @@ pub struct SockLayout {
     pub ipv6: u32,
 }
 
+/// The depths (below the root, which is 0) at which the traced cgroups sit: the kernel program
+/// compares the current task's ancestor at each of these depths with the `CGROUPS` map, so a
+/// process in a cgroup nested anywhere below a traced one is traced too.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CgroupLevels {
+    /// The depths in use, then [`CgroupLevels::UNUSED`].
+    pub levels: [u32; CgroupLevels::MAX],
+}
+
+impl CgroupLevels {
+    /// How many distinct depths the program looks at.
+    pub const MAX: usize = 4;
+    /// A slot that holds no depth.
+    pub const UNUSED: u32 = u32::MAX;
+    /// No cgroup traced.
+    pub const NONE: CgroupLevels = CgroupLevels {
+        levels: [Self::UNUSED; Self::MAX],
+    };
+}
+
 /// Slots of the `IN_USE` array: set (to 1) once the map they name has had an entry. Never
 /// cleared: a flag that stays on costs a lookup, one cleared too early would lose a socket.
 #[repr(u32)]
@@ -419,6 +446,9 @@ mod pod {
 
     // SAFETY: see above.
     unsafe impl aya::Pod for super::ProcessEvent {}
+
+    // SAFETY: see above.
+    unsafe impl aya::Pod for super::CgroupLevels {}
 }
 
 #[cfg(test)]

@@ -24,13 +24,13 @@ mod set_state;
 
 use aya_ebpf::{
     Global,
-    helpers::bpf_get_current_pid_tgid,
+    helpers::{bpf_get_current_ancestor_cgroup_id, bpf_get_current_pid_tgid},
     macros::map,
     maps::{Array, HashMap, PerCpuArray, RingBuf},
     programs::{TracePointContext, tracing::StackIdContext},
 };
 use probe_common::{
-    Counter, ForkLayout, InUse, ListenerKey, SetStateLayout, SockLayout, SocketTuple,
+    CgroupLevels, Counter, ForkLayout, InUse, ListenerKey, SetStateLayout, SockLayout, SocketTuple,
 };
 
 /// Field offsets of the tracepoint record, set by the loader from the tracefs `format` file.
@@ -180,6 +180,18 @@ static FOLLOW_FORKS: Global<u8> = Global::new(0);
 #[unsafe(no_mangle)]
 static COMM_FILTER: Global<[u8; 16]> = Global::new([0; 16]);
 
+/// 1: every process's sockets are attributed (host-wide mode).
+#[unsafe(no_mangle)]
+static TRACE_ALL: Global<u8> = Global::new(0);
+
+/// The depths of the traced cgroups (see [`CgroupLevels`]).
+#[unsafe(no_mangle)]
+static CGROUP_LEVELS: Global<CgroupLevels> = Global::new(CgroupLevels::NONE);
+
+/// Traced cgroup v2 ids (-> unused).
+#[map]
+static CGROUPS: HashMap<u64, u8> = HashMap::with_max_entries(1, 0);
+
 /// Counts one thing the program could not do.
 pub(crate) fn count(counter: Counter) {
     if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
@@ -202,10 +214,36 @@ pub(crate) fn current_tgid() -> u32 {
     (bpf_get_current_pid_tgid() >> 32) as u32
 }
 
-/// Whether process `tgid` is traced.
+/// Whether process `tgid` is traced by pid (or fork, or name).
 #[inline(always)]
 pub(crate) fn is_target(tgid: u32) -> bool {
     TARGETS.get_ptr(tgid).is_some()
+}
+
+/// Whether the current task's sockets are traced: every process's in host-wide mode, those of
+/// process `tgid` (the current one) if it is a target, or those of a task in a traced cgroup.
+/// Only meaningful in the owner's own context: in softirq the current task is anyone's.
+#[inline(always)]
+pub(crate) fn traces_current(tgid: u32) -> bool {
+    TRACE_ALL.load() != 0 || is_target(tgid) || in_traced_cgroup()
+}
+
+/// Whether the current task is in a traced cgroup or below one.
+#[inline(always)]
+fn in_traced_cgroup() -> bool {
+    let levels = CGROUP_LEVELS.load().levels;
+    for level in levels {
+        if level == CgroupLevels::UNUSED {
+            return false;
+        }
+        // SAFETY: the helper only reads the current task's cgroup; a level deeper than the
+        // task's cgroup gives 0, which no cgroup has.
+        let ancestor = unsafe { bpf_get_current_ancestor_cgroup_id(level as i32) };
+        if CGROUPS.get_ptr(ancestor).is_some() {
+            return true;
+        }
+    }
+    false
 }
 
 #[inline(always)]

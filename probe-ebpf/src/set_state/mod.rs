@@ -23,7 +23,7 @@ use probe_common::{
 
 use crate::{
     EVENTS, LISTENERS, OWNERS, SEED_COOKIES, SEEDS, WAKEUP_BYTES, count, current_tgid, in_use,
-    is_target, mark_in_use, user_stack,
+    mark_in_use, traces_current, user_stack,
 };
 
 const CLOSE: u8 = TcpState::Close as u8;
@@ -184,7 +184,7 @@ fn process_owner(old: TcpState, new: TcpState) -> Option<u32> {
         | (TcpState::Established, TcpState::FinWait1)
         | (TcpState::CloseWait, TcpState::LastAck) => {
             let tgid = current_tgid();
-            is_target(tgid).then_some(tgid)
+            traces_current(tgid).then_some(tgid)
         }
         _ => None,
     }

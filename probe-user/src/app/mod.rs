@@ -5,15 +5,18 @@ mod outputs;
 mod session;
 mod sources;
 
+use std::path::PathBuf;
+
 use anyhow::{Context, bail};
 
 use crate::{
     bpf::{Streams, Tracer, privilege},
-    cli::{Command, Config, Kernel},
+    cli::{Command, Config, Kernel, Scope},
     clock::monotonic_now,
     output::{escape::terminal, metrics},
     process::{
         self, Process,
+        cgroup::{self, TracedCgroup},
         spawn::{RunAs, spawn_held},
     },
     snapshot::{self, Namespaces},
@@ -72,29 +75,33 @@ pub struct Attached {
     pub targets: String,
     /// Their network namespaces, kept open for later refreshes.
     pub namespaces: Namespaces,
+    /// The traced cgroups' directories (with `--cgroup` and `--container`).
+    pub cgroups: Vec<PathBuf>,
 }
 
 /// Finds the targets, loads and attaches the kernel side, seeds the sockets the targets already
 /// have, and starts the command.
 fn attach(config: &Config) -> anyhow::Result<Attached> {
     let targets = &config.targets;
-    let mut processes = resolve_pids(&targets.pids)?;
-    if let Some(name) = &targets.comm {
-        let named = process::named(name)?;
-        if named.is_empty() && !targets.follow_forks {
-            bail!(
-                "no running process is named `{name}` (see `pgrep -l {name}`); add \
-                 --follow-forks to wait for one to start"
-            );
+    let (processes, cgroups) = match &config.scope {
+        Scope::Processes => (named_processes(config)?, Vec::new()),
+        Scope::Host => (process::all()?, Vec::new()),
+        Scope::Cgroups { paths, containers } => {
+            let cgroups = resolve_cgroups(paths, containers)?;
+            let pids: Vec<u32> = cgroups
+                .iter()
+                .flat_map(|cgroup| cgroup::members(&cgroup.path))
+                .collect();
+            let processes = pids
+                .into_iter()
+                .filter_map(|pid| process::resolve(pid).ok())
+                .collect();
+            (processes, cgroups)
         }
-        for found in named {
-            if !processes.iter().any(|p| p.pid == found.pid) {
-                processes.push(found);
-            }
-        }
-    }
+    };
     let pids: Vec<u32> = processes.iter().map(|p| p.pid).collect();
-    let tracer_config = config.tracer(snapshot::socket_count(&pids));
+    let mut tracer_config = config.tracer(snapshot::socket_count(&pids));
+    tracer_config.cgroups = cgroups.iter().map(|c| (c.id, c.level)).collect();
     let max_sockets = tracer_config.max_sockets;
     if Kernel::socket_slots_mib(max_sockets) >= 256 {
         eprintln!(
@@ -106,7 +113,9 @@ fn attach(config: &Config) -> anyhow::Result<Attached> {
     let (mut tracer, streams) = Tracer::load(tracer_config)?;
     let mut traced = Vec::with_capacity(processes.len());
     for process in processes {
-        if tracer.add_target(process.pid)? {
+        // Only named processes are targets one by one; the kernel follows the host and
+        // cgroups itself.
+        if config.scope != Scope::Processes || tracer.add_target(process.pid)? {
             traced.push(process);
         }
     }
@@ -124,7 +133,8 @@ fn attach(config: &Config) -> anyhow::Result<Attached> {
     // already have are seeded so that their next transition is attributed too.
     let attach = monotonic_now();
     let mut namespaces = Namespaces::default();
-    let existing: Vec<ExistingSocket> = snapshot::take(&pids, &mut namespaces)?
+    let strict = config.scope == Scope::Processes;
+    let existing: Vec<ExistingSocket> = snapshot::take(&pids, &mut namespaces, strict)?
         .held()
         .cloned()
         .collect();
@@ -151,13 +161,29 @@ fn attach(config: &Config) -> anyhow::Result<Attached> {
         }
         None => None,
     };
-    let names: Vec<String> = processes
-        .iter()
-        .map(|p| format!("{} ({})", p.pid, terminal(&p.comm)))
-        .collect();
-    let targets = match (&targets.comm, processes.is_empty()) {
-        (Some(name), true) => format!("new processes named {name}"),
-        _ => names.join(", "),
+    let targets = match &config.scope {
+        Scope::Processes => {
+            let names: Vec<String> = processes
+                .iter()
+                .map(|p| format!("{} ({})", p.pid, terminal(&p.comm)))
+                .collect();
+            match (&targets.comm, processes.is_empty()) {
+                (Some(name), true) => format!("new processes named {name}"),
+                _ => names.join(", "),
+            }
+        }
+        Scope::Host => format!("every process on the host ({} running)", processes.len()),
+        Scope::Cgroups { .. } => {
+            let paths: Vec<String> = cgroups
+                .iter()
+                .map(|c| terminal(&c.path.display().to_string()).into_owned())
+                .collect();
+            format!(
+                "cgroup {} ({} process(es))",
+                paths.join(", "),
+                processes.len()
+            )
+        }
     };
     Ok(Attached {
         tracer,
@@ -168,7 +194,41 @@ fn attach(config: &Config) -> anyhow::Result<Attached> {
         attach,
         targets,
         namespaces,
+        cgroups: cgroups.into_iter().map(|c| c.path).collect(),
     })
+}
+
+/// The processes `--pid` and `--comm` name.
+fn named_processes(config: &Config) -> anyhow::Result<Vec<Process>> {
+    let targets = &config.targets;
+    let mut processes = resolve_pids(&targets.pids)?;
+    if let Some(name) = &targets.comm {
+        let named = process::named(name)?;
+        if named.is_empty() && !targets.follow_forks {
+            bail!(
+                "no running process is named `{name}` (see `pgrep -l {name}`); add \
+                 --follow-forks to wait for one to start"
+            );
+        }
+        for found in named {
+            if !processes.iter().any(|p| p.pid == found.pid) {
+                processes.push(found);
+            }
+        }
+    }
+    Ok(processes)
+}
+
+/// The cgroups `--cgroup` and `--container` name.
+fn resolve_cgroups(paths: &[PathBuf], containers: &[String]) -> anyhow::Result<Vec<TracedCgroup>> {
+    let mut cgroups = Vec::new();
+    for path in paths {
+        cgroups.push(cgroup::resolve(path)?);
+    }
+    for prefix in containers {
+        cgroups.push(cgroup::resolve(&cgroup::container(prefix)?)?);
+    }
+    Ok(cgroups)
 }
 
 /// Starts `command`, registered as a target before it execs so that even its first connection

@@ -65,7 +65,12 @@ pub fn make(
         if config.view == View::Json {
             outputs.push(Box::new(JsonSink::new(out, clock)));
         } else {
-            outputs.push(Box::new(TextSink::new(out, clock, terminal)));
+            outputs.push(Box::new(TextSink::new(
+                out,
+                clock,
+                terminal,
+                config.transitions,
+            )));
         }
     }
     if let Some(report) = report {

@@ -72,6 +72,12 @@ pub enum LoadError {
          `cargo xtask build`"
     )]
     Missing(&'static str),
+    #[error(
+        "the traced cgroups sit at more than {} different depths of the hierarchy; trace fewer \
+         at once, or their common parent",
+        probe_common::CgroupLevels::MAX
+    )]
+    CgroupDepths,
     #[error("cannot use the kernel map `{name}`")]
     Map {
         name: &'static str,

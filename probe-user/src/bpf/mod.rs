@@ -13,8 +13,8 @@ use aya::{
 };
 use aya_log::EbpfLogger;
 use probe_common::{
-    Counter, ForkLayout, InUse, ListenerKey, SetStateLayout, SockLayout, SocketTuple, TcpState,
-    names,
+    CgroupLevels, Counter, ForkLayout, InUse, ListenerKey, SetStateLayout, SockLayout, SocketTuple,
+    TcpState, names,
 };
 
 pub use error::LoadError;
@@ -85,7 +85,7 @@ impl SetStateSource {
 }
 
 /// Sizes and switches for the kernel side.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct TracerConfig {
     /// Ring buffer size in bytes (a power of two, a multiple of the page size).
     pub ring_buffer_bytes: u32,
@@ -103,6 +103,10 @@ pub struct TracerConfig {
     pub stacks: bool,
     /// Which program follows the transitions.
     pub attach: Attach,
+    /// Attribute every process's sockets (host-wide mode).
+    pub trace_all: bool,
+    /// Attribute the sockets of processes in these cgroups or below them: (cgroup id, depth).
+    pub cgroups: Vec<(u64, u32)>,
 }
 
 /// Counts of what the kernel program could not do since it was loaded.
@@ -197,6 +201,9 @@ impl Tracer {
                 true,
             )
             .override_global(names::FOLLOW_FORKS, &u8::from(config.follow_forks), true)
+            .override_global(names::TRACE_ALL, &u8::from(config.trace_all), true)
+            .override_global(names::CGROUP_LEVELS, &cgroup_levels(&config.cgroups)?, true)
+            .map_max_entries(names::CGROUPS, config.cgroups.len().max(1) as u32)
             .override_global(
                 names::COMM_FILTER,
                 &config.comm_filter.unwrap_or([0; 16]),
@@ -254,6 +261,12 @@ impl Tracer {
         let seed_cookies = take(&mut ebpf, names::SEED_COOKIES)?;
         let in_use = take(&mut ebpf, names::IN_USE)?;
         let counters = take(&mut ebpf, names::COUNTERS)?;
+        let mut cgroups: HashMap<MapData, u64, u8> = take(&mut ebpf, names::CGROUPS)?;
+        for &(id, _) in &config.cgroups {
+            cgroups
+                .insert(id, 1, 0)
+                .map_err(|source| map_error(names::CGROUPS, source))?;
+        }
         Ok((
             Tracer {
                 _ebpf: ebpf,
@@ -415,6 +428,23 @@ fn attach_btf(
         source: Box::new(source),
     })?;
     Ok(())
+}
+
+/// The distinct depths of `cgroups`, as the kernel program reads them.
+fn cgroup_levels(cgroups: &[(u64, u32)]) -> Result<CgroupLevels, LoadError> {
+    let mut levels = CgroupLevels::NONE;
+    let mut used = 0;
+    for &(_, level) in cgroups {
+        if levels.levels[..used].contains(&level) {
+            continue;
+        }
+        if used == CgroupLevels::MAX {
+            return Err(LoadError::CgroupDepths);
+        }
+        levels.levels[used] = level;
+        used += 1;
+    }
+    Ok(levels)
 }
 
 /// A delete of a key that is not there: someone removed it first, which is as good. (aya 0.14

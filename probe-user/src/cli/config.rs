@@ -13,7 +13,12 @@ use crate::{
 /// Everything a run needs to know, validated.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
+    /// Whose connections are traced.
+    pub scope: Scope,
+    /// The processes named on the command line (with [`Scope::Processes`]).
     pub targets: Targets,
+    /// The text output prints every transition (by default, not host-wide or for cgroups).
+    pub transitions: bool,
     pub thresholds: Thresholds,
     /// Stop after this long.
     pub duration: Option<Duration>,
@@ -29,7 +34,22 @@ pub struct Config {
     pub verbose: bool,
 }
 
-/// What to trace.
+/// Whose connections are traced.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// The processes of [`Config::targets`] (and, with forks followed, their children).
+    Processes,
+    /// Every process on the host.
+    Host,
+    /// Every process in these cgroup v2 directories and below them, and in the containers whose
+    /// id starts with one of `containers`.
+    Cgroups {
+        paths: Vec<PathBuf>,
+        containers: Vec<String>,
+    },
+}
+
+/// The processes named on the command line.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Targets {
     /// Running processes (or threads of them).
@@ -113,10 +133,22 @@ impl Kernel {
 impl Config {
     /// Validates what clap cannot, and resolves the defaults that depend on other flags.
     pub fn from_cli(cli: Cli) -> Result<Config, String> {
-        if cli.pids.is_empty() && cli.command.is_empty() && cli.comm.is_none() {
+        let named = !cli.pids.is_empty() || !cli.command.is_empty() || cli.comm.is_some();
+        let scope = if named {
+            Scope::Processes
+        } else if !cli.cgroups.is_empty() || !cli.containers.is_empty() {
+            Scope::Cgroups {
+                paths: cli.cgroups.clone(),
+                containers: cli.containers.clone(),
+            }
+        } else {
+            // `sudo probe`, with no target: the whole host, as with --all.
+            Scope::Host
+        };
+        if scope != Scope::Processes && cli.follow_forks {
             return Err(
-                "nothing to trace: give --pid PID, --comm NAME, or a command after `--` \
-                 (probe -- COMMAND)"
+                "--follow-forks applies to named processes: tracing the host or a \
+                 cgroup already includes every process started in it"
                     .into(),
             );
         }
@@ -155,6 +187,8 @@ impl Config {
             View::Text
         };
         Ok(Config {
+            transitions: cli.transitions || scope == Scope::Processes,
+            scope,
             targets: Targets {
                 pids: cli.pids,
                 comm: cli.comm,
@@ -202,6 +236,8 @@ impl Config {
             comm_filter: self.targets.comm_filter(),
             stacks: self.kernel.stacks,
             attach: self.kernel.attach,
+            trace_all: self.scope == Scope::Host,
+            cgroups: Vec::new(),
         }
     }
 }

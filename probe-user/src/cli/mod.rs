@@ -11,7 +11,7 @@ use clap::{CommandFactory, Parser, error::ErrorKind};
 use ipnet::IpNet;
 use probe_common::TcpState;
 
-pub use config::{Command, Config, Kernel, Targets, View};
+pub use config::{Command, Config, Kernel, Scope, Targets, View};
 use values::{parse_comm, parse_network, parse_pid, parse_ring_kib, parse_state, parse_threshold};
 
 use crate::{bpf::Attach, output::metrics::parse_listen_address};
@@ -26,9 +26,28 @@ use crate::{bpf::Attach, output::metrics::parse_listen_address};
 #[command(
     name = "probe",
     version = VERSION,
-    after_help = "Examples:\n  sudo probe --pid 4242\n  sudo probe --json --pid 4242 --duration 5m\n  sudo probe --close-wait-after 2s -- ./my-client --url http://127.0.0.1:8080/"
+    after_help = "Examples:\n  sudo probe                       (every process on the host)\n  sudo probe --pid 4242\n  sudo probe --container 9f1c2ab\n  sudo probe --json --pid 4242 --duration 5m\n  sudo probe --close-wait-after 2s -- ./my-client --url http://127.0.0.1:8080/"
 )]
 pub struct Cli {
+    /// Trace every process on the host (the default when no target is given): the triage table
+    /// ranks them by stuck connections and leak rate.
+    #[arg(long, conflicts_with_all = ["pids", "comm", "command", "cgroups", "containers"])]
+    pub all: bool,
+
+    /// Trace every process in this cgroup v2 directory and below it (repeatable): a path under
+    /// the cgroup v2 mount, or as /proc/PID/cgroup shows it.
+    #[arg(long = "cgroup", value_name = "PATH", conflicts_with_all = ["pids", "comm", "command"])]
+    pub cgroups: Vec<PathBuf>,
+
+    /// Trace the container whose id starts with this (repeatable), e.g. 9f1c2ab.
+    #[arg(long = "container", value_name = "ID", conflicts_with_all = ["pids", "comm", "command"])]
+    pub containers: Vec<String>,
+
+    /// Print every transition in the text output also when tracing the whole host or cgroups
+    /// (there, by default, only the stuck connections and the triage table are printed).
+    #[arg(long)]
+    pub transitions: bool,
+
     /// Trace this running process and all its threads (repeatable).
     #[arg(
         short,
@@ -361,9 +380,35 @@ mod tests {
     }
 
     #[test]
-    fn nothing_to_trace_is_an_error() {
-        let err = parse(&["--json"]).unwrap_err().to_string();
-        assert!(err.contains("--pid"), "{err}");
+    fn no_target_means_the_whole_host() {
+        let config = parse(&["--json"]).unwrap();
+        assert_eq!(config.scope, Scope::Host);
+        assert!(config.tracer(0).trace_all);
+        assert!(
+            !config.transitions,
+            "the host-wide text output is the triage"
+        );
+        assert_eq!(
+            parse(&["--all", "--transitions"]).unwrap().scope,
+            Scope::Host
+        );
+        assert!(parse(&["--all", "--transitions"]).unwrap().transitions);
+        assert!(parse(&["--all", "--pid", "1"]).is_err());
+        let err = parse(&["--follow-forks"]).unwrap_err().to_string();
+        assert!(err.contains("--follow-forks"), "{err}");
+    }
+
+    #[test]
+    fn cgroups_and_containers_are_scopes_of_their_own() {
+        let config = parse(&["--cgroup", "/kubepods.slice", "--container", "9f1c"]).unwrap();
+        assert_eq!(
+            config.scope,
+            Scope::Cgroups {
+                paths: vec!["/kubepods.slice".into()],
+                containers: vec!["9f1c".into()],
+            }
+        );
+        assert!(parse(&["--cgroup", "/x", "--pid", "1"]).is_err());
     }
 
     /// Pieces of command lines: every flag, values of every kind, and the odd ones out.

@@ -296,7 +296,7 @@ mod tests {
     #[test]
     fn text_output() {
         let mut out = Vec::new();
-        scenario(&mut TextSink::new(&mut out, clock(), false));
+        scenario(&mut TextSink::new(&mut out, clock(), false, true));
         insta::assert_snapshot!(String::from_utf8(out).unwrap());
     }
 

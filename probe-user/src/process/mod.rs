@@ -2,6 +2,7 @@
 //! starting `-- COMMAND` held before exec so that its first connection is seen ([`spawn`]), and
 //! following them: their exits, and the forks and execs the kernel reports ([`watch`]).
 
+pub mod cgroup;
 pub mod spawn;
 pub mod watch;
 
@@ -97,6 +98,34 @@ pub fn is_running(pid: u32) -> bool {
         .and_then(|id| procfs::process::Process::new(id).ok())
         .and_then(|process| process.stat().ok())
         .is_some_and(|stat| !matches!(stat.state, 'Z' | 'X'))
+}
+
+/// Every process on the host but kernel threads and zombies (for host-wide mode).
+pub fn all() -> Result<Vec<Process>, TargetError> {
+    let all = procfs::process::all_processes().map_err(TargetError::ProcList)?;
+    Ok(all
+        .filter_map(Result::ok)
+        .filter_map(|process| process.stat().ok())
+        .filter(|stat| stat.flags & PF_KTHREAD == 0 && stat.state != 'Z')
+        .filter_map(|stat| {
+            Some(Process {
+                pid: u32::try_from(stat.pid).ok()?,
+                comm: stat.comm,
+                named_thread: None,
+            })
+        })
+        .collect())
+}
+
+/// Process `pid`'s soft limit on open files; `None` when unlimited or unreadable.
+pub fn fd_limit(pid: u32) -> Option<u64> {
+    let limits = procfs::process::Process::new(i32::try_from(pid).ok()?)
+        .and_then(|process| process.limits())
+        .ok()?;
+    match limits.max_open_files.soft_limit {
+        procfs::process::LimitValue::Value(limit) => Some(limit),
+        procfs::process::LimitValue::Unlimited => None,
+    }
 }
 
 /// The running processes named `name` (as `/proc/PID/comm` has it).

@@ -8,9 +8,15 @@ mod namespaces;
 pub use namespaces::Namespaces;
 
 use probe_common::TcpState;
-use std::{collections::HashSet, io};
+use std::{
+    collections::{HashMap, HashSet},
+    io,
+};
 
-use crate::track::{Endpoints, ExistingSocket, Holders};
+use crate::track::{
+    Endpoints, ExistingSocket, Holders,
+    triage::{PortSample, port_samples},
+};
 
 /// Why the sockets of a process could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +38,10 @@ pub struct Snapshot {
     /// Which of the processes hold each socket (by inode): more than one when a socket was
     /// inherited over fork or passed over a unix socket.
     pub holders: Holders,
+    /// How many files each of the processes has open.
+    pub fds: HashMap<u32, u64>,
+    /// The ephemeral ports each destination uses, per namespace.
+    pub ports: Vec<PortSample>,
 }
 
 impl Snapshot {
@@ -43,54 +53,77 @@ impl Snapshot {
 
 /// The TCP sockets of the network namespaces of the processes in `pids` (and of every
 /// namespace noted before, whose processes may have exited), with their tcp_info and who of
-/// `pids` holds each. A process that is gone by the time it is read is skipped.
-pub fn take(pids: &[u32], namespaces: &mut Namespaces) -> Result<Snapshot, SnapshotError> {
+/// `pids` holds each; how many files each process has open; the ephemeral ports in use toward
+/// each destination. A process that is gone by the time it is read is skipped; one that cannot
+/// be read (another user namespace's, say) is an error when `strict`, skipped otherwise (the
+/// whole host is read that way).
+pub fn take(
+    pids: &[u32],
+    namespaces: &mut Namespaces,
+    strict: bool,
+) -> Result<Snapshot, SnapshotError> {
+    let mut snapshot = Snapshot::default();
     // Socket inode -> the processes of `pids` that hold it (any kind of socket, for now).
     let mut held = Holders::new();
     let mut sorted = pids.to_vec();
     sorted.sort_unstable();
     for pid in sorted {
-        let inodes = match socket_inodes(pid) {
-            Ok(inodes) => inodes,
+        let table = match fd_table(pid) {
+            Ok(table) => table,
             Err(SnapshotError::Fds {
                 error: procfs::ProcError::NotFound(_),
                 ..
             }) => continue,
-            Err(error) => return Err(error),
+            Err(error) if strict => return Err(error),
+            Err(error) => {
+                log::debug!("{error}");
+                continue;
+            }
         };
         match namespaces.note(pid) {
             Ok(_) => {
-                for inode in inodes {
+                snapshot.fds.insert(pid, table.open);
+                for inode in table.sockets {
                     held.entry(inode).or_default().push(pid);
                 }
             }
             // Exited meanwhile: its namespace, if noted before, is read all the same.
             Err(error) if error.kind() == io::ErrorKind::NotFound => {}
-            Err(error) => return Err(SnapshotError::Diag { pid, error }),
+            Err(error) if strict => return Err(SnapshotError::Diag { pid, error }),
+            Err(error) => log::debug!("cannot enter the network namespace of {pid}: {error}"),
         }
     }
-    let dumps = namespaces
+    let tables = namespaces
         .dump_all()
         .map_err(|error| SnapshotError::Diag { pid: 0, error })?;
-    let mut snapshot = Snapshot::default();
-    for socket in dumps.values().flatten() {
-        if let Some(pids) = held.remove(&socket.inode) {
-            snapshot.holders.insert(socket.inode, pids);
+    for table in tables.values() {
+        for socket in &table.sockets {
+            if let Some(pids) = held.remove(&socket.inode) {
+                snapshot.holders.insert(socket.inode, pids);
+            }
         }
     }
-    // A socket in CLOSE was never connected (or is gone): it is not a connection yet. (This
-    // kernel's dump leaves bound, unconnected sockets out; others may not.)
-    for socket in dumps
-        .values()
-        .flatten()
-        .filter(|socket| socket.state != TcpState::Close)
-    {
-        let holder = snapshot
-            .holders
-            .get(&socket.inode)
-            .and_then(|pids| pids.first().copied())
-            .unwrap_or(0);
-        snapshot.sockets.push(existing(holder, socket));
+    for (&netns, table) in &tables {
+        let first = snapshot.sockets.len();
+        // A socket in CLOSE was never connected (or is gone): it is not a connection yet.
+        // (This kernel's dump leaves bound, unconnected sockets out; others may not.)
+        for socket in table
+            .sockets
+            .iter()
+            .filter(|socket| socket.state != TcpState::Close)
+        {
+            let holder = snapshot
+                .holders
+                .get(&socket.inode)
+                .and_then(|pids| pids.first().copied())
+                .unwrap_or(0);
+            snapshot.sockets.push(existing(holder, socket));
+        }
+        if let Some(range) = table.port_range {
+            snapshot
+                .ports
+                .extend(port_samples(netns, range, &snapshot.sockets[first..]));
+        }
     }
     Ok(snapshot)
 }
@@ -126,24 +159,33 @@ pub fn holders_anywhere(inodes: &HashSet<u64>) -> Holders {
 /// sockets), to size the kernel's maps before attaching; processes that cannot be read count 0.
 pub fn socket_count(pids: &[u32]) -> usize {
     pids.iter()
-        .map(|&pid| socket_inodes(pid).map_or(0, |inodes| inodes.len()))
+        .map(|&pid| fd_table(pid).map_or(0, |table| table.sockets.len()))
         .sum()
 }
 
 /// The inodes of the sockets process `pid` holds (all its threads share them).
-fn socket_inodes(pid: u32) -> Result<HashSet<u64>, SnapshotError> {
-    let fds = || -> procfs::ProcResult<HashSet<u64>> {
+/// What a process's fd table holds: its socket inodes, and how many files in all.
+struct FdTable {
+    sockets: HashSet<u64>,
+    open: u64,
+}
+
+fn fd_table(pid: u32) -> Result<FdTable, SnapshotError> {
+    let read = || -> procfs::ProcResult<FdTable> {
         let process = procfs::process::Process::new(pid as i32)?;
-        Ok(process
-            .fd()?
-            .filter_map(Result::ok)
-            .filter_map(|fd| match fd.target {
-                procfs::process::FDTarget::Socket(inode) => Some(inode),
-                _ => None,
-            })
-            .collect())
+        let mut table = FdTable {
+            sockets: HashSet::new(),
+            open: 0,
+        };
+        for fd in process.fd()?.filter_map(Result::ok) {
+            table.open += 1;
+            if let procfs::process::FDTarget::Socket(inode) = fd.target {
+                table.sockets.insert(inode);
+            }
+        }
+        Ok(table)
     };
-    fds().map_err(|error| SnapshotError::Fds { pid, error })
+    read().map_err(|error| SnapshotError::Fds { pid, error })
 }
 
 fn existing(pid: u32, socket: &diag::DiagSocket) -> ExistingSocket {
@@ -173,7 +215,7 @@ mod tests {
         let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (server, _) = listener.accept().unwrap();
         let me = std::process::id();
-        let snapshot = take(&[me], &mut Namespaces::default()).unwrap();
+        let snapshot = take(&[me], &mut Namespaces::default(), true).unwrap();
         let sockets: Vec<&ExistingSocket> = snapshot.held().collect();
         for stream in [&client, &server] {
             let (local, remote) = (stream.local_addr().unwrap(), stream.peer_addr().unwrap());

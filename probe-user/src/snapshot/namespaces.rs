@@ -33,21 +33,48 @@ impl Namespaces {
         Ok(inode)
     }
 
-    /// Every TCP socket of every namespace noted, by namespace inode.
-    pub fn dump_all(&self) -> io::Result<HashMap<u64, Vec<DiagSocket>>> {
+    /// Every TCP socket of every namespace noted, by namespace inode, with the namespace's
+    /// ephemeral port range.
+    pub fn dump_all(&self) -> io::Result<HashMap<u64, SocketTable>> {
         let own = fs::metadata("/proc/self/ns/net")?.ino();
         self.open
             .iter()
             .map(|(&inode, file)| {
-                let sockets = if inode == own {
-                    diag::dump_tcp()?
+                let table = if inode == own {
+                    read_table()?
                 } else {
-                    in_namespace(Arc::clone(file), diag::dump_tcp)?
+                    in_namespace(Arc::clone(file), read_table)?
                 };
-                Ok((inode, sockets))
+                Ok((inode, table))
             })
             .collect()
     }
+}
+
+/// One namespace's TCP sockets, and the range connect() picks local ports from.
+#[derive(Debug)]
+pub struct SocketTable {
+    pub sockets: Vec<DiagSocket>,
+    /// `net.ipv4.ip_local_port_range`, where it could be read.
+    pub port_range: Option<(u16, u16)>,
+}
+
+/// The calling thread's namespace's table (`/proc/sys/net` shows the namespace of whoever
+/// reads it).
+fn read_table() -> io::Result<SocketTable> {
+    Ok(SocketTable {
+        sockets: diag::dump_tcp()?,
+        port_range: fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .ok()
+            .and_then(|text| parse_port_range(&text)),
+    })
+}
+
+/// `32768\t60999\n` -> (32768, 60999).
+fn parse_port_range(text: &str) -> Option<(u16, u16)> {
+    let mut numbers = text.split_whitespace().map(str::parse::<u16>);
+    let (low, high) = (numbers.next()?.ok()?, numbers.next()?.ok()?);
+    (low <= high).then_some((low, high))
 }
 
 /// Runs `read` on a thread of its own that joins the network namespace `namespace` (so the
@@ -62,4 +89,17 @@ fn in_namespace<T: Send + 'static>(
     })
     .join()
     .map_err(|_| io::Error::other("the namespace reader panicked"))?
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn port_ranges_are_read_as_the_sysctl_writes_them() {
+        assert_eq!(
+            super::parse_port_range("32768\t60999\n"),
+            Some((32768, 60999))
+        );
+        assert_eq!(super::parse_port_range("60999 32768"), None);
+        assert_eq!(super::parse_port_range("x"), None);
+    }
 }

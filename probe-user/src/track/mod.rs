@@ -16,6 +16,7 @@ pub mod summary;
 pub mod table;
 pub mod time;
 pub mod tracker;
+pub mod triage;
 pub mod view;
 
 pub use activity::{Activity, ExistingSocket};

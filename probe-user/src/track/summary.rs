@@ -7,6 +7,7 @@ use probe_common::TcpState;
 use super::{
     code_path::CodePath,
     lifecycle::{ClosedFirst, Ending, History, OpenedBy, StateVisit},
+    triage::{PortReport, ProcessReport, Triage},
     view::{ConnectionView, Losses},
 };
 
@@ -119,12 +120,16 @@ pub struct CodePathGroup {
 }
 
 /// Open connections, oldest in their state first, with counts by state.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Summary {
     pub open: Vec<OpenConnection>,
     pub closed: ClosedCounts,
     /// What the kernel side could not deliver or follow.
     pub losses: Losses,
+    /// The processes, most stuck first, with their forecasts (see [`Summary::add_triage`]).
+    pub processes: Vec<ProcessReport>,
+    /// The destinations whose ephemeral ports fill up, fullest first.
+    pub ports: Vec<PortReport>,
     counts: BTreeMap<TcpState, usize>,
     stuck: BTreeMap<TcpState, usize>,
 }
@@ -144,16 +149,28 @@ impl Summary {
             open,
             closed,
             losses,
+            processes: Vec::new(),
+            ports: Vec::new(),
             counts,
             stuck,
         }
+    }
+
+    /// Adds the per-process and per-destination figures the triage keeps over the run.
+    pub fn add_triage(&mut self, triage: &Triage) {
+        self.processes = triage.processes(&self.open);
+        self.ports = triage.ports();
     }
 
     /// Keeps only the open connections for which `keep` holds, and recounts.
     pub fn retain(&mut self, keep: impl FnMut(&OpenConnection) -> bool) {
         let mut open = std::mem::take(&mut self.open);
         open.retain(keep);
+        let processes = std::mem::take(&mut self.processes);
+        let ports = std::mem::take(&mut self.ports);
         *self = Summary::new(open, self.closed, self.losses);
+        self.processes = processes;
+        self.ports = ports;
     }
 
     /// Open connections per state, for the states that have any.

@@ -38,7 +38,7 @@ pub fn bad_input_gets_a_clear_error_and_no_panic() -> TestResult {
             "power of two",
         ),
         (&["--comm", "/usr/bin/curl"], 2, "no path"),
-        (&["--json"], 2, "nothing to trace"),
+        (&["--json", "--follow-forks"], 2, "--follow-forks applies"),
         (&["--pid", "1", "--state", "x"], 2, "not a TCP state"),
         (
             &["--pid", "1", "--remote", "10.0.0.0/99"],

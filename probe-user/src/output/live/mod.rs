@@ -50,7 +50,7 @@ impl LiveView {
             view: view::View::new(targets),
             terminal: Some(terminal),
             clock,
-            after: TextSink::new(BufWriter::new(io::stdout()), clock, true),
+            after: TextSink::new(BufWriter::new(io::stdout()), clock, true, true),
         };
         Ok((live, received))
     }

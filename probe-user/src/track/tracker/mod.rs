@@ -15,6 +15,7 @@ use super::{
     summary::{ClosedCounts, OpenConnection, Summary},
     table::Table,
     time::Timestamp,
+    triage::StuckTally,
     view::{ConnectionView, Losses},
 };
 
@@ -116,6 +117,11 @@ impl Tracker {
             next_visit: 0,
             co_holders: FxHashMap::default(),
         }
+    }
+
+    /// Process `pid`'s name (`?` until it has one).
+    pub fn process_name(&self, pid: u32) -> Arc<str> {
+        owner_of(&self.processes, pid).comm
     }
 
     /// Whether process `pid` has a name here.
@@ -339,6 +345,22 @@ impl Tracker {
         // Unknown starts (already open before probe saw them) are the oldest of all.
         open.sort_by_key(|c| (c.connection.since, c.connection.key));
         Summary::new(open, self.closed, losses)
+    }
+
+    /// How many connections are stuck now, per process, state and remote endpoint.
+    pub fn stuck_tally(&self) -> StuckTally {
+        let mut tally = StuckTally::default();
+        for tracked in self.table.values().filter(|tracked| tracked.stuck) {
+            let connection = &tracked.connection;
+            *tally
+                .entry((
+                    connection.pid,
+                    connection.state(),
+                    connection.endpoints().remote,
+                ))
+                .or_default() += 1;
+        }
+        tally
     }
 
     /// How many connections are open.

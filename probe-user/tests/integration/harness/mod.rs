@@ -1,6 +1,7 @@
 //! What the integration tests share: the real `probe` ([`Probe`]), helper processes playing a
 //! [`Role`] ([`Helper`]), loopback servers, network namespaces, and `ss` as the oracle.
 
+mod cgroups;
 mod helper;
 mod netns;
 pub mod prerequisites;
@@ -11,6 +12,7 @@ mod ss;
 
 use std::time::Duration;
 
+pub use cgroups::TestCgroup;
 pub use helper::{Helper, this_binary};
 pub use netns::{NetworkNamespace, ip};
 pub use probe::{Probe, of_type, render, stuck, transitions};

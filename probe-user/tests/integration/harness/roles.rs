@@ -59,6 +59,16 @@ pub enum Role {
         server: SocketAddr,
         local_ports: Vec<u16>,
     },
+    /// After `go`, connects to `server` `per_second` times a second and keeps every connection,
+    /// until stdin closes or a connect fails; then tells `failed ERRNO UNIX_SECONDS` (with the
+    /// soft and hard limit on open files first lowered to `fd_limit`, when given).
+    Leak {
+        server: SocketAddr,
+        per_second: u32,
+        fd_limit: Option<u64>,
+        /// Stop connecting (and keep what it has) after this many.
+        most: Option<usize>,
+    },
     /// After `go`, starts a connect to `server` that will not complete (a black-holed
     /// address), answers `connecting`, and waits for stdin to close.
     ConnectHanging { server: SocketAddr },
@@ -227,6 +237,12 @@ impl Role {
                 drop(held);
                 Ok(())
             }
+            Role::Leak {
+                server,
+                per_second,
+                fd_limit,
+                most,
+            } => leak(server, per_second, fd_limit, most),
             Role::ConnectHanging { server } => {
                 wait_for_go()?;
                 thread::spawn(move || TcpStream::connect(server));
@@ -246,6 +262,59 @@ impl Role {
             }
         }
     }
+}
+
+fn leak(
+    server: SocketAddr,
+    per_second: u32,
+    fd_limit: Option<u64>,
+    most: Option<usize>,
+) -> Result<(), String> {
+    if let Some(limit) = fd_limit {
+        let limit = libc::rlimit {
+            rlim_cur: limit,
+            rlim_max: limit,
+        };
+        // SAFETY: setrlimit reads one valid rlimit.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+            return Err(std::io::Error::last_os_error().to_string());
+        }
+    }
+    wait_for_go()?;
+    let (done_tx, done) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        wait_for_eof();
+        let _ = done_tx.send(());
+    });
+    let every = Duration::from_secs(1) / per_second.max(1);
+    let start = Instant::now();
+    let mut held = Vec::new();
+    let mut failure = None;
+    while done.try_recv().is_err() {
+        if failure.is_none() && most.is_none_or(|most| held.len() < most) {
+            match TcpStream::connect(server) {
+                Ok(stream) => held.push(stream),
+                Err(error) => {
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_err(|e| e.to_string())?;
+                    answer(&format!(
+                        "failed {} {:.3}",
+                        error.raw_os_error().unwrap_or(0),
+                        now.as_secs_f64()
+                    ))?;
+                    failure = Some(error);
+                }
+            }
+        }
+        let next = start + every * (held.len() as u32 + 1);
+        thread::sleep(
+            next.saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(1)),
+        );
+    }
+    drop(held);
+    Ok(())
 }
 
 fn holding_server(bind: SocketAddr) -> Result<(), String> {

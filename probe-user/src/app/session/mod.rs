@@ -2,12 +2,14 @@
 //! tcp_info refreshes and stuck deadlines, until something says stop. [`Session::pump`] is one
 //! wakeup's work; [`Session::finish`] drains what is left the same way and writes the summary.
 
-use std::{io, time::Duration};
+mod processes;
+
+use std::{io, path::PathBuf, time::Duration};
 
 use anyhow::Context;
 use aya::maps::{MapData, RingBuf};
 use aya_log::EbpfLogger;
-use probe_common::ProcessEventKind;
+use rustc_hash::FxHashMap;
 use tokio::{
     io::{Interest, unix::AsyncFd},
     time::{Instant, sleep, sleep_until},
@@ -20,16 +22,16 @@ use super::{
 };
 use crate::{
     bpf::Tracer,
-    cli::Config,
+    cli::{Config, Scope},
     clock::monotonic_now,
-    output::{Key, KeyOutcome, Outputs, Sink, escape::terminal, filter::Filtered},
-    process::{
-        self,
-        watch::{ExitWatch, ProcessNews},
-    },
-    snapshot::{self, Namespaces},
+    output::{Key, KeyOutcome, Outputs, Sink, filter::Filtered},
+    process::{self, watch::ExitWatch},
+    snapshot::Namespaces,
     symbolize::CodePaths,
-    track::{CodePathSource, NoCodePaths, StateChange, Tracker, Transition},
+    track::{
+        CodePathSource, NoCodePaths, StateChange, Tracker, Transition,
+        triage::{Placement, Triage},
+    },
 };
 
 /// After the last traced process exits, keep reading this long: the FINs its exit sent are
@@ -106,6 +108,22 @@ pub struct Session {
     schedule: Schedule,
     /// The traced processes' network namespaces, kept open.
     namespaces: Namespaces,
+    /// Whose connections are traced.
+    scope: Watched,
+    /// How fast things pile up and run out, per process and destination.
+    triage: Triage,
+    /// Where each process runs (its container and pod), read once.
+    placements: FxHashMap<u32, Placement>,
+}
+
+/// Which processes the session looks at when it refreshes.
+enum Watched {
+    /// The named processes, their exits watched.
+    Processes,
+    /// Every process on the host.
+    Host,
+    /// The processes in these cgroups and below.
+    Cgroups(Vec<PathBuf>),
 }
 
 impl Session {
@@ -125,12 +143,21 @@ impl Session {
             attach,
             targets,
             namespaces,
+            cgroups,
         } = attached;
+        let scope = match config.scope {
+            Scope::Processes => Watched::Processes,
+            Scope::Host => Watched::Host,
+            Scope::Cgroups { .. } => Watched::Cgroups(cgroups),
+        };
         let mut tracker = Tracker::new(config.thresholds);
         let mut exits = ExitWatch::default();
         for process in &processes {
             tracker.register_process(process.pid, &process.comm);
-            exits.watch(process.pid);
+            // The host and cgroups do not end with their processes: no exit to watch.
+            if matches!(scope, Watched::Processes) {
+                exits.watch(process.pid);
+            }
         }
         for socket in &existing {
             tracker.seed(socket, attach);
@@ -138,6 +165,9 @@ impl Session {
         let (sink, keys) = outputs::make(config, targets, metrics_listener)?;
         let ticks = sink.wants_ticks();
         Ok(Session {
+            scope,
+            triage: Triage::default(),
+            placements: FxHashMap::default(),
             tracer,
             tracker,
             streams: Streams {
@@ -248,7 +278,7 @@ impl Session {
             Vec::new()
         };
         let shown = self.show(&abandoned).and_then(|()| {
-            if self.schedule.ticks && Instant::now() >= self.schedule.next_tick {
+            if Instant::now() >= self.schedule.next_tick {
                 self.schedule.next_tick = Instant::now() + TICK;
                 self.tick()?;
             }
@@ -283,9 +313,10 @@ impl Session {
         if let Some(code_paths) = &self.code_paths {
             code_paths.settle(SYMBOLIZE_GRACE);
         }
-        let summary = self
-            .tracker
-            .summary(monotonic_now(), self.code_path_source(), losses);
+        let now = monotonic_now();
+        self.triage.note_stuck(now, &self.tracker.stuck_tally());
+        let mut summary = self.tracker.summary(now, self.code_path_source(), losses);
+        summary.add_triage(&self.triage);
         if losses.lost_events > 0 || losses.untracked_sockets > 0 || counters.target_map_full > 0 {
             eprintln!(
                 "probe: warning: {} event(s) lost (ring buffer full: raise --ring-buffer-kib; \
@@ -303,20 +334,6 @@ impl Session {
             }
             _ => Ok(()),
         }
-    }
-
-    /// A traced process exited: stop when it was the last one (or the command).
-    fn exited(&mut self, pid: u32) -> anyhow::Result<Option<Stop>> {
-        self.tracer.remove_target(pid)?;
-        if self.command_pid == Some(pid) {
-            process::spawn::reap(pid);
-        }
-        let done = if self.follow {
-            self.exits.count() == 0 && !self.waits_for_new
-        } else {
-            self.command_pid == Some(pid) || self.exits.count() == 0
-        };
-        Ok(done.then_some(Stop::TargetsExited))
     }
 
     /// Connections that ended outside the kernel's view (`changes`), then every event waiting.
@@ -340,6 +357,12 @@ impl Session {
                     {
                         code_paths.note(stack);
                     }
+                    // Host-wide and in cgroups, processes are met as they connect.
+                    if !self.tracker.knows_process(transition.pid)
+                        && let Ok(process) = process::resolve(transition.pid)
+                    {
+                        self.tracker.register_process(transition.pid, &process.comm);
+                    }
                     self.sink.transition(&self.tracker.apply(&transition))?;
                 }
                 Err(error) => log::warn!("skipping a malformed kernel event: {error}"),
@@ -355,9 +378,14 @@ impl Session {
         Ok(())
     }
 
-    /// The whole table, for the sinks that look at it every second.
+    /// Every second: the stuck counts for the triage, and the whole table for the sinks that
+    /// look at it.
     fn tick(&mut self) -> io::Result<()> {
         let now = monotonic_now();
+        self.triage.note_stuck(now, &self.tracker.stuck_tally());
+        if !self.schedule.ticks {
+            return Ok(());
+        }
         let losses = match self.tracer.counters() {
             Ok(counters) => counters.losses(),
             Err(error) => {
@@ -365,7 +393,8 @@ impl Session {
                 Default::default()
             }
         };
-        let table = self.tracker.summary(now, self.code_path_source(), losses);
+        let mut table = self.tracker.summary(now, self.code_path_source(), losses);
+        table.add_triage(&self.triage);
         self.sink.tick(now, &table)
     }
 
@@ -374,83 +403,6 @@ impl Session {
             Some(code_paths) => code_paths,
             None => &NoCodePaths,
         }
-    }
-
-    /// Reads every fork and exec waiting.
-    fn follow_processes(&mut self) -> anyhow::Result<()> {
-        loop {
-            let news = match self.streams.process_events.get_mut().next() {
-                Some(item) => ProcessNews::decode(&item),
-                None => return Ok(()),
-            };
-            if let Some(news) = news {
-                self.follow_process(news)?;
-            }
-        }
-    }
-
-    /// A fork of a traced process (the kernel already made the child a target) or an exec.
-    fn follow_process(&mut self, news: ProcessNews) -> anyhow::Result<()> {
-        let pid = news.pid;
-        if news.kind == ProcessEventKind::Fork {
-            // The kernel cannot tell a new thread from a new process: threads already share
-            // their process's tgid, so their own entry is of no use.
-            let is_process = process::resolve(pid).is_ok_and(|p| p.named_thread.is_none());
-            if !is_process {
-                self.tracer.remove_target(pid)?;
-                return Ok(());
-            }
-        }
-        self.tracker.register_process(pid, &news.comm);
-        if !self.exits.is_alive(pid) {
-            log::debug!("now tracing {pid} ({})", terminal(&news.comm));
-            self.exits.watch(pid);
-        }
-        Ok(())
-    }
-
-    /// Samples tcp_info of the running targets' sockets (one sock_diag dump per namespace),
-    /// and brings owners up to date with who holds each socket: the connections nobody holds
-    /// any more whose process exited end here, for the sinks to show.
-    fn refresh(&mut self) -> anyhow::Result<Vec<StateChange>> {
-        self.schedule.refreshed_at = Instant::now();
-        let pids: Vec<u32> = self.exits.alive().collect();
-        let snapshot = match snapshot::take(&pids, &mut self.namespaces) {
-            Ok(snapshot) => snapshot,
-            Err(error) => {
-                // A permission problem, say: the next refresh will try again.
-                log::debug!("tcp_info refresh skipped: {error}");
-                return Ok(Vec::new());
-            }
-        };
-        self.tracker.refresh_activity(&snapshot.sockets);
-        let mut holders = snapshot.holders;
-        let unheld = self.tracker.unheld(&holders);
-        if !unheld.is_empty() {
-            holders.extend(snapshot::holders_anywhere(&unheld));
-        }
-        for pid in holders.values().flatten() {
-            if !self.tracker.knows_process(*pid)
-                && let Ok(process) = process::resolve(*pid)
-            {
-                self.tracker.register_process(*pid, &process.comm);
-            }
-        }
-        let exits = &self.exits;
-        let alive = |pid: u32| exits.is_alive(pid) || process::is_running(pid);
-        let mut abandoned = Vec::new();
-        for (change, key) in self
-            .tracker
-            .reconcile_holders(&holders, alive, monotonic_now())
-        {
-            // The kernel side stops following it too.
-            match key.socket() {
-                Some(socket) => self.tracer.forget_socket(socket)?,
-                None => self.tracer.forget_seed(change.cookie, &change.endpoints)?,
-            }
-            abandoned.push(change);
-        }
-        Ok(abandoned)
     }
 }
 

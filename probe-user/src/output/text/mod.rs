@@ -8,6 +8,8 @@ use crate::{
     track::{Diagnosis, Ending, StateChange, StuckAlert, Summary},
 };
 
+mod triage;
+
 /// How many frames of the program's own code a diagnosis names.
 const OPENED_AT_DEPTH: usize = 3;
 
@@ -22,6 +24,8 @@ use super::{
 pub struct TextSink<W: Write> {
     out: W,
     clock: WallClock,
+    /// Print every transition (host-wide, only the alerts and the summary by default).
+    transitions: bool,
     /// Emphasise alerts with ANSI colour (only on a terminal).
     colour: bool,
     header_written: bool,
@@ -31,11 +35,13 @@ pub struct TextSink<W: Write> {
 }
 
 impl<W: Write> TextSink<W> {
-    /// A sink writing to `out`; `colour` only when `out` is a terminal.
-    pub fn new(out: W, clock: WallClock, colour: bool) -> Self {
+    /// A sink writing to `out`; `colour` only when `out` is a terminal; `transitions` to print
+    /// every transition, not only the alerts and the summary.
+    pub fn new(out: W, clock: WallClock, colour: bool, transitions: bool) -> Self {
         TextSink {
             out,
             clock,
+            transitions,
             colour,
             header_written: false,
             times: TimeWriter::default(),
@@ -66,6 +72,9 @@ impl<W: Write> TextSink<W> {
 
 impl<W: Write> Sink for TextSink<W> {
     fn transition(&mut self, change: &StateChange) -> io::Result<()> {
+        if !self.transitions {
+            return Ok(());
+        }
         self.header()?;
         let ending = match change.ending {
             Some(Ending::TimeWait) => " (TIME_WAIT)",
@@ -106,7 +115,9 @@ impl<W: Write> Sink for TextSink<W> {
     }
 
     fn stuck(&mut self, alert: &StuckAlert) -> io::Result<()> {
-        self.header()?;
+        if self.transitions {
+            self.header()?;
+        }
         let view = &alert.connection;
         let how_long = if view.since_attach {
             format!(
@@ -211,6 +222,7 @@ impl<W: Write> Sink for TextSink<W> {
                 )?;
             }
         }
+        triage::write(&mut self.out, summary, self.clock)?;
         let closed = &summary.closed;
         writeln!(
             self.out,

@@ -1,6 +1,8 @@
 //! NDJSON output: one object per line, each with a `"type"`: `transition`, `stuck`, and
 //! `summary` (always the last line).
 
+mod triage;
+
 use std::{
     collections::BTreeMap,
     io::{self, Write},
@@ -183,6 +185,10 @@ struct SummaryRecord<'a> {
     closed: ClosedRecord,
     lost_events: u64,
     untracked_sockets: u64,
+    /// The processes, most stuck first, with their forecasts.
+    processes: Vec<triage::ProcessRecord<'a>>,
+    /// The destinations whose ephemeral ports fill up.
+    ports: Vec<triage::PortRecord>,
 }
 
 /// A number, or `null`.
@@ -335,6 +341,12 @@ impl<W: Write> Sink for JsonSink<W> {
             },
             lost_events: summary.losses.lost_events,
             untracked_sockets: summary.losses.untracked_sockets,
+            processes: summary
+                .processes
+                .iter()
+                .map(|report| triage::process(report, report.onset.map(|at| self.ts(at))))
+                .collect(),
+            ports: summary.ports.iter().map(triage::port).collect(),
         };
         self.line(&record)?;
         self.out.flush()

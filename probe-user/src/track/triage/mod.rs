@@ -1,0 +1,299 @@
+//! Triage: who is leaking, how fast, since when, and how long until it falls over. Fed with
+//! what the tracker and the refreshes see, it reports per process (stuck connections and how
+//! fast they pile up, open file descriptors against the limit) and per ephemeral port range (the
+//! ports one destination uses against the range connect() picks from), each with the time left
+//! before it runs out, where the trend says it will.
+
+mod ports;
+mod series;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::SocketAddr,
+    sync::Arc,
+    time::Duration,
+};
+
+use probe_common::TcpState;
+use rustc_hash::FxHashMap;
+
+pub use ports::{PortKey, PortReport, PortSample, port_samples};
+pub use series::Series;
+
+use super::{summary::OpenConnection, time::Timestamp};
+
+/// Where a process runs, as its cgroup tells.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Placement {
+    /// Its cgroup v2 path, where the process is in the unified hierarchy.
+    pub cgroup: Option<String>,
+    /// The container id (64 hex digits).
+    pub container: Option<String>,
+    /// The Kubernetes pod uid.
+    pub pod: Option<String>,
+}
+
+/// What a refresh read of one process.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProcessSample {
+    pub pid: u32,
+    /// Its name.
+    pub comm: Arc<str>,
+    /// Its open file descriptors.
+    pub fds_open: u64,
+    /// Its soft `RLIMIT_NOFILE`; `None` when unlimited or unreadable.
+    pub fd_limit: Option<u64>,
+    pub placement: Placement,
+}
+
+/// Stuck connections of one process in one state to one remote endpoint, at a moment.
+pub type StuckTally = FxHashMap<(u32, TcpState, SocketAddr), usize>;
+
+/// The stuck connections of a process that share a state and remote endpoint.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StuckGroupRate {
+    pub state: TcpState,
+    pub remote: SocketAddr,
+    pub count: usize,
+    /// How many more per minute, by the trend over the run.
+    pub per_minute: Option<f64>,
+}
+
+/// One process, as the triage table shows it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProcessReport {
+    pub pid: u32,
+    pub comm: Arc<str>,
+    pub placement: Placement,
+    /// Open connections, and how many in each state.
+    pub open: usize,
+    pub counts: BTreeMap<TcpState, usize>,
+    pub stuck: usize,
+    /// Its largest group of stuck connections.
+    pub worst: Option<StuckGroupRate>,
+    /// Stuck connections per minute, by the trend over the run (all its groups).
+    pub leak_per_min: Option<f64>,
+    /// When its oldest stuck connection entered its state.
+    pub onset: Option<Timestamp>,
+    /// That connection predates probe: `onset` is the latest it can have been (from tcp_info).
+    pub onset_estimated: bool,
+    pub fds_open: Option<u64>,
+    pub fd_limit: Option<u64>,
+    /// How long until it has no file descriptor left, at the trend over the run; `None` when
+    /// the count is not growing (or has no limit).
+    pub fd_exhaustion: Option<Duration>,
+}
+
+#[derive(Debug, Default)]
+struct ProcessTrack {
+    comm: Option<Arc<str>>,
+    placement: Placement,
+    fds: Series,
+    fds_open: Option<u64>,
+    fd_limit: Option<u64>,
+    stuck: Series,
+    groups: FxHashMap<(TcpState, SocketAddr), Series>,
+}
+
+/// The triage's memory of the run: a series per process and port range.
+#[derive(Debug, Default)]
+pub struct Triage {
+    processes: FxHashMap<u32, ProcessTrack>,
+    ports: HashMap<PortKey, (Series, u32, (u16, u16))>,
+}
+
+impl Triage {
+    /// Notes what a refresh read of the processes; those no longer among them are forgotten
+    /// unless they still have stuck connections.
+    pub fn note_processes(&mut self, now: Timestamp, samples: &[ProcessSample]) {
+        for sample in samples {
+            let track = self.processes.entry(sample.pid).or_default();
+            track.placement = sample.placement.clone();
+            track.comm = Some(Arc::clone(&sample.comm));
+            track.fds.push(now, sample.fds_open as f64);
+            track.fds_open = Some(sample.fds_open);
+            track.fd_limit = sample.fd_limit;
+        }
+        let seen: FxHashMap<u32, ()> = samples.iter().map(|s| (s.pid, ())).collect();
+        self.processes.retain(|pid, track| {
+            seen.contains_key(pid) || track.stuck.last().is_some_and(|stuck| stuck > 0.0)
+        });
+    }
+
+    /// Notes how many connections of each process are stuck now, by state and remote.
+    pub fn note_stuck(&mut self, now: Timestamp, tally: &StuckTally) {
+        let mut totals: FxHashMap<u32, usize> = FxHashMap::default();
+        for (&(pid, _, _), &count) in tally {
+            *totals.entry(pid).or_default() += count;
+        }
+        for &pid in totals.keys() {
+            self.processes.entry(pid).or_default();
+        }
+        for (pid, track) in &mut self.processes {
+            let total = totals.get(pid).copied().unwrap_or(0);
+            // A process's series starts at its first stuck connection.
+            if total > 0 || track.stuck.last().is_some() {
+                track.stuck.push(now, total as f64);
+            }
+            for ((state, remote), series) in &mut track.groups {
+                let count = tally.get(&(*pid, *state, *remote)).copied().unwrap_or(0);
+                series.push(now, count as f64);
+            }
+            // A group whose connections are all gone is no leak any more.
+            track
+                .groups
+                .retain(|_, series| series.last().is_some_and(|count| count > 0.0));
+        }
+        for (&(pid, state, remote), &count) in tally {
+            if let Some(track) = self.processes.get_mut(&pid) {
+                track.groups.entry((state, remote)).or_insert_with(|| {
+                    let mut series = Series::default();
+                    series.push(now, count as f64);
+                    series
+                });
+            }
+        }
+    }
+
+    /// Notes the ports in use toward each destination.
+    pub fn note_ports(&mut self, now: Timestamp, samples: &[PortSample]) {
+        for sample in samples {
+            let entry = self
+                .ports
+                .entry(sample.key.clone())
+                .or_insert_with(|| (Series::default(), 0, sample.range));
+            entry.0.push(now, f64::from(sample.in_use));
+            entry.1 = sample.in_use;
+            entry.2 = sample.range;
+        }
+        for (key, entry) in &mut self.ports {
+            if !samples.iter().any(|sample| sample.key == *key) {
+                entry.0.push(now, 0.0);
+                entry.1 = 0;
+            }
+        }
+        self.ports.retain(|_, (_, in_use, _)| *in_use > 0);
+    }
+
+    /// The processes with connections or a file descriptor forecast, the most stuck (then the
+    /// fastest leaking) first.
+    pub fn processes(&self, open: &[OpenConnection]) -> Vec<ProcessReport> {
+        let mut reports: FxHashMap<u32, ProcessReport> = FxHashMap::default();
+        for connection in open {
+            let view = &connection.connection;
+            let report = reports
+                .entry(view.owner.pid)
+                .or_insert_with(|| self.blank(view.owner.pid, Some(&view.owner.comm)));
+            report.open += 1;
+            *report.counts.entry(view.state).or_insert(0) += 1;
+            if connection.stuck {
+                report.stuck += 1;
+                if report
+                    .onset
+                    .is_none_or(|onset| view.since.is_some_and(|s| s < onset))
+                {
+                    report.onset = view.since;
+                    report.onset_estimated = view.since_attach;
+                }
+            }
+        }
+        for (&pid, track) in &self.processes {
+            if track.fd_exhaustion().is_some() {
+                reports.entry(pid).or_insert_with(|| self.blank(pid, None));
+            }
+        }
+        let mut reports: Vec<ProcessReport> = reports.into_values().collect();
+        for report in &mut reports {
+            report.worst = self.worst_group(report.pid);
+        }
+        reports.sort_by(|a, b| {
+            b.stuck
+                .cmp(&a.stuck)
+                .then(
+                    b.leak_per_min
+                        .unwrap_or(0.0)
+                        .total_cmp(&a.leak_per_min.unwrap_or(0.0)),
+                )
+                .then(b.open.cmp(&a.open))
+                .then(a.pid.cmp(&b.pid))
+        });
+        reports
+    }
+
+    /// The ranges toward one destination that are filling, the fullest first.
+    pub fn ports(&self) -> Vec<PortReport> {
+        let mut reports: Vec<PortReport> = self
+            .ports
+            .iter()
+            .map(|(key, (series, in_use, range))| {
+                let size = u32::from(range.1.saturating_sub(range.0)) + 1;
+                let left = f64::from(size.saturating_sub(*in_use));
+                PortReport {
+                    key: key.clone(),
+                    in_use: *in_use,
+                    range: *range,
+                    exhaustion: time_left(left, series.slope_per_second()),
+                }
+            })
+            .collect();
+        reports.sort_by(|a, b| b.in_use.cmp(&a.in_use).then(a.key.cmp(&b.key)));
+        reports
+    }
+
+    fn blank(&self, pid: u32, comm: Option<&Arc<str>>) -> ProcessReport {
+        let track = self.processes.get(&pid);
+        ProcessReport {
+            pid,
+            comm: comm
+                .or_else(|| track.and_then(|t| t.comm.as_ref()))
+                .cloned()
+                .unwrap_or_else(|| Arc::from("?")),
+            placement: track.map(|t| t.placement.clone()).unwrap_or_default(),
+            open: 0,
+            counts: BTreeMap::new(),
+            stuck: 0,
+            worst: None,
+            leak_per_min: track
+                .and_then(|t| t.stuck.slope_per_second())
+                .map(|slope| slope * 60.0),
+            onset: None,
+            onset_estimated: false,
+            fds_open: track.and_then(|t| t.fds_open),
+            fd_limit: track.and_then(|t| t.fd_limit),
+            fd_exhaustion: track.and_then(ProcessTrack::fd_exhaustion),
+        }
+    }
+
+    fn worst_group(&self, pid: u32) -> Option<StuckGroupRate> {
+        let track = self.processes.get(&pid)?;
+        track
+            .groups
+            .iter()
+            .filter_map(|(&(state, remote), series)| {
+                let count = series.last()? as usize;
+                (count > 0).then(|| StuckGroupRate {
+                    state,
+                    remote,
+                    count,
+                    per_minute: series.slope_per_second().map(|slope| slope * 60.0),
+                })
+            })
+            .max_by(|a, b| a.count.cmp(&b.count).then(b.remote.cmp(&a.remote)))
+    }
+}
+
+impl ProcessTrack {
+    fn fd_exhaustion(&self) -> Option<Duration> {
+        let left = self.fd_limit? as f64 - self.fds_open? as f64;
+        time_left(left, self.fds.slope_per_second())
+    }
+}
+
+/// How long until `left` runs out at `slope` per second; `None` when it is not shrinking.
+fn time_left(left: f64, slope: Option<f64>) -> Option<Duration> {
+    let slope = slope.filter(|slope| *slope > 1e-9)?;
+    Some(Duration::from_secs_f64((left.max(0.0) / slope).min(1e9)))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,138 @@
+//! A quantity sampled over a run, and how fast it grows: the Theil–Sen slope (the median of the
+//! slopes between every two samples), which a few outliers (a burst, a pause) cannot swing the
+//! way they swing a least-squares line, let alone a line through two points.
+
+use crate::track::time::Timestamp;
+
+/// Samples kept per series: when full, every other one goes, so the series always spans the
+/// whole run, more coarsely as it gets longer.
+const CAPACITY: usize = 64;
+
+/// Samples of one quantity, oldest first.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Series {
+    /// (seconds since boot, value).
+    points: Vec<(f64, f64)>,
+    /// Keep every `stride`-th sample from now on (doubles at each thinning).
+    stride: u32,
+    /// Samples seen since the last one kept.
+    skipped: u32,
+}
+
+impl Series {
+    /// Adds the value at `at`.
+    pub fn push(&mut self, at: Timestamp, value: f64) {
+        let stride = self.stride.max(1);
+        self.skipped += 1;
+        if self.skipped < stride && !self.points.is_empty() {
+            // The newest sample always replaces the last kept one between strides, so the
+            // series ends at the present.
+            if let Some(last) = self.points.last_mut() {
+                *last = (seconds(at), value);
+            }
+            return;
+        }
+        self.skipped = 0;
+        if self.points.len() == CAPACITY {
+            let mut index = 0;
+            self.points.retain(|_| {
+                index += 1;
+                index % 2 == 1
+            });
+            self.stride = stride * 2;
+        }
+        self.points.push((seconds(at), value));
+    }
+
+    /// The latest value.
+    pub fn last(&self) -> Option<f64> {
+        self.points.last().map(|&(_, value)| value)
+    }
+
+    /// When the first sample was taken.
+    pub fn first_at(&self) -> Option<f64> {
+        self.points.first().map(|&(at, _)| at)
+    }
+
+    /// Growth per second, by Theil–Sen; `None` with fewer than three samples (two points make
+    /// a line, not a trend).
+    pub fn slope_per_second(&self) -> Option<f64> {
+        if self.points.len() < 3 {
+            return None;
+        }
+        let mut slopes: Vec<f64> = Vec::with_capacity(self.points.len() * self.points.len() / 2);
+        for (i, &(t0, v0)) in self.points.iter().enumerate() {
+            for &(t1, v1) in &self.points[i + 1..] {
+                if t1 > t0 {
+                    slopes.push((v1 - v0) / (t1 - t0));
+                }
+            }
+        }
+        if slopes.is_empty() {
+            return None;
+        }
+        slopes.sort_by(f64::total_cmp);
+        let middle = slopes.len() / 2;
+        Some(if slopes.len() % 2 == 1 {
+            slopes[middle]
+        } else {
+            (slopes[middle - 1] + slopes[middle]) / 2.0
+        })
+    }
+}
+
+fn seconds(at: Timestamp) -> f64 {
+    at.as_nanos() as f64 / 1e9
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(seconds: f64) -> Timestamp {
+        Timestamp::from_nanos((seconds * 1e9) as u64)
+    }
+
+    #[test]
+    fn the_slope_of_a_steady_leak_shrugs_off_outliers() {
+        let mut series = Series::default();
+        for second in 0..30 {
+            // 2 per second, with a burst of 50 at second 10 that went away again.
+            let value = if second == 10 {
+                70.0
+            } else {
+                2.0 * second as f64
+            };
+            series.push(at(second as f64), value);
+        }
+        let slope = series.slope_per_second().unwrap();
+        assert!((slope - 2.0).abs() < 0.01, "{slope}");
+        assert_eq!(series.last(), Some(58.0));
+    }
+
+    #[test]
+    fn two_points_are_no_trend_and_a_flat_series_has_none() {
+        let mut series = Series::default();
+        series.push(at(0.0), 1.0);
+        series.push(at(1.0), 5.0);
+        assert_eq!(series.slope_per_second(), None);
+        let mut flat = Series::default();
+        for second in 0..4 {
+            flat.push(at(second as f64), 5.0);
+        }
+        assert_eq!(flat.slope_per_second(), Some(0.0));
+    }
+
+    #[test]
+    fn a_long_run_keeps_its_span_in_bounded_memory() {
+        let mut series = Series::default();
+        for second in 0..10_000 {
+            series.push(at(second as f64), second as f64 / 10.0);
+        }
+        assert!(series.points.len() <= CAPACITY);
+        assert_eq!(series.first_at(), Some(0.0));
+        assert_eq!(series.last(), Some(999.9));
+        let slope = series.slope_per_second().unwrap();
+        assert!((slope - 0.1).abs() < 1e-6, "{slope}");
+    }
+}

@@ -1,0 +1,107 @@
+//! The triage, fed made-up samples: forecasts that follow the trend, and the table's order.
+
+use std::time::Duration;
+
+use probe_common::TcpState;
+
+use super::*;
+use crate::track::{ExistingSocket, event::Endpoints, time::Timestamp};
+
+fn at(seconds: u64) -> Timestamp {
+    Timestamp::from_nanos(seconds * 1_000_000_000)
+}
+
+#[test]
+fn file_descriptors_run_out_when_the_trend_says() {
+    let mut triage = Triage::default();
+    // 10 fds a second from 100, limit 256: at 10 s, 200 open, 5.6 s left.
+    for second in 0..=10 {
+        triage.note_processes(
+            at(second),
+            &[ProcessSample {
+                pid: 7,
+                comm: "leaker".into(),
+                fds_open: 100 + 10 * second,
+                fd_limit: Some(256),
+                placement: Placement::default(),
+            }],
+        );
+    }
+    let reports = triage.processes(&[]);
+    assert_eq!(reports.len(), 1);
+    let left = reports[0].fd_exhaustion.unwrap();
+    assert!((left.as_secs_f64() - 5.6).abs() < 0.01, "{left:?}");
+    assert_eq!(reports[0].fds_open, Some(200));
+}
+
+#[test]
+fn a_steady_process_has_no_forecast() {
+    let mut triage = Triage::default();
+    for second in 0..10 {
+        triage.note_processes(
+            at(second),
+            &[ProcessSample {
+                pid: 7,
+                comm: "leaker".into(),
+                fds_open: 40,
+                fd_limit: Some(1024),
+                placement: Placement::default(),
+            }],
+        );
+    }
+    assert!(triage.processes(&[]).is_empty(), "nothing to show");
+}
+
+#[test]
+fn leak_rates_come_from_the_stuck_counts_over_the_run() {
+    let mut triage = Triage::default();
+    let remote = "10.0.3.7:5432".parse().unwrap();
+    for second in 0..60 {
+        let mut tally = StuckTally::default();
+        // 38 a minute to one database, for one process; none for the other.
+        tally.insert(
+            (1, TcpState::CloseWait, remote),
+            (second * 38 / 60) as usize,
+        );
+        triage.note_stuck(at(second), &tally);
+    }
+    let group = triage.worst_group(1).unwrap();
+    assert_eq!(group.remote, remote);
+    assert!((group.per_minute.unwrap() - 38.0).abs() < 1.5, "{group:?}");
+    assert!(triage.worst_group(2).is_none());
+}
+
+#[test]
+fn ports_toward_one_destination_run_out_at_the_trend() {
+    let mut triage = Triage::default();
+    let sockets = |n: u16| -> Vec<ExistingSocket> {
+        (0..n)
+            .map(|i| ExistingSocket {
+                pid: 0,
+                inode: u64::from(i) + 1,
+                cookie: 0,
+                state: if i % 2 == 0 {
+                    TcpState::TimeWait
+                } else {
+                    TcpState::Established
+                },
+                endpoints: Endpoints::parse(&format!("10.0.0.1:{}", 60_000 + i), "10.0.0.2:80"),
+                activity: None,
+                last_ack_received: None,
+            })
+            .collect()
+    };
+    for second in 0..10u16 {
+        let samples = port_samples(1, (60_000, 60_199), &sockets(10 * second + 10));
+        triage.note_ports(at(u64::from(second)), &samples);
+    }
+    let reports = triage.ports();
+    assert_eq!(reports.len(), 1);
+    assert_eq!(reports[0].in_use, 100);
+    // 100 of 200 used, 10 more a second: 10 s left.
+    assert_eq!(reports[0].exhaustion, Some(Duration::from_secs(10)));
+    // A listener's port, or one outside the range, is no ephemeral port.
+    let mut listener = sockets(1);
+    listener[0].state = TcpState::Listen;
+    assert!(port_samples(1, (60_000, 60_199), &listener).is_empty());
+}

@@ -1,0 +1,362 @@
+//! From symptom to culprit: the whole host, cgroups and containers, and forecasts checked
+//! against what really happens.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    process::{Command, Stdio},
+    thread,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use serde_json::Value;
+
+use crate::harness::{
+    Helper, NetworkNamespace, Probe, Role, ServerMode, TestCgroup, TestResult, ensure, render,
+    server, ss_sockets_of,
+};
+
+/// The summary's process records, by pid.
+fn processes(summary: &Value) -> HashMap<u64, &Value> {
+    summary["processes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| Some((p["pid"].as_u64()?, p)))
+        .collect()
+}
+
+/// Where `pid` ranks in the summary's process table (0 is first).
+fn rank(summary: &Value, pid: u32) -> Option<usize> {
+    summary["processes"]
+        .as_array()?
+        .iter()
+        .position(|p| p["pid"] == pid)
+}
+
+fn leak(server: SocketAddr, per_second: u32, most: usize) -> Role {
+    Role::Leak {
+        server,
+        per_second,
+        fd_limit: None,
+        most: Some(most),
+    }
+}
+
+/// `sudo probe` with no target, on a host with a fast leaker, a slow one, a healthy churner
+/// and a leaker in a network namespace and cgroup of its own: the leakers rank by how much
+/// they leak, each one's stuck count is what `ss -tanp` shows for it (inside its namespace for
+/// the last), the churner has none, the faster leaker leaks faster.
+pub fn the_whole_host_ranks_its_leakers_and_agrees_with_ss() -> TestResult {
+    let closing = server("127.0.0.1:0", ServerMode::CloseAtOnce)?;
+    let mut fast = Helper::start(&leak(closing, 12, 30))?;
+    let mut slow = Helper::start(&leak(closing, 4, 10))?;
+    let mut churner = Helper::start(&Role::Churn { seconds: 5 })?;
+    let namespace = NetworkNamespace::create()?;
+    let mut inner_server = Helper::start_in(&namespace.name, &Role::ClosingServer)?;
+    let port: u16 = inner_server.hear()?.parse().map_err(|_| "no port")?;
+    let mut contained = Helper::start_in(
+        &namespace.name,
+        &leak(SocketAddr::from(([127, 0, 0, 1], port)), 6, 18),
+    )?;
+    let cgroup = TestCgroup::create(&format!("probe-test-{}-leaker", std::process::id()))?;
+    cgroup.add(contained.pid())?;
+
+    let probe = Probe::start(&["--close-wait-after", "500ms", "--established-after", "4s"])?;
+    for helper in [&mut fast, &mut slow, &mut churner, &mut contained] {
+        helper.say("go")?;
+    }
+    thread::sleep(Duration::from_secs(5));
+    let expected: Vec<(u32, usize)> = vec![
+        (fast.pid(), ss_sockets_of(fast.pid(), "close-wait")?.len()),
+        (slow.pid(), ss_sockets_of(slow.pid(), "close-wait")?.len()),
+        (
+            contained.pid(),
+            namespace.ss(contained.pid(), "close-wait", 18)?.len(),
+        ),
+    ];
+    let records = probe.stop()?;
+    let summary = records.last().ok_or("no summary")?;
+    let table = processes(summary);
+    for &(pid, in_ss) in &expected {
+        let shown = table.get(&u64::from(pid)).and_then(|p| p["stuck"].as_u64());
+        ensure(shown == Some(in_ss as u64), || {
+            format!(
+                "pid {pid}: probe {shown:?} stuck, ss {in_ss}:\n{}",
+                render(&records)
+            )
+        })?;
+    }
+    let ranks: Vec<Option<usize>> = expected
+        .iter()
+        .map(|&(pid, _)| rank(summary, pid))
+        .collect();
+    ensure(
+        matches!(ranks.as_slice(), [Some(a), Some(b), Some(c)] if a < c && c < b),
+        || format!("ranks fast, slow, contained: {ranks:?}\n{summary}"),
+    )?;
+    let churned = table
+        .get(&u64::from(churner.pid()))
+        .and_then(|p| p["stuck"].as_u64())
+        .unwrap_or(0);
+    ensure(churned == 0, || format!("the churner has {churned} stuck"))?;
+    let rate = |pid: u32| {
+        table
+            .get(&u64::from(pid))
+            .and_then(|p| p["leak_per_min"].as_f64())
+    };
+    ensure(rate(fast.pid()) > rate(slow.pid()), || {
+        format!(
+            "leak rates: fast {:?}, slow {:?}",
+            rate(fast.pid()),
+            rate(slow.pid())
+        )
+    })?;
+    let inside = &table[&u64::from(contained.pid())];
+    ensure(inside["cgroup"] == cgroup.relative(), || {
+        format!("the contained leaker's record: {inside}")
+    })?;
+    for helper in [fast, slow, churner, contained] {
+        helper.finish()?;
+    }
+    Ok(())
+}
+
+const CONTAINER: &str = "7c0ffee5c0ffee5c0ffee5c0ffee5c0ffee5c0ffee5c0ffee5c0ffee5c0ffee5";
+const POD: &str = "1b4e28ba-2fa1-11d2-883f-0016d3cca427";
+
+/// `--cgroup` on a pod's cgroup (named as the kubelet's systemd driver names them): only the
+/// processes in its container's cgroup below are traced, and they carry the pod and container;
+/// `--container` with the first digits of the id traces the same.
+pub fn a_cgroup_is_traced_with_its_pod_and_container() -> TestResult {
+    let pod_slice = format!(
+        "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice",
+        POD.replace('-', "_")
+    );
+    let cgroup = TestCgroup::create(&format!("{pod_slice}/cri-containerd-{CONTAINER}.scope"))?;
+    let closing = server("127.0.0.1:0", ServerMode::CloseAtOnce)?;
+    let mut inside = Helper::start(&leak(closing, 20, 3))?;
+    cgroup.add(inside.pid())?;
+    let mut outside = Helper::start(&leak(closing, 20, 3))?;
+    let by_pod = Probe::start(&[
+        "--cgroup",
+        &format!("/{pod_slice}"),
+        "--close-wait-after",
+        "500ms",
+    ])?;
+    let by_container = Probe::start(&[
+        "--container",
+        &CONTAINER[..10],
+        "--close-wait-after",
+        "500ms",
+    ])?;
+    inside.say("go")?;
+    outside.say("go")?;
+    thread::sleep(Duration::from_secs(2));
+    for probe in [by_pod, by_container] {
+        let records = probe.stop()?;
+        let pids: Vec<&Value> = records
+            .iter()
+            .filter(|r| r["type"] != "summary")
+            .map(|r| &r["pid"])
+            .collect();
+        ensure(
+            !pids.is_empty() && pids.iter().all(|pid| **pid == inside.pid()),
+            || format!("records of other processes:\n{}", render(&records)),
+        )?;
+        let summary = records.last().ok_or("no summary")?;
+        let table = processes(summary);
+        let record = table
+            .get(&u64::from(inside.pid()))
+            .ok_or_else(|| format!("no record of {}: {summary}", inside.pid()))?;
+        ensure(
+            record["pod"] == POD && record["container"] == CONTAINER && record["stuck"] == 3,
+            || format!("record: {record}"),
+        )?;
+    }
+    inside.finish()?;
+    outside.finish()
+}
+
+/// Runs probe with `args` to completion; its exit code and stderr.
+fn probe_fails(args: &[&str]) -> Result<(Option<i32>, String), String> {
+    let output = Command::new(env!("CARGO_BIN_EXE_probe"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| e.to_string())?;
+    Ok((
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    ))
+}
+
+/// A cgroup path that does not exist or is no cgroup v2 directory, a container id that
+/// matches none or several: clear errors.
+pub fn bad_cgroups_and_containers_are_clear_errors() -> TestResult {
+    let prefix = "5eed5eed5eed";
+    let ids = [
+        format!("{prefix}{}", "a".repeat(52)),
+        format!("{prefix}{}", "b".repeat(52)),
+    ];
+    let mut sleepers = Vec::new();
+    let mut cgroups = Vec::new();
+    for id in &ids {
+        let cgroup = TestCgroup::create(&format!("probe-test-docker-{id}.scope"))?;
+        let sleeper = crate::harness::Idle::start()?;
+        cgroup.add(sleeper.pid().parse().map_err(|_| "bad pid")?)?;
+        sleepers.push(sleeper);
+        cgroups.push(cgroup);
+    }
+    // The directories above are named `probe-test-docker-<id>.scope`: not a runtime's name.
+    // These are, so that the ids can be found.
+    drop(cgroups);
+    let mut cgroups = Vec::new();
+    for (id, sleeper) in ids.iter().zip(&sleepers) {
+        let cgroup = TestCgroup::create(&format!("docker-{id}.scope"))?;
+        cgroup.add(sleeper.pid().parse().map_err(|_| "bad pid")?)?;
+        cgroups.push(cgroup);
+    }
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["--cgroup", "/no/such/cgroup"],
+            "not a cgroup v2 directory",
+        ),
+        (&["--cgroup", "/tmp"], "not a cgroup v2 directory"),
+        (&["--container", "zzz"], "not a container id"),
+        (&["--container", "0123456789"], "no running container"),
+        (&["--container", prefix], "matches 2 containers"),
+    ];
+    for (args, hint) in cases {
+        let (code, stderr) = probe_fails(args)?;
+        ensure(code == Some(1) && stderr.contains(hint), || {
+            format!("probe {args:?} exited {code:?}: {stderr}")
+        })?;
+    }
+    drop(cgroups);
+    drop(sleepers);
+    Ok(())
+}
+
+/// Wall-clock seconds now.
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// `failed ERRNO UNIX_SECONDS` from a leaking helper.
+fn failure(line: &str) -> Result<(i32, f64), String> {
+    let mut words = line.split_whitespace();
+    ensure(words.next() == Some("failed"), || format!("heard {line:?}"))?;
+    let errno = words
+        .next()
+        .and_then(|e| e.parse().ok())
+        .ok_or("no errno")?;
+    let at = words.next().and_then(|t| t.parse().ok()).ok_or("no time")?;
+    Ok((errno, at))
+}
+
+/// A forecast read at `read_at` that said `left` seconds, against the real end at `ended`:
+/// within 20% of the time that was really left.
+fn within_a_fifth(what: &str, read_at: f64, left: f64, ended: f64) -> TestResult {
+    let real = ended - read_at;
+    println!("{what} forecast: {left:.2} s left; really {real:.2} s");
+    ensure(real > 0.0 && (left - real).abs() <= 0.2 * real, || {
+        format!("forecast {left:.2}s left, really {real:.2}s")
+    })
+}
+
+/// A client limited to 256 open files leaks connections at a steady rate until accept... its
+/// connect fails with EMFILE; read half-way, probe's `fd_exhaustion_s` is within 20% of when
+/// that really happened.
+pub fn the_fd_forecast_matches_when_the_client_runs_out() -> TestResult {
+    let holding = server("127.0.0.1:0", ServerMode::Hold)?;
+    let mut client = Helper::start(&Role::Leak {
+        server: holding,
+        per_second: 40,
+        fd_limit: Some(256),
+        most: None,
+    })?;
+    let pid = client.pid();
+    // --established-after 4s: a refresh, and an fd sample, every second.
+    let probe = Probe::start(&["--pid", &pid.to_string(), "--established-after", "4s"])?;
+    client.say("go")?;
+    thread::sleep(Duration::from_millis(3200));
+    let read_at = unix_now();
+    let records = probe.stop()?;
+    let (errno, ended) = failure(&client.hear()?)?;
+    ensure(errno == libc::EMFILE, || {
+        format!("connect failed with errno {errno}")
+    })?;
+    let summary = records.last().ok_or("no summary")?;
+    let record = processes(summary)
+        .get(&u64::from(pid))
+        .copied()
+        .ok_or_else(|| format!("no record of {pid}: {summary}"))?;
+    let left = record["fd_exhaustion_s"]
+        .as_f64()
+        .ok_or_else(|| format!("no fd forecast: {record}"))?;
+    ensure(record["fd_limit"] == 256, || record.to_string())?;
+    within_a_fifth("fd", read_at, left, ended)?;
+    client.finish()
+}
+
+/// A client in a namespace whose ephemeral range is 200 ports leaks connections to one
+/// destination until connect() fails with EADDRNOTAVAIL; read half-way, probe's port forecast
+/// is within 20% of when that really happened.
+pub fn the_port_forecast_matches_when_connect_fails() -> TestResult {
+    let namespace = NetworkNamespace::create()?;
+    let sysctl = Command::new("ip")
+        .args(["netns", "exec", &namespace.name, "sysctl", "-qw"])
+        .arg("net.ipv4.ip_local_port_range=60000 60199")
+        .status()
+        .map_err(|e| e.to_string())?;
+    ensure(sysctl.success(), || "cannot set the port range".into())?;
+    let mut listener = Helper::start_in(
+        &namespace.name,
+        &Role::HoldingServer {
+            bind: "127.0.0.1:5000".parse().map_err(|_| "bad address")?,
+        },
+    )?;
+    listener.hear()?;
+    let mut client = Helper::start_in(
+        &namespace.name,
+        &Role::Leak {
+            server: "127.0.0.1:5000".parse().map_err(|_| "bad address")?,
+            per_second: 30,
+            fd_limit: None,
+            most: None,
+        },
+    )?;
+    let pid = client.pid();
+    let probe = Probe::start(&["--pid", &pid.to_string(), "--established-after", "4s"])?;
+    let started = Instant::now();
+    client.say("go")?;
+    thread::sleep(Duration::from_millis(3500));
+    let read_at = unix_now();
+    let records = probe.stop()?;
+    let (errno, ended) = failure(&client.hear()?)?;
+    ensure(errno == libc::EADDRNOTAVAIL, || {
+        format!(
+            "connect failed with errno {errno} after {:?}",
+            started.elapsed()
+        )
+    })?;
+    let summary = records.last().ok_or("no summary")?;
+    let port = summary["ports"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["dport"] == 5000)
+        .ok_or_else(|| format!("no port record: {summary}"))?;
+    ensure(port["range"] == serde_json::json!([60000, 60199]), || {
+        port.to_string()
+    })?;
+    let left = port["exhaustion_s"]
+        .as_f64()
+        .ok_or_else(|| format!("no port forecast: {port}"))?;
+    within_a_fifth("port", read_at, left, ended)?;
+    client.finish()?;
+    listener.finish()
+}
