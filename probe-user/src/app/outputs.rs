@@ -37,7 +37,7 @@ pub fn make(
         if let Ok(address) = listener.local_addr() {
             eprintln!("probe: serving metrics at http://{address}/metrics");
         }
-        let metrics = Metrics::new();
+        let metrics = Metrics::new(config.metrics_cardinality);
         let server = metrics.clone();
         tokio::spawn(async move {
             if let Err(error) = metrics::serve(listener, server).await {

@@ -6,7 +6,7 @@ use std::{ffi::OsString, net::SocketAddr, path::PathBuf, time::Duration};
 use super::{Cli, MAX_TARGETS};
 use crate::{
     bpf::{Attach, TracerConfig},
-    output::filter::Filter,
+    output::{filter::Filter, metrics::Cardinality},
     track::{Family, Thresholds},
 };
 
@@ -29,6 +29,8 @@ pub struct Config {
     pub report: Option<PathBuf>,
     /// Serve Prometheus metrics here.
     pub metrics_addr: Option<SocketAddr>,
+    /// How the per-process metrics are labelled and bounded.
+    pub metrics_cardinality: Cardinality,
     pub kernel: Kernel,
     /// Debug logs, the kernel program's included.
     pub verbose: bool,
@@ -215,6 +217,10 @@ impl Config {
             view,
             report: cli.report,
             metrics_addr: cli.metrics_addr,
+            metrics_cardinality: Cardinality {
+                pids: cli.metrics_pids,
+                top: usize::from(cli.metrics_top),
+            },
             kernel: Kernel {
                 ring_buffer_kib: cli.ring_buffer_kib,
                 max_sockets: cli.max_sockets,

@@ -124,6 +124,16 @@ pub struct Cli {
     #[arg(long, value_name = "ADDR", value_parser = parse_listen_address)]
     pub metrics_addr: Option<SocketAddr>,
 
+    /// Label per-process metrics with the pid too (by default: name, container and pod, which
+    /// outlive a pid; a fleet's series stay bounded).
+    #[arg(long, requires = "metrics_addr")]
+    pub metrics_pids: bool,
+
+    /// Per-process metrics for at most this many processes (the most stuck first); the rest
+    /// add up under comm="(other)".
+    #[arg(long, value_name = "N", default_value_t = 20, requires = "metrics_addr", value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub metrics_top: u16,
+
     /// Size of the kernel ring buffer, in KiB (a power of two, at least 4).
     #[arg(long, value_name = "KIB", default_value_t = 4096, value_parser = parse_ring_kib)]
     pub ring_buffer_kib: u32,

@@ -107,7 +107,7 @@ pub fn the_whole_host_ranks_its_leakers_and_agrees_with_ss() -> TestResult {
     };
     ensure(rate(fast.pid()) > rate(slow.pid()), || {
         format!(
-            "leak rates: fast {:?}, slow {:?}",
+            "leak rates: fast {:?}, slow {:?}\n{summary}",
             rate(fast.pid()),
             rate(slow.pid())
         )

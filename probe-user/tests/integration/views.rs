@@ -114,7 +114,7 @@ fn free_port() -> Result<u16, String> {
 /// only, and a real scrape shows the gauges, counters and histograms that match `ss`.
 pub fn metrics_are_served_on_loopback_and_match_ss() -> TestResult {
     let port = free_port()?.to_string();
-    let (client, probe, _) = close_wait_leak(4, &["--metrics-addr", &port])?;
+    let (client, probe, _) = close_wait_leak(4, &["--metrics-addr", &port, "--metrics-pids"])?;
     let pid = client.pid();
     let address = format!("127.0.0.1:{port}");
     ensure(
@@ -163,13 +163,18 @@ pub fn metrics_are_served_on_loopback_and_match_ss() -> TestResult {
             format!("expected {series} {value} in:\n{body}")
         })?;
     }
-    let by_process = format!(r#"probe_process_connections_open{{pid="{pid}","#);
-    ensure(
-        body.lines().any(|line| {
-            line.starts_with(&by_process) && line.ends_with(r#"state="CLOSE_WAIT"} 4"#)
-        }),
-        || format!("no per-process gauge of 4 CLOSE_WAIT for {pid}:\n{body}"),
-    )?;
+    for family in ["open", "stuck"] {
+        let by_process = format!("probe_process_connections_{family}{{");
+        let this_pid = format!(r#",pid="{pid}","#);
+        ensure(
+            body.lines().any(|line| {
+                line.starts_with(&by_process)
+                    && line.contains(&this_pid)
+                    && line.ends_with(r#"state="CLOSE_WAIT"} 4"#)
+            }),
+            || format!("no per-process {family} gauge of 4 CLOSE_WAIT for {pid}:\n{body}"),
+        )?;
+    }
     ensure(body.ends_with("# EOF\n"), || "no # EOF".into())?;
     probe.stop()?;
     client.finish()

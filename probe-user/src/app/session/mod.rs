@@ -44,6 +44,8 @@ const MAX_IDLE_TICK: Duration = Duration::from_millis(100);
 const FRESH_ACTIVITY: Duration = Duration::from_millis(500);
 /// How often the live view, the report's timeline and the metrics look at the whole table.
 const TICK: Duration = Duration::from_secs(1);
+/// Events read per round of the loop at most (about 10 ms of work).
+const EVENTS_PER_ROUND: usize = 8192;
 /// How long the summary waits for the stacks still being symbolized.
 const SYMBOLIZE_GRACE: Duration = Duration::from_secs(2);
 
@@ -84,6 +86,10 @@ struct Schedule {
     ticks: bool,
     next_tick: Instant,
     end: Option<Instant>,
+    /// Events are waiting beyond the last round's batch: the next round starts at once.
+    backlog: bool,
+    /// The session is finishing: the ring buffer is drained whole.
+    finishing: bool,
 }
 
 /// A run in progress.
@@ -195,6 +201,8 @@ impl Session {
                 ticks,
                 next_tick: Instant::now(),
                 end: config.duration.map(|d| Instant::now() + d),
+                backlog: false,
+                finishing: false,
             },
         })
     }
@@ -303,6 +311,7 @@ impl Session {
         if stop == Stop::TargetsExited {
             sleep(EXIT_GRACE).await;
         }
+        self.schedule.finishing = true;
         let abandoned = self.refresh()?;
         self.follow_processes()?;
         let shown = self.show(&abandoned);
@@ -348,8 +357,22 @@ impl Session {
     /// stacks of connects for symbolizing, while their process is there to be read), then the
     /// connections that became stuck. The one drain path, for the loop and the end alike.
     fn show_events(&mut self) -> io::Result<()> {
+        // A bounded batch per wakeup, so that ticks, refreshes and signals are never starved
+        // by a flood of events; what is left is read at once, on the next round (and all of it
+        // by `finish`).
+        let limit = if self.schedule.finishing {
+            usize::MAX
+        } else {
+            EVENTS_PER_ROUND
+        };
+        let mut read = 0;
+        self.schedule.backlog = false;
         let ring = self.streams.events.get_mut();
         while let Some(item) = ring.next() {
+            read += 1;
+            if read == limit {
+                self.schedule.backlog = true;
+            }
             match Transition::decode(&item) {
                 Ok(transition) => {
                     if let (Some(code_paths), Some(stack)) =
@@ -366,6 +389,9 @@ impl Session {
                     self.sink.transition(&self.tracker.apply(&transition))?;
                 }
                 Err(error) => log::warn!("skipping a malformed kernel event: {error}"),
+            }
+            if self.schedule.backlog {
+                break;
             }
         }
         let code_paths: &dyn CodePathSource = match &self.code_paths {
@@ -410,6 +436,9 @@ impl Schedule {
     /// How long to sleep: until the next stuck deadline, refresh or tick, at most
     /// [`MAX_IDLE_TICK`].
     fn next_due(&self, tracker: &Tracker) -> Duration {
+        if self.backlog {
+            return Duration::ZERO;
+        }
         let until_deadline = tracker.next_deadline().map_or(MAX_IDLE_TICK, |deadline| {
             deadline.saturating_since(monotonic_now())
         });

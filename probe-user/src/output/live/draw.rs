@@ -33,17 +33,104 @@ pub fn draw(frame: &mut Frame, view: &View, clock: WallClock) {
     let state_rows = u16::try_from(states.len().max(1)).unwrap_or(u16::MAX);
     // The stuck table as tall as its rows (within reason); the transitions get the rest.
     let group_rows = u16::try_from(view.shown_groups().count()).unwrap_or(u16::MAX);
-    let [header, counts, stuck, recent] = Layout::vertical([
+    let process_rows = u16::try_from(view.processes.len()).unwrap_or(u16::MAX);
+    let [header, counts, processes, stuck, recent] = Layout::vertical([
         Constraint::Length(2),
         Constraint::Length(state_rows + 2),
+        Constraint::Length(process_rows.clamp(1, 10) + 3),
         Constraint::Length(group_rows.clamp(1, 20) + 3),
         Constraint::Min(5),
     ])
     .areas(frame.area());
     draw_header(frame, header, view);
     draw_counts(frame, counts, view, &states);
+    draw_processes(frame, processes, view, clock);
     draw_stuck(frame, stuck, view);
     draw_recent(frame, recent, view, clock);
+}
+
+/// The process table, like `top`'s.
+fn draw_processes(frame: &mut Frame, area: Rect, view: &View, clock: WallClock) {
+    let header = Row::new(
+        [
+            "PID",
+            "COMM",
+            "CONTAINER / POD",
+            "STUCK",
+            "PER MIN",
+            "SINCE",
+            "FDS",
+            "FDS OUT IN",
+        ]
+        .map(|title| Cell::from(title).style(Style::new().add_modifier(Modifier::BOLD))),
+    );
+    let rows = view.processes.iter().map(|p| {
+        let placement = text_placement(&p.placement);
+        Row::new(vec![
+            Cell::from(p.pid.to_string()),
+            Cell::from(terminal(&p.comm).into_owned()),
+            Cell::from(placement),
+            Cell::from(p.stuck.to_string()).style(if p.stuck > 0 {
+                Style::new().fg(Color::Red)
+            } else {
+                Style::new()
+            }),
+            Cell::from(
+                p.leak_per_min
+                    .map_or_else(|| "-".into(), |r| format!("{r:+.1}")),
+            ),
+            Cell::from(p.onset.map_or_else(
+                || "-".into(),
+                |at| {
+                    let since = time_of_day(clock.to_system_time(at));
+                    if p.onset_estimated {
+                        format!("<={since}")
+                    } else {
+                        since
+                    }
+                },
+            )),
+            Cell::from(match (p.fds_open, p.fd_limit) {
+                (Some(open), Some(limit)) => format!("{open}/{limit}"),
+                (Some(open), None) => open.to_string(),
+                _ => "-".into(),
+            }),
+            Cell::from(p.fd_exhaustion.map_or_else(|| "-".into(), short_duration)),
+        ])
+    });
+    let table = Table::new(
+        rows,
+        [
+            Constraint::Length(8),
+            Constraint::Length(16),
+            Constraint::Length(24),
+            Constraint::Length(6),
+            Constraint::Length(8),
+            Constraint::Length(14),
+            Constraint::Length(12),
+            Constraint::Min(10),
+        ],
+    )
+    .header(header)
+    .block(Block::new().borders(Borders::ALL).title(format!(
+        " processes with stuck connections or running out of fds, by {} ",
+        view.process_sort.label()
+    )));
+    frame.render_widget(table, area);
+}
+
+/// `pod 9f1c2ab3 / 0b1c2d3e4f5a`, as short as `docker ps` shows ids.
+fn text_placement(placement: &crate::track::triage::Placement) -> String {
+    match (&placement.pod, &placement.container) {
+        (Some(pod), Some(container)) => format!(
+            "pod {} / {}",
+            &pod[..pod.len().min(8)],
+            &container[..container.len().min(12)]
+        ),
+        (None, Some(container)) => container[..container.len().min(12)].to_string(),
+        (Some(pod), None) => format!("pod {}", &pod[..pod.len().min(8)]),
+        (None, None) => "-".into(),
+    }
 }
 
 fn draw_header(frame: &mut Frame, area: Rect, view: &View) {
@@ -72,8 +159,9 @@ fn draw_header(frame: &mut Frame, area: Rect, view: &View) {
             ),
         ]),
         Line::from(format!(
-            "keys: s sort (by {}) | f filter ({filter}) | q quit",
-            view.sort.label()
+            "keys: s sort (by {}) | f filter ({filter}) | p processes (by {}) | q quit",
+            view.sort.label(),
+            view.process_sort.label()
         ))
         .style(Style::new().fg(Color::DarkGray)),
     ];

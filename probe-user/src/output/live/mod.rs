@@ -3,6 +3,7 @@
 //! filter and quit; the text summary is printed after quitting.
 
 mod draw;
+mod processes;
 mod view;
 
 use std::{

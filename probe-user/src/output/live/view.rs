@@ -9,9 +9,10 @@ use std::{
 
 use probe_common::TcpState;
 
+use super::processes::{self, ProcessSort};
 use crate::{
     output::{Key, KeyOutcome},
-    track::{StateChange, Summary, Timestamp, summary::state_rank},
+    track::{StateChange, Summary, Timestamp, summary::state_rank, triage::ProcessReport},
 };
 
 /// Samples of history per state (one per tick: three minutes).
@@ -81,6 +82,9 @@ pub struct View {
     pub sort: SortBy,
     /// Show only this state's groups and transitions.
     pub only: Option<TcpState>,
+    /// The processes with stuck connections or a forecast, in `process_sort` order.
+    pub processes: Vec<ProcessReport>,
+    pub process_sort: ProcessSort,
 }
 
 impl View {
@@ -97,6 +101,8 @@ impl View {
             transitions: 0,
             sort: SortBy::Count,
             only: None,
+            processes: Vec::new(),
+            process_sort: ProcessSort::Stuck,
         }
     }
 
@@ -130,6 +136,8 @@ impl View {
         }
         self.stuck = stuck_groups(table);
         self.sort_groups();
+        self.processes = processes::rows(&table.processes);
+        self.process_sort.sort(&mut self.processes);
     }
 
     /// Applies a key press.
@@ -143,6 +151,11 @@ impl View {
             }
             Key::Char('f') => {
                 self.only = self.next_filter();
+                KeyOutcome::Redraw
+            }
+            Key::Char('p') => {
+                self.process_sort = self.process_sort.next();
+                self.process_sort.sort(&mut self.processes);
                 KeyOutcome::Redraw
             }
             Key::Resize => KeyOutcome::Redraw,

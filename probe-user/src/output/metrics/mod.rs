@@ -4,8 +4,11 @@
 //! The sink updates the metrics as events come; the server ([`serve`]) only encodes them when
 //! scraped.
 
+mod process;
 mod serve;
 
+pub use process::Cardinality;
+use process::ProcessMetrics;
 pub use serve::{bind, serve};
 
 use std::{
@@ -45,13 +48,6 @@ struct StateLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ProcessLabels {
-    pid: u32,
-    comm: String,
-    state: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TransitionLabels {
     old: &'static str,
     new: &'static str,
@@ -74,7 +70,7 @@ fn state_duration_buckets() -> Histogram {
 pub struct Metrics {
     registry: Arc<Registry>,
     open: Family<StateLabel, Gauge>,
-    open_by_process: Family<ProcessLabels, Gauge>,
+    processes: ProcessMetrics,
     stuck: Family<StateLabel, Gauge>,
     transitions: Family<TransitionLabels, Counter>,
     stuck_alerts: Family<StateLabel, Counter>,
@@ -84,15 +80,9 @@ pub struct Metrics {
     time_in_state: Family<StateLabel, Histogram, fn() -> Histogram>,
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
-        Metrics::new()
-    }
-}
-
 impl Metrics {
-    /// Registers every metric.
-    pub fn new() -> Metrics {
+    /// Registers every metric; per-process ones as `cardinality` says.
+    pub fn new(cardinality: Cardinality) -> Metrics {
         let mut registry = Registry::with_prefix("probe");
         let open = Family::<StateLabel, Gauge>::default();
         registry.register(
@@ -100,12 +90,7 @@ impl Metrics {
             "Open TCP connections of the traced processes, by state",
             open.clone(),
         );
-        let open_by_process = Family::<ProcessLabels, Gauge>::default();
-        registry.register(
-            "process_connections_open",
-            "Open TCP connections, by traced process and state",
-            open_by_process.clone(),
-        );
+        let processes = ProcessMetrics::register(&mut registry, cardinality);
         let stuck = Family::<StateLabel, Gauge>::default();
         registry.register(
             "connections_stuck",
@@ -155,7 +140,7 @@ impl Metrics {
         Metrics {
             registry: Arc::new(registry),
             open,
-            open_by_process,
+            processes,
             stuck,
             transitions,
             stuck_alerts,
@@ -187,17 +172,7 @@ impl Metrics {
                 .get_or_create(&label)
                 .set(table.stuck_count(state) as i64);
         }
-        // Processes come and go: rebuilt from scratch, so exited ones disappear.
-        self.open_by_process.clear();
-        for open in &table.open {
-            let connection = &open.connection;
-            let labels = ProcessLabels {
-                pid: connection.owner.pid,
-                comm: connection.owner.comm.to_string(),
-                state: connection.state.name(),
-            };
-            self.open_by_process.get_or_create(&labels).inc();
-        }
+        self.processes.set(table);
         let closed = table.closed;
         for (first, total) in [
             ("local", closed.local_first),
@@ -302,7 +277,10 @@ mod tests {
 
         use crate::track::{NoCodePaths, Thresholds, Tracker, Transition};
         let mut tracker = Tracker::new(Thresholds::default());
-        let mut metrics = Metrics::new();
+        let mut metrics = Metrics::new(Cardinality {
+            pids: true,
+            top: 20,
+        });
         for (old, new, second) in [
             (Close, SynSent, 0),
             (SynSent, Established, 1),
@@ -325,7 +303,8 @@ mod tests {
         for alert in tracker.due_stuck(later, &NoCodePaths) {
             metrics.stuck(&alert).unwrap();
         }
-        let table = tracker.summary(later, &NoCodePaths, Default::default());
+        let mut table = tracker.summary(later, &NoCodePaths, Default::default());
+        table.add_triage(&crate::track::triage::Triage::default());
         metrics.tick(later, &table).unwrap();
         metrics
     }
@@ -337,7 +316,8 @@ mod tests {
             r#"probe_connections_open{state="CLOSE_WAIT"} 1"#,
             r#"probe_connections_open{state="ESTABLISHED"} 0"#,
             r#"probe_connections_stuck{state="CLOSE_WAIT"} 1"#,
-            r#"probe_process_connections_open{pid="7",comm="?",state="CLOSE_WAIT"} 1"#,
+            r#"probe_process_connections_open{comm="?",container="",pod="",pid="7",state="CLOSE_WAIT"} 1"#,
+            r#"probe_process_connections_stuck{comm="?",container="",pod="",pid="7",state="CLOSE_WAIT"} 1"#,
             r#"probe_stuck_alerts_total{state="CLOSE_WAIT"} 1"#,
             r#"probe_connections_closed_total{first="local"} 0"#,
         ] {
@@ -364,6 +344,65 @@ mod tests {
     }
 
     #[test]
+    fn per_process_series_stay_bounded_and_name_what_outlives_a_pid() {
+        use std::sync::Arc;
+
+        use crate::track::triage::{Placement, ProcessReport};
+
+        let report = |pid: u32, comm: &str, stuck: usize| ProcessReport {
+            pid,
+            comm: Arc::from(comm),
+            placement: Placement {
+                container: Some("0b1c2d3e4f5a6b7c".repeat(4)),
+                ..Placement::default()
+            },
+            open: stuck + 1,
+            counts: [(CloseWait, stuck), (Established, 1)].into_iter().collect(),
+            stuck,
+            stuck_counts: [(CloseWait, stuck)].into_iter().collect(),
+            worst: None,
+            leak_per_min: Some(stuck as f64),
+            onset: None,
+            onset_estimated: false,
+            fds_open: Some(100),
+            fd_limit: Some(1024),
+            fd_exhaustion: None,
+        };
+        let mut metrics = Metrics::new(Cardinality {
+            pids: false,
+            top: 2,
+        });
+        let mut table = crate::track::Tracker::new(Default::default()).summary(
+            Timestamp::from_nanos(0),
+            &crate::track::NoCodePaths,
+            Default::default(),
+        );
+        // Two workers of one name add up; the fourth name is the third group: "(other)".
+        table.processes = vec![
+            report(10, "nginx", 5),
+            report(11, "nginx", 4),
+            report(12, "api", 7),
+            report(13, "cron", 1),
+        ];
+        metrics.tick(Timestamp::from_nanos(0), &table).unwrap();
+        let text = metrics.encode();
+        for series in [
+            r#"probe_process_connections_stuck{comm="nginx",container="0b1c2d3e4f5a",pod="",pid="",state="CLOSE_WAIT"} 9"#,
+            r#"probe_process_connections_stuck{comm="api",container="0b1c2d3e4f5a",pod="",pid="",state="CLOSE_WAIT"} 7"#,
+            r#"probe_process_connections_stuck{comm="(other)",container="",pod="",pid="",state="CLOSE_WAIT"} 1"#,
+            r#"probe_leak_rate_per_minute{comm="nginx",container="0b1c2d3e4f5a",pod="",pid=""} 9"#,
+        ] {
+            assert!(text.contains(series), "{series} missing from:\n{text}");
+        }
+        assert_eq!(
+            text.matches("probe_process_connections_stuck{").count(),
+            3,
+            "{text}"
+        );
+        assert!(!text.contains(r#"comm="cron""#), "{text}");
+    }
+
+    #[test]
     fn a_port_alone_means_loopback() {
         assert_eq!(
             parse_listen_address("9464").unwrap(),
@@ -386,7 +425,10 @@ mod tests {
 
     #[test]
     fn transitions_count_and_time_in_state_is_a_histogram() {
-        let mut metrics = Metrics::new();
+        let mut metrics = Metrics::new(Cardinality {
+            pids: true,
+            top: 20,
+        });
         metrics.transition(&change(Close, SynSent, None)).unwrap();
         metrics
             .transition(&change(SynSent, Established, Some(2)))

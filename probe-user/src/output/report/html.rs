@@ -1,6 +1,7 @@
 //! The incident report as one self-contained HTML page: inline style and SVG, no script, no
 //! fetch, so it can be mailed or attached to a ticket as it is.
 
+use crate::output::text::triage;
 use std::{fmt::Write, time::SystemTime};
 
 use probe_common::TcpState;
@@ -120,6 +121,7 @@ pub fn render(facts: &Facts) -> String {
     let states = facts.timeline.states_seen();
     out.push_str(&chart::svg(facts.timeline.samples(), &states, facts.clock));
 
+    processes(&mut out, table, facts.clock);
     if stuck_total > 0 {
         stuck_groups(&mut out, table);
         diagnoses(&mut out, table);
@@ -149,6 +151,36 @@ fn verdict(out: &mut String, table: &Summary, stuck_total: usize) {
         parts.join(", "),
         table.open.len()
     );
+}
+
+/// A section per process that leaks or runs out of file descriptors: how much, how fast, since
+/// when, how long until it falls over.
+fn processes(out: &mut String, table: &Summary, clock: WallClock) {
+    let leaking: Vec<_> = table
+        .processes
+        .iter()
+        .filter(|p| p.stuck > 0 || p.fd_exhaustion.is_some())
+        .collect();
+    if leaking.is_empty() {
+        return;
+    }
+    out.push_str("<h2>Leaking processes</h2>");
+    for report in leaking {
+        let _ = write!(
+            out,
+            r#"<h3 class="mono">pid {} ({})</h3><p class="process">{}</p>"#,
+            report.pid,
+            escape(&report.comm),
+            escape(&triage::process_line(report, clock))
+        );
+        if let Some(cgroup) = &report.placement.cgroup {
+            let _ = write!(
+                out,
+                r#"<p class="meta">cgroup <span class="mono">{}</span></p>"#,
+                escape(cgroup)
+            );
+        }
+    }
 }
 
 fn stuck_groups(out: &mut String, table: &Summary) {
@@ -347,7 +379,8 @@ mod tests {
         }
         let end = Timestamp::from_nanos(5000 * MS);
         tracker.due_stuck(end, &NoCodePaths);
-        let table = tracker.summary(end, &NoCodePaths, Losses::default());
+        let mut table = tracker.summary(end, &NoCodePaths, Losses::default());
+        table.add_triage(&crate::track::triage::Triage::default());
         timeline.record(end, table.counts());
         let page = render(&Facts {
             targets: "77 (<leaky>)",
@@ -368,6 +401,8 @@ mod tests {
             "CLOSE_WAIT</span> 4.0s (now)",
             "Fix:</b> Close every socket",
             "Transitions seen: 9",
+            "<h2>Leaking processes</h2>",
+            "3 CLOSE_WAIT to 10.1.2.3:8080",
         ] {
             assert!(page.contains(expected), "{expected} missing from {page}");
         }

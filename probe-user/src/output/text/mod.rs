@@ -8,7 +8,7 @@ use crate::{
     track::{Diagnosis, Ending, StateChange, StuckAlert, Summary},
 };
 
-mod triage;
+pub mod triage;
 
 /// How many frames of the program's own code a diagnosis names.
 const OPENED_AT_DEPTH: usize = 3;

@@ -69,6 +69,8 @@ pub struct ProcessReport {
     pub open: usize,
     pub counts: BTreeMap<TcpState, usize>,
     pub stuck: usize,
+    /// Stuck connections in each state.
+    pub stuck_counts: BTreeMap<TcpState, usize>,
     /// Its largest group of stuck connections.
     pub worst: Option<StuckGroupRate>,
     /// Stuck connections per minute, by the trend over the run (all its groups).
@@ -179,6 +181,7 @@ impl Triage {
     /// fastest leaking) first.
     pub fn processes(&self, open: &[OpenConnection]) -> Vec<ProcessReport> {
         let mut reports: FxHashMap<u32, ProcessReport> = FxHashMap::default();
+        let mut groups: FxHashMap<(u32, TcpState, SocketAddr), usize> = FxHashMap::default();
         for connection in open {
             let view = &connection.connection;
             let report = reports
@@ -188,6 +191,10 @@ impl Triage {
             *report.counts.entry(view.state).or_insert(0) += 1;
             if connection.stuck {
                 report.stuck += 1;
+                *report.stuck_counts.entry(view.state).or_insert(0) += 1;
+                *groups
+                    .entry((view.owner.pid, view.state, view.endpoints.remote))
+                    .or_insert(0) += 1;
                 if report
                     .onset
                     .is_none_or(|onset| view.since.is_some_and(|s| s < onset))
@@ -204,7 +211,18 @@ impl Triage {
         }
         let mut reports: Vec<ProcessReport> = reports.into_values().collect();
         for report in &mut reports {
-            report.worst = self.worst_group(report.pid);
+            report.worst = groups
+                .iter()
+                .filter(|((pid, _, _), _)| *pid == report.pid)
+                .max_by(|((_, _, a_remote), a), ((_, _, b_remote), b)| {
+                    a.cmp(b).then(b_remote.cmp(a_remote))
+                })
+                .map(|(&(pid, state, remote), &count)| StuckGroupRate {
+                    state,
+                    remote,
+                    count,
+                    per_minute: self.group_rate(pid, state, remote),
+                });
         }
         reports.sort_by(|a, b| {
             b.stuck
@@ -252,6 +270,7 @@ impl Triage {
             open: 0,
             counts: BTreeMap::new(),
             stuck: 0,
+            stuck_counts: BTreeMap::new(),
             worst: None,
             leak_per_min: track
                 .and_then(|t| t.stuck.slope_per_second())
@@ -264,21 +283,10 @@ impl Triage {
         }
     }
 
-    fn worst_group(&self, pid: u32) -> Option<StuckGroupRate> {
-        let track = self.processes.get(&pid)?;
-        track
-            .groups
-            .iter()
-            .filter_map(|(&(state, remote), series)| {
-                let count = series.last()? as usize;
-                (count > 0).then(|| StuckGroupRate {
-                    state,
-                    remote,
-                    count,
-                    per_minute: series.slope_per_second().map(|slope| slope * 60.0),
-                })
-            })
-            .max_by(|a, b| a.count.cmp(&b.count).then(b.remote.cmp(&a.remote)))
+    /// How fast the stuck connections of one group pile up, by the trend over the run.
+    fn group_rate(&self, pid: u32, state: TcpState, remote: SocketAddr) -> Option<f64> {
+        let series = self.processes.get(&pid)?.groups.get(&(state, remote))?;
+        series.slope_per_second().map(|slope| slope * 60.0)
     }
 }
 
