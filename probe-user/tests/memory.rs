@@ -97,9 +97,10 @@ fn an_open_connection_costs_under_300_bytes() {
                 retransmits: 0,
             }),
             last_ack_received: None,
+            queues: Default::default(),
         });
     }
-    tracker.refresh_activity(&samples);
+    tracker.refresh_activity(&samples, Timestamp::from_nanos(1));
     drop(samples);
     let after = ALLOCATED.load(Ordering::Relaxed);
     assert_eq!(tracker.open_count(), CONNECTIONS as usize);

@@ -197,9 +197,13 @@ impl Config {
                 command,
                 follow_forks,
             },
-            thresholds: Thresholds {
-                close_wait: cli.close_wait_after,
-                established: cli.established_after,
+            thresholds: {
+                let mut thresholds =
+                    Thresholds::with_classic(cli.close_wait_after, cli.established_after);
+                for &(kind, threshold) in &cli.stuck_after {
+                    thresholds.set(kind, threshold);
+                }
+                thresholds
             },
             duration: cli.duration,
             filter: Filter {

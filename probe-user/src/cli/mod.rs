@@ -12,16 +12,20 @@ use ipnet::IpNet;
 use probe_common::TcpState;
 
 pub use config::{Command, Config, Kernel, Scope, Targets, View};
-use values::{parse_comm, parse_network, parse_pid, parse_ring_kib, parse_state, parse_threshold};
+use values::{
+    parse_comm, parse_network, parse_pid, parse_ring_kib, parse_state, parse_stuck_after,
+    parse_threshold,
+};
 
-use crate::{bpf::Attach, output::metrics::parse_listen_address};
+use crate::{bpf::Attach, output::metrics::parse_listen_address, track::Diagnosis};
 
 /// Which TCP connections of a process are stuck, since when, and why.
 ///
 /// probe follows every TCP state change of the chosen processes (all their threads) in the
-/// kernel, rebuilds each connection's lifecycle, and flags the connections that stay in
-/// CLOSE_WAIT or ESTABLISHED for too long, with a diagnosis. Needs root (or CAP_BPF and
-/// CAP_PERFMON).
+/// kernel, rebuilds each connection's lifecycle, and flags the connections that get stuck (in
+/// CLOSE_WAIT, idle in ESTABLISHED, in a connect or a close that never ends, with data nobody
+/// reads, behind a listener that stopped accepting), with a diagnosis and a fix. Needs root (or
+/// CAP_BPF and CAP_PERFMON).
 #[derive(Debug, Parser)]
 #[command(
     name = "probe",
@@ -78,6 +82,13 @@ pub struct Cli {
     /// Flag connections in ESTABLISHED for longer than this (open and unused).
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_threshold)]
     pub established_after: Duration,
+
+    /// Flag connections stuck this way for longer than this (repeatable): a state (SYN_SENT,
+    /// SYN_RECV, FIN_WAIT1, FIN_WAIT2, CLOSING, LAST_ACK, CLOSE_WAIT, ESTABLISHED), or
+    /// RECEIVE_STALLED (data this process does not read), SEND_STALLED (data the peer does not
+    /// read), ACCEPT_QUEUE_FULL (a listener that does not accept); `off` turns one off.
+    #[arg(long = "stuck-after", value_name = "KIND=DURATION", value_parser = parse_stuck_after)]
+    pub stuck_after: Vec<(Diagnosis, Option<Duration>)>,
 
     /// Stop after this long (e.g. 30s, 5m); otherwise run until Ctrl-C, or until the traced
     /// processes exit.
@@ -286,8 +297,16 @@ mod tests {
     fn defaults() {
         let config = parse(&["--pid", "12"]).unwrap();
         assert_eq!(config.targets.pids, [12]);
-        assert_eq!(config.thresholds.close_wait, Duration::from_secs(5));
-        assert_eq!(config.thresholds.established, Duration::from_secs(60));
+        assert_eq!(
+            config
+                .thresholds
+                .get(Diagnosis::PeerClosedNeverClosedLocally),
+            Some(Duration::from_secs(5))
+        );
+        assert_eq!(
+            config.thresholds.get(Diagnosis::OpenAndUnused),
+            Some(Duration::from_secs(60))
+        );
         assert_eq!(config.kernel.ring_buffer_kib, 4096);
         assert_eq!(config.kernel.max_sockets_for(100), 65_536);
         assert_eq!(config.kernel.max_sockets_for(68_000), 262_144);
@@ -387,6 +406,44 @@ mod tests {
         assert!(err.contains("CLOSE_WAIT"), "{err}");
         assert!(parse(&["--pid", "1", "-4", "-6"]).is_err());
         assert!(parse(&["--pid", "1", "--remote", "10.0.0.0/99"]).is_err());
+    }
+
+    #[test]
+    fn every_kind_of_stuck_has_a_threshold_of_its_own() {
+        let config = parse(&[
+            "--pid",
+            "1",
+            "--stuck-after",
+            "syn-sent=3s",
+            "--stuck-after",
+            "ACCEPT_QUEUE_FULL=off",
+            "--stuck-after",
+            "RECEIVE_STALLED=2s",
+        ])
+        .unwrap();
+        let t = config.thresholds;
+        assert_eq!(
+            t.get(Diagnosis::ConnectUnanswered),
+            Some(Duration::from_secs(3))
+        );
+        assert_eq!(t.get(Diagnosis::AcceptQueueFull), None);
+        assert_eq!(
+            t.get(Diagnosis::ReceiveStalled),
+            Some(Duration::from_secs(2))
+        );
+        assert_eq!(
+            t.get(Diagnosis::PeerNeverClosed),
+            Some(Duration::from_secs(60))
+        );
+        for bad in ["SYN_SENT", "WAITING=5s", "SYN_SENT=soon", "LISTEN=5s"] {
+            let err = parse(&["--pid", "1", "--stuck-after", bad])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("SYN_SENT") || err.contains("duration"),
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]

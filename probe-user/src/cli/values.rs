@@ -6,6 +6,8 @@ use std::{net::IpAddr, time::Duration};
 use ipnet::IpNet;
 use probe_common::TcpState;
 
+use crate::track::Diagnosis;
+
 pub fn parse_network(text: &str) -> Result<IpNet, String> {
     text.parse::<IpNet>()
         .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
@@ -79,4 +81,30 @@ pub fn parse_ring_kib(text: &str) -> Result<u32, String> {
         return Err("the ring buffer size is a power of two from 4 to 1048576 KiB".into());
     }
     Ok(kib)
+}
+
+/// `FIN_WAIT2=2m`, `syn-sent=5s`, `ACCEPT_QUEUE_FULL=off`.
+pub fn parse_stuck_after(text: &str) -> Result<(Diagnosis, Option<Duration>), String> {
+    let kinds: Vec<&str> = Diagnosis::ALL.iter().map(|kind| kind.key()).collect();
+    let (kind, threshold) = text.split_once('=').ok_or_else(|| {
+        format!(
+            "`{text}` is not KIND=DURATION, e.g. SYN_SENT=5s; KIND is one of {}",
+            kinds.join(", ")
+        )
+    })?;
+    let key = kind
+        .trim_start_matches("TCP_")
+        .to_ascii_uppercase()
+        .replace('-', "_");
+    let kind = Diagnosis::from_key(&key).ok_or_else(|| {
+        format!(
+            "`{kind}` is not a kind of stuck connection; one of {}",
+            kinds.join(", ")
+        )
+    })?;
+    let threshold = match threshold {
+        "off" => None,
+        duration => Some(parse_threshold(duration)?),
+    };
+    Ok((kind, threshold))
 }

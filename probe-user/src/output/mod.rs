@@ -165,10 +165,10 @@ mod tests {
     /// A leaked client connection stuck in CLOSE_WAIT, a clean active close, an idle IPv6
     /// connection, and a reset, run through a sink.
     fn scenario(sink: &mut dyn Sink) {
-        let mut tracker = Tracker::new(Thresholds {
-            close_wait: Duration::from_secs(5),
-            established: Duration::from_secs(60),
-        });
+        let mut tracker = Tracker::new(Thresholds::with_classic(
+            Duration::from_secs(5),
+            Duration::from_secs(60),
+        ));
         tracker.register_process(4242, "leaky-client");
         let cw = "127.0.0.1:41000";
         let server = "127.0.0.1:8080";

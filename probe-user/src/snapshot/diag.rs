@@ -15,7 +15,7 @@ use probe_common::TcpState;
 
 use crate::{
     clock::monotonic_now,
-    track::{Activity, Family},
+    track::{Activity, Family, Queues},
 };
 
 /// One TCP socket as sock_diag reports it.
@@ -32,6 +32,8 @@ pub struct DiagSocket {
     pub activity: Option<Activity>,
     /// tcp_info's time since the last ACK arrived, when the dump was read.
     pub last_ack_received: Option<Duration>,
+    /// What waits in its queues.
+    pub queues: Queues,
 }
 
 /// Every TCP socket (IPv4 and IPv6, all states) of the calling thread's network namespace.
@@ -113,8 +115,16 @@ fn convert(response: &InetResponse) -> Option<DiagSocket> {
         Nla::TcpInfo(info) => Some(Duration::from_millis(u64::from(info.last_ack_recv))),
         _ => None,
     });
+    let state = TcpState::from_raw(header.state)?;
+    // Before the handshake completes no data has moved, and tcp_info's "time since the last
+    // data" counts from boot; a listener's tcp_info stops after its accept queue. Neither has
+    // an activity to report.
+    let carries_data = !matches!(
+        state,
+        TcpState::Listen | TcpState::SynSent | TcpState::SynRecv
+    );
     let activity = response.nlas.iter().find_map(|nla| match nla {
-        Nla::TcpInfo(info) => Some(Activity {
+        Nla::TcpInfo(info) if carries_data => Some(Activity {
             sampled_at: monotonic_now(),
             last_data_sent: Duration::from_millis(u64::from(info.last_data_sent)),
             last_data_received: Duration::from_millis(u64::from(info.last_data_recv)),
@@ -127,13 +137,21 @@ fn convert(response: &InetResponse) -> Option<DiagSocket> {
     });
     Some(DiagSocket {
         family,
-        state: TcpState::from_raw(header.state)?,
+        state,
         local: SocketAddr::new(id.source_address, id.source_port),
         remote: SocketAddr::new(id.destination_address, id.destination_port),
         inode: u64::from(header.inode),
         cookie: cookie_of(&id.cookie),
         activity,
         last_ack_received,
+        queues: Queues {
+            recv: header.recv_queue,
+            send: header.send_queue,
+            zero_window: response.nlas.iter().any(
+                |nla| matches!(nla, Nla::TcpInfo(info) if info.snd_wnd == 0 || info.probes > 0),
+            ),
+            listen_overflows: None,
+        },
     })
 }
 
@@ -173,10 +191,13 @@ mod tests {
         assert!(found.inode > 0);
         assert!(found.cookie > 0);
         assert!(found.activity.is_some(), "tcp_info is missing");
+        let listening = sockets
+            .iter()
+            .find(|s| s.state == TcpState::Listen && s.local == listener.local_addr().unwrap())
+            .expect("the listener is in the dump");
         assert!(
-            sockets
-                .iter()
-                .any(|s| s.state == TcpState::Listen && s.local == listener.local_addr().unwrap())
+            listening.activity.is_none(),
+            "a listener has no data activity to report"
         );
     }
 }

@@ -117,7 +117,11 @@ pub fn take(
                 .get(&socket.inode)
                 .and_then(|pids| pids.first().copied())
                 .unwrap_or(0);
-            snapshot.sockets.push(existing(holder, socket));
+            let mut found = existing(holder, socket);
+            if socket.state == TcpState::Listen {
+                found.queues.listen_overflows = table.listen_overflows;
+            }
+            snapshot.sockets.push(found);
         }
         if let Some(range) = table.port_range {
             snapshot
@@ -201,6 +205,7 @@ fn existing(pid: u32, socket: &diag::DiagSocket) -> ExistingSocket {
         },
         activity: socket.activity,
         last_ack_received: socket.last_ack_received,
+        queues: socket.queues,
     }
 }
 

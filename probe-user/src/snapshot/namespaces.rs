@@ -57,6 +57,8 @@ pub struct SocketTable {
     pub sockets: Vec<DiagSocket>,
     /// `net.ipv4.ip_local_port_range`, where it could be read.
     pub port_range: Option<(u16, u16)>,
+    /// `TcpExt: ListenOverflows` of /proc/net/netstat, where it could be read.
+    pub listen_overflows: Option<u64>,
 }
 
 /// The calling thread's namespace's table (`/proc/sys/net` shows the namespace of whoever
@@ -67,7 +69,19 @@ fn read_table() -> io::Result<SocketTable> {
         port_range: fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
             .ok()
             .and_then(|text| parse_port_range(&text)),
+        listen_overflows: fs::read_to_string("/proc/thread-self/net/netstat")
+            .ok()
+            .and_then(|text| netstat_counter(&text, "TcpExt:", "ListenOverflows")),
     })
+}
+
+/// A counter of /proc/net/netstat: a line of names, then a line of values, per group.
+fn netstat_counter(text: &str, group: &str, name: &str) -> Option<u64> {
+    let mut lines = text.lines().filter(|line| line.starts_with(group));
+    let names = lines.next()?;
+    let values = lines.next()?;
+    let index = names.split_whitespace().position(|field| field == name)?;
+    values.split_whitespace().nth(index)?.parse().ok()
 }
 
 /// `32768\t60999\n` -> (32768, 60999).
@@ -93,6 +107,17 @@ fn in_namespace<T: Send + 'static>(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn netstat_counters_are_found_by_name() {
+        let text = "TcpExt: SyncookiesSent ListenOverflows ListenDrops\nTcpExt: 0 17 19\n\
+                    IpExt: InNoRoutes\nIpExt: 3\n";
+        assert_eq!(
+            super::netstat_counter(text, "TcpExt:", "ListenOverflows"),
+            Some(17)
+        );
+        assert_eq!(super::netstat_counter(text, "TcpExt:", "Nope"), None);
+    }
+
     #[test]
     fn port_ranges_are_read_as_the_sysctl_writes_them() {
         assert_eq!(

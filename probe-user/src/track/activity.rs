@@ -74,6 +74,22 @@ impl From<PackedActivity> for Activity {
     }
 }
 
+/// What waits in a socket's queues, as sock_diag reports it at a refresh.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Queues {
+    /// Bytes received and not yet read by the process; for a listener, the connections waiting
+    /// to be accepted.
+    pub recv: u32,
+    /// Bytes sent and not yet acknowledged; for a listener, its backlog.
+    pub send: u32,
+    /// The peer advertises a zero window (tcp_info's `snd_wnd` is 0, or zero-window probes are
+    /// going out).
+    pub zero_window: bool,
+    /// For a listener: its network namespace's `ListenOverflows` (connections dropped because
+    /// an accept queue was full), where it could be read.
+    pub listen_overflows: Option<u64>,
+}
+
 /// A TCP socket of a traced process that existed before probe attached.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ExistingSocket {
@@ -86,6 +102,8 @@ pub struct ExistingSocket {
     pub activity: Option<Activity>,
     /// tcp_info's time since the last ACK arrived, when it was read.
     pub last_ack_received: Option<Duration>,
+    /// What waits in its queues.
+    pub queues: Queues,
 }
 
 impl ExistingSocket {

@@ -35,6 +35,18 @@ pub struct Endpoints {
     pub remote: SocketAddr,
 }
 
+impl Endpoints {
+    /// The address a connection in `state` is known by in groups and tables: its remote
+    /// endpoint, or, for a listener (which has none), its own address.
+    pub fn named_by(&self, state: TcpState) -> SocketAddr {
+        if state == TcpState::Listen {
+            self.local
+        } else {
+            self.remote
+        }
+    }
+}
+
 /// [`Endpoints`] in 38 bytes instead of 68, as the connection table keeps them (IPv4 addresses
 /// stored v4-mapped, with a bit saying so).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,5 +1,6 @@
 //! Pure connection tracking: decode kernel events, rebuild each connection's lifecycle, and flag
-//! the connections that stay too long in CLOSE_WAIT or ESTABLISHED.
+//! the connections that get stuck: too long in a state, with data that does not move, behind a
+//! full accept queue.
 //!
 //! Nothing here knows about aya, terminals or JSON, and nothing reads a clock: every time comes in
 //! as a [`Timestamp`], so the whole module is tested with event sequences and made-up times.
@@ -7,6 +8,7 @@
 pub mod activity;
 pub mod address;
 pub mod code_path;
+pub mod diagnosis;
 pub mod event;
 pub mod lifecycle;
 #[cfg(test)]
@@ -19,13 +21,14 @@ pub mod tracker;
 pub mod triage;
 pub mod view;
 
-pub use activity::{Activity, ExistingSocket};
+pub use activity::{Activity, ExistingSocket, Queues};
 pub use code_path::{CodePath, CodePathSource, Frame, NoCodePaths, StackRef};
+pub use diagnosis::Diagnosis;
 pub use event::{DecodeError, Endpoints, Family, Transition};
 pub use lifecycle::{
     ClosedFirst, Connection, ConnectionKey, Ending, History, OpenedBy, Owner, StateVisit,
 };
-pub use stuck::{Diagnosis, Thresholds};
+pub use stuck::Thresholds;
 pub use summary::{ClosedCounts, CodePathGroup, EndpointGroup, OpenConnection, Stay, Summary};
 pub use time::Timestamp;
 pub use tracker::{Holders, StateChange, StuckAlert, Tracker};

@@ -7,8 +7,8 @@ use probe_common::{Attribution, TcpState};
 use proptest::prelude::*;
 
 use super::{
-    Endpoints, ExistingSocket, Family, Losses, NoCodePaths, StackRef, Thresholds, Timestamp,
-    Tracker, Transition,
+    Diagnosis, Endpoints, ExistingSocket, Family, Losses, NoCodePaths, StackRef, Thresholds,
+    Timestamp, Tracker, Transition,
 };
 
 fn state() -> impl Strategy<Value = TcpState> {
@@ -90,10 +90,7 @@ proptest! {
     fn any_event_sequence_keeps_the_table_consistent(
         steps in proptest::collection::vec((step(), 0u64..3_000), 1..200),
     ) {
-        let mut tracker = Tracker::new(Thresholds {
-            close_wait: Duration::from_millis(500),
-            established: Duration::from_secs(2),
-        });
+        let mut tracker = Tracker::new(Thresholds::with_classic(Duration::from_millis(500), Duration::from_secs(2)));
         tracker.register_process(1, "p");
         let mut now = Timestamp::from_nanos(1_000_000_000);
         for (step, advance_ms) in steps {
@@ -130,12 +127,14 @@ proptest! {
                             retransmits: 0,
                         }),
                         last_ack_received: None,
+                        queues: Default::default(),
                     },
                     now,
                 ),
                 Step::Tick => {
                     for alert in tracker.due_stuck(now, &NoCodePaths) {
-                        prop_assert!(matches!(alert.connection.state, TcpState::CloseWait | TcpState::Established));
+                        // Flagged for time in its state: the state it is in is that kind's.
+                        prop_assert_eq!(Diagnosis::for_state(alert.connection.state), Some(alert.diagnosis));
                     }
                 }
             }

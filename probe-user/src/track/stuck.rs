@@ -1,6 +1,7 @@
-//! Stuck detection: when a connection enters CLOSE_WAIT or ESTABLISHED, a deadline is queued; a
-//! connection still in that same state visit at its deadline is stuck (for ESTABLISHED, only if
-//! it is also idle: the tracker checks and may queue a later deadline).
+//! Stuck detection by time in a state: when a connection enters a state that can be stuck, a
+//! deadline is queued; a connection still in that same state visit at its deadline is stuck
+//! (for ESTABLISHED, only if it is also idle: the tracker checks and may queue a later
+//! deadline). Stalled data and full accept queues are seen at the refreshes instead.
 //!
 //! Deadlines live in a min-heap: O(log n) per transition and per expired deadline, and no scan of
 //! the connection table. Deadlines of connections that moved on are dropped when they come due
@@ -10,96 +11,88 @@ use std::{cmp::Reverse, collections::BinaryHeap, time::Duration};
 
 use probe_common::TcpState;
 
-use super::{lifecycle::ConnectionKey, time::Timestamp};
+use super::{diagnosis::Diagnosis, lifecycle::ConnectionKey, time::Timestamp};
 
-/// How long a connection may stay in a state before it is flagged.
+/// How long a connection may be stuck each way before it is flagged; `None` turns a kind off.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Thresholds {
-    pub close_wait: Duration,
-    /// For ESTABLISHED: time without data either way, where tcp_info tells; else time in state.
-    pub established: Duration,
+    by_kind: [Option<Duration>; Diagnosis::ALL.len()],
 }
 
 impl Default for Thresholds {
+    /// CLOSE_WAIT 5 s and ESTABLISHED 60 s idle (the two classic leaks); SYN_SENT 10 s (longer
+    /// than a healthy connect across the world, far shorter than the kernel's 2 minutes);
+    /// FIN_WAIT1, CLOSING and LAST_ACK 30 s (several retransmissions of the FIN); FIN_WAIT2
+    /// 60 s (the kernel's own timeout for orphans); SYN_RECV 10 s; data stalled 10 s; a full
+    /// accept queue 5 s.
     fn default() -> Self {
-        Thresholds {
-            close_wait: Duration::from_secs(5),
-            established: Duration::from_secs(60),
+        let seconds = |s| Some(Duration::from_secs(s));
+        let mut thresholds = Thresholds {
+            by_kind: [None; Diagnosis::ALL.len()],
+        };
+        for (kind, threshold) in [
+            (Diagnosis::PeerClosedNeverClosedLocally, seconds(5)),
+            (Diagnosis::OpenAndUnused, seconds(60)),
+            (Diagnosis::ConnectUnanswered, seconds(10)),
+            (Diagnosis::HandshakeUnfinished, seconds(10)),
+            (Diagnosis::FinUnacknowledged, seconds(30)),
+            (Diagnosis::PeerNeverClosed, seconds(60)),
+            (Diagnosis::ClosingUnacknowledged, seconds(30)),
+            (Diagnosis::LastAckUnacknowledged, seconds(30)),
+            (Diagnosis::ReceiveStalled, seconds(10)),
+            (Diagnosis::SendStalled, seconds(10)),
+            (Diagnosis::AcceptQueueFull, seconds(5)),
+        ] {
+            thresholds.set(kind, threshold);
         }
+        thresholds
     }
 }
 
 impl Thresholds {
-    /// The threshold of `state`, if it can be stuck.
+    /// The defaults, with the two classic thresholds as given.
+    pub fn with_classic(close_wait: Duration, established: Duration) -> Thresholds {
+        let mut thresholds = Thresholds::default();
+        thresholds.set(Diagnosis::PeerClosedNeverClosedLocally, Some(close_wait));
+        thresholds.set(Diagnosis::OpenAndUnused, Some(established));
+        thresholds
+    }
+
+    /// Flags `kind` after `threshold` (never with `None`).
+    pub fn set(&mut self, kind: Diagnosis, threshold: Option<Duration>) {
+        self.by_kind[kind as usize] = threshold;
+    }
+
+    /// The threshold of `kind`.
+    pub fn get(&self, kind: Diagnosis) -> Option<Duration> {
+        self.by_kind[kind as usize]
+    }
+
+    /// The threshold of time in `state`, if it can be stuck there.
     pub fn of(&self, state: TcpState) -> Option<Duration> {
-        match state {
-            TcpState::CloseWait => Some(self.close_wait),
-            TcpState::Established => Some(self.established),
-            _ => None,
-        }
-    }
-}
-
-/// What a stuck connection most likely means, in plain words.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Diagnosis {
-    /// Stuck in CLOSE_WAIT.
-    PeerClosedNeverClosedLocally,
-    /// Stuck in ESTABLISHED.
-    OpenAndUnused,
-}
-
-impl Diagnosis {
-    /// The diagnosis for a connection stuck in `state`, if that state can be stuck.
-    pub const fn for_state(state: TcpState) -> Option<Diagnosis> {
-        match state {
-            TcpState::CloseWait => Some(Diagnosis::PeerClosedNeverClosedLocally),
-            TcpState::Established => Some(Diagnosis::OpenAndUnused),
-            _ => None,
-        }
+        Diagnosis::for_state(state).and_then(|kind| self.get(kind))
     }
 
-    /// The same, said of a group of connections.
-    pub const fn group_reason(self) -> &'static str {
-        match self {
-            Diagnosis::PeerClosedNeverClosedLocally => {
-                "the peer closed them and this process never called close()"
-            }
-            Diagnosis::OpenAndUnused => "they sit open and unused, never reused nor closed",
-        }
-    }
-
-    /// What usually fixes it, for the incident report.
-    pub const fn fix(self) -> &'static str {
-        match self {
-            Diagnosis::PeerClosedNeverClosedLocally => {
-                "Close every socket once the peer is done with it. In an HTTP client, always \
-                 close (and drain) the response body, on error paths too (Go: defer \
-                 resp.Body.Close()), and share one client instead of creating one per request \
-                 (Go: one http.Client and Transport for the whole program). After the fix, this \
-                 side closes first: FIN_WAIT and TIME_WAIT instead of CLOSE_WAIT."
-            }
-            Diagnosis::OpenAndUnused => {
-                "Reuse connections or let them go. Share one client with a bounded idle pool \
-                 (Go: one http.Transport with IdleConnTimeout and MaxIdleConnsPerHost), close \
-                 clients and pools you create, or turn keep-alive off where connections are \
-                 never reused (Go: DisableKeepAlives)."
-            }
-        }
-    }
-
-    /// One line for a human.
-    pub const fn reason(self) -> &'static str {
-        match self {
-            Diagnosis::PeerClosedNeverClosedLocally => {
-                "the peer closed the connection, but this process never closed its socket \
-                 (a missing close(): e.g. an HTTP response body never closed)"
-            }
-            Diagnosis::OpenAndUnused => {
-                "open and unused for a long time: an idle keep-alive pool, or a leaked client \
-                 that is never reused nor closed"
-            }
-        }
+    /// How often the socket table should be sampled for these thresholds: idle ESTABLISHED
+    /// connections are told from busy ones, and stalls are seen, by samples. A quarter of the
+    /// idle threshold (an idle connection is flagged at most 25% late) and half of the shortest
+    /// stall threshold (a stall is seen within 1.5 times its threshold), between 1 s and 10 s:
+    /// 2.5 s with the defaults.
+    pub fn refresh_every(&self) -> Duration {
+        let idle = self.get(Diagnosis::OpenAndUnused).map(|t| t / 4);
+        let stalls = [
+            Diagnosis::ReceiveStalled,
+            Diagnosis::SendStalled,
+            Diagnosis::AcceptQueueFull,
+        ]
+        .into_iter()
+        .filter_map(|kind| self.get(kind))
+        .map(|t| t / 2);
+        idle.into_iter()
+            .chain(stalls)
+            .min()
+            .unwrap_or(Duration::MAX)
+            .clamp(Duration::from_secs(1), Duration::from_secs(10))
     }
 }
 
@@ -260,11 +253,49 @@ mod tests {
     }
 
     #[test]
-    fn only_close_wait_and_established_can_be_stuck() {
+    fn every_state_a_connection_can_hang_in_has_a_default_threshold() {
         let t = Thresholds::default();
         assert_eq!(t.of(TcpState::CloseWait), Some(Duration::from_secs(5)));
         assert_eq!(t.of(TcpState::Established), Some(Duration::from_secs(60)));
-        assert_eq!(t.of(TcpState::FinWait2), None);
-        assert!(Diagnosis::for_state(TcpState::FinWait2).is_none());
+        assert_eq!(t.of(TcpState::SynSent), Some(Duration::from_secs(10)));
+        assert_eq!(t.of(TcpState::FinWait2), Some(Duration::from_secs(60)));
+        assert_eq!(
+            t.of(TcpState::Listen),
+            None,
+            "a listener is stuck only when full"
+        );
+        assert_eq!(t.of(TcpState::Close), None);
+        assert_eq!(
+            t.get(Diagnosis::AcceptQueueFull),
+            Some(Duration::from_secs(5))
+        );
+    }
+
+    #[test]
+    fn the_socket_table_is_sampled_often_enough_for_the_shortest_sampled_threshold() {
+        let mut t = Thresholds::default();
+        assert_eq!(t.refresh_every(), Duration::from_millis(2500));
+        for kind in [
+            Diagnosis::ReceiveStalled,
+            Diagnosis::SendStalled,
+            Diagnosis::AcceptQueueFull,
+        ] {
+            t.set(kind, None);
+        }
+        assert_eq!(
+            t.refresh_every(),
+            Duration::from_secs(10),
+            "60 s / 4, capped"
+        );
+        t.set(Diagnosis::OpenAndUnused, Some(Duration::from_secs(8)));
+        assert_eq!(t.refresh_every(), Duration::from_secs(2));
+        t.set(Diagnosis::OpenAndUnused, None);
+        assert_eq!(t.refresh_every(), Duration::from_secs(10));
+        t.set(Diagnosis::SendStalled, Some(Duration::from_millis(200)));
+        assert_eq!(
+            t.refresh_every(),
+            Duration::from_secs(1),
+            "never under a second"
+        );
     }
 }

@@ -6,6 +6,7 @@ use probe_common::TcpState;
 
 use super::{
     code_path::CodePath,
+    diagnosis::Diagnosis,
     lifecycle::{ClosedFirst, Ending, History, OpenedBy, StateVisit},
     triage::{PortReport, ProcessReport, Triage},
     view::{ConnectionView, Losses},
@@ -15,8 +16,8 @@ use super::{
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OpenConnection {
     pub connection: ConnectionView,
-    /// Flagged as stuck in its state.
-    pub stuck: bool,
+    /// Flagged as stuck, and why.
+    pub stuck: Option<Diagnosis>,
     pub opened_by: OpenedBy,
     /// Every state it entered, oldest first (the last one is its state).
     pub history: History,
@@ -94,11 +95,12 @@ impl ClosedCounts {
     }
 }
 
-/// The open connections of one state to one remote endpoint.
+/// The open connections of one state to one endpoint (the remote one; a listener's own).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EndpointGroup {
     pub state: TcpState,
-    pub remote: SocketAddr,
+    /// The remote endpoint, or a listener's own address ([`crate::track::Endpoints::named_by`]).
+    pub endpoint: SocketAddr,
     pub connections: usize,
     pub stuck: usize,
     /// The longest time one of them has been in `state`; `None` when the oldest was already in
@@ -114,9 +116,28 @@ pub struct EndpointGroup {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CodePathGroup {
     pub state: TcpState,
+    /// Why they are stuck.
+    pub diagnosis: Diagnosis,
     /// `None` for the connections whose opening probe did not capture.
     pub opened_at: Option<Arc<CodePath>>,
+    /// Which side opened them (groups without a code path are told apart by it).
+    pub opened_by: OpenedBy,
     pub connections: usize,
+}
+
+impl CodePathGroup {
+    /// Where they come from, said in words, for a group without a code path: stacks are taken
+    /// at connect() only, and only for connections opened while probe runs.
+    pub fn origin_without_stack(&self) -> &'static str {
+        match (self.opened_by, self.state) {
+            (OpenedBy::Local, TcpState::Listen) => {
+                "listening (probe takes stacks at connect() only)"
+            }
+            (OpenedBy::Local, _) => "opened where no stack was captured",
+            (OpenedBy::Remote, _) => "accepted from peers (probe takes stacks at connect() only)",
+            (OpenedBy::Unknown, _) => "opened before probe started",
+        }
+    }
 }
 
 /// Open connections, oldest in their state first, with counts by state.
@@ -132,6 +153,7 @@ pub struct Summary {
     pub ports: Vec<PortReport>,
     counts: BTreeMap<TcpState, usize>,
     stuck: BTreeMap<TcpState, usize>,
+    stuck_kinds: BTreeMap<Diagnosis, usize>,
 }
 
 impl Summary {
@@ -139,10 +161,12 @@ impl Summary {
     pub fn new(open: Vec<OpenConnection>, closed: ClosedCounts, losses: Losses) -> Summary {
         let mut counts = BTreeMap::new();
         let mut stuck = BTreeMap::new();
+        let mut stuck_kinds = BTreeMap::new();
         for open in &open {
             *counts.entry(open.connection.state).or_insert(0) += 1;
-            if open.stuck {
+            if let Some(kind) = open.stuck {
                 *stuck.entry(open.connection.state).or_insert(0) += 1;
+                *stuck_kinds.entry(kind).or_insert(0) += 1;
             }
         }
         Summary {
@@ -153,7 +177,26 @@ impl Summary {
             ports: Vec::new(),
             counts,
             stuck,
+            stuck_kinds,
         }
+    }
+
+    /// Stuck connections per kind, for the kinds that have any.
+    pub fn stuck_kinds(&self) -> &BTreeMap<Diagnosis, usize> {
+        &self.stuck_kinds
+    }
+
+    /// The kinds of the stuck connections in `state`, each once.
+    pub fn kinds_in(&self, state: TcpState) -> Vec<Diagnosis> {
+        let mut kinds: Vec<Diagnosis> = self
+            .open
+            .iter()
+            .filter(|open| open.connection.state == state)
+            .filter_map(|open| open.stuck)
+            .collect();
+        kinds.sort_unstable();
+        kinds.dedup();
+        kinds
     }
 
     /// Adds the per-process and per-destination figures the triage keeps over the run.
@@ -200,23 +243,26 @@ impl Summary {
         // `open` is already oldest first, so each group's first member is its oldest.
         for open in &self.open {
             let connection = &open.connection;
-            let (state, remote) = (connection.state, connection.endpoints.remote);
+            let (state, endpoint) = (
+                connection.state,
+                connection.endpoints.named_by(connection.state),
+            );
             let index = match groups
                 .iter()
-                .position(|g| g.state == state && g.remote == remote)
+                .position(|g| g.state == state && g.endpoint == endpoint)
             {
                 Some(index) => {
                     let group = &mut groups[index];
                     group.connections += 1;
-                    group.stuck += usize::from(open.stuck);
+                    group.stuck += usize::from(open.stuck.is_some());
                     index
                 }
                 None => {
                     groups.push(EndpointGroup {
                         state,
-                        remote,
+                        endpoint,
                         connections: 1,
-                        stuck: usize::from(open.stuck),
+                        stuck: usize::from(open.stuck.is_some()),
                         oldest: connection.age,
                         since_attach: connection.since_attach,
                         pids: Vec::new(),
@@ -243,16 +289,24 @@ impl Summary {
     /// in different processes is one group), the largest group first.
     pub fn stuck_by_code_path(&self) -> Vec<CodePathGroup> {
         let mut groups: Vec<CodePathGroup> = Vec::new();
-        for open in self.open.iter().filter(|c| c.stuck) {
+        for open in &self.open {
+            let Some(diagnosis) = open.stuck else {
+                continue;
+            };
             let connection = &open.connection;
             let same = |g: &&mut CodePathGroup| {
-                g.state == connection.state && g.opened_at == connection.opened_at
+                g.state == connection.state
+                    && g.diagnosis == diagnosis
+                    && g.opened_at == connection.opened_at
+                    && (g.opened_at.is_some() || g.opened_by == open.opened_by)
             };
             match groups.iter_mut().find(same) {
                 Some(group) => group.connections += 1,
                 None => groups.push(CodePathGroup {
                     state: connection.state,
+                    diagnosis,
                     opened_at: connection.opened_at.clone(),
+                    opened_by: open.opened_by,
                     connections: 1,
                 }),
             }
@@ -311,7 +365,8 @@ mod tests {
                 activity: None,
                 opened_at: None,
             },
-            stuck: state == TcpState::CloseWait,
+            stuck: (state == TcpState::CloseWait)
+                .then_some(Diagnosis::PeerClosedNeverClosedLocally),
             opened_by: OpenedBy::Local,
             history: History::default(),
         }
@@ -333,7 +388,14 @@ mod tests {
         let groups = summary.groups();
         let shape: Vec<(&str, String, usize, usize)> = groups
             .iter()
-            .map(|g| (g.state.name(), g.remote.to_string(), g.connections, g.stuck))
+            .map(|g| {
+                (
+                    g.state.name(),
+                    g.endpoint.to_string(),
+                    g.connections,
+                    g.stuck,
+                )
+            })
             .collect();
         assert_eq!(
             shape,

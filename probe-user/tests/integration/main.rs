@@ -19,6 +19,7 @@ mod identity;
 mod lifecycle;
 mod programs;
 mod robustness;
+mod stuck_kinds;
 mod targets;
 mod views;
 
@@ -97,6 +98,12 @@ fn main() -> ExitCode {
         hostwide::bad_cgroups_and_containers_are_clear_errors,
         hostwide::the_fd_forecast_matches_when_the_client_runs_out,
         hostwide::the_port_forecast_matches_when_connect_fails,
+        stuck_kinds::a_connect_into_a_black_hole_is_flagged_and_a_slow_one_is_not,
+        stuck_kinds::a_half_close_the_peer_never_answers_is_flagged_and_a_quick_one_is_not,
+        stuck_kinds::a_peer_that_vanishes_leaves_last_ack_and_fin_wait1_flagged,
+        stuck_kinds::data_nobody_reads_is_flagged_on_either_side,
+        stuck_kinds::a_listener_that_never_accepts_is_flagged_with_its_drops,
+        stuck_kinds::kinds_found_at_attach_are_flagged,
     ];
     let trials = match prerequisites() {
         Ok(()) => trials,

@@ -132,7 +132,10 @@ pub fn metrics_are_served_on_loopback_and_match_ss() -> TestResult {
     let ss_close_wait = ss_sockets_of(pid, "close-wait")?.len();
     let body = poll("the gauges to catch up", || {
         let body = scrape(&address)?;
-        let stuck_now = sample(&body, r#"probe_connections_stuck{state="CLOSE_WAIT"}"#);
+        let stuck_now = sample(
+            &body,
+            r#"probe_connections_stuck{state="CLOSE_WAIT",kind="CLOSE_WAIT"}"#,
+        );
         Ok((stuck_now == Some(4.0)).then_some(body))
     })?;
     let expect = [
@@ -149,7 +152,7 @@ pub fn metrics_are_served_on_loopback_and_match_ss() -> TestResult {
             4.0,
         ),
         (
-            r#"probe_stuck_alerts_total{state="CLOSE_WAIT"}"#.into(),
+            r#"probe_stuck_alerts_total{state="CLOSE_WAIT",kind="CLOSE_WAIT"}"#.into(),
             4.0,
         ),
         (

@@ -195,8 +195,7 @@ impl Session {
             reports: config.report.is_some(),
             namespaces,
             schedule: Schedule {
-                refresh_every: (config.thresholds.established / 4)
-                    .clamp(Duration::from_secs(1), Duration::from_secs(10)),
+                refresh_every: config.thresholds.refresh_every(),
                 refreshed_at: Instant::now(),
                 ticks,
                 next_tick: Instant::now(),

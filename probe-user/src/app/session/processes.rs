@@ -79,7 +79,7 @@ impl Session {
             }
         };
         let now = monotonic_now();
-        self.tracker.refresh_activity(&snapshot.sockets);
+        self.tracker.refresh_activity(&snapshot.sockets, now);
         self.sample_processes(now, &snapshot.fds);
         self.triage.note_ports(now, &snapshot.ports);
         let mut holders = snapshot.holders;

@@ -14,8 +14,7 @@ use serde::Serialize;
 use crate::{
     clock::WallClock,
     track::{
-        CodePath, ConnectionView, Diagnosis, OpenConnection, StateChange, StuckAlert, Summary,
-        Timestamp,
+        CodePath, ConnectionView, OpenConnection, StateChange, StuckAlert, Summary, Timestamp,
     },
 };
 
@@ -133,7 +132,14 @@ struct StuckRecord<'a> {
     /// Already in `state` when probe attached: `since` and `age_ms` are lower bounds.
     since_attach: bool,
     idle_ms: Option<u64>,
+    /// Why it is stuck: the state, or RECEIVE_STALLED, SEND_STALLED, ACCEPT_QUEUE_FULL.
+    kind: &'static str,
     reason: &'static str,
+    /// What usually fixes it.
+    fix: &'static str,
+    /// For a full accept queue: connections the kernel dropped meanwhile (ListenOverflows).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dropped: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     opened_at: Option<Vec<FrameRecord<'a>>>,
 }
@@ -159,6 +165,8 @@ struct OpenRecord<'a> {
 #[derive(Serialize)]
 struct CodePathRecord<'a> {
     state: &'static str,
+    /// Why they are stuck: the state, or RECEIVE_STALLED, SEND_STALLED, ACCEPT_QUEUE_FULL.
+    kind: &'static str,
     connections: usize,
     reason: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -181,6 +189,9 @@ struct SummaryRecord<'a> {
     open: Vec<OpenRecord<'a>>,
     counts: BTreeMap<&'static str, usize>,
     stuck: BTreeMap<&'static str, usize>,
+    /// Stuck connections by kind: the state, or RECEIVE_STALLED, SEND_STALLED,
+    /// ACCEPT_QUEUE_FULL.
+    stuck_kinds: BTreeMap<&'static str, usize>,
     stuck_by_code_path: Vec<CodePathRecord<'a>>,
     closed: ClosedRecord,
     lost_events: u64,
@@ -232,7 +243,7 @@ fn open_record(open: &OpenConnection) -> OpenRecord<'_> {
         bytes_acked: view.activity.map(|a| a.bytes_acked),
         bytes_received: view.activity.map(|a| a.bytes_received),
         retrans: view.activity.map(|a| a.retransmits),
-        stuck: open.stuck,
+        stuck: open.stuck.is_some(),
         opened_by: open.opened_by.name(),
         opened_at: view.opened_at.as_deref().map(frames),
     }
@@ -302,7 +313,10 @@ impl<W: Write> Sink for JsonSink<W> {
             age_ms: millis(alert.age()),
             since_attach: view.since_attach,
             idle_ms: view.idle.map(millis),
+            kind: alert.diagnosis.key(),
             reason: alert.diagnosis.reason(),
+            fix: alert.diagnosis.fix(),
+            dropped: alert.dropped,
             opened_at: view.opened_at.as_deref().map(frames),
         };
         self.line(&record)
@@ -322,12 +336,18 @@ impl<W: Write> Sink for JsonSink<W> {
             open: summary.open.iter().map(open_record).collect(),
             counts: names(summary.counts()),
             stuck: names(summary.stuck()),
+            stuck_kinds: summary
+                .stuck_kinds()
+                .iter()
+                .map(|(kind, n)| (kind.key(), *n))
+                .collect(),
             stuck_by_code_path: groups
                 .iter()
                 .map(|group| CodePathRecord {
                     state: group.state.name(),
                     connections: group.connections,
-                    reason: Diagnosis::for_state(group.state).map_or("", Diagnosis::group_reason),
+                    kind: group.diagnosis.key(),
+                    reason: group.diagnosis.group_reason(),
                     opened_at: group.opened_at.as_deref().map(frames),
                 })
                 .collect(),

@@ -70,8 +70,8 @@ pub fn process(report: &ProcessReport, onset: Option<String>) -> ProcessRecord<'
         stuck: report.stuck,
         worst: report.worst.as_ref().map(|worst| WorstRecord {
             state: worst.state.name(),
-            daddr: worst.remote.ip().to_string(),
-            dport: worst.remote.port(),
+            daddr: worst.endpoint.ip().to_string(),
+            dport: worst.endpoint.port(),
             count: worst.count,
             per_minute: worst.per_minute.map(round),
         }),

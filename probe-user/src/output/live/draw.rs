@@ -224,8 +224,8 @@ fn draw_stuck(frame: &mut Frame, area: Rect, view: &View) {
             };
             let pids: Vec<String> = group.pids.iter().map(u32::to_string).collect();
             Row::new(vec![
-                Cell::from(group.state.name()).style(Style::new().fg(colour(group.state))),
-                Cell::from(group.remote.to_string()),
+                Cell::from(group.kind.key()).style(Style::new().fg(colour(group.state))),
+                Cell::from(group.endpoint.to_string()),
                 Cell::from(group.count.to_string()),
                 Cell::from(oldest),
                 Cell::from(group.idle.map_or_else(|| "-".into(), short_duration)),
@@ -236,7 +236,7 @@ fn draw_stuck(frame: &mut Frame, area: Rect, view: &View) {
     let table = Table::new(
         rows,
         [
-            Constraint::Length(12),
+            Constraint::Length(18),
             Constraint::Length(28),
             Constraint::Length(7),
             Constraint::Length(14),
@@ -245,7 +245,7 @@ fn draw_stuck(frame: &mut Frame, area: Rect, view: &View) {
         ],
     )
     .header(
-        Row::new(["STATE", "REMOTE", "STUCK", "OLDEST", "IDLE", "PIDS"])
+        Row::new(["STUCK AS", "REMOTE", "STUCK", "OLDEST", "IDLE", "PIDS"])
             .style(Style::new().add_modifier(Modifier::BOLD)),
     )
     .block(

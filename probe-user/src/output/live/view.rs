@@ -12,7 +12,9 @@ use probe_common::TcpState;
 use super::processes::{self, ProcessSort};
 use crate::{
     output::{Key, KeyOutcome},
-    track::{StateChange, Summary, Timestamp, summary::state_rank, triage::ProcessReport},
+    track::{
+        Diagnosis, StateChange, Summary, Timestamp, summary::state_rank, triage::ProcessReport,
+    },
 };
 
 /// Samples of history per state (one per tick: three minutes).
@@ -54,7 +56,10 @@ impl SortBy {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StuckGroup {
     pub state: TcpState,
-    pub remote: SocketAddr,
+    /// Why they are stuck.
+    pub kind: Diagnosis,
+    /// The remote endpoint, or a listener's own address.
+    pub endpoint: SocketAddr,
     pub count: usize,
     /// The longest time in state among them, where known.
     pub oldest: Option<Duration>,
@@ -198,22 +203,30 @@ impl View {
         match self.sort {
             SortBy::Count => self
                 .stuck
-                .sort_by_key(|g| (std::cmp::Reverse(g.count), state_rank(g.state), g.remote)),
+                .sort_by_key(|g| (std::cmp::Reverse(g.count), state_rank(g.state), g.endpoint)),
             SortBy::Oldest => self
                 .stuck
-                .sort_by_key(|g| (std::cmp::Reverse(g.oldest), g.remote)),
-            SortBy::Remote => self.stuck.sort_by_key(|g| (g.remote, state_rank(g.state))),
+                .sort_by_key(|g| (std::cmp::Reverse(g.oldest), g.endpoint)),
+            SortBy::Remote => self
+                .stuck
+                .sort_by_key(|g| (g.endpoint, state_rank(g.state))),
         }
     }
 }
 
 fn stuck_groups(table: &Summary) -> Vec<StuckGroup> {
-    let mut groups: BTreeMap<(TcpState, SocketAddr), StuckGroup> = BTreeMap::new();
-    for connection in table.open.iter().filter(|c| c.stuck).map(|c| &c.connection) {
-        let key = (connection.state, connection.endpoints.remote);
+    let mut groups: BTreeMap<(TcpState, Diagnosis, SocketAddr), StuckGroup> = BTreeMap::new();
+    for (kind, connection) in table
+        .open
+        .iter()
+        .filter_map(|c| Some((c.stuck?, &c.connection)))
+    {
+        let endpoint = connection.endpoints.named_by(connection.state);
+        let key = (connection.state, kind, endpoint);
         let group = groups.entry(key).or_insert_with(|| StuckGroup {
             state: connection.state,
-            remote: connection.endpoints.remote,
+            kind,
+            endpoint,
             count: 0,
             oldest: None,
             since_attach: false,
@@ -259,10 +272,10 @@ mod tests {
 
     /// Three CLOSE_WAIT leaks to one server, one to another, one busy ESTABLISHED.
     fn view_after(seconds: u64) -> View {
-        let mut tracker = Tracker::new(Thresholds {
-            close_wait: Duration::from_secs(1),
-            established: Duration::from_secs(60),
-        });
+        let mut tracker = Tracker::new(Thresholds::with_classic(
+            Duration::from_secs(1),
+            Duration::from_secs(60),
+        ));
         let mut view = View::new("10 (client)".into());
         let mut connections: Vec<(u64, &str)> = vec![(1, "10.0.0.1:80"), (2, "10.0.0.1:80")];
         connections.push((3, "10.0.0.1:80"));
@@ -292,7 +305,7 @@ mod tests {
         let view = view_after(3);
         let shape: Vec<(String, usize)> = view
             .shown_groups()
-            .map(|g| (g.remote.to_string(), g.count))
+            .map(|g| (g.endpoint.to_string(), g.count))
             .collect();
         assert_eq!(
             shape,
@@ -311,7 +324,10 @@ mod tests {
         assert_eq!(view.key(Key::Char('s')), KeyOutcome::Redraw);
         assert_eq!(view.sort, SortBy::Oldest);
         assert_eq!(view.key(Key::Char('s')), KeyOutcome::Redraw);
-        let remotes: Vec<String> = view.shown_groups().map(|g| g.remote.to_string()).collect();
+        let remotes: Vec<String> = view
+            .shown_groups()
+            .map(|g| g.endpoint.to_string())
+            .collect();
         assert_eq!(remotes, ["10.0.0.1:80", "10.0.0.2:443"]);
 
         assert_eq!(view.key(Key::Char('f')), KeyOutcome::Redraw);

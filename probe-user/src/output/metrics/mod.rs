@@ -12,6 +12,7 @@ use process::ProcessMetrics;
 pub use serve::{bind, serve};
 
 use std::{
+    collections::BTreeMap,
     io,
     net::{Ipv4Addr, SocketAddr},
     sync::Arc,
@@ -25,7 +26,7 @@ use prometheus_client::{
 };
 
 use super::Sink;
-use crate::track::{StateChange, StuckAlert, Summary, Timestamp};
+use crate::track::{Diagnosis, StateChange, StuckAlert, Summary, Timestamp};
 
 /// Where `--metrics-addr` listens when only a port is given: loopback, never the network
 /// unless the user names an address.
@@ -45,6 +46,14 @@ pub fn parse_listen_address(text: &str) -> Result<SocketAddr, String> {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateLabel {
     state: &'static str,
+}
+
+/// A stuck connection's state and why it is stuck (the state itself for the kinds that are a
+/// time in a state; RECEIVE_STALLED, SEND_STALLED, ACCEPT_QUEUE_FULL otherwise).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+struct StuckLabels {
+    state: &'static str,
+    kind: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -71,9 +80,9 @@ pub struct Metrics {
     registry: Arc<Registry>,
     open: Family<StateLabel, Gauge>,
     processes: ProcessMetrics,
-    stuck: Family<StateLabel, Gauge>,
+    stuck: Family<StuckLabels, Gauge>,
     transitions: Family<TransitionLabels, Counter>,
-    stuck_alerts: Family<StateLabel, Counter>,
+    stuck_alerts: Family<StuckLabels, Counter>,
     closed: Family<ClosedLabel, Counter>,
     lost_events: Counter,
     untracked_sockets: Counter,
@@ -91,7 +100,7 @@ impl Metrics {
             open.clone(),
         );
         let processes = ProcessMetrics::register(&mut registry, cardinality);
-        let stuck = Family::<StateLabel, Gauge>::default();
+        let stuck = Family::<StuckLabels, Gauge>::default();
         registry.register(
             "connections_stuck",
             "Open connections past their state's threshold (CLOSE_WAIT, idle ESTABLISHED)",
@@ -103,7 +112,7 @@ impl Metrics {
             "TCP state transitions of the traced processes' connections",
             transitions.clone(),
         );
-        let stuck_alerts = Family::<StateLabel, Counter>::default();
+        let stuck_alerts = Family::<StuckLabels, Counter>::default();
         registry.register(
             "stuck_alerts",
             "Connections flagged as stuck, by the state they were stuck in",
@@ -161,6 +170,7 @@ impl Metrics {
 
     /// Sets the gauges from the whole table, and the counters kept by the kernel and tracker.
     fn set_table(&self, table: &Summary) {
+        let mut stuck: BTreeMap<StuckLabels, i64> = BTreeMap::new();
         for state in TcpState::ALL {
             let label = StateLabel {
                 state: state.name(),
@@ -168,9 +178,29 @@ impl Metrics {
             self.open
                 .get_or_create(&label)
                 .set(table.count(state) as i64);
-            self.stuck
-                .get_or_create(&label)
-                .set(table.stuck_count(state) as i64);
+            // Every state that can be stuck has a series, at 0 while nothing is.
+            if let Some(kind) = Diagnosis::for_state(state) {
+                stuck.insert(
+                    StuckLabels {
+                        state: state.name(),
+                        kind: kind.key(),
+                    },
+                    0,
+                );
+            }
+        }
+        for open in &table.open {
+            if let Some(kind) = open.stuck {
+                let labels = StuckLabels {
+                    state: open.connection.state.name(),
+                    kind: kind.key(),
+                };
+                *stuck.entry(labels).or_insert(0) += 1;
+            }
+        }
+        self.stuck.clear();
+        for (labels, count) in stuck {
+            self.stuck.get_or_create(&labels).set(count);
         }
         self.processes.set(table);
         let closed = table.closed;
@@ -216,8 +246,9 @@ impl Sink for Metrics {
 
     fn stuck(&mut self, alert: &StuckAlert) -> io::Result<()> {
         self.stuck_alerts
-            .get_or_create(&StateLabel {
+            .get_or_create(&StuckLabels {
                 state: alert.connection.state.name(),
+                kind: alert.diagnosis.key(),
             })
             .inc();
         Ok(())
@@ -315,10 +346,10 @@ mod tests {
         for series in [
             r#"probe_connections_open{state="CLOSE_WAIT"} 1"#,
             r#"probe_connections_open{state="ESTABLISHED"} 0"#,
-            r#"probe_connections_stuck{state="CLOSE_WAIT"} 1"#,
+            r#"probe_connections_stuck{state="CLOSE_WAIT",kind="CLOSE_WAIT"} 1"#,
             r#"probe_process_connections_open{comm="?",container="",pod="",pid="7",state="CLOSE_WAIT"} 1"#,
             r#"probe_process_connections_stuck{comm="?",container="",pod="",pid="7",state="CLOSE_WAIT"} 1"#,
-            r#"probe_stuck_alerts_total{state="CLOSE_WAIT"} 1"#,
+            r#"probe_stuck_alerts_total{state="CLOSE_WAIT",kind="CLOSE_WAIT"} 1"#,
             r#"probe_connections_closed_total{first="local"} 0"#,
         ] {
             assert!(text.contains(series), "{series} missing from:\n{text}");

@@ -201,7 +201,7 @@ fn stuck_groups(out: &mut String, table: &Summary) {
             r#"<tr><td class="state" style="color:{}">{}</td><td class="mono">{}</td><td class="n">{}</td><td class="n">{}</td><td>{oldest}</td><td>{}</td></tr>"#,
             chart::colour(group.state),
             group.state.name(),
-            group.remote,
+            group.endpoint,
             group.stuck,
             group.connections,
             pids.join(", ")
@@ -213,15 +213,15 @@ fn stuck_groups(out: &mut String, table: &Summary) {
             out,
             r#"<h3 class="mono">{} &rarr; {}: {} stuck</h3><table class="lifecycles"><tr><th>Local</th><th>Process</th><th>Lifecycle (time in each state)</th><th>Idle</th><th>Opened at</th></tr>"#,
             group.state.name(),
-            group.remote,
+            group.endpoint,
             group.stuck
         );
         let members = table
             .open
             .iter()
-            .filter(|c| c.stuck)
+            .filter(|c| c.stuck.is_some())
             .filter(|c| c.connection.state == group.state)
-            .filter(|c| c.connection.endpoints.remote == group.remote);
+            .filter(|c| c.connection.endpoints.named_by(group.state) == group.endpoint);
         let mut shown = 0;
         for open in members {
             let connection = &open.connection;
@@ -257,31 +257,32 @@ fn stuck_groups(out: &mut String, table: &Summary) {
 fn diagnoses(out: &mut String, table: &Summary) {
     out.push_str("<h2>Diagnosis and fix</h2>");
     let by_code = table.stuck_by_code_path();
-    for (state, count) in table.stuck() {
-        let Some(diagnosis) = Diagnosis::for_state(*state) else {
-            continue;
-        };
+    for (&diagnosis, count) in table.stuck_kinds() {
+        let colour = TcpState::ALL
+            .into_iter()
+            .find(|state| Diagnosis::for_state(*state) == Some(diagnosis))
+            .map_or("#555", chart::colour);
         let _ = write!(
             out,
-            r#"<h3><span class="state" style="color:{}">{}</span>: {count} stuck</h3><p>{}</p><div class="fix"><b>Fix:</b> {}</div>"#,
-            chart::colour(*state),
-            state.name(),
+            r#"<h3><span class="state" style="color:{colour}">{}</span>: {count} stuck</h3><p>{}</p><div class="fix"><b>Fix:</b> {}</div>"#,
+            diagnosis.key(),
             escape(diagnosis.reason()),
             escape(diagnosis.fix())
         );
         let places: Vec<String> = by_code
             .iter()
-            .filter(|g| g.state == *state)
-            .map(|g| {
-                let place = g.opened_at.as_ref().map_or_else(
-                    || "an unknown place (opened before probe started, or no stack)".to_string(),
-                    |path| path.describe(CODE_PATH_DEPTH),
-                );
-                format!(
+            .filter(|g| g.diagnosis == diagnosis)
+            .map(|g| match &g.opened_at {
+                Some(path) => format!(
                     "<li>{} connection(s) opened at <code>{}</code></li>",
                     g.connections,
-                    escape(&place)
-                )
+                    escape(&path.describe(CODE_PATH_DEPTH))
+                ),
+                None => format!(
+                    "<li>{} connection(s) {}</li>",
+                    g.connections,
+                    escape(g.origin_without_stack())
+                ),
             })
             .collect();
         if !places.is_empty() {
@@ -354,10 +355,10 @@ mod tests {
 
     #[test]
     fn the_page_tells_the_whole_story() {
-        let mut tracker = Tracker::new(Thresholds {
-            close_wait: Duration::from_secs(1),
-            established: Duration::from_secs(60),
-        });
+        let mut tracker = Tracker::new(Thresholds::with_classic(
+            Duration::from_secs(1),
+            Duration::from_secs(60),
+        ));
         tracker.register_process(77, "<leaky>");
         let mut timeline = Timeline::default();
         for id in 1..=3 {

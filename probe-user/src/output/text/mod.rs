@@ -1,6 +1,7 @@
 //! Human-readable output: one line per transition, stuck alerts that stand out, and a summary
 //! grouped by state and remote endpoint.
 
+use probe_common::TcpState;
 use std::io::{self, Write};
 
 use crate::{
@@ -127,7 +128,13 @@ impl<W: Write> Sink for TextSink<W> {
         } else {
             format!("for {}", short_duration(alert.age()))
         };
-        let label = self.emphasis(&format!("STUCK in {} {how_long}", view.state.name()));
+        let what = match alert.diagnosis {
+            Diagnosis::ReceiveStalled => format!("RECEIVE STALLED in {}", view.state.name()),
+            Diagnosis::SendStalled => format!("SEND STALLED in {}", view.state.name()),
+            Diagnosis::AcceptQueueFull => "ACCEPT QUEUE FULL".to_string(),
+            _ => format!("STUCK in {}", view.state.name()),
+        };
+        let label = self.emphasis(&format!("{what} {how_long}"));
         let idle = view
             .idle
             .map(|idle| format!(", idle {}", short_duration(idle)))
@@ -138,15 +145,24 @@ impl<W: Write> Sink for TextSink<W> {
         } else {
             format!(", also held by {}", others.join(","))
         };
+        let endpoints = if view.state == TcpState::Listen {
+            format!("listening on {}", view.endpoints.local)
+        } else {
+            format!("{} -> {}", view.endpoints.local, view.endpoints.remote)
+        };
         writeln!(
             self.out,
-            "{label}{idle}: pid {} ({}{also}) {} -> {}: {}",
+            "{label}{idle}: pid {} ({}{also}) {endpoints}: {}",
             view.owner.pid,
             terminal(&view.owner.comm),
-            view.endpoints.local,
-            view.endpoints.remote,
             alert.diagnosis.reason()
         )?;
+        if let Some(dropped) = alert.dropped.filter(|dropped| *dropped > 0) {
+            writeln!(
+                self.out,
+                "    the kernel dropped {dropped} connection(s) meanwhile (ListenOverflows)"
+            )?;
+        }
         if let Some(path) = &view.opened_at {
             writeln!(
                 self.out,
@@ -183,17 +199,15 @@ impl<W: Write> Sink for TextSink<W> {
                     summary.count(group.state),
                     stuck_note
                 )?;
-                if let Some(diagnosis) = Diagnosis::for_state(group.state)
-                    && stuck_here > 0
-                {
-                    writeln!(self.out, "  why: {}", diagnosis.reason())?;
+                for kind in summary.kinds_in(group.state) {
+                    writeln!(self.out, "  why: {}", kind.reason())?;
                 }
             }
             let pids: Vec<String> = group.pids.iter().map(u32::to_string).collect();
             writeln!(
                 self.out,
                 "  {:<26} {:>5} connection(s), oldest {:<13} stuck {:<5} pid {}",
-                group.remote.to_string(),
+                group.endpoint.to_string(),
                 group.connections,
                 if group.since_attach {
                     format!(">={}", age(group.oldest))
@@ -208,17 +222,22 @@ impl<W: Write> Sink for TextSink<W> {
         if by_code.iter().any(|group| group.opened_at.is_some()) {
             writeln!(self.out, "stuck, by the code that opened them:")?;
             for group in by_code {
-                let place = group.opened_at.as_ref().map_or_else(
-                    || "an unknown place (opened before probe started)".to_string(),
-                    |path| terminal(&path.describe(OPENED_AT_DEPTH)).into_owned(),
-                );
                 let all = if group.connections > 1 { "all " } else { "" };
+                let place = group.opened_at.as_ref().map_or_else(
+                    || group.origin_without_stack().to_string(),
+                    |path| {
+                        format!(
+                            "{all}opened at {}",
+                            terminal(&path.describe(OPENED_AT_DEPTH))
+                        )
+                    },
+                );
                 writeln!(
                     self.out,
-                    "  {} connection(s) stuck in {}, {all}opened at {place}; {}",
+                    "  {} connection(s) stuck in {}, {place}; {}",
                     group.connections,
                     group.state.name(),
-                    Diagnosis::for_state(group.state).map_or("", Diagnosis::group_reason)
+                    group.diagnosis.group_reason()
                 )?;
             }
         }

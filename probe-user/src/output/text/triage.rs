@@ -7,6 +7,8 @@ use std::{
     time::Duration,
 };
 
+use probe_common::TcpState;
+
 use crate::{
     clock::WallClock,
     output::{
@@ -64,11 +66,16 @@ pub fn process_line(report: &ProcessReport, clock: WallClock) -> String {
     );
     match &report.worst {
         Some(worst) => {
+            let to = if worst.state == TcpState::Listen {
+                "on"
+            } else {
+                "to"
+            };
             line.push_str(&format!(
-                ": {} {} to {}",
+                ": {} {} {to} {}",
                 worst.count,
                 worst.state.name(),
-                worst.remote
+                worst.endpoint
             ));
             if report.stuck > worst.count {
                 line.push_str(&format!(" ({} stuck in all)", report.stuck));

@@ -123,6 +123,7 @@ fn a_connection_found_at_attach_is_known_since_attach_only() {
         endpoints: transition(Close, Close, 0).endpoints,
         activity: None,
         last_ack_received: None,
+        queues: Default::default(),
     };
     let mut conn = Connection::existing(&socket, Timestamp::from_nanos(5));
     assert_eq!(conn.key, ConnectionKey::Inode(99));

@@ -9,9 +9,10 @@ use rustc_hash::FxHashMap;
 use super::{
     activity::ExistingSocket,
     code_path::CodePathSource,
+    diagnosis::Diagnosis,
     event::{Endpoints, Transition},
     lifecycle::{ClosedFirst, Connection, ConnectionKey, Ending, Owner, StateSet},
-    stuck::{Diagnosis, StuckDetector, Thresholds},
+    stuck::{StuckDetector, Thresholds},
     summary::{ClosedCounts, OpenConnection, Summary},
     table::Table,
     time::Timestamp,
@@ -53,9 +54,12 @@ impl StateChange {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StuckAlert {
     /// The connection; its `since` and `age` are always known here (bounds, if
-    /// `since_attach`).
+    /// `since_attach`): how long it has been in its state, or, for a stall, stalled.
     pub connection: ConnectionView,
     pub diagnosis: Diagnosis,
+    /// For a full accept queue: the connections its network namespace dropped since the queue
+    /// filled (`ListenOverflows`), where that could be read.
+    pub dropped: Option<u64>,
 }
 
 impl StuckAlert {
@@ -76,8 +80,8 @@ struct Tracked {
     /// Number of the current state visit, unique across all connections: a queued deadline is
     /// still valid only while the connection is in that same visit.
     visit: u32,
-    /// Flagged as stuck in the current visit.
-    stuck: bool,
+    /// Flagged as stuck (and why) in the current visit, or in the current stall.
+    stuck: Option<Diagnosis>,
 }
 
 /// Connection table and stuck detection.
@@ -96,6 +100,11 @@ pub struct Tracker {
     next_visit: u32,
     /// The processes that hold a connection besides its owner, for the few held by several.
     co_holders: FxHashMap<ConnectionKey, Vec<u32>>,
+    /// The connections whose queues are stalled (few: only those with data waiting).
+    stalls: FxHashMap<ConnectionKey, stalls::Stall>,
+    /// Each listener's namespace `ListenOverflows` at its last sample: where a full accept
+    /// queue's drops are counted from (the queue filled since then).
+    overflows_seen: FxHashMap<ConnectionKey, u64>,
 }
 
 /// Deadlines queued beyond this many per open connection (plus a constant) trigger a clean-up of
@@ -116,6 +125,8 @@ impl Tracker {
             closed: ClosedCounts::default(),
             next_visit: 0,
             co_holders: FxHashMap::default(),
+            stalls: FxHashMap::default(),
+            overflows_seen: FxHashMap::default(),
         }
     }
 
@@ -153,12 +164,12 @@ impl Tracker {
             self.existing_cookies.insert(socket.cookie, socket.inode);
         }
         let visit = self.next_visit();
+        let threshold = self.thresholds.of(socket.state);
         let deadline = match (socket.state, socket.activity) {
-            (TcpState::Established, Some(activity)) => Some(
-                now.saturating_add(self.thresholds.established)
-                    .saturating_sub(activity.idle_at(now)),
-            ),
-            (state, _) => self.thresholds.of(state).map(|t| entered.saturating_add(t)),
+            (TcpState::Established, Some(activity)) => {
+                threshold.map(|t| now.saturating_add(t).saturating_sub(activity.idle_at(now)))
+            }
+            _ => threshold.map(|t| entered.saturating_add(t)),
         };
         if let Some(deadline) = deadline {
             self.detector.watch(key, visit, socket.state, deadline);
@@ -168,9 +179,10 @@ impl Tracker {
             Tracked {
                 connection,
                 visit,
-                stuck: false,
+                stuck: None,
             },
         );
+        self.note_queues(key, socket.state, &socket.queues, now);
     }
 
     /// Applies one transition from the kernel.
@@ -196,13 +208,13 @@ impl Tracker {
                 Tracked {
                     connection: Connection::first_seen(transition),
                     visit,
-                    stuck: false,
+                    stuck: None,
                 },
             )
         };
         let in_old = tracked.connection.advance(transition);
         tracked.visit = visit;
-        tracked.stuck = false;
+        tracked.stuck = None;
 
         let connection = &tracked.connection;
         let change = StateChange {
@@ -239,7 +251,7 @@ impl Tracker {
     /// connection with a cookie is matched by it, exactly, whatever its namespace and even
     /// while its local port is still unknown to probe (a connect hanging in SYN_SENT); one
     /// without (the classic program) by its endpoints.
-    pub fn refresh_activity(&mut self, samples: &[ExistingSocket]) {
+    pub fn refresh_activity(&mut self, samples: &[ExistingSocket], now: Timestamp) {
         let by_cookie: FxHashMap<u64, &ExistingSocket> = samples
             .iter()
             .filter(|s| s.cookie != 0)
@@ -249,6 +261,7 @@ impl Tracker {
             .iter()
             .map(|s| ((s.endpoints.local, s.endpoints.remote), s))
             .collect();
+        let mut queues = Vec::new();
         for tracked in self.table.values_mut() {
             let connection = &mut tracked.connection;
             let sample = match connection.cookie() {
@@ -263,7 +276,11 @@ impl Tracker {
                 if let Some(activity) = sample.activity {
                     connection.set_activity(activity);
                 }
+                queues.push((connection.key, connection.state(), sample.queues));
             }
+        }
+        for (key, state, queues) in queues {
+            self.note_queues(key, state, &queues, now);
         }
     }
 
@@ -280,7 +297,7 @@ impl Tracker {
             let Some(tracked) = self.table.get_mut(due.key) else {
                 continue;
             };
-            if tracked.visit != due.visit || tracked.stuck {
+            if tracked.visit != due.visit || tracked.stuck.is_some() {
                 continue;
             }
             let (Some(diagnosis), Some(threshold)) = (
@@ -290,6 +307,11 @@ impl Tracker {
                 continue;
             };
             let idle = tracked.connection.activity().map(|a| a.idle_at(now));
+            // An ESTABLISHED connection with data stalled in it is not idle by choice: the
+            // stall is what gets flagged.
+            if due.state == TcpState::Established && self.stalls.contains_key(&due.key) {
+                continue;
+            }
             if let (TcpState::Established, Some(idle)) = (due.state, idle)
                 && idle < threshold
             {
@@ -301,7 +323,7 @@ impl Tracker {
                 );
                 continue;
             }
-            tracked.stuck = true;
+            tracked.stuck = Some(diagnosis);
             let context = ViewContext {
                 processes: &self.processes,
                 co_holders: &self.co_holders,
@@ -314,6 +336,29 @@ impl Tracker {
             alerts.push(StuckAlert {
                 connection,
                 diagnosis,
+                dropped: None,
+            });
+        }
+        for (key, stall) in self.due_stalls(now) {
+            let Some(tracked) = self.table.get(key) else {
+                continue;
+            };
+            let context = ViewContext {
+                processes: &self.processes,
+                co_holders: &self.co_holders,
+                code_paths,
+            };
+            let mut connection = view(context, &tracked.connection, now);
+            // How long it has been stalled, rather than in its state.
+            connection.since = Some(stall.since);
+            connection.age = Some(now.saturating_since(stall.since));
+            alerts.push(StuckAlert {
+                connection,
+                diagnosis: stall.kind,
+                dropped: stall
+                    .overflows
+                    .zip(stall.overflows_at_start)
+                    .map(|(now, start)| now.saturating_sub(start)),
             });
         }
         alerts
@@ -347,16 +392,21 @@ impl Tracker {
         Summary::new(open, self.closed, losses)
     }
 
-    /// How many connections are stuck now, per process, state and remote endpoint.
+    /// How many connections are stuck now, per process, state and endpoint
+    /// ([`crate::track::Endpoints::named_by`]).
     pub fn stuck_tally(&self) -> StuckTally {
         let mut tally = StuckTally::default();
-        for tracked in self.table.values().filter(|tracked| tracked.stuck) {
+        for tracked in self
+            .table
+            .values()
+            .filter(|tracked| tracked.stuck.is_some())
+        {
             let connection = &tracked.connection;
             *tally
                 .entry((
                     connection.pid,
                     connection.state(),
-                    connection.endpoints().remote,
+                    connection.endpoints().named_by(connection.state()),
                 ))
                 .or_default() += 1;
         }
@@ -388,10 +438,17 @@ impl Tracker {
         let Some(inode) = inode else {
             return;
         };
-        if self.table.rekey(ConnectionKey::Inode(inode), key)
+        let old = ConnectionKey::Inode(inode);
+        if self.table.rekey(old, key)
             && let Some(tracked) = self.table.get_mut(key)
         {
             tracked.connection.key = key;
+        }
+        if let Some(stall) = self.stalls.remove(&old) {
+            self.stalls.insert(key, stall);
+        }
+        if let Some(holders) = self.co_holders.remove(&old) {
+            self.co_holders.insert(key, holders);
         }
     }
 
@@ -407,6 +464,8 @@ impl Tracker {
     fn forget(&mut self, key: ConnectionKey) {
         self.table.remove(key);
         self.co_holders.remove(&key);
+        self.stalls.remove(&key);
+        self.overflows_seen.remove(&key);
     }
 
     /// A new visit number. They wrap after 4 billion visits: by then, a queued deadline with
@@ -472,6 +531,7 @@ fn owner_of(processes: &FxHashMap<u32, Arc<str>>, pid: u32) -> Owner {
 }
 
 mod owners;
+mod stalls;
 #[cfg(test)]
 mod tests;
 

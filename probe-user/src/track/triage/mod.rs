@@ -49,11 +49,12 @@ pub struct ProcessSample {
 /// Stuck connections of one process in one state to one remote endpoint, at a moment.
 pub type StuckTally = FxHashMap<(u32, TcpState, SocketAddr), usize>;
 
-/// The stuck connections of a process that share a state and remote endpoint.
+/// The stuck connections of a process that share a state and endpoint.
 #[derive(Clone, Debug, PartialEq)]
 pub struct StuckGroupRate {
     pub state: TcpState,
-    pub remote: SocketAddr,
+    /// The remote endpoint, or a listener's own address ([`crate::track::Endpoints::named_by`]).
+    pub endpoint: SocketAddr,
     pub count: usize,
     /// How many more per minute, by the trend over the run.
     pub per_minute: Option<f64>,
@@ -189,11 +190,15 @@ impl Triage {
                 .or_insert_with(|| self.blank(view.owner.pid, Some(&view.owner.comm)));
             report.open += 1;
             *report.counts.entry(view.state).or_insert(0) += 1;
-            if connection.stuck {
+            if connection.stuck.is_some() {
                 report.stuck += 1;
                 *report.stuck_counts.entry(view.state).or_insert(0) += 1;
                 *groups
-                    .entry((view.owner.pid, view.state, view.endpoints.remote))
+                    .entry((
+                        view.owner.pid,
+                        view.state,
+                        view.endpoints.named_by(view.state),
+                    ))
                     .or_insert(0) += 1;
                 if report
                     .onset
@@ -219,7 +224,7 @@ impl Triage {
                 })
                 .map(|(&(pid, state, remote), &count)| StuckGroupRate {
                     state,
-                    remote,
+                    endpoint: remote,
                     count,
                     per_minute: self.group_rate(pid, state, remote),
                 });

@@ -87,6 +87,7 @@ fn ports_toward_one_destination_run_out_at_the_trend() {
                 endpoints: Endpoints::parse(&format!("10.0.0.1:{}", 60_000 + i), "10.0.0.2:80"),
                 activity: None,
                 last_ack_received: None,
+                queues: Default::default(),
             })
             .collect()
     };

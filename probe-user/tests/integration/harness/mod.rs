@@ -15,7 +15,7 @@ use std::time::Duration;
 pub use cgroups::TestCgroup;
 pub use helper::{Helper, this_binary};
 pub use netns::{NetworkNamespace, ip};
-pub use probe::{Probe, of_type, render, stuck, transitions};
+pub use probe::{Probe, of_type, render, stuck, stuck_kind, transitions};
 pub use roles::Role;
 pub use servers::{Idle, ServerMode, connect, server, traced_client};
 pub use ss::{bpf_map_types, ss_sockets_of, ss_state, wait_for_ss};

@@ -186,6 +186,15 @@ pub fn stuck<'a>(records: &'a [Value], pid: u32, state: &str) -> Vec<&'a Value> 
         .collect()
 }
 
+/// Stuck records of kind `kind` (a state, or RECEIVE_STALLED, SEND_STALLED, ACCEPT_QUEUE_FULL)
+/// of process `pid`.
+pub fn stuck_kind<'a>(records: &'a [Value], pid: u32, kind: &str) -> Vec<&'a Value> {
+    of_type(records, "stuck")
+        .into_iter()
+        .filter(|r| r["pid"] == pid && r["kind"] == kind)
+        .collect()
+}
+
 /// Pretty lines for failure messages.
 pub fn render(records: &[Value]) -> String {
     records

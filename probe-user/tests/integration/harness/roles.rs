@@ -69,6 +69,20 @@ pub enum Role {
         /// Stop connecting (and keep what it has) after this many.
         most: Option<usize>,
     },
+    /// After `go`, connects `count` times and answers `ready`; at `close`, closes them all
+    /// (staying alive) and answers `closed`; exits when stdin closes.
+    CloseOnCommand { server: SocketAddr, count: usize },
+    /// After `go`, connects, shuts its sending half down (SHUT_WR) and answers `ready`; holds
+    /// the socket until stdin closes.
+    HalfClose { server: SocketAddr },
+    /// After `go`, connects and answers `ready`, then never reads what arrives.
+    NeverReads { server: SocketAddr },
+    /// After `go`, connects, answers `ready`, and writes as much as the socket takes (its peer
+    /// does not read, so the writes end up blocked).
+    Flood { server: SocketAddr },
+    /// Listens on a fresh loopback port with a backlog of `backlog` and never accepts; tells
+    /// the port.
+    NeverAccepts { backlog: i32 },
     /// After `go`, starts a connect to `server` that will not complete (a black-holed
     /// address), answers `connecting`, and waits for stdin to close.
     ConnectHanging { server: SocketAddr },
@@ -243,6 +257,64 @@ impl Role {
                 fd_limit,
                 most,
             } => leak(server, per_second, fd_limit, most),
+            Role::CloseOnCommand { server, count } => {
+                wait_for_go()?;
+                let held = (0..count)
+                    .map(|_| connect(server))
+                    .collect::<Result<Vec<_>, _>>()?;
+                answer("ready")?;
+                let mut line = String::new();
+                std::io::stdin().lock().read_line(&mut line).map_err(err)?;
+                drop(held);
+                answer("closed")?;
+                wait_for_eof();
+                Ok(())
+            }
+            Role::HalfClose { server } => {
+                wait_for_go()?;
+                let stream = connect(server)?;
+                stream.shutdown(std::net::Shutdown::Write).map_err(err)?;
+                answer("ready")?;
+                wait_for_eof();
+                drop(stream);
+                Ok(())
+            }
+            Role::NeverReads { server } => {
+                wait_for_go()?;
+                let stream = connect(server)?;
+                answer("ready")?;
+                wait_for_eof();
+                drop(stream);
+                Ok(())
+            }
+            Role::Flood { server } => {
+                wait_for_go()?;
+                let mut stream = connect(server)?;
+                answer("ready")?;
+                thread::spawn(move || {
+                    let chunk = [b'x'; 16 * 1024];
+                    while stream.write_all(&chunk).is_ok() {}
+                });
+                wait_for_eof();
+                Ok(())
+            }
+            Role::NeverAccepts { backlog } => {
+                use socket2::{Domain, Socket, Type};
+                let socket = Socket::new(Domain::IPV4, Type::STREAM, None).map_err(err)?;
+                let any: SocketAddr = "127.0.0.1:0".parse().map_err(|_| "bad address")?;
+                socket.bind(&any.into()).map_err(err)?;
+                socket.listen(backlog).map_err(err)?;
+                let port = socket
+                    .local_addr()
+                    .map_err(err)?
+                    .as_socket()
+                    .ok_or("no address")?
+                    .port();
+                answer(&port.to_string())?;
+                wait_for_eof();
+                drop(socket);
+                Ok(())
+            }
             Role::ConnectHanging { server } => {
                 wait_for_go()?;
                 thread::spawn(move || TcpStream::connect(server));

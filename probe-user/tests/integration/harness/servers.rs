@@ -17,6 +17,8 @@ pub enum ServerMode {
     Hold,
     /// Reads until the client closes, then closes too (a clean close by the client).
     CloseAfterPeer,
+    /// Writes to each connection as fast as it takes (until the test process exits).
+    Blast,
 }
 
 /// Starts a server on `bind` (port 0) in a thread; returns its address.
@@ -29,6 +31,13 @@ pub fn server(bind: &str, mode: ServerMode) -> Result<SocketAddr, String> {
             match mode {
                 ServerMode::CloseAtOnce => drop(stream),
                 ServerMode::Hold => held.push(stream),
+                ServerMode::Blast => {
+                    thread::spawn(move || {
+                        let mut stream = stream;
+                        let chunk = [b'y'; 16 * 1024];
+                        while std::io::Write::write_all(&mut stream, &chunk).is_ok() {}
+                    });
+                }
                 ServerMode::CloseAfterPeer => {
                     thread::spawn(move || {
                         let mut buf = [0u8; 64];
