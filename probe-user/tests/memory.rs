@@ -11,7 +11,8 @@ use std::{
 
 use probe_common::{Attribution, TcpState};
 use probe_user::track::{
-    Activity, Endpoints, ExistingSocket, Family, Thresholds, Timestamp, Tracker, Transition,
+    Activity, Endpoints, ExistingSocket, Family, NoCodePaths, Thresholds, Timestamp, Tracker,
+    Transition,
 };
 
 /// The system allocator, counting the bytes currently allocated.
@@ -102,6 +103,13 @@ fn an_open_connection_costs_under_300_bytes() {
     }
     tracker.refresh_activity(&samples, Timestamp::from_nanos(1));
     drop(samples);
+    // Held open: the SYN_SENT deadlines of their handshakes come due (10 s) and go; what is
+    // left is what each open connection keeps.
+    assert!(
+        tracker
+            .due_stuck(Timestamp::from_nanos(11_000_000_000), &NoCodePaths)
+            .is_empty()
+    );
     let after = ALLOCATED.load(Ordering::Relaxed);
     assert_eq!(tracker.open_count(), CONNECTIONS as usize);
     let per_connection = (after - before) as f64 / CONNECTIONS as f64;

@@ -164,7 +164,19 @@ impl StuckDetector {
                 });
             }
         }
+        self.release_spare();
         due
+    }
+
+    /// Gives back the queue's memory once under half of it is used (after the deadlines of a
+    /// burst of handshakes came due, say): down to a quarter more than what is queued. Growth
+    /// doubles, so a queue that grows again does not shrink again before it has halved.
+    fn release_spare(&mut self) {
+        const SMALL: usize = 1024;
+        let queued = self.pending.len();
+        if self.pending.capacity() > queued * 2 + SMALL {
+            self.pending.shrink_to(queued + queued / 4 + SMALL);
+        }
     }
 
     /// The earliest pending deadline.
@@ -181,6 +193,7 @@ impl StuckDetector {
     pub fn retain(&mut self, mut is_live: impl FnMut(ConnectionKey, u32) -> bool) {
         self.pending
             .retain(|Reverse(pending)| is_live(pending.key(), pending.visit));
+        self.release_spare();
     }
 }
 
@@ -194,6 +207,19 @@ mod tests {
 
     fn key(n: u64) -> ConnectionKey {
         ConnectionKey::Socket(n)
+    }
+
+    #[test]
+    fn the_queue_gives_its_memory_back_once_mostly_empty() {
+        let mut detector = StuckDetector::default();
+        for n in 0..100_000 {
+            let deadline = if n % 10 == 0 { secs(100) } else { secs(1) };
+            detector.watch(key(n), 1, TcpState::SynSent, deadline);
+        }
+        assert!(detector.pending.capacity() >= 100_000);
+        assert_eq!(detector.due(secs(2)).len(), 90_000);
+        assert_eq!(detector.pending(), 10_000);
+        assert!(detector.pending.capacity() <= 12_500 + 1024);
     }
 
     #[test]
