@@ -15,19 +15,26 @@ use crate::{
 pub fn test() -> Result<()> {
     // `ss`, the independent oracle of the integration tests; tmux drives the live view,
     // Chromium renders the HTML report; nginx is the real pre-fork server of the ownership test;
-    // prlimit lowers probe's fd limit in the metrics test.
+    // prlimit lowers probe's fd limit in the metrics test; Prometheus (and promtool) scrapes
+    // probe, loads the alert rules and runs their unit tests; openssl makes the certificates
+    // of the TLS test, curl plays the clients it refuses.
     let tools = [
         ("ss", "iproute2"),
         ("tmux", "tmux"),
         ("chromium", "chromium"),
         ("nginx", "nginx"),
         ("prlimit", "util-linux"),
+        ("prometheus", "prometheus"),
+        ("promtool", "prometheus"),
+        ("openssl", "openssl"),
+        ("curl", "curl"),
     ];
-    let missing: Vec<&str> = tools
+    let mut missing: Vec<&str> = tools
         .iter()
         .filter(|(tool, _)| !tool_exists(tool))
         .map(|(_, package)| *package)
         .collect();
+    missing.dedup();
     if !missing.is_empty() {
         toolchain::apt_install(&missing)?;
     }

@@ -13,7 +13,7 @@ use crate::{
     bpf::{Streams, Tracer, privilege},
     cli::{Command, Config, Kernel, Scope},
     clock::monotonic_now,
-    output::{escape::terminal, metrics},
+    output::escape::terminal,
     process::{
         self, Process,
         cgroup::{self, TracedCgroup},
@@ -22,6 +22,7 @@ use crate::{
     snapshot::{self, Namespaces},
     track::{ExistingSocket, Timestamp},
 };
+use outputs::MetricsListener;
 use session::Session;
 use sources::StopSignals;
 
@@ -38,8 +39,12 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
     // Ctrl-C and SIGTERM are caught from here on: once probe says it is tracing, they always
     // end it with a summary.
     let signals = StopSignals::catch()?;
-    // Bound first: a busy port is an error before anything is loaded.
-    let metrics_listener = config.metrics_addr.map(metrics::bind).transpose()?;
+    // Bound first, its web configuration read (certificates and keys are often readable by
+    // root only): a busy port or a bad file is an error before anything is loaded.
+    let metrics_listener = config
+        .metrics_addr
+        .map(|address| MetricsListener::bind(address, config.metrics_web_config.as_deref()))
+        .transpose()?;
     let attached = attach(config)?;
     // Attached, seeded, the command started: what probe needs from here on is much less.
     privilege::drop_unneeded().context("cannot drop the capabilities probe no longer needs")?;

@@ -1,6 +1,12 @@
 //! The sinks the configuration asks for, behind the one filter they share.
 
-use std::io::{self, BufWriter, IsTerminal};
+use std::{
+    io::{self, BufWriter, IsTerminal},
+    net::SocketAddr,
+    path::Path,
+};
+
+use anyhow::Context;
 
 use crate::{
     cli::{Config, View},
@@ -10,11 +16,38 @@ use crate::{
         filter::Filtered,
         json::JsonSink,
         live::LiveView,
-        metrics::{self, Metrics},
+        metrics::{self, Metrics, WebConfig},
         report::Report,
         text::TextSink,
     },
 };
+
+/// The metrics endpoint's socket, bound early, and how to protect it.
+pub struct MetricsListener {
+    pub listener: std::net::TcpListener,
+    pub web: Option<WebConfig>,
+}
+
+impl MetricsListener {
+    /// Binds `address` and reads the web configuration file, if any (certificates and keys
+    /// are often readable by root only: before probe drops its privileges), then says where
+    /// the metrics will be, and whether anyone can read them.
+    pub fn bind(address: SocketAddr, web_config: Option<&Path>) -> anyhow::Result<Self> {
+        let listener = metrics::bind(address)?;
+        let web = web_config.map(WebConfig::load).transpose()?;
+        let address = listener.local_addr().unwrap_or(address);
+        let scheme = web.as_ref().map_or("http", WebConfig::scheme);
+        eprintln!("probe: serving metrics at {scheme}://{address}/metrics");
+        if !address.ip().is_loopback() && web.is_none() {
+            eprintln!(
+                "probe: anyone who can reach {address} can read the metrics (process names, \
+                 endpoints): protect them with --metrics-web-config (TLS, basic auth) or a \
+                 firewall"
+            );
+        }
+        Ok(MetricsListener { listener, web })
+    }
+}
 
 /// The keys the live view reads, when there is one.
 pub type KeysReceiver = tokio::sync::mpsc::UnboundedReceiver<Key>;
@@ -24,7 +57,7 @@ pub type KeysReceiver = tokio::sync::mpsc::UnboundedReceiver<Key>;
 pub fn make(
     config: &Config,
     targets: String,
-    metrics_listener: Option<std::net::TcpListener>,
+    metrics_listener: Option<MetricsListener>,
 ) -> anyhow::Result<(Filtered<Outputs>, Option<KeysReceiver>)> {
     let clock = WallClock::now();
     // The report file and the metrics server first: their errors and notes go to a terminal
@@ -33,19 +66,15 @@ pub fn make(
         Some(path) => Some(Report::create(path, targets.clone(), clock)?),
         None => None,
     };
-    let metrics = metrics_listener.map(|listener| {
-        if let Ok(address) = listener.local_addr() {
-            eprintln!("probe: serving metrics at http://{address}/metrics");
+    let metrics = match metrics_listener {
+        Some(MetricsListener { listener, web }) => {
+            let metrics = Metrics::new(config.metrics_cardinality);
+            metrics::spawn(listener, metrics.clone(), web)
+                .context("cannot start the metrics endpoint's thread")?;
+            Some(metrics)
         }
-        let metrics = Metrics::new(config.metrics_cardinality);
-        let server = metrics.clone();
-        tokio::spawn(async move {
-            if let Err(error) = metrics::serve(listener, server).await {
-                log::warn!("the metrics endpoint stopped: {error}");
-            }
-        });
-        metrics
-    });
+        None => None,
+    };
     let mut outputs = Outputs::default();
     let mut keys = None;
     let stdout = io::stdout();
@@ -63,7 +92,7 @@ pub fn make(
         // Large enough that a burst of events makes few writes; flushed after every batch anyway.
         let out = BufWriter::with_capacity(64 * 1024, stdout);
         if config.view == View::Json {
-            outputs.push(Box::new(JsonSink::new(out, clock)));
+            outputs.push(Box::new(JsonSink::new(out, clock, config.transitions)));
         } else {
             outputs.push(Box::new(TextSink::new(
                 out,

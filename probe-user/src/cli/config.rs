@@ -29,6 +29,8 @@ pub struct Config {
     pub report: Option<PathBuf>,
     /// Serve Prometheus metrics here.
     pub metrics_addr: Option<SocketAddr>,
+    /// The metrics endpoint's web configuration file (TLS, basic auth).
+    pub metrics_web_config: Option<PathBuf>,
     /// How the per-process metrics are labelled and bounded.
     pub metrics_cardinality: Cardinality,
     pub kernel: Kernel,
@@ -221,6 +223,7 @@ impl Config {
             view,
             report: cli.report,
             metrics_addr: cli.metrics_addr,
+            metrics_web_config: cli.metrics_web_config,
             metrics_cardinality: Cardinality {
                 pids: cli.metrics_pids,
                 top: usize::from(cli.metrics_top),

@@ -140,6 +140,12 @@ pub struct Cli {
     #[arg(long, requires = "metrics_addr")]
     pub metrics_pids: bool,
 
+    /// Protect the metrics endpoint as this web configuration file says: TLS
+    /// (tls_server_config) and basic auth (basic_auth_users, bcrypt hashes), in the format
+    /// Prometheus exporters share.
+    #[arg(long, value_name = "FILE", requires = "metrics_addr")]
+    pub metrics_web_config: Option<PathBuf>,
+
     /// Per-process metrics for at most this many processes (the most stuck first); the rest
     /// add up under comm="(other)".
     #[arg(long, value_name = "N", default_value_t = 20, requires = "metrics_addr", value_parser = clap::value_parser!(u16).range(1..=1000))]
@@ -280,9 +286,18 @@ mod tests {
     fn the_daemonset_runs_a_valid_command_line() {
         let args = daemonset_args();
         let config = parse(&args.iter().map(String::as_str).collect::<Vec<_>>()).unwrap();
-        assert!(config.targets.follow_forks && config.targets.comm.is_some());
+        assert_eq!(config.scope, Scope::Host, "host-wide on every node");
+        assert!(
+            !config.transitions,
+            "alerts and summaries in the log, not every transition"
+        );
         assert_eq!(config.view, View::Json);
         assert_eq!(config.metrics_addr, Some("0.0.0.0:9464".parse().unwrap()));
+        assert_eq!(
+            config.metrics_web_config.as_deref(),
+            Some(std::path::Path::new("/etc/probe/web.yml"))
+        );
+        assert!(!config.metrics_cardinality.pids);
     }
 
     #[test]

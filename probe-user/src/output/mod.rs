@@ -303,7 +303,7 @@ mod tests {
     #[test]
     fn json_output() {
         let mut out = Vec::new();
-        scenario(&mut JsonSink::new(&mut out, clock()));
+        scenario(&mut JsonSink::new(&mut out, clock(), true));
         let text = String::from_utf8(out).unwrap();
         for line in text.lines() {
             let value: serde_json::Value = serde_json::from_str(line).unwrap();

@@ -14,25 +14,9 @@ use std::{
 use serde_json::Value;
 
 use crate::harness::{
-    Helper, Probe, Role, ServerMode, TestResult, WAIT, ensure, of_type, render, server,
-    ss_sockets_of, stuck, wait_for_ss,
+    Helper, Probe, Role, ServerMode, TempPath, TestResult, WAIT, ensure, of_type, render, scrape,
+    server, ss_sockets_of, stuck, wait_for_ss,
 };
-
-/// A file in the temporary directory, named for this test run, removed when dropped.
-pub struct TempPath(pub std::path::PathBuf);
-
-impl TempPath {
-    pub fn new(name: &str) -> TempPath {
-        TempPath(std::env::temp_dir().join(format!("probe-test-{}-{name}", std::process::id())))
-    }
-}
-
-impl Drop for TempPath {
-    fn drop(&mut self) {
-        let _ = fs::remove_file(&self.0);
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
 
 /// `--follow-forks` on a shell that forks a storm of short-lived children (most exit before
 /// probe hears of them): probe keeps going and ends with its summary.
@@ -306,8 +290,10 @@ pub fn untrusted_names_never_reach_the_terminal_raw() -> TestResult {
     let name = "\x1b]0;PWNED\x07\x1b[31m\t\r";
     let mut client = Helper::start(&Role::Named {
         name: name.into(),
-        server: addr,
-        count: 2,
+        plays: Box::new(Role::HoldClients {
+            server: addr,
+            count: 2,
+        }),
     })?;
     let pid = client.pid();
     let probe = Command::new(env!("CARGO_BIN_EXE_probe"))
@@ -403,27 +389,6 @@ pub fn the_metrics_endpoint_survives_running_out_of_descriptors() -> TestResult 
     ensure(status.success() && !stderr.contains("stopped"), || {
         format!("probe ended with {status}: {stderr}")
     })
-}
-
-/// `GET /metrics` over a fresh connection; the body.
-fn scrape(address: &str) -> Result<String, String> {
-    let mut stream = TcpStream::connect(address).map_err(|e| e.to_string())?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(2)))
-        .map_err(|e| e.to_string())?;
-    write!(
-        stream,
-        "GET /metrics HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
-    )
-    .map_err(|e| e.to_string())?;
-    let mut response = String::new();
-    stream
-        .read_to_string(&mut response)
-        .map_err(|e| e.to_string())?;
-    Ok(response
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_string())
-        .unwrap_or_default())
 }
 
 /// The terminal goes away (SIGHUP): the summary is still printed, the report still written.
@@ -679,8 +644,7 @@ pub fn a_connection_of_an_exited_process_is_not_open() -> TestResult {
 /// come: each worker owns the connections it accepted, as `ss -p` counts them (the kernel side
 /// can only name the listener's owner; the fd tables name the worker).
 pub fn nginx_workers_each_own_what_they_accepted() -> TestResult {
-    let dir = TempPath::new("nginx");
-    fs::create_dir_all(&dir.0).map_err(|e| e.to_string())?;
+    let dir = TempPath::directory("nginx")?;
     let port = {
         let free = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
         free.local_addr().map_err(|e| e.to_string())?.port()

@@ -307,12 +307,7 @@ pub fn the_fd_forecast_matches_when_the_client_runs_out() -> TestResult {
 /// is within 20% of when that really happened.
 pub fn the_port_forecast_matches_when_connect_fails() -> TestResult {
     let namespace = NetworkNamespace::create()?;
-    let sysctl = Command::new("ip")
-        .args(["netns", "exec", &namespace.name, "sysctl", "-qw"])
-        .arg("net.ipv4.ip_local_port_range=60000 60199")
-        .status()
-        .map_err(|e| e.to_string())?;
-    ensure(sysctl.success(), || "cannot set the port range".into())?;
+    namespace.set_port_range(60000, 60199)?;
     let mut listener = Helper::start_in(
         &namespace.name,
         &Role::HoldingServer {

@@ -12,6 +12,7 @@
 mod attach;
 mod code_paths;
 mod filters;
+mod fleet;
 mod harness;
 mod hostile;
 mod hostwide;
@@ -104,6 +105,8 @@ fn main() -> ExitCode {
         stuck_kinds::data_nobody_reads_is_flagged_on_either_side,
         stuck_kinds::a_listener_that_never_accepts_is_flagged_with_its_drops,
         stuck_kinds::kinds_found_at_attach_are_flagged,
+        fleet::prometheus_scrapes_probe_and_the_alerts_fire,
+        fleet::a_secured_endpoint_serves_prometheus_and_refuses_everyone_else,
     ];
     let trials = match prerequisites() {
         Ok(()) => trials,

@@ -2,33 +2,16 @@
 //! HTML report (rendered in headless Chromium) and the Prometheus endpoint (scraped).
 
 use std::{
-    io::{Read, Write},
-    net::{TcpListener, TcpStream},
-    path::{Path, PathBuf},
+    path::Path,
     process::{Command, Stdio},
     thread,
     time::{Duration, Instant},
 };
 
 use crate::harness::{
-    Helper, Idle, Role, ServerMode, TestResult, WAIT, ensure, server, ss_sockets_of, stuck,
-    traced_client,
+    Helper, Idle, Role, ServerMode, TempPath, TestResult, WAIT, ensure, free_port, sample, scrape,
+    server, ss_sockets_of, stuck, traced_client,
 };
-
-/// A file in the temporary directory, named for this test run, removed when dropped.
-struct TempFile(PathBuf);
-
-impl TempFile {
-    fn new(name: &str) -> TempFile {
-        TempFile(std::env::temp_dir().join(format!("probe-test-{}-{name}", std::process::id())))
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
 
 /// Polls `check` until it returns `Some`, or fails with what `check` saw last.
 fn poll<T>(what: &str, mut check: impl FnMut() -> Result<Option<T>, String>) -> Result<T, String> {
@@ -68,47 +51,6 @@ fn close_wait_leak(
 
 // ---------------------------------------------------------------------------------------------
 // Metrics.
-
-/// `GET /metrics` over a plain TCP connection; returns the body.
-fn scrape(address: &str) -> Result<String, String> {
-    let mut stream = TcpStream::connect(address).map_err(|e| format!("cannot connect: {e}"))?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .map_err(|e| e.to_string())?;
-    write!(
-        stream,
-        "GET /metrics HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
-    )
-    .map_err(|e| format!("cannot send the request: {e}"))?;
-    let mut response = String::new();
-    stream
-        .read_to_string(&mut response)
-        .map_err(|e| format!("cannot read the response: {e}"))?;
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| format!("not an HTTP response: {response}"))?;
-    ensure(head.starts_with("HTTP/1.1 200"), || {
-        format!("scrape failed: {head}")
-    })?;
-    ensure(head.contains("openmetrics-text"), || {
-        format!("wrong content type: {head}")
-    })?;
-    Ok(body.to_string())
-}
-
-/// The value of the sample `series` (name and labels, exactly as exposed).
-fn sample(body: &str, series: &str) -> Option<f64> {
-    body.lines().find_map(|line| {
-        let value = line.strip_prefix(series)?.strip_prefix(' ')?;
-        value.parse().ok()
-    })
-}
-
-/// A free port on loopback (bound and released).
-fn free_port() -> Result<u16, String> {
-    let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
-    Ok(listener.local_addr().map_err(|e| e.to_string())?.port())
-}
 
 /// Four CLOSE_WAIT leaks, probe with `--metrics-addr PORT`: the endpoint listens on loopback
 /// only, and a real scrape shows the gauges, counters and histograms that match `ss`.
@@ -206,7 +148,7 @@ fn count_pixels(png: &Path, colour: [u8; 3]) -> Result<usize, String> {
 
 /// Renders `page` in headless Chromium to `png`.
 fn screenshot(page: &Path, png: &Path) -> TestResult {
-    let profile = TempFile::new("chromium-profile");
+    let profile = TempPath::new("chromium-profile");
     let status = Command::new("chromium")
         .args([
             "--headless",
@@ -236,8 +178,8 @@ fn screenshot(page: &Path, png: &Path) -> TestResult {
 /// Three CLOSE_WAIT leaks with `--report`: the page names each leaked connection `ss` shows,
 /// and rendered in headless Chromium it shows the CLOSE_WAIT line of the chart and the tables.
 pub fn the_report_renders_in_a_browser() -> TestResult {
-    let page = TempFile::new("report.html");
-    let picture = TempFile::new("report.png");
+    let page = TempPath::new("report.html");
+    let picture = TempPath::new("report.png");
     let path = page.0.to_string_lossy().into_owned();
     let (client, probe, addr) = close_wait_leak(3, &["--report", &path])?;
     let pid = client.pid();

@@ -138,7 +138,7 @@ impl Session {
         config: &Config,
         attached: Attached,
         signals: StopSignals,
-        metrics_listener: Option<std::net::TcpListener>,
+        metrics_listener: Option<outputs::MetricsListener>,
     ) -> anyhow::Result<Session> {
         let Attached {
             tracer,

@@ -32,16 +32,19 @@ pub struct JsonSink<W: Write> {
     times: TimeWriter,
     /// The transition line being written.
     line: Line,
+    /// Write a line per transition (host-wide, only when asked: `--transitions`).
+    transitions: bool,
 }
 
 impl<W: Write> JsonSink<W> {
-    /// A sink writing NDJSON to `out`.
-    pub fn new(out: W, clock: WallClock) -> Self {
+    /// A sink writing NDJSON to `out`; `transitions` to write a line per transition too.
+    pub fn new(out: W, clock: WallClock, transitions: bool) -> Self {
         JsonSink {
             out,
             clock,
             times: TimeWriter::default(),
             line: Line::default(),
+            transitions,
         }
     }
 
@@ -253,6 +256,9 @@ impl<W: Write> Sink for JsonSink<W> {
     /// Written field by field: this is the line probe writes for every event, and only the
     /// process name can need escaping (the same fields as the other records, no allocation).
     fn transition(&mut self, change: &StateChange) -> io::Result<()> {
+        if !self.transitions {
+            return Ok(());
+        }
         let line = &mut self.line;
         let endpoints = &change.endpoints;
         line.clear();
@@ -408,7 +414,9 @@ mod tests {
         };
         let clock = WallClock::from_readings(Timestamp::from_nanos(0), Duration::from_secs(60));
         let mut out = Vec::new();
-        JsonSink::new(&mut out, clock).transition(&change).unwrap();
+        JsonSink::new(&mut out, clock, true)
+            .transition(&change)
+            .unwrap();
         let text = String::from_utf8(out).unwrap();
         assert_eq!(text.matches('\n').count(), 1, "{text}");
         let value: Value = serde_json::from_str(&text).unwrap();

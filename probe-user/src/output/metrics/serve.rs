@@ -1,7 +1,9 @@
-//! The metrics endpoint: `GET /metrics` over HTTP/1, kept serving whatever clients do. A
-//! flood of idle connections or running out of file descriptors must not take it down for the
-//! rest of a run: connections are capped, idle ones time out, and a failed accept is retried
-//! after a pause.
+//! The metrics endpoint: `GET /metrics` over HTTP/1 (over TLS, behind basic auth, as the web
+//! configuration file says), kept serving whatever clients do. It runs on a thread of its own,
+//! so that no client (a flood of handshakes, of wrong passwords) can slow the event loop down;
+//! a flood of idle connections or running out of file descriptors must not take it down for
+//! the rest of a run: connections are capped, idle ones and slow handshakes time out, and a
+//! failed accept is retried after a pause.
 
 use std::{io, net::SocketAddr, sync::Arc, time::Duration};
 
@@ -9,18 +11,28 @@ use http_body_util::Full;
 use hyper::{
     Request, Response, StatusCode,
     body::{Bytes, Incoming},
-    header::CONTENT_TYPE,
+    header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE},
     server::conn::http1,
     service::service_fn,
 };
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::{net::TcpListener, sync::Semaphore};
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::TcpListener,
+    sync::Semaphore,
+};
+use tokio_rustls::TlsAcceptor;
 
-use super::Metrics;
+use super::{
+    Metrics,
+    exposition::Format,
+    web::{BasicAuth, Verdict, WebConfig},
+};
 
 /// Connections served at once; more wait in the listen backlog.
 const MAX_CONNECTIONS: usize = 64;
-/// A client has this long to send its request headers, each time.
+/// A client has this long to send its request headers, each time, and to finish a TLS
+/// handshake.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// No connection lives longer than this (a scraper reconnects).
 const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
@@ -52,10 +64,38 @@ pub fn bind(address: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
     Ok(listener)
 }
 
-/// Serves `GET /metrics` until the runtime stops. Errors of one connection, or of one accept
-/// (EMFILE when the fd limit is reached), never stop it.
-pub async fn serve(listener: std::net::TcpListener, metrics: Metrics) -> io::Result<()> {
+/// Serves `GET /metrics` on a thread of its own until probe exits.
+pub fn spawn(
+    listener: std::net::TcpListener,
+    metrics: Metrics,
+    web: Option<WebConfig>,
+) -> io::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name("probe-metrics".into())
+        .spawn(move || {
+            if let Err(error) = runtime.block_on(serve(listener, metrics, web)) {
+                log::warn!("the metrics endpoint stopped: {error}");
+            }
+        })?;
+    Ok(())
+}
+
+/// Serves `GET /metrics`. Errors of one connection, or of one accept (EMFILE when the fd
+/// limit is reached), never stop it.
+async fn serve(
+    listener: std::net::TcpListener,
+    metrics: Metrics,
+    web: Option<WebConfig>,
+) -> io::Result<()> {
     let listener = TcpListener::from_std(listener)?;
+    let tls = web
+        .as_ref()
+        .and_then(|web| web.tls.clone())
+        .map(TlsAcceptor::from);
+    let users = web.and_then(|web| web.users);
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut backoff = Duration::from_millis(10);
     loop {
@@ -79,43 +119,87 @@ pub async fn serve(listener: std::net::TcpListener, metrics: Metrics) -> io::Res
                 continue;
             }
         };
-        let metrics = metrics.clone();
+        let (metrics, users, tls) = (metrics.clone(), users.clone(), tls.clone());
         tokio::spawn(async move {
-            let service = service_fn(move |request: Request<Incoming>| {
-                let metrics = metrics.clone();
-                async move { Ok::<_, hyper::Error>(respond(&request, &metrics)) }
-            });
-            let connection = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), service);
-            match tokio::time::timeout(CONNECTION_LIFETIME, connection).await {
-                Ok(Err(error)) => log::debug!("metrics connection: {error}"),
-                Err(_) => log::debug!("metrics connection closed after {CONNECTION_LIFETIME:?}"),
-                Ok(Ok(())) => {}
+            let served = async {
+                match tls {
+                    Some(acceptor) => {
+                        let handshake =
+                            tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(stream));
+                        match handshake.await {
+                            Ok(Ok(stream)) => serve_connection(stream, metrics, users).await,
+                            Ok(Err(error)) => log::debug!("metrics TLS handshake: {error}"),
+                            Err(_) => log::debug!("metrics TLS handshake timed out"),
+                        }
+                    }
+                    None => serve_connection(stream, metrics, users).await,
+                }
+            };
+            if tokio::time::timeout(CONNECTION_LIFETIME, served)
+                .await
+                .is_err()
+            {
+                log::debug!("metrics connection closed after {CONNECTION_LIFETIME:?}");
             }
             drop(slot);
         });
     }
 }
 
-fn respond(request: &Request<Incoming>, metrics: &Metrics) -> Response<Full<Bytes>> {
-    let mut response = if request.uri().path() == "/metrics" {
-        let mut response = Response::new(Full::new(Bytes::from(metrics.encode())));
-        response.headers_mut().insert(
-            CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8"
-                .parse()
-                .expect("a valid header value"),
-        );
-        response
-    } else {
-        Response::new(Full::new(Bytes::from_static(
-            b"probe: metrics are at /metrics\n",
-        )))
-    };
-    if request.uri().path() != "/metrics" {
-        *response.status_mut() = StatusCode::NOT_FOUND;
+/// Serves HTTP/1 requests on one connection (plain or TLS).
+async fn serve_connection<S>(stream: S, metrics: Metrics, users: Option<Arc<BasicAuth>>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |request: Request<Incoming>| {
+        let (metrics, users) = (metrics.clone(), users.clone());
+        async move {
+            let verdict = match &users {
+                Some(users) => {
+                    let header = request.headers().get(AUTHORIZATION).map(|v| v.as_bytes());
+                    users.check(header).await
+                }
+                None => Verdict::Allowed,
+            };
+            Ok::<_, hyper::Error>(match verdict {
+                Verdict::Allowed => respond(&request, &metrics),
+                Verdict::Denied => unauthorized(),
+            })
+        }
+    });
+    let connection = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .serve_connection(TokioIo::new(stream), service);
+    if let Err(error) = connection.await {
+        log::debug!("metrics connection: {error}");
     }
+}
+
+/// 401, asking for basic auth.
+fn unauthorized() -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from_static(b"Unauthorized\n")));
+    *response.status_mut() = StatusCode::UNAUTHORIZED;
+    response.headers_mut().insert(
+        WWW_AUTHENTICATE,
+        r#"Basic realm="probe""#.parse().expect("a valid header value"),
+    );
+    response
+}
+
+fn respond(request: &Request<Incoming>, metrics: &Metrics) -> Response<Full<Bytes>> {
+    if request.uri().path() != "/metrics" {
+        let mut response = Response::new(Full::new(Bytes::from_static(
+            b"probe: metrics are at /metrics\n",
+        )));
+        *response.status_mut() = StatusCode::NOT_FOUND;
+        return response;
+    }
+    let format = Format::negotiate(request.headers().get(ACCEPT).map(|v| v.as_bytes()));
+    let mut response = Response::new(Full::new(Bytes::from(format.render(metrics.encode()))));
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        format.content_type().parse().expect("a valid header value"),
+    );
     response
 }

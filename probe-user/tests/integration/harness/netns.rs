@@ -89,6 +89,18 @@ impl NetworkNamespace {
         IpAddr::from([10, 201, (self.number % 250) as u8, 2])
     }
 
+    /// Narrows the namespace's ephemeral port range (`ip_local_port_range`) to `low..=high`.
+    pub fn set_port_range(&self, low: u16, high: u16) -> TestResult {
+        ip(&[
+            "netns",
+            "exec",
+            &self.name,
+            "sysctl",
+            "-qw",
+            &format!("net.ipv4.ip_local_port_range={low} {high}"),
+        ])
+    }
+
     /// Takes the namespace's end of the link down: nothing it sent or would send arrives any
     /// more.
     pub fn cut(&self) -> TestResult {
@@ -96,10 +108,23 @@ impl NetworkNamespace {
         ip(&["-n", &self.name, "link", "set", &inside, "down"])
     }
 
-    /// `ss` inside the namespace: the lines of `pid` in `state`, once there are `count`.
+    /// `ss` inside the namespace: the lines of `pid` in `state`, once there are `count` (within
+    /// 5 seconds).
     pub fn ss(&self, pid: u32, state: &str, count: usize) -> Result<Vec<String>, String> {
+        self.ss_within(pid, state, count, Duration::from_secs(5))
+    }
+
+    /// The same, waiting at most `timeout`.
+    pub fn ss_within(
+        &self,
+        pid: u32,
+        state: &str,
+        count: usize,
+        timeout: Duration,
+    ) -> Result<Vec<String>, String> {
         let needle = format!("pid={pid},");
-        for _ in 0..100 {
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
             let output = Command::new("ip")
                 .args(["netns", "exec", &self.name, "ss", "-tanpH", "state", state])
                 .output()

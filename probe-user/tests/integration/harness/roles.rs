@@ -101,13 +101,8 @@ pub enum Role {
     /// over SCM_RIGHTS and closes its own copies; tells the receiver's pid and stays until stdin
     /// closes (so does the receiver).
     PassOver { server: SocketAddr, count: usize },
-    /// Names itself `name` (as the kernel keeps names: at most 15 bytes), then plays
-    /// [`Role::HoldClients`].
-    Named {
-        name: String,
-        server: SocketAddr,
-        count: usize,
-    },
+    /// Names itself `name` (as the kernel keeps names: at most 15 bytes), then plays `plays`.
+    Named { name: String, plays: Box<Role> },
 }
 
 impl Role {
@@ -224,17 +219,13 @@ impl Role {
             } => close_later(server, per_second, Duration::from_millis(linger_ms)),
             Role::HandOver { server, count } => hand_over(server, count),
             Role::PassOver { server, count } => pass_over(server, count),
-            Role::Named {
-                name,
-                server,
-                count,
-            } => {
+            Role::Named { name, plays } => {
                 let name = std::ffi::CString::new(name).map_err(|e| e.to_string())?;
                 // SAFETY: PR_SET_NAME reads a NUL-terminated string, which `name` is.
                 if unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) } != 0 {
                     return Err(std::io::Error::last_os_error().to_string());
                 }
-                Role::HoldClients { server, count }.play()
+                plays.play()
             }
             Role::HoldingServer { bind } => holding_server(bind),
             Role::BoundClients {
