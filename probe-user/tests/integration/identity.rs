@@ -7,7 +7,7 @@ use std::{net::SocketAddr, process::Command, thread, time::Duration};
 use serde_json::Value;
 
 use crate::harness::{
-    Helper, NetworkNamespace, Probe, Role, TestResult, WAIT, ensure, ip, render, stuck,
+    Helper, NetworkNamespace, Probe, Role, TestResult, WAIT, ensure, render, stuck,
 };
 
 /// A connect hanging in SYN_SENT (a SYN into a veth whose far end never answers: a permanent
@@ -16,22 +16,7 @@ use crate::harness::{
 /// shows them.
 pub fn a_hanging_connect_gets_its_port_and_inode_from_the_next_refresh() -> TestResult {
     let namespace = NetworkNamespace::linked()?;
-    let host = namespace.host_address().to_string();
-    let hole = host
-        .rsplit_once('.')
-        .map(|(net, _)| format!("{net}.3"))
-        .ok_or("no address")?;
-    ip(&[
-        "neigh",
-        "replace",
-        &hole,
-        "lladdr",
-        "02:00:00:00:00:03",
-        "dev",
-        &namespace.outside_link(),
-        "nud",
-        "permanent",
-    ])?;
+    let hole = namespace.black_hole()?.to_string();
     let server: SocketAddr = format!("{hole}:80").parse().map_err(|_| "bad address")?;
     let mut client = Helper::start(&Role::ConnectHanging { server })?;
     let pid = client.pid();

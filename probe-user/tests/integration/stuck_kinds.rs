@@ -73,22 +73,6 @@ fn listen_overflows() -> Result<u64, String> {
         .ok_or_else(|| "no ListenOverflows".into())
 }
 
-/// Points `address` on the link of `namespace` at a MAC address nobody has: what is sent there
-/// leaves and nothing comes back.
-fn black_hole(namespace: &NetworkNamespace, address: &str) -> TestResult {
-    ip(&[
-        "neigh",
-        "replace",
-        address,
-        "lladdr",
-        "02:00:00:00:00:03",
-        "dev",
-        &namespace.outside_link(),
-        "nud",
-        "permanent",
-    ])
-}
-
 /// A connect to an address whose SYNs vanish is flagged SYN_SENT; a connect whose first SYN is
 /// lost and whose retransmission gets through (slow, but it completes) is not.
 pub fn a_connect_into_a_black_hole_is_flagged_and_a_slow_one_is_not() -> TestResult {
@@ -101,14 +85,9 @@ pub fn a_connect_into_a_black_hole_is_flagged_and_a_slow_one_is_not() -> TestRes
         },
     )?;
     let port: u16 = listener.hear()?.parse().map_err(|_| "no port")?;
-    let hole = far
-        .to_string()
-        .rsplit_once('.')
-        .map(|(net, _)| format!("{net}.3"))
-        .ok_or("no address")?;
-    black_hole(&namespace, &hole)?;
+    let hole = namespace.black_hole()?.to_string();
     // The namespace's own address, black-holed only until its first SYN is lost.
-    black_hole(&namespace, &far.to_string())?;
+    namespace.point_nowhere(far)?;
     let mut hanging = Helper::start(&Role::ConnectHanging {
         server: format!("{hole}:80").parse().map_err(|_| "bad address")?,
     })?;

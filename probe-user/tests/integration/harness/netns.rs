@@ -80,13 +80,36 @@ impl NetworkNamespace {
     }
 
     /// This side's address on the link.
-    pub fn host_address(&self) -> IpAddr {
+    fn host_address(&self) -> IpAddr {
         IpAddr::from([10, 201, (self.number % 250) as u8, 1])
     }
 
     /// The namespace's address on the link.
     pub fn address(&self) -> IpAddr {
         IpAddr::from([10, 201, (self.number % 250) as u8, 2])
+    }
+
+    /// Points `address`, on the link, at a MAC address nobody has (a permanent neighbour
+    /// entry): what is sent there leaves and nothing comes back.
+    pub fn point_nowhere(&self, address: IpAddr) -> TestResult {
+        ip(&[
+            "neigh",
+            "replace",
+            &address.to_string(),
+            "lladdr",
+            "02:00:00:00:00:03",
+            "dev",
+            &self.outside_link(),
+            "nud",
+            "permanent",
+        ])
+    }
+
+    /// An address on the link that nobody has, pointed nowhere: a black hole.
+    pub fn black_hole(&self) -> Result<IpAddr, String> {
+        let hole = IpAddr::from([10, 201, (self.number % 250) as u8, 3]);
+        self.point_nowhere(hole)?;
+        Ok(hole)
     }
 
     /// Narrows the namespace's ephemeral port range (`ip_local_port_range`) to `low..=high`.
