@@ -216,8 +216,10 @@ pub struct TransitionEvent {
     /// Id of the owner's user stack in the stack map, on connect (in the owner's own context);
     /// [`NO_STACK`] otherwise.
     pub stack_id: i32,
-    /// Explicit padding, always zero.
-    pub _pad2: u32,
+    /// On connect, where a runtime connects on behalf of other code (Go's HTTP transport on a
+    /// goroutine of its own, node's event loop on a later tick): the id of the stack of the
+    /// code that asked for the connection, captured when it asked; [`NO_STACK`] otherwise.
+    pub requested_stack_id: i32,
     /// Local address.
     pub saddr: [u8; 16],
     /// Remote address.

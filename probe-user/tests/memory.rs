@@ -80,6 +80,7 @@ fn an_open_connection_costs_under_300_bytes() {
                 new,
                 attribution: Attribution::Known,
                 stack: None,
+                requested: None,
             });
         }
         samples.push(ExistingSocket {

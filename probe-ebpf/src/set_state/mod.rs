@@ -313,7 +313,7 @@ fn emit(
         attribution: attribution as u8,
         _pad: [0; 3],
         stack_id,
-        _pad2: 0,
+        requested_stack_id: NO_STACK,
         saddr: endpoints.saddr,
         daddr: endpoints.daddr,
     });

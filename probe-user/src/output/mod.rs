@@ -159,6 +159,7 @@ mod tests {
             new,
             attribution: Attribution::Known,
             stack: None,
+            requested: None,
         }
     }
 
@@ -265,6 +266,11 @@ mod tests {
                     file: (line > 0).then(|| "main.go".to_string()),
                     line: (line > 0).then_some(line),
                     address: 0x4000 + u64::from(line),
+                    kind: if line > 0 {
+                        crate::track::FrameKind::App
+                    } else {
+                        crate::track::FrameKind::Runtime
+                    },
                 })
                 .collect(),
         });

@@ -141,6 +141,14 @@ pub struct Transition {
     pub attribution: Attribution,
     /// The owner's user stack, on connect.
     pub stack: Option<StackRef>,
+    /// On connect, the stack of the code that asked a runtime for the connection, where the
+    /// runtime connects on its behalf.
+    pub requested: Option<StackRef>,
+}
+
+/// A stack id of process `pid`'s, unless it is [`probe_common::NO_STACK`].
+fn stack_ref(pid: u32, id: i32) -> Option<StackRef> {
+    u32::try_from(id).ok().map(|id| StackRef { pid, id })
 }
 
 /// Why a ring buffer record is not a valid [`Transition`].
@@ -191,10 +199,8 @@ impl Transition {
             new: state(raw.new_state)?,
             attribution: Attribution::from_raw(raw.attribution)
                 .ok_or(DecodeError::UnknownAttribution(raw.attribution))?,
-            stack: u32::try_from(raw.stack_id).ok().map(|id| StackRef {
-                pid: raw.owner_tgid,
-                id,
-            }),
+            stack: stack_ref(raw.owner_tgid, raw.stack_id),
+            requested: stack_ref(raw.owner_tgid, raw.requested_stack_id),
         })
     }
 }
@@ -236,7 +242,7 @@ pub(crate) mod tests {
             attribution: Attribution::ProcessContext as u8,
             _pad: [0; 3],
             stack_id: 7,
-            _pad2: 0,
+            requested_stack_id: 9,
             saddr,
             daddr,
         }
@@ -264,6 +270,7 @@ pub(crate) mod tests {
         assert_eq!((t.pid, t.at.as_nanos()), (1234, 42));
         assert_eq!(t.attribution, Attribution::ProcessContext);
         assert_eq!(t.stack, Some(StackRef { pid: 1234, id: 7 }));
+        assert_eq!(t.requested, Some(StackRef { pid: 1234, id: 9 }));
         assert_eq!(t.cookie, Some(4096));
         let mut no_stack = raw;
         no_stack.stack_id = probe_common::NO_STACK;

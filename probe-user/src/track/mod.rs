@@ -22,7 +22,9 @@ pub mod triage;
 pub mod view;
 
 pub use activity::{Activity, ExistingSocket, Queues};
-pub use code_path::{CodePath, CodePathSource, Frame, NoCodePaths, StackRef};
+pub use code_path::{
+    CodePath, CodePathSource, Frame, FrameKind, NoCodePaths, Origin, SHOWN_FRAMES, StackRef,
+};
 pub use diagnosis::Diagnosis;
 pub use event::{DecodeError, Endpoints, Family, Transition};
 pub use lifecycle::{

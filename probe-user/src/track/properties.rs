@@ -107,6 +107,7 @@ proptest! {
                         new,
                         attribution: Attribution::Known,
                         stack: stack.then_some(StackRef { pid: 1, id: 9 }),
+                        requested: stack.then_some(StackRef { pid: 1, id: 10 }),
                     });
                     prop_assert_eq!(change.new, new);
                 }

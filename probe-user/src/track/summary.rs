@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, net::SocketAddr, sync::Arc, time::Duration};
 use probe_common::TcpState;
 
 use super::{
-    code_path::CodePath,
+    code_path::{CodePath, SHOWN_FRAMES},
     diagnosis::Diagnosis,
     lifecycle::{ClosedFirst, Ending, History, OpenedBy, StateVisit},
     triage::{PortReport, ProcessReport, Triage},
@@ -120,6 +120,11 @@ pub struct CodePathGroup {
     pub diagnosis: Diagnosis,
     /// `None` for the connections whose opening probe did not capture.
     pub opened_at: Option<Arc<CodePath>>,
+    /// Where the program asked a runtime for them, where probe captured it.
+    pub requested_at: Option<Arc<CodePath>>,
+    /// What a reader is shown of where they come from ([`super::Origin::describe`] at
+    /// [`SHOWN_FRAMES`]): what they are grouped by.
+    pub shown: Option<String>,
     /// Which side opened them (groups without a code path are told apart by it).
     pub opened_by: OpenedBy,
     pub connections: usize,
@@ -285,8 +290,9 @@ impl Summary {
 }
 
 impl Summary {
-    /// Stuck connections grouped by state and by the code path that opened them (the same code
-    /// in different processes is one group), the largest group first.
+    /// Stuck connections grouped by state and by the code that opened them, as a reader is
+    /// shown it (the same code in different processes is one group; so are stacks that differ
+    /// only below it), the largest group first.
     pub fn stuck_by_code_path(&self) -> Vec<CodePathGroup> {
         let mut groups: Vec<CodePathGroup> = Vec::new();
         for open in &self.open {
@@ -294,11 +300,12 @@ impl Summary {
                 continue;
             };
             let connection = &open.connection;
+            let shown = connection.origin().describe(SHOWN_FRAMES);
             let same = |g: &&mut CodePathGroup| {
                 g.state == connection.state
                     && g.diagnosis == diagnosis
-                    && g.opened_at == connection.opened_at
-                    && (g.opened_at.is_some() || g.opened_by == open.opened_by)
+                    && g.shown == shown
+                    && (g.shown.is_some() || g.opened_by == open.opened_by)
             };
             match groups.iter_mut().find(same) {
                 Some(group) => group.connections += 1,
@@ -306,6 +313,8 @@ impl Summary {
                     state: connection.state,
                     diagnosis,
                     opened_at: connection.opened_at.clone(),
+                    requested_at: connection.requested_at.clone(),
+                    shown,
                     opened_by: open.opened_by,
                     connections: 1,
                 }),
@@ -364,6 +373,7 @@ mod tests {
                 idle: None,
                 activity: None,
                 opened_at: None,
+                requested_at: None,
             },
             stuck: (state == TcpState::CloseWait)
                 .then_some(Diagnosis::PeerClosedNeverClosedLocally),

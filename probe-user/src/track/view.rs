@@ -7,7 +7,7 @@ use probe_common::TcpState;
 
 use super::{
     activity::Activity,
-    code_path::CodePath,
+    code_path::{CodePath, Origin},
     event::Endpoints,
     lifecycle::{ConnectionKey, Owner},
     time::Timestamp,
@@ -39,6 +39,18 @@ pub struct ConnectionView {
     pub activity: Option<Activity>,
     /// Where the program opened it, where probe captured and symbolized it.
     pub opened_at: Option<Arc<CodePath>>,
+    /// Where the program asked a runtime for it (see [`crate::track::Origin`]).
+    pub requested_at: Option<Arc<CodePath>>,
+}
+
+impl ConnectionView {
+    /// Where it came from: its connect's stack and its requester's.
+    pub fn origin(&self) -> Origin<'_> {
+        Origin {
+            opened_at: self.opened_at.as_deref(),
+            requested_at: self.requested_at.as_deref(),
+        }
+    }
 }
 
 /// What the kernel side could not deliver or follow (its counters), for every output to say.

@@ -108,6 +108,8 @@ struct FrameRecord<'a> {
     file: Option<&'a str>,
     line: Option<u32>,
     address: String,
+    /// `app`, `library` or `runtime`.
+    kind: &'static str,
 }
 
 /// A code path as JSON: its frames, innermost first, outermost last.
@@ -119,6 +121,7 @@ fn frames(path: &CodePath) -> Vec<FrameRecord<'_>> {
             file: frame.file.as_deref(),
             line: frame.line,
             address: format!("{:#x}", frame.address),
+            kind: frame.kind.name(),
         })
         .collect()
 }
@@ -145,6 +148,8 @@ struct StuckRecord<'a> {
     dropped: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     opened_at: Option<Vec<FrameRecord<'a>>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    requested_at: Option<Vec<FrameRecord<'a>>>,
 }
 
 #[derive(Serialize)]
@@ -162,6 +167,8 @@ struct OpenRecord<'a> {
     opened_by: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     opened_at: Option<Vec<FrameRecord<'a>>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    requested_at: Option<Vec<FrameRecord<'a>>>,
 }
 
 /// Stuck connections of one state opened by one code path.
@@ -172,8 +179,13 @@ struct CodePathRecord<'a> {
     kind: &'static str,
     connections: usize,
     reason: &'static str,
+    /// The program's code they come from, as the text output names it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    code: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     opened_at: Option<Vec<FrameRecord<'a>>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    requested_at: Option<Vec<FrameRecord<'a>>>,
 }
 
 #[derive(Serialize)]
@@ -249,6 +261,7 @@ fn open_record(open: &OpenConnection) -> OpenRecord<'_> {
         stuck: open.stuck.is_some(),
         opened_by: open.opened_by.name(),
         opened_at: view.opened_at.as_deref().map(frames),
+        requested_at: view.requested_at.as_deref().map(frames),
     }
 }
 
@@ -324,6 +337,7 @@ impl<W: Write> Sink for JsonSink<W> {
             fix: alert.diagnosis.fix(),
             dropped: alert.dropped,
             opened_at: view.opened_at.as_deref().map(frames),
+            requested_at: view.requested_at.as_deref().map(frames),
         };
         self.line(&record)
     }
@@ -354,7 +368,9 @@ impl<W: Write> Sink for JsonSink<W> {
                     connections: group.connections,
                     kind: group.diagnosis.key(),
                     reason: group.diagnosis.group_reason(),
+                    code: group.shown.as_deref(),
                     opened_at: group.opened_at.as_deref().map(frames),
+                    requested_at: group.requested_at.as_deref().map(frames),
                 })
                 .collect(),
             closed: ClosedRecord {

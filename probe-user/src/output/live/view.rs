@@ -267,6 +267,7 @@ mod tests {
             new,
             attribution: Attribution::Known,
             stack: None,
+            requested: None,
         }
     }
 

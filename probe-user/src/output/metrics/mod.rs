@@ -330,6 +330,7 @@ mod tests {
                 new,
                 attribution: Attribution::Known,
                 stack: None,
+                requested: None,
             });
             metrics.transition(&change).unwrap();
         }

@@ -10,13 +10,11 @@ use super::{chart, timeline::Timeline};
 use crate::{
     clock::WallClock,
     output::format::{age, rfc3339, short_duration},
-    track::{Diagnosis, OpenConnection, Summary},
+    track::{Diagnosis, OpenConnection, SHOWN_FRAMES, Summary},
 };
 
 /// Lifecycles listed per endpoint group at most; the rest are counted.
 const LIFECYCLES_PER_GROUP: usize = 25;
-/// Frames of an opening code path shown.
-const CODE_PATH_DEPTH: usize = 4;
 
 /// What the report is made of.
 pub struct Facts<'a> {
@@ -229,10 +227,10 @@ fn stuck_groups(out: &mut String, table: &Summary) {
             if shown > LIFECYCLES_PER_GROUP {
                 continue;
             }
-            let opened_at = connection.opened_at.as_ref().map_or_else(
-                || "not captured".to_string(),
-                |path| escape(&path.describe(CODE_PATH_DEPTH)),
-            );
+            let opened_at = connection
+                .origin()
+                .describe(SHOWN_FRAMES)
+                .map_or_else(|| "not captured".to_string(), |place| escape(&place));
             let _ = write!(
                 out,
                 r#"<tr><td class="mono">{}</td><td>{} ({})</td><td class="lifecycle">{}</td><td>{}</td><td class="mono">{opened_at}</td></tr>"#,
@@ -272,11 +270,11 @@ fn diagnoses(out: &mut String, table: &Summary) {
         let places: Vec<String> = by_code
             .iter()
             .filter(|g| g.diagnosis == diagnosis)
-            .map(|g| match &g.opened_at {
-                Some(path) => format!(
+            .map(|g| match &g.shown {
+                Some(shown) => format!(
                     "<li>{} connection(s) opened at <code>{}</code></li>",
                     g.connections,
-                    escape(&path.describe(CODE_PATH_DEPTH))
+                    escape(shown)
                 ),
                 None => format!(
                     "<li>{} connection(s) {}</li>",
@@ -350,6 +348,7 @@ mod tests {
             new,
             attribution: Attribution::Known,
             stack: None,
+            requested: None,
         }
     }
 

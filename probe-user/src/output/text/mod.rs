@@ -6,13 +6,10 @@ use std::io::{self, Write};
 
 use crate::{
     clock::WallClock,
-    track::{Diagnosis, Ending, StateChange, StuckAlert, Summary},
+    track::{Diagnosis, Ending, SHOWN_FRAMES, StateChange, StuckAlert, Summary},
 };
 
 pub mod triage;
-
-/// How many frames of the program's own code a diagnosis names.
-const OPENED_AT_DEPTH: usize = 3;
 
 use super::{
     Sink,
@@ -163,12 +160,8 @@ impl<W: Write> Sink for TextSink<W> {
                 "    the kernel dropped {dropped} connection(s) meanwhile (ListenOverflows)"
             )?;
         }
-        if let Some(path) = &view.opened_at {
-            writeln!(
-                self.out,
-                "    opened at {}",
-                terminal(&path.describe(OPENED_AT_DEPTH))
-            )?;
+        if let Some(place) = view.origin().describe(SHOWN_FRAMES) {
+            writeln!(self.out, "    opened at {}", terminal(&place))?;
         }
         Ok(())
     }
@@ -219,18 +212,13 @@ impl<W: Write> Sink for TextSink<W> {
             )?;
         }
         let by_code = summary.stuck_by_code_path();
-        if by_code.iter().any(|group| group.opened_at.is_some()) {
+        if by_code.iter().any(|group| group.shown.is_some()) {
             writeln!(self.out, "stuck, by the code that opened them:")?;
             for group in by_code {
                 let all = if group.connections > 1 { "all " } else { "" };
-                let place = group.opened_at.as_ref().map_or_else(
+                let place = group.shown.as_ref().map_or_else(
                     || group.origin_without_stack().to_string(),
-                    |path| {
-                        format!(
-                            "{all}opened at {}",
-                            terminal(&path.describe(OPENED_AT_DEPTH))
-                        )
-                    },
+                    |shown| format!("{all}opened at {}", terminal(shown)),
                 );
                 writeln!(
                     self.out,

@@ -274,11 +274,52 @@ pub struct Connection {
     pub history: History,
     /// The latest tcp_info sample, where there is one.
     activity: Option<PackedActivity>,
-    /// Where the program called connect(), where probe captured it.
-    pub opened_at: Option<StackRef>,
+    /// Where the program called connect(), and asked for it, where probe captured them.
+    stacks: Stacks,
+}
+
+/// The stacks of a connect, packed: both ids are of the process that connected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Stacks {
+    pid: u32,
+    opened: u32,
+    requested: u32,
+}
+
+impl Stacks {
+    const NONE: u32 = u32::MAX;
+    const EMPTY: Stacks = Stacks {
+        pid: 0,
+        opened: Stacks::NONE,
+        requested: Stacks::NONE,
+    };
+
+    fn of(transition: &Transition) -> Stacks {
+        let id = |stack: Option<StackRef>| stack.map_or(Stacks::NONE, |s| s.id);
+        Stacks {
+            pid: transition.pid,
+            opened: id(transition.stack),
+            requested: id(transition.requested),
+        }
+    }
+
+    fn get(self, id: u32) -> Option<StackRef> {
+        (id != Stacks::NONE).then_some(StackRef { pid: self.pid, id })
+    }
 }
 
 impl Connection {
+    /// Where the program called connect(), where probe captured it.
+    pub fn opened_at(&self) -> Option<StackRef> {
+        self.stacks.get(self.stacks.opened)
+    }
+
+    /// Where the program asked a runtime for the connection, where the runtime connected on
+    /// its behalf and probe captured the request.
+    pub fn requested_at(&self) -> Option<StackRef> {
+        self.stacks.get(self.stacks.requested)
+    }
+
     /// A connection first seen in `transition`, not yet applied (see [`Connection::advance`]).
     pub fn first_seen(transition: &Transition) -> Connection {
         let (opened_by, before) = match (transition.old, transition.new) {
@@ -306,7 +347,7 @@ impl Connection {
             ending: None,
             history: before.into_iter().collect(),
             activity: None,
-            opened_at: None,
+            stacks: Stacks::EMPTY,
         }
     }
 
@@ -340,7 +381,7 @@ impl Connection {
             })
             .collect(),
             activity: socket.activity.map(PackedActivity::from),
-            opened_at: None,
+            stacks: Stacks::EMPTY,
         }
     }
 
@@ -360,7 +401,7 @@ impl Connection {
         self.endpoints = transition.endpoints.into();
         match (old, new) {
             (TcpState::Close, TcpState::SynSent) => {
-                self.opened_at = transition.stack;
+                self.stacks = Stacks::of(transition);
             }
             (TcpState::Established, TcpState::FinWait1)
             | (TcpState::CloseWait, TcpState::LastAck) => {

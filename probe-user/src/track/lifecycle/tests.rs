@@ -19,6 +19,7 @@ fn transition(old: TcpState, new: TcpState, at_ms: u64) -> Transition {
         new,
         attribution: Attribution::Known,
         stack: None,
+        requested: None,
     }
 }
 

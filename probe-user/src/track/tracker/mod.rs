@@ -514,7 +514,10 @@ fn view(context: ViewContext<'_>, connection: &Connection, now: Timestamp) -> Co
         idle: connection.activity().map(|a| a.idle_at(now)),
         activity: connection.activity(),
         opened_at: connection
-            .opened_at
+            .opened_at()
+            .and_then(|stack| context.code_paths.code_path(stack)),
+        requested_at: connection
+            .requested_at()
             .and_then(|stack| context.code_paths.code_path(stack)),
     }
 }

@@ -25,6 +25,7 @@ fn t(id: u64, old: TcpState, new: TcpState, ms: u64) -> Transition {
         new,
         attribution: Attribution::Known,
         stack: None,
+        requested: None,
     }
 }
 
@@ -360,6 +361,7 @@ fn path(function: &str) -> Arc<CodePath> {
             file: Some("main.go".into()),
             line: Some(31),
             address: 0x1000,
+            kind: crate::track::FrameKind::App,
         }],
     })
 }

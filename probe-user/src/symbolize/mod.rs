@@ -1,0 +1,278 @@
+//! Turning the kernel's stack ids into code paths, away from the event path: a worker thread
+//! reads each new stack from the kernel's stack map and symbolizes it in the process it came
+//! from (blazesym for the files mapped, probe's own reader for JIT perf maps), classifying
+//! each frame as the program's, a library's or the runtime's; the event loop only notes
+//! stacks and looks the results up when an alert or the summary needs them.
+
+mod memory;
+mod perf_map;
+mod program;
+
+use std::{
+    collections::{HashMap, HashSet},
+    path::Path,
+    sync::{Arc, Mutex, PoisonError, mpsc},
+    thread,
+    time::{Duration, Instant},
+};
+
+use aya::maps::{MapData, StackTraceMap};
+use blazesym::symbolize::{
+    Input, Symbolized, Symbolizer,
+    source::{Process, Source},
+};
+
+use crate::track::{
+    CodePath, CodePathSource, Frame, StackRef,
+    code_path::classify::{self, Module, Program},
+};
+use memory::AddressSpace;
+use perf_map::PerfMap;
+
+type Resolved = Arc<Mutex<HashMap<StackRef, Option<Arc<CodePath>>>>>;
+
+/// What the worker is asked.
+enum Request {
+    /// Symbolize this stack.
+    Stack(StackRef),
+    /// Name again the JIT frames that had no name, from perf maps written since (a JVM's
+    /// `jcmd PID Compiler.perfmap`); answer when done.
+    Refresh(mpsc::Sender<()>),
+}
+
+/// Code paths of the captured stacks, symbolized in the background.
+pub struct CodePaths {
+    requests: mpsc::Sender<Request>,
+    resolved: Resolved,
+    requested: HashSet<StackRef>,
+}
+
+/// What is read once per process and burst: its address space, executable and perf map.
+struct ProcessView {
+    space: AddressSpace,
+    program: Program,
+    perf_map: PerfMap,
+}
+
+impl ProcessView {
+    fn read(pid: u32) -> ProcessView {
+        let space = AddressSpace::read(pid);
+        let program = program::program(pid, space.executable());
+        ProcessView {
+            space,
+            program,
+            perf_map: PerfMap::read(pid),
+        }
+    }
+}
+
+/// The worker's state.
+struct Worker {
+    stacks: StackTraceMap<MapData>,
+    results: Resolved,
+    /// Stacks with JIT frames no perf map named yet, and their addresses.
+    unnamed_jit: HashMap<StackRef, Vec<u64>>,
+}
+
+impl Worker {
+    fn run(mut self, requests: mpsc::Receiver<Request>) {
+        while let Ok(first) = requests.recv() {
+            // One symbolizer per burst of requests: its caches (the parsed debug info of the
+            // traced binaries, often tens of MiB) go when the burst is done, rather than
+            // staying for the rest of the run.
+            let symbolizer = Symbolizer::new();
+            let mut processes: HashMap<u32, ProcessView> = HashMap::new();
+            let mut next = Some(first);
+            while let Some(request) = next {
+                match request {
+                    Request::Stack(stack) => {
+                        let addresses = self.addresses(stack);
+                        self.resolve(&symbolizer, &mut processes, stack, addresses);
+                    }
+                    Request::Refresh(done) => {
+                        let unnamed: Vec<(StackRef, Vec<u64>)> = self.unnamed_jit.drain().collect();
+                        for (stack, addresses) in unnamed {
+                            processes.remove(&stack.pid);
+                            self.resolve(&symbolizer, &mut processes, stack, Some(addresses));
+                        }
+                        let _ = done.send(());
+                    }
+                }
+                next = requests.try_recv().ok();
+            }
+            drop(symbolizer);
+            // SAFETY: malloc_trim only hands free heap pages back to the system.
+            unsafe { libc::malloc_trim(0) };
+        }
+    }
+
+    /// The return addresses of `stack`, innermost first.
+    fn addresses(&self, stack: StackRef) -> Option<Vec<u64>> {
+        let trace = self.stacks.get(&stack.id, 0).ok()?;
+        Some(trace.frames().iter().map(|frame| frame.ip).collect())
+    }
+
+    fn resolve(
+        &mut self,
+        symbolizer: &Symbolizer,
+        processes: &mut HashMap<u32, ProcessView>,
+        stack: StackRef,
+        addresses: Option<Vec<u64>>,
+    ) {
+        let view = processes
+            .entry(stack.pid)
+            .or_insert_with(|| ProcessView::read(stack.pid));
+        let path = addresses.and_then(|addresses| {
+            let path = symbolize(symbolizer, view, stack.pid, &addresses)?;
+            if path
+                .frames
+                .iter()
+                .any(|f| f.function.is_empty() && view.space.module(f.address) == Module::Jit)
+            {
+                self.unnamed_jit.insert(stack, addresses);
+            }
+            Some(Arc::new(path))
+        });
+        self.results
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(stack, path);
+    }
+}
+
+impl CodePaths {
+    /// Starts the symbolizing worker over the kernel's stack map.
+    pub fn start(stacks: StackTraceMap<MapData>) -> Self {
+        let (requests, pending) = mpsc::channel::<Request>();
+        let resolved: Resolved = Arc::default();
+        let worker = Worker {
+            stacks,
+            results: Arc::clone(&resolved),
+            unnamed_jit: HashMap::new(),
+        };
+        thread::spawn(move || worker.run(pending));
+        CodePaths {
+            requests,
+            resolved,
+            requested: HashSet::new(),
+        }
+    }
+
+    /// Asks for `stack` to be symbolized (once), while its process is there to be read.
+    pub fn note(&mut self, stack: StackRef) {
+        if self.requested.insert(stack) {
+            // The worker only stops with this sender: sending cannot fail.
+            let _ = self.requests.send(Request::Stack(stack));
+        }
+    }
+
+    /// Waits, at most `timeout`, until every noted stack has been symbolized and JIT frames
+    /// named from the perf maps written meanwhile.
+    pub fn settle(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        let (done, finished) = mpsc::channel();
+        let _ = self.requests.send(Request::Refresh(done));
+        let _ = finished.recv_timeout(deadline.saturating_duration_since(Instant::now()));
+        while Instant::now() < deadline {
+            let resolved = self
+                .resolved
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .len();
+            if resolved >= self.requested.len() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl CodePathSource for CodePaths {
+    fn code_path(&self, stack: StackRef) -> Option<Arc<CodePath>> {
+        self.resolved
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&stack)
+            .cloned()
+            .flatten()
+    }
+}
+
+/// The frames of `addresses` in process `pid`: symbolized, classified, and cut where the
+/// stack stops being one (an address outside executable memory: what a frame-pointer walk
+/// through code built without frame pointers finds).
+fn symbolize(
+    symbolizer: &Symbolizer,
+    view: &ProcessView,
+    pid: u32,
+    addresses: &[u64],
+) -> Option<CodePath> {
+    let valid = addresses
+        .iter()
+        .take_while(|&&address| view.space.is_code(address))
+        .count()
+        .max(1)
+        .min(addresses.len());
+    let addresses = &addresses[..valid];
+    // Perf maps are read here, not by blazesym (see `perf_map`).
+    let source = Source::Process(Process {
+        perf_map: false,
+        ..Process::new(pid.into())
+    });
+    let symbols = symbolizer
+        .symbolize(&source, Input::AbsAddr(addresses))
+        .map_err(|error| log::debug!("cannot symbolize a stack of {pid}: {error}"))
+        .ok()?;
+    let frames = addresses
+        .iter()
+        .zip(symbols)
+        .map(|(&address, symbol)| frame(view, address, symbol))
+        .collect();
+    Some(CodePath { frames })
+}
+
+fn frame(view: &ProcessView, address: u64, symbol: Symbolized<'_>) -> Frame {
+    let module = view.space.module(address);
+    match (module, symbol) {
+        (_, Symbolized::Sym(sym)) => {
+            let code = sym.code_info.as_deref();
+            Frame {
+                kind: classify::classify(&sym.name, module, &view.program),
+                function: sym.name.into_owned(),
+                file: code.map(|code| {
+                    Path::new(&code.file)
+                        .file_name()
+                        .unwrap_or(&code.file)
+                        .to_string_lossy()
+                        .into_owned()
+                }),
+                line: code.and_then(|code| code.line),
+                address,
+            }
+        }
+        (Module::Jit, Symbolized::Unknown(_)) => match view.perf_map.name(address) {
+            Some(raw) => {
+                let (function, file, line) = perf_map::normalize(raw);
+                Frame {
+                    kind: classify::classify(raw, module, &view.program),
+                    function,
+                    file,
+                    line,
+                    address,
+                }
+            }
+            None => unknown(address, module, &view.program),
+        },
+        (_, Symbolized::Unknown(_)) => unknown(address, module, &view.program),
+    }
+}
+
+fn unknown(address: u64, module: Module<'_>, program: &Program) -> Frame {
+    Frame {
+        function: String::new(),
+        file: None,
+        line: None,
+        address,
+        kind: classify::classify("", module, program),
+    }
+}

@@ -1,0 +1,217 @@
+//! Whose code a frame is: the program's own (app), a library it calls, or the runtime under it
+//! (the C library, a language runtime, JIT stubs). By the module the address lies in where it
+//! says (a shared library, a runtime's executable), by the naming of the symbols where it does
+//! not (a static Go binary holds the standard library too; a JIT's perf map names JavaScript,
+//! Java and Python functions with their origin).
+
+/// Whose code a frame is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum FrameKind {
+    /// The program's own code: what a reader wants named.
+    App,
+    /// A library the program calls (a language's standard library, third-party modules).
+    Library,
+    /// Under the program: the C library, the language runtime, JIT stubs, unknown code.
+    Runtime,
+}
+
+impl FrameKind {
+    /// `"app"`, `"library"` or `"runtime"`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            FrameKind::App => "app",
+            FrameKind::Library => "library",
+            FrameKind::Runtime => "runtime",
+        }
+    }
+}
+
+/// Where a frame's address lies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Module<'a> {
+    /// The traced process's executable.
+    Program,
+    /// Another file mapped into the process (a shared library), by path.
+    File(&'a str),
+    /// Anonymous memory: JIT-compiled code, named (if at all) by a perf map.
+    Jit,
+    /// Nowhere known.
+    Unknown,
+}
+
+/// What is known of the traced executable, to classify the frames in it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Program {
+    /// The executable's path.
+    pub path: String,
+    /// Go's main module path (from the binary's build information), for a Go program.
+    pub go_main_module: Option<String>,
+    /// The binary is Go (it has Go's build information).
+    pub is_go: bool,
+}
+
+/// File names of runtimes and the C library: their frames are under the program.
+const RUNTIME_FILES: &[&str] = &[
+    "libc.so",
+    "libc-",
+    "ld-linux",
+    "libpthread",
+    "libdl.so",
+    "libm.so",
+    "librt.so",
+    "libgcc_s",
+    "libstdc++",
+    "libjvm.so",
+    "libjli.so",
+    "libjava.so",
+    "libnet.so",
+    "libnio.so",
+    "libpython",
+    "libnode.so",
+    "libuv.so",
+    "[vdso]",
+];
+
+/// Executables that are a language runtime: a traced `node`, `java` or `python3` runs the
+/// program as data, so the executable's own frames are the runtime's.
+fn is_runtime_executable(path: &str) -> bool {
+    let name = file_name(path);
+    matches!(name, "node" | "nodejs" | "java" | "ruby" | "php" | "perl")
+        || name.starts_with("python")
+        || name.starts_with("pypy")
+}
+
+fn file_name(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
+}
+
+/// Whose code the frame of `function` in `module` is, for `program`.
+pub fn classify(function: &str, module: Module<'_>, program: &Program) -> FrameKind {
+    match module {
+        Module::File(path) => {
+            let name = file_name(path);
+            if RUNTIME_FILES.iter().any(|prefix| name.starts_with(prefix))
+                || is_runtime_executable(path)
+            {
+                FrameKind::Runtime
+            } else {
+                FrameKind::Library
+            }
+        }
+        Module::Program if is_runtime_executable(&program.path) => FrameKind::Runtime,
+        Module::Program if program.is_go => go_symbol(function, program),
+        Module::Program => native_symbol(function, program),
+        Module::Jit => jit_symbol(function),
+        Module::Unknown => FrameKind::Runtime,
+    }
+}
+
+/// A Go symbol (`net/http.(*Transport).dial`, `main.doRequest`, `github.com/x/y.F`) by its
+/// package: `runtime` and the runtime's internals are the runtime; the rest of the standard
+/// library (a first path element without a dot) and modules other than the main one are
+/// libraries; `main` and the main module are the program.
+fn go_symbol(function: &str, program: &Program) -> FrameKind {
+    if function.is_empty() {
+        return FrameKind::Runtime;
+    }
+    let package = go_package(function);
+    if package == "main" {
+        return FrameKind::App;
+    }
+    if package == "runtime" || package.starts_with("runtime/") || package.starts_with("internal/") {
+        return FrameKind::Runtime;
+    }
+    let first = package.split('/').next().unwrap_or(package);
+    if !first.contains('.') {
+        // The standard library (and `type:` and `go:` pseudo-packages).
+        return FrameKind::Library;
+    }
+    match &program.go_main_module {
+        Some(main) if package == main || package.starts_with(&format!("{main}/")) => FrameKind::App,
+        Some(_) => FrameKind::Library,
+        // Without build information, a module path is as likely the program's own.
+        None => FrameKind::App,
+    }
+}
+
+/// The package path of a Go symbol: up to the first `.` after the last `/`.
+fn go_package(function: &str) -> &str {
+    let last_slash = function.rfind('/').map_or(0, |i| i + 1);
+    match function[last_slash..].find('.') {
+        Some(dot) => &function[..last_slash + dot],
+        None => function,
+    }
+}
+
+/// A native (C, C++, Rust) symbol of the program's executable: the program's own unless it is
+/// the language's runtime or standard library linked in.
+fn native_symbol(function: &str, program: &Program) -> FrameKind {
+    const RUNTIME: &[&str] = &[
+        "_start",
+        "__libc_",
+        "_init",
+        "_fini",
+        "__rust_",
+        "rust_begin",
+    ];
+    const LIBRARY: &[&str] = &[
+        "std::",
+        "core::",
+        "alloc::",
+        "<std::",
+        "<core::",
+        "<alloc::",
+        "__gnu_cxx::",
+    ];
+    if function.is_empty() || RUNTIME.iter().any(|p| function.starts_with(p)) {
+        return FrameKind::Runtime;
+    }
+    if LIBRARY.iter().any(|p| function.starts_with(p)) {
+        return FrameKind::Library;
+    }
+    // A Rust path whose crate is not the program's (named like its executable) is a library
+    // crate linked in; a plain C name, or the program's own crate, is the program.
+    if let Some((krate, _)) = function.trim_start_matches('<').split_once("::") {
+        let program_crate = file_name(&program.path).replace('-', "_");
+        let program_crate = program_crate.split('_').next().unwrap_or(&program_crate);
+        if !krate.starts_with(program_crate) && !krate.contains(' ') {
+            return FrameKind::Library;
+        }
+    }
+    FrameKind::App
+}
+
+/// A JIT frame, by the name its perf map gives (see [`super::perf_name`]): JavaScript outside
+/// node's own modules, Java outside the JDK, Python outside the standard library are the
+/// program; the rest (V8 builtins and stubs, the JVM's interpreter, the JDK) is not.
+fn jit_symbol(function: &str) -> FrameKind {
+    if let Some(rest) = function.strip_prefix("JS:") {
+        return if rest.contains("node:") || rest.contains("internal/") {
+            FrameKind::Library
+        } else {
+            FrameKind::App
+        };
+    }
+    if let Some(rest) = function.strip_prefix("py::") {
+        return if rest.contains("/lib/python") || rest.contains("<frozen") {
+            FrameKind::Library
+        } else {
+            FrameKind::App
+        };
+    }
+    if function.contains("::") && !function.contains(' ') {
+        // Java: `package.Class::method` (as JDK perf maps write them).
+        let class = function.trim_start_matches('L');
+        return if [
+            "java.", "jdk.", "sun.", "com.sun.", "javax.", "java/", "jdk/", "sun/",
+        ]
+        .iter()
+        .any(|p| class.starts_with(p))
+        {
+            FrameKind::Library
+        } else {
+            FrameKind::App
+        };
+    }
+    FrameKind::Runtime
+}

@@ -1,0 +1,233 @@
+//! What a reader is shown of a stack, and whose code each frame is.
+
+use super::{
+    classify::{Module, Program, classify},
+    *,
+};
+
+fn frame(function: &str, file: Option<&str>, line: Option<u32>, kind: FrameKind) -> Frame {
+    Frame {
+        function: function.into(),
+        file: file.map(Into::into),
+        line,
+        address: 0x4010,
+        kind,
+    }
+}
+
+/// A Go program's stack, each frame classified as probe classifies Go symbols.
+fn go(functions: &[(&str, Option<(&str, u32)>)]) -> CodePath {
+    let program = Program {
+        path: "/srv/leaky".into(),
+        go_main_module: Some("example.com/leaky".into()),
+        is_go: true,
+    };
+    CodePath {
+        frames: functions
+            .iter()
+            .map(|&(function, at)| {
+                let kind = classify(function, Module::Program, &program);
+                frame(function, at.map(|a| a.0), at.map(|a| a.1), kind)
+            })
+            .collect(),
+    }
+}
+
+/// net.Dial inside doRequest, as Go 1.19 enters the kernel (runtime/internal/syscall).
+fn go_dial() -> CodePath {
+    go(&[
+        (
+            "runtime/internal/syscall.Syscall6",
+            Some(("asm_linux_amd64.s", 36)),
+        ),
+        ("syscall.Syscall", Some(("syscall_linux.go", 81))),
+        ("syscall.connect", None),
+        ("net.(*netFD).connect", Some(("fd_unix.go", 60))),
+        ("net.(*Dialer).DialContext", Some(("dial.go", 429))),
+        ("net.Dial", Some(("dial.go", 322))),
+        ("main.doRequest", Some(("main.go", 32))),
+        ("main.main", Some(("main.go", 44))),
+        ("runtime.main", Some(("proc.go", 259))),
+        ("runtime.goexit", None),
+    ])
+}
+
+#[test]
+fn go_shows_the_programs_frames_and_the_library_call_they_made() {
+    assert_eq!(
+        go_dial().describe(3),
+        "main.doRequest (main.go:32) <- main.main (main.go:44), via net.Dial"
+    );
+    assert_eq!(
+        go_dial().describe(1),
+        "main.doRequest (main.go:32) <- ..., via net.Dial"
+    );
+}
+
+#[test]
+fn a_stack_of_library_frames_only_shows_its_outermost_library_frame() {
+    let pool = go(&[
+        ("runtime/internal/syscall.Syscall6", None),
+        ("net.(*Dialer).DialContext", Some(("dial.go", 429))),
+        ("net/http.(*Transport).dial", Some(("transport.go", 1170))),
+        (
+            "net/http.(*Transport).dialConnFor",
+            Some(("transport.go", 1450)),
+        ),
+        (
+            "net/http.(*Transport).queueForDial.func1",
+            Some(("transport.go", 1419)),
+        ),
+        ("runtime.goexit", None),
+    ]);
+    assert_eq!(
+        pool.describe(3),
+        "net/http.(*Transport).queueForDial.func1 (transport.go:1419)"
+    );
+    assert!(!pool.has_app_frames());
+}
+
+#[test]
+fn the_requesters_stack_names_the_program_when_the_connects_does_not() {
+    let pool = go(&[
+        ("net/http.(*Transport).dialConnFor", None),
+        ("runtime.goexit", None),
+    ]);
+    let requester = go(&[
+        ("net/http.(*Transport).queueForDial", None),
+        ("net/http.(*Transport).getConn", None),
+        ("net/http.(*Client).Get", Some(("client.go", 479))),
+        ("main.doRequest", Some(("main.go", 19))),
+        ("main.main", Some(("main.go", 44))),
+    ]);
+    let origin = Origin {
+        opened_at: Some(&pool),
+        requested_at: Some(&requester),
+    };
+    assert_eq!(
+        origin.describe(2).as_deref(),
+        Some("main.doRequest (main.go:19) <- main.main (main.go:44), via net/http.(*Client).Get")
+    );
+    // The connect's own stack wins when it names the program.
+    let direct = Origin {
+        opened_at: Some(&requester),
+        requested_at: Some(&pool),
+    };
+    assert_eq!(direct.best(), Some(&requester));
+    assert_eq!(Origin::default().describe(2), None);
+}
+
+#[test]
+fn unknown_frames_show_their_address_and_an_empty_stack_says_so() {
+    assert_eq!(
+        frame("", None, None, FrameKind::Runtime).to_string(),
+        "0x4010"
+    );
+    assert_eq!(
+        frame("f", Some("a.rs"), None, FrameKind::App).to_string(),
+        "f (a.rs)"
+    );
+    let empty = CodePath { frames: vec![] };
+    assert_eq!(empty.describe(3), "an unknown place (no stack)");
+    let unknown = CodePath {
+        frames: vec![frame("", None, None, FrameKind::Runtime)],
+    };
+    assert_eq!(unknown.describe(3), "0x4010");
+}
+
+#[test]
+fn go_packages_are_told_apart_by_path() {
+    let program = Program {
+        path: "/srv/api".into(),
+        go_main_module: Some("example.com/api".into()),
+        is_go: true,
+    };
+    let kind = |f: &str| classify(f, Module::Program, &program);
+    assert_eq!(
+        kind("runtime/internal/syscall.Syscall6"),
+        FrameKind::Runtime
+    );
+    assert_eq!(kind("runtime.goexit"), FrameKind::Runtime);
+    assert_eq!(kind("internal/poll.(*FD).Write"), FrameKind::Runtime);
+    assert_eq!(kind("syscall.connect"), FrameKind::Library);
+    assert_eq!(kind("net/http.(*Client).Get"), FrameKind::Library);
+    assert_eq!(kind("vendor/golang.org/x/net/http2.F"), FrameKind::Library);
+    assert_eq!(kind("github.com/lib/pq.(*conn).Open"), FrameKind::Library);
+    assert_eq!(kind("example.com/api/store.(*DB).Query"), FrameKind::App);
+    assert_eq!(kind("example.com/apiary.F"), FrameKind::Library);
+    assert_eq!(kind("main.doRequest.func1"), FrameKind::App);
+    let unknown_module = Program {
+        go_main_module: None,
+        ..program
+    };
+    assert_eq!(
+        classify("example.com/x.F", Module::Program, &unknown_module),
+        FrameKind::App
+    );
+}
+
+#[test]
+fn native_frames_by_module_and_crate() {
+    let program = Program {
+        path: "/usr/local/bin/leaky-client".into(),
+        ..Program::default()
+    };
+    let kind = |f: &str, m| classify(f, m, &program);
+    assert_eq!(kind("do_request", Module::Program), FrameKind::App);
+    assert_eq!(
+        kind("leaky_client::do_request", Module::Program),
+        FrameKind::App
+    );
+    assert_eq!(
+        kind("std::net::TcpStream::connect", Module::Program),
+        FrameKind::Library
+    );
+    assert_eq!(
+        kind("<std::io::Error as core::fmt::Debug>::fmt", Module::Program),
+        FrameKind::Library
+    );
+    assert_eq!(
+        kind("hyper::client::conn::F", Module::Program),
+        FrameKind::Library
+    );
+    assert_eq!(kind("_start", Module::Program), FrameKind::Runtime);
+    assert_eq!(
+        kind(
+            "__libc_connect",
+            Module::File("/usr/lib/x86_64-linux-gnu/libc.so.6")
+        ),
+        FrameKind::Runtime
+    );
+    assert_eq!(
+        kind("curl_easy_perform", Module::File("/usr/lib/libcurl.so.4")),
+        FrameKind::Library
+    );
+    assert_eq!(kind("", Module::Unknown), FrameKind::Runtime);
+    let node = Program {
+        path: "/usr/bin/node".into(),
+        ..Program::default()
+    };
+    assert_eq!(
+        classify("node::TCPWrap::Connect", Module::Program, &node),
+        FrameKind::Runtime
+    );
+}
+
+#[test]
+fn jit_frames_by_the_names_their_perf_maps_give() {
+    let kind = |f: &str| classify(f, Module::Jit, &Program::default());
+    assert_eq!(kind("JS:*doRequest /srv/leaky.js:3:19"), FrameKind::App);
+    assert_eq!(kind("JS:~connect node:net:1040:16"), FrameKind::Library);
+    assert_eq!(
+        kind("Builtin:InterpreterEntryTrampoline"),
+        FrameKind::Runtime
+    );
+    assert_eq!(kind("Leaky::doRequest"), FrameKind::App);
+    assert_eq!(kind("java.net.Socket::connect"), FrameKind::Library);
+    assert_eq!(kind("Interpreter"), FrameKind::Runtime);
+    assert_eq!(kind("py::do_request:/srv/leaky.py"), FrameKind::App);
+    assert_eq!(
+        kind("py::create_connection:/usr/lib/python3.12/socket.py"),
+        FrameKind::Library
+    );
+}
