@@ -55,6 +55,30 @@ pub mod names {
     pub const PROCESS_EVENTS: &str = "PROCESS_EVENTS";
     /// User stacks of connects (only in the object built with stacks).
     pub const STACKS: &str = "STACKS";
+    /// Stack id -> [`CallerWords`](crate::CallerWords) read at the user stack pointer of its
+    /// connect (the BTF program, with stacks).
+    pub const STACK_CALLERS: &str = "STACK_CALLERS";
+    /// Global `u32`: the offset of `thread.fsbase` in `struct task_struct` (0: unknown), read by
+    /// userspace from the kernel's BTF, for the program to find a Go thread's current goroutine.
+    pub const TASK_FSBASE: &str = "TASK_FSBASE";
+    /// [`ProcessPointer`](crate::ProcessPointer) (a Go `*wantConn`) -> id of the stack of the
+    /// goroutine that asked `net/http` for a connection.
+    pub const GO_WANTS: &str = "GO_WANTS";
+    /// [`ProcessPointer`](crate::ProcessPointer) (a goroutine, `g`) -> the `*wantConn` it dials.
+    pub const GO_DIALS: &str = "GO_DIALS";
+    /// [`ProcessPointer`](crate::ProcessPointer) (a libuv `uv_tcp_t *`) -> id of the stack that
+    /// created the handle (node's JavaScript call that asked for the connection).
+    pub const NODE_HANDLES: &str = "NODE_HANDLES";
+    /// Thread id -> the `uv_tcp_t *` it is connecting.
+    pub const NODE_CONNECTS: &str = "NODE_CONNECTS";
+    /// Uprobe on `net/http.(*Transport).queueForDial`: the requester's stack, by `*wantConn`.
+    pub const GO_QUEUE_FOR_DIAL: &str = "go_queue_for_dial";
+    /// Uprobe on `net/http.(*Transport).dialConnFor`: which goroutine dials which `*wantConn`.
+    pub const GO_DIAL_CONN_FOR: &str = "go_dial_conn_for";
+    /// Uprobe on libuv's `uv_tcp_init`: the stack that creates a TCP handle.
+    pub const NODE_TCP_INIT: &str = "node_tcp_init";
+    /// Uprobe on libuv's `uv_tcp_connect`: which thread connects which handle.
+    pub const NODE_TCP_CONNECT: &str = "node_tcp_connect";
     /// The [`SetStateLayout`](crate::SetStateLayout) global.
     pub const LAYOUT: &str = "LAYOUT";
     /// The [`SockLayout`](crate::SockLayout) global.
@@ -391,12 +415,35 @@ pub enum InUse {
     Listeners = 1,
     /// `OWNERS` (set by the kernel program when it attributes its first socket).
     Owners = 2,
+    /// `GO_DIALS` (set by the uprobe on `dialConnFor`).
+    GoDials = 3,
+    /// `NODE_CONNECTS` (set by the uprobe on `uv_tcp_connect`).
+    NodeConnects = 4,
 }
 
 impl InUse {
     /// How many slots there are.
-    pub const COUNT: u32 = 3;
+    pub const COUNT: u32 = 5;
 }
+
+/// A pointer in one process: the key of the runtime hooks' maps (pointers of different
+/// processes can be equal).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ProcessPointer {
+    pub tgid: u32,
+    /// Explicit padding, always zero.
+    pub _pad: u32,
+    pub pointer: u64,
+}
+
+/// How many words the BTF program reads at the user stack pointer of a connect.
+pub const CALLER_WORDS: usize = 8;
+
+/// The words at the user stack pointer when connect() entered the kernel: where the return
+/// address into the caller of a C library wrapper that sets up no frame (glibc's `connect`)
+/// is, which a frame-pointer walk skips.
+pub type CallerWords = [u64; CALLER_WORDS];
 
 /// Indexes of the per-CPU counters of things the kernel program could not do.
 #[repr(u32)]
@@ -433,6 +480,9 @@ mod pod {
 
     // SAFETY: see above.
     unsafe impl aya::Pod for super::ListenerKey {}
+
+    // SAFETY: see above.
+    unsafe impl aya::Pod for super::ProcessPointer {}
 
     // SAFETY: see above.
     unsafe impl aya::Pod for super::SocketTuple {}

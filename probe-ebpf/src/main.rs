@@ -20,6 +20,8 @@
 #![no_main]
 
 mod process;
+#[cfg(feature = "stacks")]
+mod runtimes;
 mod set_state;
 
 use aya_ebpf::{

@@ -17,7 +17,8 @@ pub fn test() -> Result<()> {
     // Chromium renders the HTML report; nginx is the real pre-fork server of the ownership test;
     // prlimit lowers probe's fd limit in the metrics test; Prometheus (and promtool) scrapes
     // probe, loads the alert rules and runs their unit tests; openssl makes the certificates
-    // of the TLS test, curl plays the clients it refuses.
+    // of the TLS test, curl plays the clients it refuses; Go, gcc, node and a JDK build and
+    // run the leaking clients whose code probe names.
     let tools = [
         ("ss", "iproute2"),
         ("tmux", "tmux"),
@@ -28,6 +29,11 @@ pub fn test() -> Result<()> {
         ("promtool", "prometheus"),
         ("openssl", "openssl"),
         ("curl", "curl"),
+        ("go", "golang-go"),
+        ("gcc", "gcc"),
+        ("node", "nodejs"),
+        ("javac", "openjdk-17-jdk-headless"),
+        ("jcmd", "openjdk-17-jdk-headless"),
     ];
     let mut missing: Vec<&str> = tools
         .iter()

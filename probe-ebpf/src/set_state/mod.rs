@@ -62,6 +62,14 @@ trait SocketFields {
     fn cookie(&self) -> u64;
 }
 
+/// What a program can learn of the user registers at the system call that made a transition.
+trait SyscallRegs {
+    /// The user stack pointer, where the program can read it.
+    // Only the object built with stacks reads it (see `code_path`).
+    #[cfg_attr(not(feature = "stacks"), allow(dead_code))]
+    fn user_sp(&self) -> Option<u64>;
+}
+
 /// A field copied out of the kernel: `size_of::<T>()` bytes at `offset` of `bytes` (checked, for
 /// the verifier).
 #[inline(always)]
@@ -75,7 +83,7 @@ fn field<T: Copy, const N: usize>(bytes: &[u8; N], offset: u32) -> Result<T, i64
 }
 
 /// One transition: emitted if its socket is (or becomes) a traced process's, ignored otherwise.
-fn handle<C: EbpfContext + StackIdContext>(
+fn handle<C: EbpfContext + StackIdContext + SyscallRegs>(
     ctx: &C,
     transition: Transition,
     fields: &impl SocketFields,
@@ -92,15 +100,8 @@ fn handle<C: EbpfContext + StackIdContext>(
             None => return Ok(()),
         },
     };
-    let stack_id = code_path(ctx, &transition, owner);
-    emit(
-        &transition,
-        &endpoints,
-        cookie,
-        owner,
-        attribution,
-        stack_id,
-    );
+    let stacks = code_path(ctx, &transition, owner);
+    emit(&transition, &endpoints, cookie, owner, attribution, stacks);
 
     if transition.new_state == CLOSE {
         // The socket address may be reused by the next socket: forget it now.
@@ -275,14 +276,46 @@ fn listener_key(addr: [u8; 16], port: u16) -> ListenerKey {
     }
 }
 
+/// The stacks of a connect: the owner's, and its requester's where a runtime connects on its
+/// behalf.
+struct Stacks {
+    opened: i32,
+    requested: i32,
+}
+
 /// The owner's user stack on connect (the code that opened the connection), when the owner
-/// itself runs it (never in softirq, where the stack would be someone else's).
-fn code_path<C: StackIdContext>(ctx: &C, transition: &Transition, owner: u32) -> i32 {
+/// itself runs it (never in softirq, where the stack would be someone else's), with what a
+/// frame-pointer walk of it can miss: the words at the stack pointer (the caller of a wrapper
+/// without a frame) and the stack of the code that asked a runtime for the connection.
+fn code_path<C: StackIdContext + SyscallRegs>(
+    ctx: &C,
+    transition: &Transition,
+    owner: u32,
+) -> Stacks {
     let connect = (transition.old_state, transition.new_state) == (CLOSE, SYN_SENT);
-    if connect && current_tgid() == owner {
-        user_stack(ctx)
-    } else {
-        NO_STACK
+    if !connect || current_tgid() != owner {
+        return Stacks {
+            opened: NO_STACK,
+            requested: NO_STACK,
+        };
+    }
+    let opened = user_stack(ctx);
+    #[cfg(feature = "stacks")]
+    {
+        if let Some(user_sp) = ctx.user_sp() {
+            crate::runtimes::note_caller_words(opened, user_sp);
+        }
+        Stacks {
+            opened,
+            requested: crate::runtimes::requested_stack(owner),
+        }
+    }
+    #[cfg(not(feature = "stacks"))]
+    {
+        Stacks {
+            opened,
+            requested: NO_STACK,
+        }
     }
 }
 
@@ -292,7 +325,7 @@ fn emit(
     cookie: u64,
     owner: u32,
     attribution: Attribution,
-    stack_id: i32,
+    stacks: Stacks,
 ) {
     let Some(mut entry) = EVENTS.reserve::<TransitionEvent>(0) else {
         count(Counter::RingBufFull);
@@ -312,8 +345,8 @@ fn emit(
         new_state: transition.new_state,
         attribution: attribution as u8,
         _pad: [0; 3],
-        stack_id,
-        requested_stack_id: NO_STACK,
+        stack_id: stacks.opened,
+        requested_stack_id: stacks.requested,
         saddr: endpoints.saddr,
         daddr: endpoints.daddr,
     });

@@ -44,6 +44,13 @@ struct Record<'a> {
     layout: SetStateLayout,
 }
 
+/// A classic tracepoint program cannot ask for the task's registers.
+impl super::SyscallRegs for TracePointContext {
+    fn user_sp(&self) -> Option<u64> {
+        None
+    }
+}
+
 impl SocketFields for Record<'_> {
     #[inline(always)]
     fn protocol(&self) -> Result<u16, i64> {

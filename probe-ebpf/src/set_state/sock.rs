@@ -5,7 +5,10 @@
 
 use aya_ebpf::{
     cty::c_void,
-    helpers::{bpf_get_socket_cookie, bpf_probe_read_kernel, bpf_probe_read_kernel_buf},
+    helpers::{
+        bpf_get_current_task_btf, bpf_get_socket_cookie, bpf_probe_read_kernel,
+        bpf_probe_read_kernel_buf, bpf_task_pt_regs,
+    },
     macros::btf_tracepoint,
     programs::BtfTracePointContext,
 };
@@ -28,6 +31,21 @@ pub fn inet_sock_set_state_btf(ctx: BtfTracePointContext) -> u32 {
     // A failed read means a layout we do not understand: skipped, and counted.
     count_failure(handle(&ctx, transition, &Sock { address: sock }));
     0
+}
+
+/// The user registers are the task's, saved when the system call entered the kernel.
+impl super::SyscallRegs for BtfTracePointContext {
+    fn user_sp(&self) -> Option<u64> {
+        // SAFETY: the current task, as a BTF pointer, is always valid in a tracing program.
+        let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) };
+        if regs == 0 {
+            return None;
+        }
+        let regs = regs as *const aya_ebpf::bindings::pt_regs;
+        // SAFETY: bpf_probe_read_kernel copies the saved user stack pointer out of the task's
+        // pt_regs and fails cleanly on a bad address.
+        unsafe { bpf_probe_read_kernel(core::ptr::addr_of!((*regs).rsp)) }.ok()
+    }
 }
 
 /// The socket the transition is about.

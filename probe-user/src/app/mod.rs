@@ -124,6 +124,13 @@ fn attach(config: &Config) -> anyhow::Result<Attached> {
             traced.push(process);
         }
     }
+    if config.scope == Scope::Processes {
+        // Named targets are hooked now; host-wide and in cgroups, a process is hooked when
+        // probe first sees it connect (reading every binary on the host up front is costly).
+        for process in &traced {
+            say_notes(tracer.hook_runtimes(process.pid, None));
+        }
+    }
     let untraced = pids.len() - traced.len();
     let mut processes = traced;
     let pids: Vec<u32> = processes.iter().map(|p| p.pid).collect();
@@ -256,7 +263,22 @@ fn start_command(command: &Command, config: &Config, tracer: &mut Tracer) -> any
             crate::cli::MAX_TARGETS
         );
     }
+    // Hooked before it runs: the binary it is about to exec.
+    if let Some(binary) = command
+        .argv
+        .first()
+        .and_then(|p| process::spawn::executable(p))
+    {
+        say_notes(tracer.hook_runtimes(held.pid(), Some(&binary)));
+    }
     Ok(held.release()?)
+}
+
+/// Says what probe could not do for some processes, once each.
+pub(crate) fn say_notes(notes: Vec<String>) {
+    for note in notes {
+        eprintln!("probe: note: {}", terminal(&note));
+    }
 }
 
 /// A tcp_info dump of 100,000 sockets takes tens of MiB for a moment. glibc would serve the

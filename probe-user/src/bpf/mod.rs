@@ -1,6 +1,7 @@
 //! Loading, configuring and attaching the kernel program, and the maps userspace talks to.
 
 mod error;
+mod hooks;
 pub mod kernel_btf;
 mod keys;
 pub mod privilege;
@@ -13,8 +14,8 @@ use aya::{
 };
 use aya_log::EbpfLogger;
 use probe_common::{
-    CgroupLevels, Counter, ForkLayout, InUse, ListenerKey, SetStateLayout, SockLayout, SocketTuple,
-    TcpState, names,
+    CallerWords, CgroupLevels, Counter, ForkLayout, InUse, ListenerKey, SetStateLayout, SockLayout,
+    SocketTuple, TcpState, names,
 };
 
 pub use error::LoadError;
@@ -143,8 +144,10 @@ impl KernelCounters {
 
 /// The loaded and attached kernel program. Dropping it detaches the program and frees its maps.
 pub struct Tracer {
-    /// Owns the program and its attachment.
-    _ebpf: Ebpf,
+    /// Owns the programs and their attachments.
+    ebpf: Ebpf,
+    /// The uprobes on runtimes (with stacks only).
+    hooks: Option<hooks::RuntimeHooks>,
     targets: HashMap<MapData, u32, u8>,
     owners: HashMap<MapData, u64, u32>,
     listeners: HashMap<MapData, ListenerKey, u32>,
@@ -154,6 +157,8 @@ pub struct Tracer {
     cookies: bool,
     in_use: Array<MapData, u32>,
     counters: PerCpuArray<MapData, u64>,
+    /// Kept open: programs loaded later (the runtime hooks) refer to it.
+    _cgroups: HashMap<MapData, u64, u8>,
     /// Sockets found at attach that the seed map had no room for.
     seeds_refused: u64,
 }
@@ -167,6 +172,8 @@ pub struct Streams {
     pub logger: EbpfLogger<&'static dyn log::Log>,
     /// The captured user stacks, unless stacks are off.
     pub stacks: Option<StackTraceMap<MapData>>,
+    /// The words at the user stack pointer of each stack's connect (the BTF program).
+    pub stack_callers: Option<HashMap<MapData, u32, CallerWords>>,
 }
 
 impl Tracer {
@@ -187,12 +194,21 @@ impl Tracer {
             SetStateSource::Btf(layout) => (SetStateLayout::default(), layout),
             SetStateSource::Record(layout) => (layout, SockLayout::default()),
         };
+        // Where a thread's TLS is, to follow Go's goroutines: from the BTF, where there is one.
+        let task_fsbase = match source {
+            SetStateSource::Btf(_) if config.stacks => kernel_btf::task_fsbase()
+                .map_err(|error| log::debug!("Go goroutines not followed: {error}"))
+                .unwrap_or(0),
+            _ => 0,
+        };
 
         // aya-log's levels: 0 turns every kernel log statement off, 4 lets debug through.
         let log_level: u8 = if config.kernel_logs { 4 } else { 0 };
         let mut ebpf = EbpfLoader::new()
             .override_global(names::LAYOUT, &record_layout, true)
             .override_global(names::SOCK_LAYOUT, &sock_layout, true)
+            // Only in the object built with stacks.
+            .override_global(names::TASK_FSBASE, &task_fsbase, false)
             .override_global(aya_log::LEVEL, &log_level, false)
             .override_global(names::FORK_LAYOUT, &fork_layout, true)
             .override_global(
@@ -253,6 +269,10 @@ impl Tracer {
             Some(map) => Some(typed(names::STACKS, map)?),
             None => None,
         };
+        let stack_callers = match ebpf.take_map(names::STACK_CALLERS) {
+            Some(map) => Some(typed(names::STACK_CALLERS, map)?),
+            None => None,
+        };
         let process_events = take(&mut ebpf, names::PROCESS_EVENTS)?;
         let targets = take(&mut ebpf, names::TARGETS)?;
         let owners = take(&mut ebpf, names::OWNERS)?;
@@ -269,7 +289,8 @@ impl Tracer {
         }
         Ok((
             Tracer {
-                _ebpf: ebpf,
+                ebpf,
+                hooks: config.stacks.then(hooks::RuntimeHooks::default),
                 targets,
                 owners,
                 listeners,
@@ -278,6 +299,7 @@ impl Tracer {
                 cookies: matches!(source, SetStateSource::Btf(_)),
                 in_use,
                 counters,
+                _cgroups: cgroups,
                 seeds_refused: 0,
             },
             Streams {
@@ -285,8 +307,19 @@ impl Tracer {
                 process_events,
                 logger,
                 stacks,
+                stack_callers,
             },
         ))
+    }
+
+    /// Hooks the runtimes in process `pid` (its executable, or `binary` for a command not
+    /// exec'd yet) that connect on behalf of other code, so that their connections name the
+    /// code that asked (with stacks only). Returns what could not be hooked, for the user.
+    pub fn hook_runtimes(&mut self, pid: u32, binary: Option<&std::path::Path>) -> Vec<String> {
+        match &mut self.hooks {
+            Some(hooks) => hooks.hook(&mut self.ebpf, pid, binary),
+            None => Vec::new(),
+        }
     }
 
     /// Starts tracing process `pid` (all its threads); false when the target map is full.

@@ -178,6 +178,23 @@ pub fn reap(pid: u32) {
     let _ = waitpid(Pid::from_raw(pid as i32), None);
 }
 
+/// The file `program` names, as exec would find it: a path as is, a bare name in `PATH`.
+pub fn executable(program: &std::ffi::OsStr) -> Option<std::path::PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let program = std::path::Path::new(program);
+    if program.components().count() > 1 {
+        return Some(program.to_path_buf());
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|candidate| {
+            candidate
+                .metadata()
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,23 +4,25 @@
 //! each frame as the program's, a library's or the runtime's; the event loop only notes
 //! stacks and looks the results up when an alert or the summary needs them.
 
+mod caller;
 mod memory;
 mod perf_map;
 mod program;
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     path::Path,
     sync::{Arc, Mutex, PoisonError, mpsc},
     thread,
     time::{Duration, Instant},
 };
 
-use aya::maps::{MapData, StackTraceMap};
+use aya::maps::{HashMap as BpfHashMap, MapData, StackTraceMap};
 use blazesym::symbolize::{
     Input, Symbolized, Symbolizer,
     source::{Process, Source},
 };
+use probe_common::CallerWords;
 
 use crate::track::{
     CodePath, CodePathSource, Frame, StackRef,
@@ -30,6 +32,10 @@ use memory::AddressSpace;
 use perf_map::PerfMap;
 
 type Resolved = Arc<Mutex<HashMap<StackRef, Option<Arc<CodePath>>>>>;
+
+/// What a runtime needs to be started with for its program's frames to be named, by the
+/// stacks that named none: the runtime (its executable's name) and the hint.
+type Hints = Arc<Mutex<HashMap<StackRef, (String, &'static str)>>>;
 
 /// What the worker is asked.
 enum Request {
@@ -45,6 +51,7 @@ pub struct CodePaths {
     requests: mpsc::Sender<Request>,
     resolved: Resolved,
     requested: HashSet<StackRef>,
+    hints: Hints,
 }
 
 /// What is read once per process and burst: its address space, executable and perf map.
@@ -69,7 +76,11 @@ impl ProcessView {
 /// The worker's state.
 struct Worker {
     stacks: StackTraceMap<MapData>,
+    /// The words at the user stack pointer of each stack's connect, where the kernel program
+    /// saves them (the BTF program).
+    callers: Option<BpfHashMap<MapData, u32, CallerWords>>,
     results: Resolved,
+    hints: Hints,
     /// Stacks with JIT frames no perf map named yet, and their addresses.
     unnamed_jit: HashMap<StackRef, Vec<u64>>,
 }
@@ -86,7 +97,10 @@ impl Worker {
             while let Some(request) = next {
                 match request {
                     Request::Stack(stack) => {
-                        let addresses = self.addresses(stack);
+                        let view = processes
+                            .entry(stack.pid)
+                            .or_insert_with(|| ProcessView::read(stack.pid));
+                        let addresses = self.addresses(stack, view);
                         self.resolve(&symbolizer, &mut processes, stack, addresses);
                     }
                     Request::Refresh(done) => {
@@ -106,10 +120,32 @@ impl Worker {
         }
     }
 
-    /// The return addresses of `stack`, innermost first.
-    fn addresses(&self, stack: StackRef) -> Option<Vec<u64>> {
+    /// The return addresses of `stack`, innermost first: the walk the kernel made, cut where
+    /// it stops being code (what a walk through code built without frame pointers finds),
+    /// with the caller it skipped put back.
+    fn addresses(&self, stack: StackRef, view: &ProcessView) -> Option<Vec<u64>> {
         let trace = self.stacks.get(&stack.id, 0).ok()?;
-        Some(trace.frames().iter().map(|frame| frame.ip).collect())
+        let walked: Vec<u64> = trace.frames().iter().map(|frame| frame.ip).collect();
+        let valid = walked
+            .iter()
+            .take_while(|&&address| view.space.is_code(address))
+            .count()
+            .max(1)
+            .min(walked.len());
+        let walked = &walked[..valid];
+        let words = self
+            .callers
+            .as_ref()
+            .and_then(|callers| callers.get(&stack.id, 0).ok());
+        Some(match words {
+            Some(words) => caller::with_skipped_caller(
+                walked,
+                &words,
+                &view.space,
+                &caller::code_before(stack.pid),
+            ),
+            None => walked.to_vec(),
+        })
     }
 
     fn resolve(
@@ -131,6 +167,19 @@ impl Worker {
             {
                 self.unnamed_jit.insert(stack, addresses);
             }
+            let mut hints = self.hints.lock().unwrap_or_else(PoisonError::into_inner);
+            match classify::naming_hint(&view.program) {
+                Some(hint) if !path.has_app_frames() => {
+                    let runtime = Path::new(&view.program.path)
+                        .file_name()
+                        .map(|name| name.to_string_lossy().into_owned())
+                        .unwrap_or_default();
+                    hints.insert(stack, (runtime, hint));
+                }
+                _ => {
+                    hints.remove(&stack);
+                }
+            }
             Some(Arc::new(path))
         });
         self.results
@@ -141,13 +190,20 @@ impl Worker {
 }
 
 impl CodePaths {
-    /// Starts the symbolizing worker over the kernel's stack map.
-    pub fn start(stacks: StackTraceMap<MapData>) -> Self {
+    /// Starts the symbolizing worker over the kernel's stack map (and the words it saved at
+    /// each stack's stack pointer, where it does).
+    pub fn start(
+        stacks: StackTraceMap<MapData>,
+        callers: Option<BpfHashMap<MapData, u32, CallerWords>>,
+    ) -> Self {
         let (requests, pending) = mpsc::channel::<Request>();
         let resolved: Resolved = Arc::default();
+        let hints: Hints = Arc::default();
         let worker = Worker {
             stacks,
+            callers,
             results: Arc::clone(&resolved),
+            hints: Arc::clone(&hints),
             unnamed_jit: HashMap::new(),
         };
         thread::spawn(move || worker.run(pending));
@@ -155,7 +211,24 @@ impl CodePaths {
             requests,
             resolved,
             requested: HashSet::new(),
+            hints,
         }
+    }
+
+    /// For each runtime whose stacks named none of its program's functions, what to start it
+    /// with so they are: `node (pid 42): start node with ...`.
+    pub fn naming_hints(&self) -> Vec<String> {
+        let hints = self.hints.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut by_runtime = BTreeMap::new();
+        for (stack, (runtime, hint)) in hints.iter() {
+            by_runtime.entry(runtime).or_insert((stack.pid, hint));
+        }
+        by_runtime
+            .iter()
+            .map(|(runtime, (pid, hint))| {
+                format!("{runtime} (pid {pid}) ran code probe cannot name; to name it, {hint}")
+            })
+            .collect()
     }
 
     /// Asks for `stack` to be symbolized (once), while its process is there to be read.
@@ -198,22 +271,13 @@ impl CodePathSource for CodePaths {
     }
 }
 
-/// The frames of `addresses` in process `pid`: symbolized, classified, and cut where the
-/// stack stops being one (an address outside executable memory: what a frame-pointer walk
-/// through code built without frame pointers finds).
+/// The frames of `addresses` in process `pid`: symbolized and classified.
 fn symbolize(
     symbolizer: &Symbolizer,
     view: &ProcessView,
     pid: u32,
     addresses: &[u64],
 ) -> Option<CodePath> {
-    let valid = addresses
-        .iter()
-        .take_while(|&&address| view.space.is_code(address))
-        .count()
-        .max(1)
-        .min(addresses.len());
-    let addresses = &addresses[..valid];
     // Perf maps are read here, not by blazesym (see `perf_map`).
     let source = Source::Process(Process {
         perf_map: false,

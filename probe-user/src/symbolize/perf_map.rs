@@ -91,6 +91,9 @@ pub fn normalize(raw: &str) -> (String, Option<String>, Option<u32>) {
         let file = (!path.is_empty()).then(|| file_name(path));
         return (function.into(), file, None);
     }
+    if let Some(method) = crate::track::code_path::classify::java_method(raw) {
+        return (method.into(), None, None);
+    }
     (raw.into(), None, None)
 }
 

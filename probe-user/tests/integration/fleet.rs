@@ -60,7 +60,9 @@ pub fn prometheus_scrapes_probe_and_the_alerts_fire() -> TestResult {
     let mut closing = Helper::start_in(&namespace.name, &Role::ClosingServer)?;
     let server_port: u16 = closing.hear()?.parse().map_err(|_| "no port")?;
     let name = format!("fleetleak{}", std::process::id() % 100_000);
-    let leaked = 160;
+    // 8 a second for 40 s: the forecasts only exist while the leak grows, so it must outlast
+    // Prometheus' first scrapes, rate windows and `for:` even on a loaded machine.
+    let leaked = 320;
     let mut leaker = Helper::start_in(
         &namespace.name,
         &Role::Named {
@@ -88,18 +90,31 @@ pub fn prometheus_scrapes_probe_and_the_alerts_fire() -> TestResult {
          scrape_configs:\n  - job_name: probe\n    static_configs:\n      - targets: ['{metrics}']\n"
     );
     let prometheus = Prometheus::start("fleet", &config, &[("alerts.yaml", &rules)])?;
+    prometheus.wait_for("probe's first scrape", WAIT, || {
+        let up = prometheus.targets()?.iter().any(|t| t["health"] == "up");
+        Ok(up.then_some(()))
+    })?;
     leaker.say("go")?;
 
     let by_name = |labels: &Value| labels["comm"] == name.as_str();
     let by_port = |labels: &Value| labels["dport"] == server_port.to_string().as_str();
-    let alerts =
-        prometheus.wait_for("the leak's alerts to fire", Duration::from_secs(40), || {
-            let alerts = prometheus.alerts()?;
-            let all = !firing(&alerts, "TcpConnectionsStuckInCloseWait", by_name).is_empty()
-                && !firing(&alerts, "FileDescriptorsRunOutWithinAnHour", by_name).is_empty()
-                && !firing(&alerts, "EphemeralPortsRunOutWithinAnHour", by_port).is_empty();
-            Ok(all.then_some(alerts))
-        })?;
+    type Ours<'a> = &'a dyn Fn(&Value) -> bool;
+    let expected: [(&str, Ours); 3] = [
+        ("TcpConnectionsStuckInCloseWait", &by_name),
+        ("FileDescriptorsRunOutWithinAnHour", &by_name),
+        ("EphemeralPortsRunOutWithinAnHour", &by_port),
+    ];
+    let mut missing = Vec::new();
+    let alerts = prometheus.wait_for("the leak's alerts to fire", Duration::from_secs(40), || {
+        let alerts = prometheus.alerts()?;
+        missing = expected
+            .iter()
+            .filter(|(name, ours)| firing(&alerts, name, ours).is_empty())
+            .map(|(name, _)| *name)
+            .collect();
+        Ok(missing.is_empty().then_some(alerts))
+    });
+    let alerts = alerts.map_err(|e| format!("not firing: {missing:?}; {e}"))?;
     for alert in alerts
         .iter()
         .filter(|a| by_name(&a["labels"]) || by_port(&a["labels"]))
@@ -120,7 +135,7 @@ pub fn prometheus_scrapes_probe_and_the_alerts_fire() -> TestResult {
     }
     // The leak stops at `leaked`: Prometheus and ss agree on the process's stuck connections.
     let in_ss = namespace
-        .ss_within(leaker.pid(), "close-wait", leaked, Duration::from_secs(40))?
+        .ss_within(leaker.pid(), "close-wait", leaked, Duration::from_secs(60))?
         .len();
     let query = format!(r#"sum(probe_process_connections_stuck{{comm="{name}"}})"#);
     let stuck = prometheus.wait_for("the stuck count to settle", WAIT, || {

@@ -20,6 +20,7 @@ mod identity;
 mod lifecycle;
 mod programs;
 mod robustness;
+mod runtimes;
 mod stuck_kinds;
 mod targets;
 mod views;
@@ -60,6 +61,10 @@ fn main() -> ExitCode {
         targets::a_client_in_its_own_network_namespace,
         code_paths::stuck_connections_are_grouped_by_the_function_that_opened_them,
         code_paths::without_stacks_there_is_no_stack_map_and_no_opened_at,
+        runtimes::a_go_http_clients_leak_is_named_by_the_function_that_made_the_request,
+        runtimes::a_c_client_is_named_with_or_without_frame_pointers,
+        runtimes::node_functions_are_named_from_the_perf_map_or_the_flag_is_named,
+        runtimes::java_methods_are_named_from_the_jvms_perf_map,
         robustness::bad_input_gets_a_clear_error_and_no_panic,
         targets::a_thread_id_means_its_process,
         robustness::closing_stdout_ends_probe_cleanly,

@@ -182,7 +182,9 @@ impl Session {
                     .context("cannot poll the kernel's process events")?,
                 logs: readable(streams.logger).context("cannot poll the kernel log")?,
             },
-            code_paths: streams.stacks.map(CodePaths::start),
+            code_paths: streams
+                .stacks
+                .map(|stacks| CodePaths::start(stacks, streams.stack_callers)),
             sink,
             keys,
             signals,
@@ -320,6 +322,7 @@ impl Session {
         let losses = counters.losses();
         if let Some(code_paths) = &self.code_paths {
             code_paths.settle(SYMBOLIZE_GRACE);
+            crate::app::say_notes(code_paths.naming_hints());
         }
         let now = monotonic_now();
         self.triage.note_stuck(now, &self.tracker.stuck_tally());
@@ -374,16 +377,23 @@ impl Session {
             }
             match Transition::decode(&item) {
                 Ok(transition) => {
-                    if let (Some(code_paths), Some(stack)) =
-                        (self.code_paths.as_mut(), transition.stack)
-                    {
-                        code_paths.note(stack);
+                    if let Some(code_paths) = self.code_paths.as_mut() {
+                        for stack in [transition.stack, transition.requested]
+                            .into_iter()
+                            .flatten()
+                        {
+                            code_paths.note(stack);
+                        }
                     }
-                    // Host-wide and in cgroups, processes are met as they connect.
+                    // Host-wide and in cgroups, processes are met as they connect: their
+                    // runtimes are hooked then.
                     if !self.tracker.knows_process(transition.pid)
                         && let Ok(process) = process::resolve(transition.pid)
                     {
                         self.tracker.register_process(transition.pid, &process.comm);
+                        for note in self.tracer.hook_runtimes(transition.pid, None) {
+                            log::info!("{note}");
+                        }
                     }
                     self.sink.transition(&self.tracker.apply(&transition))?;
                 }

@@ -56,6 +56,11 @@ impl Session {
             }
         }
         self.tracker.register_process(pid, &news.comm);
+        if news.kind == ProcessEventKind::Exec {
+            for note in self.tracer.hook_runtimes(pid, None) {
+                log::info!("{note}");
+            }
+        }
         if !self.exits.is_alive(pid) {
             log::debug!("now tracing {pid} ({})", terminal(&news.comm));
             self.exits.watch(pid);

@@ -91,6 +91,19 @@ pub fn sock_layout_from(bytes: &[u8]) -> Result<SockLayout, BtfError> {
     Ok(layout)
 }
 
+/// Where `thread.fsbase` (a thread's FS base: where its TLS is) sits in this kernel's
+/// `struct task_struct`, for the program to find a Go thread's current goroutine.
+pub fn task_fsbase() -> Result<u32, BtfError> {
+    let bytes = fs::read(VMLINUX).map_err(BtfError::Unreadable)?;
+    task_fsbase_from(&bytes)
+}
+
+fn task_fsbase_from(bytes: &[u8]) -> Result<u32, BtfError> {
+    let btf = Btf::parse(bytes).map_err(BtfError::Parse)?;
+    let task = Struct::find(&btf, "task_struct")?;
+    field(&btf, &task, "thread.fsbase", 8)
+}
+
 /// Checks that every field the program takes from the two spans it copies lies within them.
 fn fits_the_copied_spans(layout: &SockLayout) -> Result<(), BtfError> {
     let mut common = vec![(layout.family, 2), (layout.dport, 2), (layout.daddr, 4)];
@@ -192,6 +205,15 @@ mod tests {
         }
         // And what has not moved in struct sock_common since long before 5.8.
         assert_eq!((layout.daddr, layout.dport, layout.family), (0, 12, 16));
+    }
+
+    #[test]
+    fn finds_the_fs_base_of_a_task_as_btfparse_does() {
+        let bytes = this_kernel();
+        assert_eq!(
+            task_fsbase_from(&bytes).unwrap(),
+            oracle_offset(&bytes, "task_struct", "thread.fsbase")
+        );
     }
 
     #[test]

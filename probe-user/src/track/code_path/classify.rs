@@ -72,6 +72,9 @@ const RUNTIME_FILES: &[&str] = &[
     "[vdso]",
 ];
 
+/// Parts of the file names of a runtime's own native modules (CPython's `_socket.cpython-312-x86_64-linux-gnu.so`).
+const RUNTIME_MODULES: &[&str] = &[".cpython-", "/lib-dynload/"];
+
 /// Executables that are a language runtime: a traced `node`, `java` or `python3` runs the
 /// program as data, so the executable's own frames are the runtime's.
 fn is_runtime_executable(path: &str) -> bool {
@@ -79,6 +82,27 @@ fn is_runtime_executable(path: &str) -> bool {
     matches!(name, "node" | "nodejs" | "java" | "ruby" | "php" | "perl")
         || name.starts_with("python")
         || name.starts_with("pypy")
+}
+
+/// What a runtime needs to be started with for probe to name its program's functions, for a
+/// program that is a runtime whose stacks showed none of the program's frames.
+pub fn naming_hint(program: &Program) -> Option<&'static str> {
+    let name = file_name(&program.path);
+    if name == "node" || name == "nodejs" {
+        Some("start node with --perf-basic-prof --interpreted-frames-native-stack")
+    } else if name == "java" {
+        Some(
+            "start java with -XX:+PreserveFramePointer and run `jcmd PID Compiler.perfmap` \
+             before probe's summary",
+        )
+    } else if name.starts_with("python") {
+        Some(
+            "run a Python 3.12 or later built with frame pointers \
+             (CFLAGS=-fno-omit-frame-pointer) with -X perf (or PYTHONPERFSUPPORT=1)",
+        )
+    } else {
+        None
+    }
 }
 
 fn file_name(path: &str) -> &str {
@@ -91,6 +115,7 @@ pub fn classify(function: &str, module: Module<'_>, program: &Program) -> FrameK
         Module::File(path) => {
             let name = file_name(path);
             if RUNTIME_FILES.iter().any(|prefix| name.starts_with(prefix))
+                || RUNTIME_MODULES.iter().any(|part| path.contains(part))
                 || is_runtime_executable(path)
             {
                 FrameKind::Runtime
@@ -181,6 +206,18 @@ fn native_symbol(function: &str, program: &Program) -> FrameKind {
     FrameKind::App
 }
 
+/// The qualified method (`com.example.Leaky.doRequest`) of a JDK perf map's name for a
+/// compiled method (`jcmd PID Compiler.perfmap` writes the signature:
+/// `void com.example.Leaky.doRequest(java.lang.String, int)`).
+pub fn java_method(name: &str) -> Option<&str> {
+    let (head, arguments) = name.split_once('(')?;
+    if !arguments.ends_with(')') {
+        return None;
+    }
+    let (_returns, method) = head.rsplit_once(' ')?;
+    (method.contains('.') && !method.contains(['/', ':'])).then_some(method)
+}
+
 /// A JIT frame, by the name its perf map gives (see [`super::perf_name`]): JavaScript outside
 /// node's own modules, Java outside the JDK, Python outside the standard library are the
 /// program; the rest (V8 builtins and stubs, the JVM's interpreter, the JDK) is not.
@@ -199,9 +236,12 @@ fn jit_symbol(function: &str) -> FrameKind {
             FrameKind::App
         };
     }
-    if function.contains("::") && !function.contains(' ') {
-        // Java: `package.Class::method` (as JDK perf maps write them).
-        let class = function.trim_start_matches('L');
+    let java = java_method(function).or_else(|| {
+        // perf-map-agent: `package.Class::method`.
+        (function.contains("::") && !function.contains(' '))
+            .then(|| function.trim_start_matches('L'))
+    });
+    if let Some(class) = java {
         return if [
             "java.", "jdk.", "sun.", "com.sun.", "javax.", "java/", "jdk/", "sun/",
         ]

@@ -95,10 +95,14 @@ impl CodePath {
                 .iter()
                 .take_while(|f| f.kind == FrameKind::App)
                 .count();
-            let via = frames[..start]
+            // The library call the program made; without a library frame (a JVM's
+            // interpreted JDK code), the system call's wrapper rather than the interpreter.
+            let called = &frames[..start];
+            let via = called
                 .iter()
                 .rev()
-                .find(|f| !f.function.is_empty());
+                .find(|f| f.kind == FrameKind::Library && !f.function.is_empty())
+                .or_else(|| called.iter().find(|f| !f.function.is_empty()));
             return Shown {
                 frames: &frames[start..start + length],
                 via,

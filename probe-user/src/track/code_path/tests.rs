@@ -1,7 +1,7 @@
 //! What a reader is shown of a stack, and whose code each frame is.
 
 use super::{
-    classify::{Module, Program, classify},
+    classify::{Module, Program, classify, naming_hint},
     *,
 };
 
@@ -175,6 +175,13 @@ fn native_frames_by_module_and_crate() {
     let kind = |f: &str, m| classify(f, m, &program);
     assert_eq!(kind("do_request", Module::Program), FrameKind::App);
     assert_eq!(
+        kind(
+            "internal_connect",
+            Module::File("/usr/lib/python3.12/lib-dynload/_socket.cpython-312-x86_64-linux-gnu.so")
+        ),
+        FrameKind::Runtime
+    );
+    assert_eq!(
         kind("leaky_client::do_request", Module::Program),
         FrameKind::App
     );
@@ -225,9 +232,64 @@ fn jit_frames_by_the_names_their_perf_maps_give() {
     assert_eq!(kind("Leaky::doRequest"), FrameKind::App);
     assert_eq!(kind("java.net.Socket::connect"), FrameKind::Library);
     assert_eq!(kind("Interpreter"), FrameKind::Runtime);
+    assert_eq!(kind("void Leaky.main(java.lang.String[])"), FrameKind::App);
+    assert_eq!(
+        kind("void java.net.Socket.connect(java.net.SocketAddress, int)"),
+        FrameKind::Library
+    );
+    assert_eq!(kind("StubRoutines (1)"), FrameKind::Runtime);
+    assert_eq!(
+        classify::java_method("int com.example.Pool.open(java.lang.String, int)"),
+        Some("com.example.Pool.open")
+    );
     assert_eq!(kind("py::do_request:/srv/leaky.py"), FrameKind::App);
     assert_eq!(
         kind("py::create_connection:/usr/lib/python3.12/socket.py"),
         FrameKind::Library
+    );
+}
+
+#[test]
+fn runtimes_get_a_hint_to_name_their_programs_frames() {
+    let program = |path: &str| Program {
+        path: path.to_string(),
+        ..Program::default()
+    };
+    assert!(
+        naming_hint(&program("/usr/bin/node"))
+            .unwrap()
+            .contains("--perf-basic-prof")
+    );
+    assert!(
+        naming_hint(&program("/usr/lib/jvm/java-17/bin/java"))
+            .unwrap()
+            .contains("perfmap")
+    );
+    assert!(
+        naming_hint(&program("/root/.pyenv/versions/3.12.1/bin/python3.12"))
+            .unwrap()
+            .contains("-X perf")
+    );
+    assert_eq!(naming_hint(&program("/usr/bin/curl")), None);
+    assert_eq!(naming_hint(&program("/opt/leaky-go")), None);
+}
+
+#[test]
+fn without_a_library_frame_the_call_shown_is_the_system_calls_wrapper() {
+    let path = CodePath {
+        frames: vec![
+            frame(
+                "__libc_connect",
+                Some("connect.c"),
+                Some(26),
+                FrameKind::Runtime,
+            ),
+            frame("Interpreter", None, None, FrameKind::Runtime),
+            frame("Leaky.main", None, None, FrameKind::App),
+        ],
+    };
+    assert_eq!(
+        path.describe(SHOWN_FRAMES),
+        "Leaky.main, via __libc_connect"
     );
 }

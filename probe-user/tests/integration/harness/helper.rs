@@ -26,7 +26,14 @@ impl Helper {
     pub fn start(role: &Role) -> Result<Helper, String> {
         let mut command = Command::new(this_binary()?);
         command.args(role.args());
-        Helper::spawn(command, role)
+        Helper::spawn(command, &format!("{role:?}"))
+    }
+
+    /// Starts a program that talks like a helper (a client in another language: it says
+    /// `ready`, does its work on `go`, says `done`, exits when its stdin closes).
+    pub fn program(command: Command) -> Result<Helper, String> {
+        let described = format!("{command:?}");
+        Helper::spawn(command, &described)
     }
 
     /// Starts a helper playing `role` inside network namespace `namespace` (`ip netns exec`
@@ -37,15 +44,15 @@ impl Helper {
             .args(["netns", "exec", namespace])
             .arg(this_binary()?)
             .args(role.args());
-        Helper::spawn(command, role)
+        Helper::spawn(command, &format!("{role:?}"))
     }
 
-    fn spawn(mut command: Command, role: &Role) -> Result<Helper, String> {
+    fn spawn(mut command: Command, described: &str) -> Result<Helper, String> {
         let mut child = command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
-            .map_err(|e| format!("cannot start helper {role:?}: {e}"))?;
+            .map_err(|e| format!("cannot start helper {described}: {e}"))?;
         let stdin = child.stdin.take();
         let stdout = BufReader::new(child.stdout.take().ok_or("no stdout")?);
         Ok(Helper {

@@ -9,6 +9,7 @@ pub mod prerequisites;
 mod probe;
 mod prometheus;
 pub mod roles;
+pub mod runtimes;
 mod servers;
 mod ss;
 mod temp;

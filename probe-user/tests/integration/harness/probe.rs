@@ -21,6 +21,8 @@ pub struct Probe {
     lines: Receiver<Value>,
     seen: Vec<Value>,
     stderr: Arc<Mutex<String>>,
+    /// The thread collecting `stderr`: done once probe exited and it read everything.
+    stderr_reader: Option<thread::JoinHandle<()>>,
 }
 
 impl Probe {
@@ -52,7 +54,7 @@ impl Probe {
         let (ready_tx, ready) = mpsc::channel();
         let pipe = child.stderr.take().ok_or("no stderr")?;
         let sink = Arc::clone(&stderr);
-        thread::spawn(move || {
+        let stderr_reader = thread::spawn(move || {
             for line in BufReader::new(pipe).lines().map_while(Result::ok) {
                 {
                     let mut all = sink.lock().unwrap();
@@ -69,6 +71,7 @@ impl Probe {
             lines,
             seen: Vec::new(),
             stderr,
+            stderr_reader: Some(stderr_reader),
         };
         if ready.recv_timeout(Duration::from_secs(20)).is_err() {
             let _ = probe.child.kill();
@@ -116,6 +119,18 @@ impl Probe {
     /// last, checking that probe exited 0.
     pub fn stop(self) -> Result<Vec<Value>, String> {
         self.stop_with(libc::SIGINT)
+    }
+
+    /// [`Probe::stop`], and everything probe wrote to stderr (its notes at the summary too).
+    pub fn stop_with_stderr(mut self) -> Result<(Vec<Value>, String), String> {
+        let stderr = Arc::clone(&self.stderr);
+        let reader = self.stderr_reader.take();
+        let records = self.stop()?;
+        if let Some(reader) = reader {
+            let _ = reader.join();
+        }
+        let stderr = stderr.lock().unwrap().clone();
+        Ok((records, stderr))
     }
 
     /// Stops probe with `signal`, as [`Probe::stop`] does with SIGINT.

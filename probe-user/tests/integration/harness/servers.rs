@@ -19,6 +19,10 @@ pub enum ServerMode {
     CloseAfterPeer,
     /// Writes to each connection as fast as it takes (until the test process exits).
     Blast,
+    /// An HTTP/1.1 keep-alive server: answers each request with a two-byte body and closes a
+    /// connection once it has been idle for 300 ms (a client that never closes its side is
+    /// left in CLOSE_WAIT).
+    HttpIdleTimeout,
 }
 
 /// Starts a server on `bind` (port 0) in a thread; returns its address.
@@ -38,6 +42,9 @@ pub fn server(bind: &str, mode: ServerMode) -> Result<SocketAddr, String> {
                         while std::io::Write::write_all(&mut stream, &chunk).is_ok() {}
                     });
                 }
+                ServerMode::HttpIdleTimeout => {
+                    thread::spawn(move || serve_http_until_idle(stream));
+                }
                 ServerMode::CloseAfterPeer => {
                     thread::spawn(move || {
                         let mut buf = [0u8; 64];
@@ -50,6 +57,30 @@ pub fn server(bind: &str, mode: ServerMode) -> Result<SocketAddr, String> {
         }
     });
     Ok(addr)
+}
+
+/// Answers requests (anything up to an empty line) on `stream` until it is idle for 300 ms.
+fn serve_http_until_idle(stream: TcpStream) {
+    use std::io::{BufRead, BufReader, Write};
+    let _ = stream.set_read_timeout(Some(std::time::Duration::from_millis(300)));
+    let Ok(mut writer) = stream.try_clone() else {
+        return;
+    };
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        match reader.read_line(&mut line) {
+            Ok(0) | Err(_) => return,
+            Ok(_) if line == "\r\n" => {
+                let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                if writer.write_all(answer).is_err() {
+                    return;
+                }
+            }
+            Ok(_) => {}
+        }
+    }
 }
 
 /// Connects from the (untraced) test process.

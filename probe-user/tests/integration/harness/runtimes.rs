@@ -1,0 +1,90 @@
+//! Real clients in other languages (Go, C, node, Java), built from `tests/fixtures/runtimes`
+//! by their real toolchains into a test's own directory.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use super::{TempPath, ensure};
+
+/// A fixture's source.
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/runtimes")
+        .join(name)
+}
+
+/// `program`, found in `PATH`, or what to install.
+pub fn tool(program: &str, package: &str) -> Result<PathBuf, String> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|candidate| candidate.is_file())
+        .ok_or_else(|| {
+            format!("{program} is not installed: install {package} (cargo xtask test does)")
+        })
+}
+
+/// Runs a build step, its output in the error.
+fn build(command: &mut Command) -> Result<(), String> {
+    let output = command
+        .output()
+        .map_err(|e| format!("cannot run {command:?}: {e}"))?;
+    ensure(output.status.success(), || {
+        format!(
+            "{command:?} failed: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )
+    })
+}
+
+/// `leaky.go` built with the Go toolchain into `dir` (its build cache kept in cargo's
+/// scratch directory, so the standard library is compiled once, not by every run).
+pub fn go_client(dir: &TempPath) -> Result<PathBuf, String> {
+    let go = tool("go", "golang-go")?;
+    let binary = dir.0.join("leaky-go");
+    build(
+        Command::new(go)
+            .args(["build", "-o"])
+            .arg(&binary)
+            .arg(".")
+            .current_dir(fixture(""))
+            .env(
+                "GOCACHE",
+                Path::new(env!("CARGO_TARGET_TMPDIR")).join("go-cache"),
+            )
+            .env("GOPATH", dir.0.join("go-path"))
+            .env("GOFLAGS", "-buildvcs=false")
+            .env("CGO_ENABLED", "0"),
+    )?;
+    Ok(binary)
+}
+
+/// `leaky.c` built with gcc and `flags` into `dir` as `name`.
+pub fn c_client(dir: &TempPath, name: &str, flags: &[&str]) -> Result<PathBuf, String> {
+    let gcc = tool("gcc", "gcc")?;
+    let binary = dir.0.join(name);
+    build(
+        Command::new(gcc)
+            .args(flags)
+            .arg("-o")
+            .arg(&binary)
+            .arg(fixture("leaky.c")),
+    )?;
+    Ok(binary)
+}
+
+/// `Leaky.java` compiled into `dir` (the class path to run it from).
+pub fn java_client(dir: &TempPath) -> Result<PathBuf, String> {
+    let javac = tool("javac", "openjdk-17-jdk-headless")?;
+    let classes = dir.0.join("classes");
+    build(
+        Command::new(javac)
+            .arg("-d")
+            .arg(&classes)
+            .arg(fixture("Leaky.java")),
+    )?;
+    Ok(classes)
+}

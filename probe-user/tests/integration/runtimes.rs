@@ -1,0 +1,235 @@
+//! Which code opened a leak, in the languages leaks are written in: a Go HTTP client whose
+//! transport dials on a goroutine of its own, C built without frame pointers, node and Java
+//! whose functions only their perf maps name. Real toolchains build the clients; `ss` says
+//! what they leaked.
+
+use std::{path::Path, process::Command, thread, time::Duration};
+
+use serde_json::Value;
+
+use crate::harness::{
+    Helper, Probe, ServerMode, TempPath, TestResult, WAIT, ensure, render,
+    runtimes::{c_client, fixture, go_client, java_client, tool},
+    server, stuck, wait_for_ss,
+};
+
+/// How many connections each client leaks.
+const LEAKED: usize = 5;
+
+/// What probe said about a leak: its summary's code-path groups and its stderr.
+struct Told {
+    groups: Vec<Value>,
+    stderr: String,
+}
+
+/// Runs `command` (a client that leaks [`LEAKED`] connections on `go`) under `probe --pid`,
+/// checks with `ss` that they sit in CLOSE_WAIT, and returns what the summary grouped them by.
+/// `before_summary` runs while probe still traces (a JVM's perf map is written then).
+fn leak_under_probe(
+    command: Command,
+    before_summary: impl FnOnce(u32) -> TestResult,
+) -> Result<Told, String> {
+    let mut client = Helper::program(command)?;
+    ensure(client.hear()? == "ready", || {
+        "the client did not start".into()
+    })?;
+    let pid = client.pid();
+    let mut probe = Probe::start(&["--pid", &pid.to_string(), "--close-wait-after", "1s"])?;
+    client.say("go")?;
+    ensure(client.hear()? == "done", || {
+        "the client did not finish".into()
+    })?;
+    probe.wait_until("the leak's CLOSE_WAIT alerts", WAIT, |r| {
+        stuck(r, pid, "CLOSE_WAIT").len() >= LEAKED
+    })?;
+    wait_for_ss(pid, "close-wait", LEAKED)?;
+    before_summary(pid)?;
+    let (records, stderr) = probe.stop_with_stderr()?;
+    let summary = records.last().ok_or("no summary")?;
+    let groups = summary["stuck_by_code_path"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    client.finish()?;
+    // The perf map a runtime wrote outlives it.
+    let _ = std::fs::remove_file(format!("/tmp/perf-{pid}.map"));
+    Ok(Told { groups, stderr })
+}
+
+/// The one group holding all [`LEAKED`] connections.
+fn the_group(told: &Told) -> Result<&Value, String> {
+    match told.groups.as_slice() {
+        [group] if group["connections"] == LEAKED => Ok(group),
+        groups => Err(format!("groups: {}", render(groups))),
+    }
+}
+
+/// Whether `frames` (a JSON stack) has the program's own frame `function`.
+fn has_app_frame(frames: &Value, function: &str) -> bool {
+    frames.as_array().is_some_and(|frames| {
+        frames.iter().any(|f| {
+            f["kind"] == "app" && f["function"].as_str().is_some_and(|n| n.contains(function))
+        })
+    })
+}
+
+/// Whether `frames` has any frame of the program.
+fn has_any_app_frame(frames: &Value) -> bool {
+    frames
+        .as_array()
+        .is_some_and(|frames| frames.iter().any(|f| f["kind"] == "app"))
+}
+
+/// Go's HTTP client dials on a goroutine of the transport's own, whose stack holds no frame of
+/// the program: probe names the function that made the request (`main.doRequest`) from the
+/// goroutine that asked for the connection (uprobes on the runtime's dial queue), for a
+/// transport per request and for the shared default client alike. A plain `net.Dial` is named
+/// from the connect's own stack.
+pub fn a_go_http_clients_leak_is_named_by_the_function_that_made_the_request() -> TestResult {
+    let dir = TempPath::directory("go-client")?;
+    let binary = go_client(&dir)?;
+    let addr = server("127.0.0.1:0", ServerMode::HttpIdleTimeout)?;
+    for mode in ["transport", "default", "dial"] {
+        let mut command = Command::new(&binary);
+        command.args([mode, &addr.to_string(), &LEAKED.to_string()]);
+        let told = leak_under_probe(command, |_| Ok(()))?;
+        let group = the_group(&told)?;
+        let code = group["code"].as_str().unwrap_or_default();
+        ensure(code.starts_with("main.doRequest (leaky.go:"), || {
+            format!(
+                "{mode}: the group is named {code:?}: {}",
+                render(&told.groups)
+            )
+        })?;
+        if mode == "dial" {
+            ensure(has_app_frame(&group["opened_at"], "main.doRequest"), || {
+                format!("dial: {}", render(&told.groups))
+            })?;
+        } else {
+            // The connect ran on the transport's goroutine: only the request names the program.
+            ensure(
+                !has_any_app_frame(&group["opened_at"])
+                    && has_app_frame(&group["requested_at"], "main.doRequest"),
+                || format!("{mode}: {}", render(&told.groups)),
+            )?;
+            ensure(code.contains("via net/http."), || {
+                format!("{mode}: {code:?} does not say which library call it made")
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// C built with and without frame pointers: the function that connected (`do_request`) is
+/// named either way; without frame pointers, from the return address on the stack at the
+/// connect (the frame a frame-pointer walk skips), checked to follow a call instruction.
+pub fn a_c_client_is_named_with_or_without_frame_pointers() -> TestResult {
+    let dir = TempPath::directory("c-client")?;
+    let addr = server("127.0.0.1:0", ServerMode::HttpIdleTimeout)?;
+    let builds: [(&str, &[&str]); 2] = [
+        ("leaky-fp", &["-O2", "-g", "-fno-omit-frame-pointer"]),
+        ("leaky-nofp", &["-O2", "-g", "-fomit-frame-pointer"]),
+    ];
+    for (name, flags) in builds {
+        let binary = c_client(&dir, name, flags)?;
+        let mut command = Command::new(binary);
+        command.args(["127.0.0.1", &addr.port().to_string(), &LEAKED.to_string()]);
+        let told = leak_under_probe(command, |_| Ok(()))?;
+        let opened: usize = told
+            .groups
+            .iter()
+            .filter(|g| has_app_frame(&g["opened_at"], "do_request"))
+            .map(|g| g["connections"].as_u64().unwrap_or(0) as usize)
+            .sum();
+        ensure(opened == LEAKED, || {
+            format!("{name}: {}", render(&told.groups))
+        })?;
+    }
+    Ok(())
+}
+
+/// node with `--perf-basic-prof`: node connects on a later tick, from its own modules, so the
+/// JavaScript function that asked (`doRequest`) is named from the stack where the socket was
+/// made (a uprobe on libuv's `uv_tcp_init`), its frames named by the perf map; without the
+/// flag, probe says which flag would name it.
+pub fn node_functions_are_named_from_the_perf_map_or_the_flag_is_named() -> TestResult {
+    let node = tool("node", "nodejs")?;
+    // node's profiling flags leave logs in its working directory.
+    let dir = TempPath::directory("node-client")?;
+    let addr = server("127.0.0.1:0", ServerMode::HttpIdleTimeout)?;
+    let script = fixture("leaky.js");
+    let target = [addr.to_string(), LEAKED.to_string()];
+    let mut named = Command::new(&node);
+    named
+        .current_dir(&dir.0)
+        .args(["--perf-basic-prof", "--interpreted-frames-native-stack"])
+        .arg(&script)
+        .args(&target);
+    let told = leak_under_probe(named, |_| Ok(()))?;
+    let group = the_group(&told)?;
+    ensure(
+        !has_any_app_frame(&group["opened_at"])
+            && has_app_frame(&group["requested_at"], "doRequest")
+            && group["code"]
+                .as_str()
+                .is_some_and(|c| c.starts_with("doRequest (leaky.js:")),
+        || render(&told.groups),
+    )?;
+    let mut unnamed = Command::new(&node);
+    unnamed.current_dir(&dir.0).arg(&script).args(&target);
+    let told = leak_under_probe(unnamed, |_| Ok(()))?;
+    ensure(
+        told.stderr.contains("start node with --perf-basic-prof"),
+        || format!("no hint for node without a perf map: {}", told.stderr),
+    )?;
+    Ok(())
+}
+
+/// A JVM with `-XX:+PreserveFramePointer` whose perf map `jcmd Compiler.perfmap` wrote while
+/// probe traced it: the Java method that connected is named.
+pub fn java_methods_are_named_from_the_jvms_perf_map() -> TestResult {
+    let java = tool("java", "openjdk-17-jdk-headless")?;
+    let jcmd = tool("jcmd", "openjdk-17-jdk-headless")?;
+    let dir = TempPath::directory("java-client")?;
+    let classes = java_client(&dir)?;
+    let addr = server("127.0.0.1:0", ServerMode::HttpIdleTimeout)?;
+    let mut command = Command::new(java);
+    command
+        .arg("-XX:+PreserveFramePointer")
+        .arg("-cp")
+        .arg(&classes)
+        .args([
+            "Leaky",
+            "127.0.0.1",
+            &addr.port().to_string(),
+            &LEAKED.to_string(),
+        ]);
+    let told = leak_under_probe(command, |pid| write_perf_map(&jcmd, pid))?;
+    let group = the_group(&told)?;
+    ensure(
+        group["code"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("Leaky.")),
+        || render(&told.groups),
+    )?;
+    Ok(())
+}
+
+/// Asks JVM `pid` for its perf map and waits until it is there.
+fn write_perf_map(jcmd: &Path, pid: u32) -> TestResult {
+    let output = Command::new(jcmd)
+        .args([&pid.to_string(), "Compiler.perfmap"])
+        .output()
+        .map_err(|e| format!("cannot run jcmd: {e}"))?;
+    ensure(output.status.success(), || {
+        format!("jcmd failed: {}", String::from_utf8_lossy(&output.stdout))
+    })?;
+    let map = format!("/tmp/perf-{pid}.map");
+    for _ in 0..50 {
+        if std::fs::metadata(&map).is_ok_and(|m| m.len() > 0) {
+            return Ok(());
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    Err(format!("jcmd wrote no {map}"))
+}
