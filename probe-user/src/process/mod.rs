@@ -128,6 +128,12 @@ pub fn fd_limit(pid: u32) -> Option<u64> {
     }
 }
 
+/// Process `pid`'s name now (`/proc/PID/comm`: a process can rename itself at any time).
+pub fn name(pid: u32) -> Option<String> {
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+    Some(comm.strip_suffix('\n').unwrap_or(&comm).to_string())
+}
+
 /// The running processes named `name` (as `/proc/PID/comm` has it).
 pub fn named(name: &str) -> Result<Vec<Process>, TargetError> {
     let all = procfs::process::all_processes().map_err(TargetError::ProcList)?;

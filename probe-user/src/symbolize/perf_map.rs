@@ -4,7 +4,16 @@
 //! here only leaves its frames unnamed. Also where names are normalized: V8's
 //! `JS:*doRequest /srv/app.js:3:19` becomes `doRequest` in `app.js` at line 3.
 
-use std::path::PathBuf;
+use std::{
+    fs::File,
+    io::Read,
+    os::unix::fs::OpenOptionsExt,
+    path::{Path, PathBuf},
+};
+
+/// The largest perf map read: a JVM's runs to a few MiB; the traced process writes the file,
+/// so it does not get to make probe read without end.
+const MAX_PERF_MAP_BYTES: u64 = 64 << 20;
 
 /// One process's perf map, sorted by address.
 #[derive(Clone, Debug, Default)]
@@ -23,10 +32,25 @@ pub fn path(pid: u32) -> PathBuf {
     PathBuf::from(format!("/proc/{pid}/root/tmp/perf-{inner}.map"))
 }
 
+/// The text of a file the traced process controls: not through a symbolic link, only a
+/// regular file (not a FIFO that never ends, nor a device), at most [`MAX_PERF_MAP_BYTES`].
+fn read_untrusted(path: &Path) -> std::io::Result<String> {
+    let file = File::options()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::ErrorKind::InvalidInput.into());
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_PERF_MAP_BYTES).read_to_end(&mut bytes)?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
 impl PerfMap {
     /// Reads process `pid`'s perf map; empty when it has none.
     pub fn read(pid: u32) -> PerfMap {
-        PerfMap::parse(&std::fs::read_to_string(path(pid)).unwrap_or_default())
+        PerfMap::parse(&read_untrusted(&path(pid)).unwrap_or_default())
     }
 
     /// Parses a perf map's text; lines that are not `START SIZE NAME` are skipped.
@@ -100,6 +124,24 @@ pub fn normalize(raw: &str) -> (String, Option<String>, Option<u32>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_regular_file_is_read_never_through_a_link() {
+        let dir = std::env::temp_dir().join(format!("probe-perf-map-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let map = dir.join("perf-1.map");
+        std::fs::write(&map, "7f0000001000 40 JS:*doRequest /srv/app.js:3:19\n").unwrap();
+        assert!(read_untrusted(&map).unwrap().contains("doRequest"));
+        let link = dir.join("perf-2.map");
+        std::os::unix::fs::symlink("/dev/zero", &link).unwrap();
+        assert!(read_untrusted(&link).is_err());
+        let fifo = dir.join("perf-3.map");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        assert!(read_untrusted(&fifo).is_err());
+        assert!(read_untrusted(Path::new("/dev/zero")).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn both_address_forms_parse_and_lookups_find_their_symbol() {

@@ -31,7 +31,9 @@ pub use lifecycle::{
     ClosedFirst, Connection, ConnectionKey, Ending, History, OpenedBy, Owner, StateVisit,
 };
 pub use stuck::Thresholds;
-pub use summary::{ClosedCounts, CodePathGroup, EndpointGroup, OpenConnection, Stay, Summary};
+pub use summary::{
+    ClosedCounts, CodePathGroup, EndpointGroup, MidIncident, OpenConnection, Stay, Summary,
+};
 pub use time::Timestamp;
 pub use tracker::{Holders, StateChange, StuckAlert, Tracker};
 pub use view::{ConnectionView, Losses};

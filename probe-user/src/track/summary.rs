@@ -145,6 +145,20 @@ impl CodePathGroup {
     }
 }
 
+/// Attached mid-incident: stuck connections that were open before probe attached (their code
+/// unknown: stacks are taken at connect()), next to those opened since, and whether the
+/// latter all come from one place.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MidIncident {
+    /// Stuck connections already open when probe attached.
+    pub predating: usize,
+    /// Stuck connections the traced processes opened since.
+    pub opened_since: usize,
+    /// Where all of `opened_since` were opened (as [`CodePathGroup::shown`]), when that is one
+    /// place: the leak goes on from there.
+    pub continues_from: Option<String>,
+}
+
 /// Open connections, oldest in their state first, with counts by state.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Summary {
@@ -290,6 +304,33 @@ impl Summary {
 }
 
 impl Summary {
+    /// Whether probe attached mid-incident (some stuck connections predate it), and whether
+    /// the ones opened since all come from one place; `None` when none predate it.
+    pub fn mid_incident(&self) -> Option<MidIncident> {
+        let stuck = || self.open.iter().filter(|open| open.stuck.is_some());
+        let predating = stuck()
+            .filter(|open| open.opened_by == OpenedBy::Unknown)
+            .count();
+        if predating == 0 {
+            return None;
+        }
+        let since: Vec<Option<String>> = stuck()
+            .filter(|open| open.opened_by == OpenedBy::Local)
+            .map(|open| open.connection.origin().describe(SHOWN_FRAMES))
+            .collect();
+        let continues_from = match since.first() {
+            Some(Some(first)) if since.iter().all(|shown| shown.as_ref() == Some(first)) => {
+                Some(first.clone())
+            }
+            _ => None,
+        };
+        Some(MidIncident {
+            predating,
+            opened_since: since.len(),
+            continues_from,
+        })
+    }
+
     /// Stuck connections grouped by state and by the code that opened them, as a reader is
     /// shown it (the same code in different processes is one group; so are stacks that differ
     /// only below it), the largest group first.
@@ -422,5 +463,65 @@ mod tests {
         assert_eq!(summary.count(TcpState::CloseWait), 3);
         assert_eq!(summary.stuck_count(TcpState::CloseWait), 3);
         assert_eq!(summary.stuck_count(TcpState::Established), 0);
+    }
+
+    fn opened_at(function: &str) -> Arc<CodePath> {
+        Arc::new(CodePath {
+            frames: vec![crate::track::Frame {
+                function: function.into(),
+                file: None,
+                line: None,
+                address: 0x1000,
+                kind: crate::track::FrameKind::App,
+            }],
+        })
+    }
+
+    #[test]
+    fn attached_mid_incident_says_what_predates_probe_and_where_the_leak_goes_on() {
+        let found_at_attach = |id| OpenConnection {
+            opened_by: OpenedBy::Unknown,
+            ..open(id, 7, TcpState::CloseWait, "10.0.0.2:80", Some(60))
+        };
+        let opened_by = |id, function: &str| {
+            let mut connection = open(id, 7, TcpState::CloseWait, "10.0.0.2:80", Some(5));
+            connection.connection.opened_at = Some(opened_at(function));
+            connection
+        };
+        let summary = |open| Summary::new(open, ClosedCounts::default(), Losses::default());
+
+        let one_place = summary(vec![
+            found_at_attach(1),
+            found_at_attach(2),
+            opened_by(3, "do_request"),
+            opened_by(4, "do_request"),
+        ]);
+        assert_eq!(
+            one_place.mid_incident(),
+            Some(MidIncident {
+                predating: 2,
+                opened_since: 2,
+                continues_from: Some("do_request".into()),
+            })
+        );
+        let two_places = summary(vec![
+            found_at_attach(1),
+            opened_by(3, "do_request"),
+            opened_by(4, "refresh_cache"),
+        ]);
+        assert_eq!(two_places.mid_incident().unwrap().continues_from, None);
+        let none_since = summary(vec![found_at_attach(1)]);
+        assert_eq!(
+            none_since.mid_incident(),
+            Some(MidIncident {
+                predating: 1,
+                opened_since: 0,
+                continues_from: None,
+            })
+        );
+        assert_eq!(
+            summary(vec![opened_by(3, "do_request")]).mid_incident(),
+            None
+        );
     }
 }

@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use crate::harness::{
     Helper, Idle, NetworkNamespace, Probe, Prometheus, Role, TempPath, TestResult, WAIT,
-    deploy_dir, ensure, free_port, rules_with_short_for,
+    deploy_dir, ensure, free_port, render, rules_with_short_for,
 };
 
 /// Every `expr` of the dashboard's panels, with its variables given values: every node, and
@@ -114,7 +114,12 @@ pub fn prometheus_scrapes_probe_and_the_alerts_fire() -> TestResult {
             .collect();
         Ok(missing.is_empty().then_some(alerts))
     });
-    let alerts = alerts.map_err(|e| format!("not firing: {missing:?}; {e}"))?;
+    let alerts = alerts.map_err(|e| {
+        let processes = prometheus
+            .query("sum by (comm) (probe_process_connections_stuck)")
+            .map(|series| render(&series));
+        format!("not firing: {missing:?}; stuck by comm: {processes:?}; {e}")
+    })?;
     for alert in alerts
         .iter()
         .filter(|a| by_name(&a["labels"]) || by_port(&a["labels"]))

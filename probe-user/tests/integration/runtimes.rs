@@ -95,6 +95,7 @@ pub fn a_go_http_clients_leak_is_named_by_the_function_that_made_the_request() -
         let told = leak_under_probe(command, |_| Ok(()))?;
         let group = the_group(&told)?;
         let code = group["code"].as_str().unwrap_or_default();
+        eprintln!("go {mode}: {code}");
         ensure(code.starts_with("main.doRequest (leaky.go:"), || {
             format!(
                 "{mode}: the group is named {code:?}: {}",
@@ -135,6 +136,9 @@ pub fn a_c_client_is_named_with_or_without_frame_pointers() -> TestResult {
         let mut command = Command::new(binary);
         command.args(["127.0.0.1", &addr.port().to_string(), &LEAKED.to_string()]);
         let told = leak_under_probe(command, |_| Ok(()))?;
+        for group in &told.groups {
+            eprintln!("c {name}: {}", group["code"]);
+        }
         let opened: usize = told
             .groups
             .iter()
@@ -146,6 +150,45 @@ pub fn a_c_client_is_named_with_or_without_frame_pointers() -> TestResult {
         })?;
     }
     Ok(())
+}
+
+/// Attached mid-incident: the C client leaked before probe came and goes on leaking after;
+/// the summary counts the stuck connections that predate probe (`ss` sees them) and says the
+/// leak goes on from `do_request`.
+pub fn attached_mid_incident_the_leak_is_traced_to_where_it_goes_on() -> TestResult {
+    let dir = TempPath::directory("c-mid-incident")?;
+    let addr = server("127.0.0.1:0", ServerMode::HttpIdleTimeout)?;
+    let binary = c_client(&dir, "leaky", &["-O2", "-g", "-fno-omit-frame-pointer"])?;
+    let mut command = Command::new(binary);
+    command.args(["127.0.0.1", &addr.port().to_string(), &LEAKED.to_string()]);
+    let mut client = Helper::program(command)?;
+    ensure(client.hear()? == "ready", || {
+        "the client did not start".into()
+    })?;
+    let pid = client.pid();
+    client.say("go")?;
+    ensure(client.hear()? == "done", || "no first round".into())?;
+    wait_for_ss(pid, "close-wait", LEAKED)?;
+
+    let mut probe = Probe::start(&["--pid", &pid.to_string(), "--close-wait-after", "1s"])?;
+    client.say("go")?;
+    ensure(client.hear()? == "done", || "no second round".into())?;
+    wait_for_ss(pid, "close-wait", 2 * LEAKED)?;
+    probe.wait_until("every CLOSE_WAIT flagged", WAIT, |r| {
+        stuck(r, pid, "CLOSE_WAIT").len() >= 2 * LEAKED
+    })?;
+    let records = probe.stop()?;
+    let summary = records.last().ok_or("no summary")?;
+    let mid = &summary["mid_incident"];
+    ensure(
+        mid["predating"] == LEAKED
+            && mid["opened_since"] == LEAKED
+            && mid["continues_from"]
+                .as_str()
+                .is_some_and(|place| place.starts_with("do_request (leaky.c:")),
+        || format!("mid_incident: {mid}"),
+    )?;
+    client.finish()
 }
 
 /// node with `--perf-basic-prof`: node connects on a later tick, from its own modules, so the
@@ -167,6 +210,7 @@ pub fn node_functions_are_named_from_the_perf_map_or_the_flag_is_named() -> Test
         .args(&target);
     let told = leak_under_probe(named, |_| Ok(()))?;
     let group = the_group(&told)?;
+    eprintln!("node: {}", group["code"]);
     ensure(
         !has_any_app_frame(&group["opened_at"])
             && has_app_frame(&group["requested_at"], "doRequest")
@@ -206,6 +250,7 @@ pub fn java_methods_are_named_from_the_jvms_perf_map() -> TestResult {
         ]);
     let told = leak_under_probe(command, |pid| write_perf_map(&jcmd, pid))?;
     let group = the_group(&told)?;
+    eprintln!("java: {}", group["code"]);
     ensure(
         group["code"]
             .as_str()

@@ -225,3 +225,45 @@ pub fn a_command_under_sudo_runs_as_the_user_who_asked() -> TestResult {
     }
     Ok(())
 }
+
+/// A process that renames itself after probe met it (prctl, as worker pools and the tests'
+/// helpers do) is shown by its new name: in the summary's connections and process table,
+/// within a refresh.
+pub fn a_process_that_renames_itself_is_shown_by_its_new_name() -> TestResult {
+    let addr = server("127.0.0.1:0", ServerMode::CloseAtOnce)?;
+    let name = format!("renamed{}", std::process::id() % 100_000);
+    let mut client = Helper::start(&Role::RenamedLater {
+        name: name.clone(),
+        plays: Box::new(Role::HoldClients {
+            server: addr,
+            count: 3,
+        }),
+    })?;
+    let pid = client.pid();
+    let mut probe = Probe::start(&["--pid", &pid.to_string(), "--close-wait-after", "1s"])?;
+    client.say("rename")?;
+    ensure(client.hear()? == "renamed", || "not renamed".into())?;
+    client.say("go")?;
+    ensure(client.hear()? == "ready", || "client not ready".into())?;
+    probe.wait_until("3 CLOSE_WAIT alerts", WAIT, |r| {
+        stuck(r, pid, "CLOSE_WAIT").len() >= 3
+    })?;
+    let records = probe.stop()?;
+    let summary = records.last().ok_or("no summary")?;
+    let names = |list: &Value| -> Vec<String> {
+        list.as_array()
+            .into_iter()
+            .flatten()
+            .filter(|entry| entry["pid"] == pid)
+            .map(|entry| entry["comm"].as_str().unwrap_or_default().to_string())
+            .collect()
+    };
+    let (open, processes) = (names(&summary["open"]), names(&summary["processes"]));
+    ensure(
+        open.len() == 3
+            && open.iter().chain(&processes).all(|comm| *comm == name)
+            && !processes.is_empty(),
+        || format!("expected {name}: open {open:?}, processes {processes:?}"),
+    )?;
+    client.finish()
+}

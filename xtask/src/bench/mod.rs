@@ -43,12 +43,20 @@ enum Config {
     ProbeNoStacks,
     /// probe tracing the workload with the classic tracepoint program.
     ProbeClassic,
+    /// probe with no target: every process of the host (the DaemonSet's mode).
+    ProbeHostWide,
     /// probe tracing an unrelated idle process: in-kernel filtering only.
     ProbeIdle,
     /// The same with the classic tracepoint program.
     ProbeIdleClassic,
     /// bpftrace with a tcpstates-style script.
     Bpftrace,
+    /// The Go HTTP churn alone.
+    GoBaseline,
+    /// probe tracing the Go HTTP churn: its runtime uprobes on every dial.
+    GoProbe,
+    /// The same without stacks, so without uprobes.
+    GoProbeNoStacks,
 }
 
 impl Config {
@@ -60,8 +68,25 @@ impl Config {
             Config::ProbeClassic => "2c. probe --pid WORKLOAD --attach tracepoint",
             Config::ProbeIdle => "3. probe --pid IDLE (unrelated)",
             Config::ProbeIdleClassic => "3b. probe --pid IDLE --attach tracepoint",
+            Config::ProbeHostWide => "2d. probe host-wide (no target)",
             Config::Bpftrace => "4. bpftrace tcpstates-style script",
+            Config::GoBaseline => "5. Go HTTP churn, no tracer (its baseline)",
+            Config::GoProbe => "5a. probe --pid GO_CHURN (runtime uprobes)",
+            Config::GoProbeNoStacks => "5b. probe --pid GO_CHURN --no-stacks (no uprobes)",
         }
+    }
+
+    /// The workload alone that a run of this configuration is paired with.
+    fn baseline(self) -> Config {
+        match self {
+            Config::GoBaseline | Config::GoProbe | Config::GoProbeNoStacks => Config::GoBaseline,
+            _ => Config::Baseline,
+        }
+    }
+
+    /// Whether this is a workload alone.
+    fn is_baseline(self) -> bool {
+        self.baseline() == self
     }
 }
 
@@ -93,23 +118,32 @@ pub fn bench(rounds: usize, connections: usize, concurrency: usize) -> Result<()
     let xtask = std::env::current_exe().context("cannot find the xtask binary")?;
     let bpftrace = tool_exists("bpftrace") || crate::toolchain::apt_install(&["bpftrace"]).is_ok();
     let bcc = bcc_tcpstates_works();
+    let go_churn = workers::build_go_churn()?;
     let mut configs = vec![
         Config::Baseline,
         Config::Probe,
         Config::ProbeNoStacks,
         Config::ProbeClassic,
+        Config::ProbeHostWide,
         Config::ProbeIdle,
         Config::ProbeIdleClassic,
     ];
     if bpftrace {
         configs.push(Config::Bpftrace);
     }
+    configs.extend([Config::GoBaseline, Config::GoProbe, Config::GoProbeNoStacks]);
+    let workloads = Workloads {
+        xtask: &xtask,
+        go_churn: &go_churn,
+        connections,
+        concurrency,
+    };
 
     let mut runs: Vec<(usize, Config, Run)> = Vec::new();
     let tracers: Vec<Config> = configs
         .iter()
         .copied()
-        .filter(|&config| config != Config::Baseline)
+        .filter(|&config| !config.is_baseline())
         .collect();
     for round in 0..rounds {
         // Rotate the order each round, so no configuration always runs first or last; the
@@ -117,12 +151,12 @@ pub fn bench(rounds: usize, connections: usize, concurrency: usize) -> Result<()
         let mut order = tracers.clone();
         order.rotate_left(round % tracers.len());
         for config in order {
-            let mut pair = [Config::Baseline, config];
+            let mut pair = [config.baseline(), config];
             if round % 2 == 1 {
                 pair.reverse();
             }
             let [first, second] = pair.map(|config| {
-                measure(config, &built.probe, &xtask, connections, concurrency)
+                measure(config, &built.probe, &workloads)
                     .with_context(|| format!("round {round}, {}", config.label()))
             });
             let (mut alone, mut traced) = if round % 2 == 0 {
@@ -141,7 +175,7 @@ pub fn bench(rounds: usize, connections: usize, concurrency: usize) -> Result<()
                 traced.transitions,
                 traced.lost
             );
-            runs.push((round, Config::Baseline, alone));
+            runs.push((round, config.baseline(), alone));
             runs.push((round, config, traced));
         }
     }
@@ -150,7 +184,7 @@ pub fn bench(rounds: usize, connections: usize, concurrency: usize) -> Result<()
     let stats = BpfStats::enable();
     let mut timed: Vec<(Config, Run)> = Vec::new();
     for &config in &tracers {
-        let run = measure(config, &built.probe, &xtask, connections, concurrency)
+        let run = measure(config, &built.probe, &workloads)
             .with_context(|| format!("timing round, {}", config.label()))?;
         timed.push((config, run));
     }
@@ -169,20 +203,30 @@ pub fn bench(rounds: usize, connections: usize, concurrency: usize) -> Result<()
     Ok(())
 }
 
-fn measure(
-    config: Config,
-    probe: &Path,
-    xtask: &Path,
+/// The workloads' binaries and size.
+struct Workloads<'a> {
+    xtask: &'a Path,
+    go_churn: &'a Path,
     connections: usize,
     concurrency: usize,
-) -> Result<Run> {
-    let workload = Worker::churn(xtask, connections, concurrency)?;
+}
+
+fn measure(config: Config, probe: &Path, workloads: &Workloads) -> Result<Run> {
+    let (connections, concurrency) = (workloads.connections, workloads.concurrency);
+    let workload = if config.baseline() == Config::GoBaseline {
+        Worker::go_churn(workloads.go_churn, connections, concurrency)?
+    } else {
+        Worker::churn(workloads.xtask, connections, concurrency)?
+    };
     let idle = Sleeper::start()?;
     let tracer = match config {
-        Config::Baseline => None,
-        Config::Probe => Some(Tracer::probe(probe, workload.pid(), &[])?),
-        Config::ProbeNoStacks => Some(Tracer::probe(probe, workload.pid(), &["--no-stacks"])?),
+        Config::Baseline | Config::GoBaseline => None,
+        Config::Probe | Config::GoProbe => Some(Tracer::probe(probe, workload.pid(), &[])?),
+        Config::ProbeNoStacks | Config::GoProbeNoStacks => {
+            Some(Tracer::probe(probe, workload.pid(), &["--no-stacks"])?)
+        }
         Config::ProbeClassic => Some(Tracer::probe(probe, workload.pid(), CLASSIC)?),
+        Config::ProbeHostWide => Some(Tracer::host_wide(probe)?),
         Config::ProbeIdle => Some(Tracer::probe(probe, idle.pid(), &[])?),
         Config::ProbeIdleClassic => Some(Tracer::probe(probe, idle.pid(), CLASSIC)?),
         Config::Bpftrace => Some(Tracer::bpftrace()?),

@@ -102,7 +102,7 @@ pub(super) fn report(
             .iter()
             .find(|(c, _)| *c == config)
             .map_or((0, 0), |(_, run)| (run.program_runs, run.program_ns));
-        let tracer = config != Config::Baseline;
+        let tracer = !config.is_baseline();
         let dash = || "-".to_string();
         let _ = writeln!(
             out,
@@ -148,6 +148,14 @@ pub(super) fn report(
         memory.lost
     );
     let _ = writeln!(out, "Notes:\n");
+    let _ = writeln!(
+        out,
+        "- 2d runs probe with no target: it traces every process of the host (the DaemonSet's mode), the workload's transitions and everyone else's, keeping the triage (alerts, ranked table) without a line per transition; its transitions delivered/s counts the lines it printed."
+    );
+    let _ = writeln!(
+        out,
+        "- 5 is a second workload: a Go program whose HTTP client makes each request on a new connection (keep-alives off) against its own server, {concurrency} goroutines, {connections} requests; 5a and 5b are paired with it. With stacks on (5a) every dial also runs probe's uprobes on `net/http.(*Transport).queueForDial` and `dialConnFor`, which name the code that asked for the connection; 5b has neither stacks nor uprobes."
+    );
     let _ = writeln!(
         out,
         "- Kernel program ns per run: the average time of the tracer's BPF programs per run (all its programs), measured in one more run of each configuration with `kernel.bpf_stats_enabled` on; it is off during the rounds, because it adds two clock reads to every run of every program. For probe on an unrelated pid (3) every run is a transition it filters out; for (2) most runs deliver an event."

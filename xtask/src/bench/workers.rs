@@ -3,7 +3,7 @@
 
 use std::{
     io::{BufRead, BufReader, Write},
-    path::Path,
+    path::{Path, PathBuf},
     process::{Child, ChildStdin, Command, Stdio},
     sync::{
         Arc,
@@ -59,8 +59,13 @@ pub(super) struct Worker {
 impl Worker {
     /// Starts `xtask ARGS`; `what` names it in errors.
     pub(super) fn start(xtask: &Path, args: &[String], what: &str) -> Result<Worker> {
-        let mut child = Command::new(xtask)
-            .args(args)
+        let mut command = Command::new(xtask);
+        command.args(args);
+        Worker::spawn(command, what)
+    }
+
+    fn spawn(mut command: Command, what: &str) -> Result<Worker> {
+        let mut child = command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -84,6 +89,17 @@ impl Worker {
             concurrency.to_string(),
         ];
         Worker::start(xtask, &args, "the workload")
+    }
+
+    /// The Go HTTP churn ([`build_go_churn`]), held until [`Worker::run_churn`].
+    pub(super) fn go_churn(
+        binary: &Path,
+        connections: usize,
+        concurrency: usize,
+    ) -> Result<Worker> {
+        let mut command = Command::new(binary);
+        command.args([connections.to_string(), concurrency.to_string()]);
+        Worker::spawn(command, "the Go workload")
     }
 
     pub(super) fn pid(&self) -> u32 {
@@ -138,6 +154,13 @@ impl Tracer {
         command
             .args(["--json", "--pid", &pid.to_string()])
             .args(extra);
+        Tracer::start(command, "probe: tracing")
+    }
+
+    /// probe with no target: the whole host.
+    pub(super) fn host_wide(probe: &Path) -> Result<Tracer> {
+        let mut command = Command::new(probe);
+        command.arg("--json");
         Tracer::start(command, "probe: tracing")
     }
 
@@ -235,6 +258,31 @@ impl Tracer {
         run.lost = lost;
         Ok(())
     }
+}
+
+/// Builds the Go HTTP churn (`go-churn/main.go`) into the target directory, installing Go
+/// first when it is missing.
+pub(super) fn build_go_churn() -> Result<PathBuf> {
+    if !crate::cmd::tool_exists("go") {
+        crate::toolchain::apt_install(&["golang-go"])?;
+    }
+    let root = crate::build::workspace_root();
+    let binary = root.join("target").join("bench").join("go-churn");
+    crate::cmd::run(
+        Command::new("go")
+            .args(["build", "-o"])
+            .arg(&binary)
+            .arg(".")
+            .current_dir(root.join("xtask/src/bench/go-churn"))
+            .env(
+                "GOCACHE",
+                root.join("target").join("bench").join("go-cache"),
+            )
+            .env("GOFLAGS", "-buildvcs=false")
+            .env("CGO_ENABLED", "0"),
+    )
+    .context("cannot build the Go workload")?;
+    Ok(binary)
 }
 
 fn lines_of(out: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {

@@ -132,6 +132,14 @@ impl Session {
     /// runs (read once per process).
     fn sample_processes(&mut self, now: Timestamp, fds: &HashMap<u32, u64>) {
         self.placements.retain(|pid, _| fds.contains_key(pid));
+        // Names as they are now: a process renames itself (prctl) after probe met it.
+        for &pid in fds.keys() {
+            if let Some(name) = process::name(pid)
+                && *self.tracker.process_name(pid) != *name
+            {
+                self.tracker.register_process(pid, &name);
+            }
+        }
         let samples: Vec<ProcessSample> = fds
             .iter()
             .map(|(&pid, &fds_open)| ProcessSample {

@@ -199,6 +199,13 @@ struct ClosedRecord {
 }
 
 #[derive(Serialize)]
+struct MidIncidentRecord {
+    predating: usize,
+    opened_since: usize,
+    continues_from: Option<String>,
+}
+
+#[derive(Serialize)]
 struct SummaryRecord<'a> {
     r#type: &'static str,
     open: Vec<OpenRecord<'a>>,
@@ -208,6 +215,10 @@ struct SummaryRecord<'a> {
     /// ACCEPT_QUEUE_FULL.
     stuck_kinds: BTreeMap<&'static str, usize>,
     stuck_by_code_path: Vec<CodePathRecord<'a>>,
+    /// Attached mid-incident: stuck connections that predate probe, and where the ones opened
+    /// since come from (absent when none predate it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mid_incident: Option<MidIncidentRecord>,
     closed: ClosedRecord,
     lost_events: u64,
     untracked_sockets: u64,
@@ -373,6 +384,11 @@ impl<W: Write> Sink for JsonSink<W> {
                     requested_at: group.requested_at.as_deref().map(frames),
                 })
                 .collect(),
+            mid_incident: summary.mid_incident().map(|mid| MidIncidentRecord {
+                predating: mid.predating,
+                opened_since: mid.opened_since,
+                continues_from: mid.continues_from,
+            }),
             closed: ClosedRecord {
                 total: closed.total,
                 local_first: closed.local_first,

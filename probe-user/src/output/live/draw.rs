@@ -230,6 +230,7 @@ fn draw_stuck(frame: &mut Frame, area: Rect, view: &View) {
                 Cell::from(oldest),
                 Cell::from(group.idle.map_or_else(|| "-".into(), short_duration)),
                 Cell::from(pids.join(",")),
+                Cell::from(terminal(group.code.as_deref().unwrap_or("-")).into_owned()),
             ])
         })
         .collect();
@@ -241,12 +242,21 @@ fn draw_stuck(frame: &mut Frame, area: Rect, view: &View) {
             Constraint::Length(7),
             Constraint::Length(14),
             Constraint::Length(8),
-            Constraint::Min(6),
+            Constraint::Length(12),
+            Constraint::Min(12),
         ],
     )
     .header(
-        Row::new(["STUCK AS", "REMOTE", "STUCK", "OLDEST", "IDLE", "PIDS"])
-            .style(Style::new().add_modifier(Modifier::BOLD)),
+        Row::new([
+            "STUCK AS",
+            "REMOTE",
+            "STUCK",
+            "OLDEST",
+            "IDLE",
+            "PIDS",
+            "OPENED AT",
+        ])
+        .style(Style::new().add_modifier(Modifier::BOLD)),
     )
     .block(
         Block::new()

@@ -68,6 +68,9 @@ pub struct StuckGroup {
     /// The shortest idle time among them, where tcp_info tells: all are idle at least this long.
     pub idle: Option<Duration>,
     pub pids: Vec<u32>,
+    /// The program's innermost frame where the first of them with a stack was opened (or
+    /// requested): the code to look at.
+    pub code: Option<String>,
 }
 
 /// The live view's state.
@@ -232,7 +235,14 @@ fn stuck_groups(table: &Summary) -> Vec<StuckGroup> {
             since_attach: false,
             idle: connection.idle,
             pids: Vec::new(),
+            code: None,
         });
+        if group.code.is_none() {
+            group.code = connection
+                .origin()
+                .best()
+                .and_then(|path| path.shown().frames.first().map(ToString::to_string));
+        }
         group.count += 1;
         group.oldest = group.oldest.max(connection.age);
         group.since_attach |= connection.since_attach;

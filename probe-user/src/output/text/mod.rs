@@ -229,6 +229,22 @@ impl<W: Write> Sink for TextSink<W> {
                 )?;
             }
         }
+        if let Some(mid) = summary.mid_incident() {
+            let since = match (mid.opened_since, &mid.continues_from) {
+                (0, _) => "none was opened since".to_string(),
+                (n, Some(place)) => format!(
+                    "the {n} opened since all come from {}: the leak goes on there",
+                    terminal(place)
+                ),
+                (n, None) => format!("{n} were opened since, from the places above"),
+            };
+            writeln!(
+                self.out,
+                "attached mid-incident: {} stuck connection(s) predate probe (stacks are taken \
+                 at connect(), so their code is unknown); {since}",
+                mid.predating
+            )?;
+        }
         triage::write(&mut self.out, summary, self.clock)?;
         let closed = &summary.closed;
         writeln!(

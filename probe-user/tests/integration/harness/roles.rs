@@ -103,6 +103,8 @@ pub enum Role {
     PassOver { server: SocketAddr, count: usize },
     /// Names itself `name` (as the kernel keeps names: at most 15 bytes), then plays `plays`.
     Named { name: String, plays: Box<Role> },
+    /// At `rename`, names itself `name` and answers `renamed`; then plays `plays`.
+    RenamedLater { name: String, plays: Box<Role> },
 }
 
 impl Role {
@@ -220,11 +222,13 @@ impl Role {
             Role::HandOver { server, count } => hand_over(server, count),
             Role::PassOver { server, count } => pass_over(server, count),
             Role::Named { name, plays } => {
-                let name = std::ffi::CString::new(name).map_err(|e| e.to_string())?;
-                // SAFETY: PR_SET_NAME reads a NUL-terminated string, which `name` is.
-                if unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) } != 0 {
-                    return Err(std::io::Error::last_os_error().to_string());
-                }
+                set_name(&name)?;
+                plays.play()
+            }
+            Role::RenamedLater { name, plays } => {
+                wait_for_line("rename")?;
+                set_name(&name)?;
+                answer("renamed")?;
                 plays.play()
             }
             Role::HoldingServer { bind } => holding_server(bind),
@@ -402,6 +406,16 @@ fn holding_server(bind: SocketAddr) -> Result<(), String> {
             answer("closed")?;
         }
         line.clear();
+    }
+    Ok(())
+}
+
+/// Names this process `name` (as `/proc/PID/comm` shows it).
+fn set_name(name: &str) -> Result<(), String> {
+    let name = std::ffi::CString::new(name).map_err(|e| e.to_string())?;
+    // SAFETY: PR_SET_NAME reads a NUL-terminated string, which `name` is.
+    if unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) } != 0 {
+        return Err(std::io::Error::last_os_error().to_string());
     }
     Ok(())
 }
@@ -643,12 +657,18 @@ fn listen() -> Result<TcpListener, String> {
 }
 
 fn wait_for_go() -> Result<(), String> {
+    wait_for_line("go")
+}
+
+fn wait_for_line(expected: &str) -> Result<(), String> {
     let mut line = String::new();
     std::io::stdin()
         .lock()
         .read_line(&mut line)
         .map_err(|e| e.to_string())?;
-    ensure(line.trim() == "go", || format!("expected go, got {line:?}"))
+    ensure(line.trim() == expected, || {
+        format!("expected {expected}, got {line:?}")
+    })
 }
 
 fn answer(line: &str) -> Result<(), String> {

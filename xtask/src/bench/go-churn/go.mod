@@ -1,0 +1,3 @@
+module example.com/gochurn
+
+go 1.19
