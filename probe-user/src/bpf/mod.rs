@@ -102,6 +102,8 @@ pub struct TracerConfig {
     pub comm_filter: Option<[u8; 16]>,
     /// Capture the user stacks of connects.
     pub stacks: bool,
+    /// Hook language runtimes to name the code that asked for a connection (with stacks).
+    pub runtime_hooks: bool,
     /// Which program follows the transitions.
     pub attach: Attach,
     /// Attribute every process's sockets (host-wide mode).
@@ -290,7 +292,7 @@ impl Tracer {
         Ok((
             Tracer {
                 ebpf,
-                hooks: config.stacks.then(hooks::RuntimeHooks::default),
+                hooks: (config.stacks && config.runtime_hooks).then(hooks::RuntimeHooks::default),
                 targets,
                 owners,
                 listeners,

@@ -106,6 +106,8 @@ pub struct Kernel {
     pub max_sockets: Option<u32>,
     /// Capture the user stacks of connects.
     pub stacks: bool,
+    /// Hook language runtimes to name the code that asked for a connection (with stacks).
+    pub runtime_hooks: bool,
     pub attach: Attach,
 }
 
@@ -232,6 +234,7 @@ impl Config {
                 ring_buffer_kib: cli.ring_buffer_kib,
                 max_sockets: cli.max_sockets,
                 stacks: !cli.no_stacks,
+                runtime_hooks: !cli.no_runtime_hooks,
                 attach: cli.attach,
             },
             verbose: cli.verbose,
@@ -248,6 +251,7 @@ impl Config {
             follow_forks: self.targets.follow_forks,
             comm_filter: self.targets.comm_filter(),
             stacks: self.kernel.stacks,
+            runtime_hooks: self.kernel.runtime_hooks,
             attach: self.kernel.attach,
             trace_all: self.scope == Scope::Host,
             cgroups: Vec::new(),

@@ -169,6 +169,12 @@ pub struct Cli {
     #[arg(long)]
     pub no_stacks: bool,
 
+    /// Do not hook Go's and node's runtimes (uprobes on Go's HTTP dial queue and libuv's TCP
+    /// handles): connections they open are named by the connect's own stack only. Saves a trap
+    /// per dial in programs that open connections all the time.
+    #[arg(long)]
+    pub no_runtime_hooks: bool,
+
     /// Which kernel program follows the transitions: `btf` (the BTF tracepoint, cheapest: the
     /// kernel fills no trace record), `tracepoint` (the classic one, for kernels built without
     /// BTF), or `auto` (`btf` where /sys/kernel/btf/vmlinux exists).

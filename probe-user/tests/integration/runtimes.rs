@@ -29,12 +29,24 @@ fn leak_under_probe(
     command: Command,
     before_summary: impl FnOnce(u32) -> TestResult,
 ) -> Result<Told, String> {
+    leak_under_probe_with(command, &[], before_summary)
+}
+
+/// [`leak_under_probe`] with `extra` arguments for probe.
+fn leak_under_probe_with(
+    command: Command,
+    extra: &[&str],
+    before_summary: impl FnOnce(u32) -> TestResult,
+) -> Result<Told, String> {
     let mut client = Helper::program(command)?;
     ensure(client.hear()? == "ready", || {
         "the client did not start".into()
     })?;
     let pid = client.pid();
-    let mut probe = Probe::start(&["--pid", &pid.to_string(), "--close-wait-after", "1s"])?;
+    let pid_text = pid.to_string();
+    let mut args = vec!["--pid", pid_text.as_str(), "--close-wait-after", "1s"];
+    args.extend_from_slice(extra);
+    let mut probe = Probe::start(&args)?;
     client.say("go")?;
     ensure(client.hear()? == "done", || {
         "the client did not finish".into()
@@ -84,7 +96,8 @@ fn has_any_app_frame(frames: &Value) -> bool {
 /// the program: probe names the function that made the request (`main.doRequest`) from the
 /// goroutine that asked for the connection (uprobes on the runtime's dial queue), for a
 /// transport per request and for the shared default client alike. A plain `net.Dial` is named
-/// from the connect's own stack.
+/// from the connect's own stack. `--no-runtime-hooks` leaves the transport's connections with
+/// their connect stack only.
 pub fn a_go_http_clients_leak_is_named_by_the_function_that_made_the_request() -> TestResult {
     let dir = TempPath::directory("go-client")?;
     let binary = go_client(&dir)?;
@@ -118,6 +131,16 @@ pub fn a_go_http_clients_leak_is_named_by_the_function_that_made_the_request() -
             })?;
         }
     }
+    // Without the hooks, the transport's connect stack is all there is: no requester, and no
+    // frame of the program.
+    let mut command = Command::new(&binary);
+    command.args(["transport", &addr.to_string(), &LEAKED.to_string()]);
+    let told = leak_under_probe_with(command, &["--no-runtime-hooks"], |_| Ok(()))?;
+    let group = the_group(&told)?;
+    ensure(
+        group["requested_at"].is_null() && !has_any_app_frame(&group["opened_at"]),
+        || format!("--no-runtime-hooks: {}", render(&told.groups)),
+    )?;
     Ok(())
 }
 

@@ -55,6 +55,8 @@ enum Config {
     GoBaseline,
     /// probe tracing the Go HTTP churn: its runtime uprobes on every dial.
     GoProbe,
+    /// The same with stacks but without the uprobes.
+    GoProbeNoHooks,
     /// The same without stacks, so without uprobes.
     GoProbeNoStacks,
 }
@@ -72,14 +74,18 @@ impl Config {
             Config::Bpftrace => "4. bpftrace tcpstates-style script",
             Config::GoBaseline => "5. Go HTTP churn, no tracer (its baseline)",
             Config::GoProbe => "5a. probe --pid GO_CHURN (runtime uprobes)",
-            Config::GoProbeNoStacks => "5b. probe --pid GO_CHURN --no-stacks (no uprobes)",
+            Config::GoProbeNoHooks => "5b. probe --pid GO_CHURN --no-runtime-hooks",
+            Config::GoProbeNoStacks => "5c. probe --pid GO_CHURN --no-stacks (no uprobes)",
         }
     }
 
     /// The workload alone that a run of this configuration is paired with.
     fn baseline(self) -> Config {
         match self {
-            Config::GoBaseline | Config::GoProbe | Config::GoProbeNoStacks => Config::GoBaseline,
+            Config::GoBaseline
+            | Config::GoProbe
+            | Config::GoProbeNoHooks
+            | Config::GoProbeNoStacks => Config::GoBaseline,
             _ => Config::Baseline,
         }
     }
@@ -131,7 +137,12 @@ pub fn bench(rounds: usize, connections: usize, concurrency: usize) -> Result<()
     if bpftrace {
         configs.push(Config::Bpftrace);
     }
-    configs.extend([Config::GoBaseline, Config::GoProbe, Config::GoProbeNoStacks]);
+    configs.extend([
+        Config::GoBaseline,
+        Config::GoProbe,
+        Config::GoProbeNoHooks,
+        Config::GoProbeNoStacks,
+    ]);
     let workloads = Workloads {
         xtask: &xtask,
         go_churn: &go_churn,
@@ -225,6 +236,11 @@ fn measure(config: Config, probe: &Path, workloads: &Workloads) -> Result<Run> {
         Config::ProbeNoStacks | Config::GoProbeNoStacks => {
             Some(Tracer::probe(probe, workload.pid(), &["--no-stacks"])?)
         }
+        Config::GoProbeNoHooks => Some(Tracer::probe(
+            probe,
+            workload.pid(),
+            &["--no-runtime-hooks"],
+        )?),
         Config::ProbeClassic => Some(Tracer::probe(probe, workload.pid(), CLASSIC)?),
         Config::ProbeHostWide => Some(Tracer::host_wide(probe)?),
         Config::ProbeIdle => Some(Tracer::probe(probe, idle.pid(), &[])?),

@@ -154,7 +154,7 @@ pub(super) fn report(
     );
     let _ = writeln!(
         out,
-        "- 5 is a second workload: a Go program whose HTTP client makes each request on a new connection (keep-alives off) against its own server, {concurrency} goroutines, {connections} requests; 5a and 5b are paired with it. With stacks on (5a) every dial also runs probe's uprobes on `net/http.(*Transport).queueForDial` and `dialConnFor`, which name the code that asked for the connection; 5b has neither stacks nor uprobes."
+        "- 5 is a second workload: a Go program whose HTTP client makes each request on a new connection (keep-alives off) against its own server, {concurrency} goroutines, {connections} requests; 5a, 5b and 5c are paired with it. With stacks on (5a) every dial also runs probe's uprobes on `net/http.(*Transport).queueForDial` and `dialConnFor`, which name the code that asked for the connection; 5b keeps the stacks without the uprobes (`--no-runtime-hooks`); 5c has neither."
     );
     let _ = writeln!(
         out,
