@@ -63,20 +63,23 @@ fn key(tgid: u32, pointer: u64) -> ProcessPointer {
     }
 }
 
-/// The user registers at the probed function's entry.
-fn regs(ctx: &ProbeContext) -> Option<&aya_ebpf::bindings::pt_regs> {
+/// The calling process and the user registers at the probed function's entry, when the
+/// process is traced.
+#[inline(always)]
+fn traced_call(ctx: &ProbeContext) -> Option<(u32, &aya_ebpf::bindings::pt_regs)> {
+    let tgid = current_tgid();
+    if !traces_current(tgid) {
+        return None;
+    }
     // SAFETY: a uprobe's context is the user registers at the probe; the pointer is valid
     // for the program's run and only read.
-    unsafe { ctx.regs.as_ref() }
+    let regs = unsafe { ctx.regs.as_ref() }?;
+    Some((tgid, regs))
 }
 
 #[uprobe]
 pub fn go_queue_for_dial(ctx: ProbeContext) -> u32 {
-    let tgid = current_tgid();
-    if !traces_current(tgid) {
-        return 0;
-    }
-    let Some(regs) = regs(&ctx) else {
+    let Some((tgid, regs)) = traced_call(&ctx) else {
         return 0;
     };
     let stack = user_stack(&ctx);
@@ -88,11 +91,7 @@ pub fn go_queue_for_dial(ctx: ProbeContext) -> u32 {
 
 #[uprobe]
 pub fn go_dial_conn_for(ctx: ProbeContext) -> u32 {
-    let tgid = current_tgid();
-    if !traces_current(tgid) {
-        return 0;
-    }
-    let Some(regs) = regs(&ctx) else {
+    let Some((tgid, regs)) = traced_call(&ctx) else {
         return 0;
     };
     mark_in_use(InUse::GoDials);
@@ -102,11 +101,7 @@ pub fn go_dial_conn_for(ctx: ProbeContext) -> u32 {
 
 #[uprobe]
 pub fn node_tcp_init(ctx: ProbeContext) -> u32 {
-    let tgid = current_tgid();
-    if !traces_current(tgid) {
-        return 0;
-    }
-    let Some(regs) = regs(&ctx) else {
+    let Some((tgid, regs)) = traced_call(&ctx) else {
         return 0;
     };
     let stack = user_stack(&ctx);
@@ -118,11 +113,7 @@ pub fn node_tcp_init(ctx: ProbeContext) -> u32 {
 
 #[uprobe]
 pub fn node_tcp_connect(ctx: ProbeContext) -> u32 {
-    let tgid = current_tgid();
-    if !traces_current(tgid) {
-        return 0;
-    }
-    let Some(regs) = regs(&ctx) else {
+    let Some((_, regs)) = traced_call(&ctx) else {
         return 0;
     };
     mark_in_use(InUse::NodeConnects);
