@@ -13,8 +13,10 @@ use aya::{
     Ebpf,
     programs::{UProbe, uprobe::UProbeScope},
 };
-use object::{Object, ObjectSection, ObjectSymbol};
+use object::{Object, ObjectSection, ObjectSymbol, ReadCache};
 use probe_common::names;
+
+use crate::process::binary::{GoBuildInfo, LastLink, open_regular};
 
 /// Go's HTTP transport: where a goroutine asks for a connection, and where another dials it.
 const GO_HOOKS: [(&str, &str); 2] = [
@@ -52,21 +54,28 @@ impl RuntimeHooks {
     /// Hooks the runtimes in process `pid`'s executable (`binary` when given: a command not
     /// exec'd yet) and the libraries it maps. Returns what to tell the user, once per binary.
     pub fn hook(&mut self, ebpf: &mut Ebpf, pid: u32, binary: Option<&Path>) -> Vec<String> {
-        let mut files: Vec<PathBuf> = vec![
+        // The executable through the kernel's link (or the command's file, found by probe);
+        // libraries by the paths the process maps, where it could plant a link.
+        let mut files: Vec<(PathBuf, LastLink)> = vec![(
             binary
                 .map(Path::to_path_buf)
                 .unwrap_or_else(|| PathBuf::from(format!("/proc/{pid}/exe"))),
-        ];
-        files.extend(mapped_runtime_libraries(pid));
+            LastLink::Follow,
+        )];
+        files.extend(
+            mapped_runtime_libraries(pid)
+                .into_iter()
+                .map(|library| (library, LastLink::Refuse)),
+        );
         let mut notes = Vec::new();
-        for file in files {
+        for (file, last_link) in files {
             let Ok(metadata) = std::fs::metadata(&file) else {
                 continue;
             };
             if !self.seen.insert((metadata.dev(), metadata.ino())) {
                 continue;
             }
-            let hooks: &[(&str, &str)] = match inspect(&file) {
+            let hooks: &[(&str, &str)] = match inspect(&file, last_link) {
                 Hookable::Go => &GO_HOOKS,
                 Hookable::Node => &NODE_HOOKS,
                 Hookable::GoWithout(why) => {
@@ -135,12 +144,14 @@ fn mapped_runtime_libraries(pid: u32) -> Vec<PathBuf> {
     libraries
 }
 
-/// What `file` offers to hook, from its symbols and Go build information.
-fn inspect(file: &Path) -> Hookable {
-    let Ok(data) = std::fs::read(file) else {
+/// What `file` offers to hook, from its symbols and Go build information (only the parts
+/// needed are read: the file is the traced process's).
+fn inspect(file: &Path, last_link: LastLink) -> Hookable {
+    let Ok(opened) = open_regular(file, last_link) else {
         return Hookable::Nothing;
     };
-    let Ok(elf) = object::File::parse(&*data) else {
+    let cache = ReadCache::new(opened);
+    let Ok(elf) = object::File::parse(&cache) else {
         return Hookable::Nothing;
     };
     let has = |name: &str| {
@@ -149,8 +160,14 @@ fn inspect(file: &Path) -> Hookable {
             .any(|symbol| symbol.name() == Ok(name))
     };
     if let Some(info) = elf.section_by_name(".go.buildinfo") {
-        let version = info.data().ok().and_then(go_version);
+        let version = info
+            .data()
+            .ok()
+            .and_then(|info| GoBuildInfo::parse(info).minor_version);
         return match version {
+            // Older build information does not say its version inline; Go 1.17 has the
+            // register ABI, but cannot be told from older Go here.
+            None => Hookable::GoWithout("whose Go version cannot be read (Go 1.17 or older)"),
             Some(minor) if minor < 17 => {
                 Hookable::GoWithout("built with Go 1.16 or older (before the register ABI)")
             }
@@ -168,34 +185,15 @@ fn inspect(file: &Path) -> Hookable {
     Hookable::Nothing
 }
 
-/// The minor version of the Go that built a binary (`go1.19.8` -> 19), from its build
-/// information section.
-fn go_version(info: &[u8]) -> Option<u32> {
-    let start = info.windows(4).position(|w| w == b"go1.")?;
-    let digits: String = info[start + 4..]
-        .iter()
-        .take_while(|b| b.is_ascii_digit())
-        .map(|&b| char::from(b))
-        .collect();
-    digits.parse().ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn go_versions_are_read_from_the_build_information() {
-        assert_eq!(
-            go_version(b"\xff Go buildinf:\x08\x02....\x08go1.19.8"),
-            Some(19)
-        );
-        assert_eq!(go_version(b"\x08go1.16"), Some(16));
-        assert_eq!(go_version(b"nothing"), None);
-    }
-
-    #[test]
     fn this_rust_binary_has_nothing_to_hook() {
-        assert_eq!(inspect(Path::new("/proc/self/exe")), Hookable::Nothing);
+        assert_eq!(
+            inspect(Path::new("/proc/self/exe"), LastLink::Follow),
+            Hookable::Nothing
+        );
     }
 }

@@ -2,6 +2,7 @@
 //! starting `-- COMMAND` held before exec so that its first connection is seen ([`spawn`]), and
 //! following them: their exits, and the forks and execs the kernel reports ([`watch`]).
 
+pub mod binary;
 pub mod cgroup;
 pub mod spawn;
 pub mod watch;
