@@ -5,6 +5,7 @@
 
 use std::{
     collections::HashSet,
+    fs::File,
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
 };
@@ -16,7 +17,10 @@ use aya::{
 use object::{Object, ObjectSection, ObjectSymbol, ReadCache};
 use probe_common::names;
 
-use crate::process::binary::{GoBuildInfo, LastLink, open_regular};
+use crate::{
+    output::escape::terminal,
+    process::binary::{GoBuildInfo, LastLink, open_regular},
+};
 
 /// Go's HTTP transport: where a goroutine asks for a connection, and where another dials it.
 const GO_HOOKS: [(&str, &str); 2] = [
@@ -69,13 +73,18 @@ impl RuntimeHooks {
         );
         let mut notes = Vec::new();
         for (file, last_link) in files {
-            let Ok(metadata) = std::fs::metadata(&file) else {
+            // Known by the file opened, not by where the path leads: a link planted at a
+            // library's path is refused before it can mark the real library as seen.
+            let Ok(opened) = open_regular(&file, last_link) else {
+                continue;
+            };
+            let Ok(metadata) = opened.metadata() else {
                 continue;
             };
             if !self.seen.insert((metadata.dev(), metadata.ino())) {
                 continue;
             }
-            let hooks: &[(&str, &str)] = match inspect(&file, last_link) {
+            let hooks: &[(&str, &str)] = match inspect(opened) {
                 Hookable::Go => &GO_HOOKS,
                 Hookable::Node => &NODE_HOOKS,
                 Hookable::GoWithout(why) => {
@@ -90,7 +99,10 @@ impl RuntimeHooks {
             };
             for &(symbol, program) in hooks {
                 if let Err(error) = self.attach(ebpf, program, symbol, &file) {
-                    log::debug!("cannot hook {symbol} in {}: {error}", file.display());
+                    log::debug!(
+                        "cannot hook {symbol} in {}: {error}",
+                        terminal(&file.display().to_string())
+                    );
                     notes.push(format!(
                         "cannot hook {symbol} in {} ({error}): connections it makes for other \
                          code are named by its own stack only",
@@ -144,13 +156,10 @@ fn mapped_runtime_libraries(pid: u32) -> Vec<PathBuf> {
     libraries
 }
 
-/// What `file` offers to hook, from its symbols and Go build information (only the parts
-/// needed are read: the file is the traced process's).
-fn inspect(file: &Path, last_link: LastLink) -> Hookable {
-    let Ok(opened) = open_regular(file, last_link) else {
-        return Hookable::Nothing;
-    };
-    let cache = ReadCache::new(opened);
+/// What `file` (opened with [`open_regular`]) offers to hook, from its symbols and Go build
+/// information (only the parts needed are read: the file is the traced process's).
+fn inspect(file: File) -> Hookable {
+    let cache = ReadCache::new(file);
     let Ok(elf) = object::File::parse(&cache) else {
         return Hookable::Nothing;
     };
@@ -191,9 +200,7 @@ mod tests {
 
     #[test]
     fn this_rust_binary_has_nothing_to_hook() {
-        assert_eq!(
-            inspect(Path::new("/proc/self/exe"), LastLink::Follow),
-            Hookable::Nothing
-        );
+        let exe = open_regular(Path::new("/proc/self/exe"), LastLink::Follow).unwrap();
+        assert_eq!(inspect(exe), Hookable::Nothing);
     }
 }

@@ -392,7 +392,7 @@ impl Session {
                     {
                         self.tracker.register_process(transition.pid, &process.comm);
                         for note in self.tracer.hook_runtimes(transition.pid, None) {
-                            log::info!("{note}");
+                            log::info!("{}", crate::output::escape::terminal(&note));
                         }
                     }
                     self.sink.transition(&self.tracker.apply(&transition))?;

@@ -58,7 +58,7 @@ impl Session {
         self.tracker.register_process(pid, &news.comm);
         if news.kind == ProcessEventKind::Exec {
             for note in self.tracer.hook_runtimes(pid, None) {
-                log::info!("{note}");
+                log::info!("{}", crate::output::escape::terminal(&note));
             }
         }
         if !self.exits.is_alive(pid) {
