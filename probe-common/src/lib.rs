@@ -323,6 +323,20 @@ pub struct ForkLayout {
     pub child_pid: u32,
 }
 
+/// When the kernel program wakes the ring buffer's reader: the producer position at which this
+/// CPU wakes it next, if `waiting` bytes (at least `threshold`) should wake it now; `None` to
+/// let it sleep. A wakeup is an interrupt on the producing CPU (irq_work), dearer than the event
+/// it announces, so a CPU wakes the reader once per `threshold` bytes produced, not once per
+/// event while the reader catches up. A wakeup not sent delays events, never loses them: the
+/// reader also drains on a timer, and the ring holds several thresholds.
+pub const fn next_wakeup(waiting: u64, produced: u64, threshold: u64, due_at: u64) -> Option<u64> {
+    if waiting >= threshold && produced >= due_at {
+        Some(produced.saturating_add(threshold))
+    } else {
+        None
+    }
+}
+
 /// How many bytes the kernel programs copy at once into their per-CPU buffer.
 pub const COPY_BYTES: u32 = 128;
 
@@ -534,6 +548,27 @@ mod tests {
         assert_eq!(mapped[10..], [0xff, 0xff, 10, 1, 2, 3]);
         assert_eq!(v4_unmapped(mapped), Some([10, 1, 2, 3]));
         assert_eq!(v4_unmapped([0; 16]), None);
+    }
+
+    #[test]
+    fn the_reader_is_woken_once_per_threshold_of_events() {
+        let threshold = 1000;
+        // Below the threshold: no wakeup, whatever is due.
+        assert_eq!(next_wakeup(999, 5_000, threshold, 0), None);
+        // Crossing it: a wakeup, the next one a threshold of production later.
+        assert_eq!(next_wakeup(1000, 5_000, threshold, 0), Some(6_000));
+        // The reader still behind: the events meanwhile wake nobody...
+        assert_eq!(next_wakeup(1_500, 5_500, threshold, 6_000), None);
+        assert_eq!(next_wakeup(1_999, 5_999, threshold, 6_000), None);
+        // ...until another threshold was produced while it stayed behind.
+        assert_eq!(next_wakeup(2_000, 6_000, threshold, 6_000), Some(7_000));
+        // Caught up since, then behind again later: the first event past the threshold wakes it.
+        assert_eq!(next_wakeup(1_000, 90_000, threshold, 7_000), Some(91_000));
+        // Positions near the end of u64 do not wrap to an early wakeup.
+        assert_eq!(
+            next_wakeup(1_000, u64::MAX - 1, threshold, 0),
+            Some(u64::MAX)
+        );
     }
 
     #[test]

@@ -174,6 +174,11 @@ static FORK_LAYOUT: Global<ForkLayout> = Global::new(ForkLayout {
 #[unsafe(no_mangle)]
 static WAKEUP_BYTES: Global<u64> = Global::new(0);
 
+/// The [`EVENTS`] producer position at which each CPU may wake userspace again (see
+/// [`probe_common::next_wakeup`]).
+#[map]
+static NEXT_WAKEUP: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
 /// 1: children of traced processes become targets.
 #[unsafe(no_mangle)]
 static FOLLOW_FORKS: Global<u8> = Global::new(0);

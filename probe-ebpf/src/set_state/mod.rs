@@ -11,19 +11,19 @@ mod sock;
 
 use aya_ebpf::{
     EbpfContext,
-    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_RB_PROD_POS},
     helpers::bpf_ktime_get_ns,
     programs::tracing::StackIdContext,
 };
 use aya_log_ebpf::debug;
 use probe_common::{
     Attribution, Counter, IPPROTO_TCP, InUse, ListenerKey, NO_STACK, SocketTuple, TcpState,
-    TransitionEvent, v4_mapped,
+    TransitionEvent, next_wakeup, v4_mapped,
 };
 
 use crate::{
-    EVENTS, LISTENERS, OWNERS, SEED_COOKIES, SEEDS, WAKEUP_BYTES, count, current_tgid, in_use,
-    mark_in_use, traces_current, user_stack,
+    EVENTS, LISTENERS, NEXT_WAKEUP, OWNERS, SEED_COOKIES, SEEDS, WAKEUP_BYTES, count, current_tgid,
+    in_use, mark_in_use, traces_current, user_stack,
 };
 
 const CLOSE: u8 = TcpState::Close as u8;
@@ -350,12 +350,30 @@ fn emit(
         saddr: endpoints.saddr,
         daddr: endpoints.daddr,
     });
-    // Wake the reader only once a batch is waiting: one wakeup per event would cost a context
-    // switch per event at high rates. The reader also drains on a short timer.
-    let waiting = EVENTS.query(u64::from(BPF_RB_AVAIL_DATA));
-    entry.submit(if waiting >= WAKEUP_BYTES.load() {
+    entry.submit(if wakeup_due() {
         u64::from(BPF_RB_FORCE_WAKEUP)
     } else {
         u64::from(BPF_RB_NO_WAKEUP)
     });
+}
+
+/// Whether this event wakes the reader: once a batch is waiting, and then not again on this CPU
+/// until another batch was produced. Each wakeup is an interrupt on this CPU; the reader also
+/// drains on a short timer.
+#[inline(always)]
+fn wakeup_due() -> bool {
+    let Some(due_at) = NEXT_WAKEUP.get_ptr_mut(0) else {
+        return false;
+    };
+    let waiting = EVENTS.query(u64::from(BPF_RB_AVAIL_DATA));
+    let produced = EVENTS.query(u64::from(BPF_RB_PROD_POS));
+    // SAFETY: this CPU's slot, and tracepoint programs do not nest on one CPU.
+    let due_at = unsafe { &mut *due_at };
+    match next_wakeup(waiting, produced, WAKEUP_BYTES.load(), *due_at) {
+        Some(next) => {
+            *due_at = next;
+            true
+        }
+        None => false,
+    }
 }

@@ -79,6 +79,7 @@ fn main() -> ExitCode {
         robustness::the_programs_pass_the_verifier_with_room_to_spare,
         robustness::probe_drops_the_capabilities_it_no_longer_needs,
         robustness::memory_stays_flat_under_sustained_churn,
+        robustness::the_reader_is_woken_per_batch_not_per_event,
         filters::filters_show_only_what_was_asked,
         views::metrics_are_served_on_loopback_and_match_ss,
         views::the_report_renders_in_a_browser,

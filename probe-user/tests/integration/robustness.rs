@@ -388,3 +388,45 @@ pub fn memory_stays_flat_under_sustained_churn() -> TestResult {
     })?;
     churn.finish()
 }
+
+/// IRQ work interrupts so far, all CPUs: how the kernel wakes a ring buffer's reader. The one
+/// place a wakeup costs more than the event it announces (a self-IPI, a VM exit in a guest).
+fn irq_work_interrupts() -> Result<u64, String> {
+    let interrupts = std::fs::read_to_string("/proc/interrupts").map_err(|e| e.to_string())?;
+    let line = interrupts
+        .lines()
+        .find(|l| l.trim_start().starts_with("IWI:"))
+        .ok_or("no IWI line in /proc/interrupts")?;
+    Ok(line
+        .split_whitespace()
+        .skip(1)
+        .map_while(|count| count.parse::<u64>().ok())
+        .sum())
+}
+
+/// Under churn the kernel wakes probe's reader once per batch of events, not once per event
+/// while the reader is catching up: a wakeup is an interrupt on the producing CPU, and at this
+/// rate one per event would cost more than the tracing itself.
+pub fn the_reader_is_woken_per_batch_not_per_event() -> TestResult {
+    let mut churn = Helper::start(&Role::Churn { seconds: 5 })?;
+    let pid = churn.pid();
+    let probe = Probe::start(&["--pid", &pid.to_string()])?;
+    let before = irq_work_interrupts()?;
+    churn.say("go")?;
+    let connections: u64 = churn.hear()?.parse().map_err(|_| "no count from churn")?;
+    let after = irq_work_interrupts()?;
+    let records = probe.stop()?;
+    let delivered = of_type(&records, "transition").len() as u64;
+    let wakeups = after - before;
+    eprintln!(
+        "wakeups: {wakeups} IRQ work interrupts for {delivered} transitions ({connections} connections)"
+    );
+    ensure(delivered > 50_000, || {
+        format!("only {delivered} transitions delivered")
+    })?;
+    // A 4 MiB ring woken at an eighth full: one wakeup per ~6,000 events, per CPU at most.
+    ensure(wakeups <= delivered / 1000 + 50, || {
+        format!("{wakeups} IRQ work interrupts for {delivered} transitions")
+    })?;
+    churn.finish()
+}
