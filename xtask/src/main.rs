@@ -42,14 +42,17 @@ enum Task {
     /// What tracing costs a churning workload, against the alternatives; writes BENCHMARKS.md.
     Bench {
         /// Rounds of every configuration, interleaved.
-        #[arg(long, default_value_t = 5)]
-        rounds: usize,
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..))]
+        rounds: u16,
         /// Connections the workload makes in each run.
         #[arg(long, default_value_t = 20_000)]
         connections: usize,
         /// Client threads (and server threads) of the workload.
         #[arg(long, default_value_t = 8)]
         concurrency: usize,
+        /// TCP sockets held open on the host while probe attaches to it host-wide (0: skip).
+        #[arg(long, default_value_t = 1_000_000)]
+        scale_sockets: usize,
     },
     /// The benchmark's workload: waits for `go` on stdin, churns, prints `rate CONN_PER_S`.
     #[command(hide = true)]
@@ -151,7 +154,8 @@ fn main() -> Result<()> {
             rounds,
             connections,
             concurrency,
-        } => bench::bench(rounds, connections, concurrency),
+            scale_sockets,
+        } => bench::bench(rounds.into(), connections, concurrency, scale_sockets),
         Task::Churn {
             connections,
             concurrency,

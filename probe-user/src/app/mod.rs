@@ -80,6 +80,8 @@ pub struct Attached {
     pub targets: String,
     /// Their network namespaces, kept open for later refreshes.
     pub namespaces: Namespaces,
+    /// How long reading the sockets took (a refresh takes about as long).
+    pub snapshot_took: std::time::Duration,
     /// The traced cgroups' directories (with `--cgroup` and `--container`).
     pub cgroups: Vec<PathBuf>,
 }
@@ -105,7 +107,12 @@ fn attach(config: &Config) -> anyhow::Result<Attached> {
         }
     };
     let pids: Vec<u32> = processes.iter().map(|p| p.pid).collect();
-    let mut tracer_config = config.tracer(snapshot::socket_count(&pids));
+    let sockets = match config.scope {
+        Scope::Processes => snapshot::socket_count(&pids),
+        // Counting every process's descriptors takes seconds on a busy host.
+        Scope::Host | Scope::Cgroups { .. } => snapshot::tcp_sockets_in_namespaces(&pids),
+    };
+    let mut tracer_config = config.tracer(sockets);
     tracer_config.cgroups = cgroups.iter().map(|c| (c.id, c.level)).collect();
     let max_sockets = tracer_config.max_sockets;
     if Kernel::socket_slots_mib(max_sockets) >= 256 {
@@ -146,10 +153,12 @@ fn attach(config: &Config) -> anyhow::Result<Attached> {
     let attach = monotonic_now();
     let mut namespaces = Namespaces::default();
     let strict = config.scope == Scope::Processes;
+    let started = std::time::Instant::now();
     let existing: Vec<ExistingSocket> = snapshot::take(&pids, &mut namespaces, strict)?
         .held()
         .cloned()
         .collect();
+    let snapshot_took = started.elapsed();
     let refused = tracer.seed(&existing)?;
     if refused > 0 {
         eprintln!(
@@ -206,6 +215,7 @@ fn attach(config: &Config) -> anyhow::Result<Attached> {
         attach,
         targets,
         namespaces,
+        snapshot_took,
         cgroups: cgroups.into_iter().map(|c| c.path).collect(),
     })
 }

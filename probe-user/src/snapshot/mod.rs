@@ -7,10 +7,20 @@ mod namespaces;
 
 pub use namespaces::Namespaces;
 
+use nix::{
+    dir::Dir,
+    errno::Errno,
+    fcntl::{OFlag, readlinkat},
+    sys::stat::Mode,
+};
 use probe_common::TcpState;
 use std::{
     collections::{HashMap, HashSet},
     io,
+    os::{
+        fd::AsRawFd,
+        unix::{ffi::OsStrExt, fs::MetadataExt},
+    },
 };
 
 use crate::track::{
@@ -22,7 +32,11 @@ use crate::track::{
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
     #[error("cannot list the sockets of process {pid} ({error}); run probe as root (sudo)")]
-    Fds { pid: u32, error: procfs::ProcError },
+    Fds {
+        pid: u32,
+        #[source]
+        error: io::Error,
+    },
     #[error(
         "cannot read the TCP sockets of process {pid}'s network namespace through sock_diag ({error})"
     )]
@@ -70,10 +84,10 @@ pub fn take(
     for pid in sorted {
         let table = match fd_table(pid) {
             Ok(table) => table,
-            Err(SnapshotError::Fds {
-                error: procfs::ProcError::NotFound(_),
-                ..
-            }) => continue,
+            // Exited meanwhile.
+            Err(SnapshotError::Fds { error, .. }) if error.kind() == io::ErrorKind::NotFound => {
+                continue;
+            }
             Err(error) if strict => return Err(error),
             Err(error) => {
                 log::debug!("{error}");
@@ -137,23 +151,15 @@ pub fn take(
 /// process's fd table: call it only for such sockets.
 pub fn holders_anywhere(inodes: &HashSet<u64>) -> Holders {
     let mut holders = Holders::new();
-    let Ok(all) = procfs::process::all_processes() else {
+    let Ok(all) = crate::process::all() else {
         return holders;
     };
-    for process in all.filter_map(Result::ok) {
-        let Ok(fds) = process.fd() else {
+    for pid in all.iter().map(|process| process.pid) {
+        let Ok(table) = fd_table(pid) else {
             continue;
         };
-        let pid = process.pid as u32;
-        for fd in fds.filter_map(Result::ok) {
-            if let procfs::process::FDTarget::Socket(inode) = fd.target
-                && inodes.contains(&inode)
-            {
-                let pids = holders.entry(inode).or_default();
-                if !pids.contains(&pid) {
-                    pids.push(pid);
-                }
-            }
+        for &inode in table.sockets.intersection(inodes) {
+            holders.entry(inode).or_default().push(pid);
         }
     }
     holders
@@ -167,29 +173,88 @@ pub fn socket_count(pids: &[u32]) -> usize {
         .sum()
 }
 
-/// The inodes of the sockets process `pid` holds (all its threads share them).
+/// How many TCP sockets the network namespaces of `pids` hold, each namespace counted once (the
+/// `TCP: inuse` of its `sockstat`): an upper bound on the sockets of the host or of cgroups, to
+/// size the kernel's maps before attaching, read without going through every descriptor of
+/// every process (on a host holding a million sockets, that took seconds).
+pub fn tcp_sockets_in_namespaces(pids: &[u32]) -> usize {
+    let mut namespaces = HashSet::new();
+    pids.iter()
+        .filter_map(|pid| {
+            let netns = std::fs::metadata(format!("/proc/{pid}/ns/net")).ok()?;
+            if !namespaces.insert(netns.ino()) {
+                return None;
+            }
+            tcp_in_use(&std::fs::read_to_string(format!("/proc/{pid}/net/sockstat")).ok()?)
+        })
+        .sum()
+}
+
+/// `N` of the `TCP: inuse N ...` line of a `sockstat` file. (Parsed by hand: a fixed kernel
+/// format that procfs does not read.)
+fn tcp_in_use(sockstat: &str) -> Option<usize> {
+    let fields: Vec<&str> = sockstat
+        .lines()
+        .find_map(|line| line.strip_prefix("TCP:"))?
+        .split_whitespace()
+        .collect();
+    fields.chunks_exact(2).find(|pair| pair[0] == "inuse")?[1]
+        .parse()
+        .ok()
+}
+
 /// What a process's fd table holds: its socket inodes, and how many files in all.
 struct FdTable {
     sockets: HashSet<u64>,
     open: u64,
 }
 
+/// Process `pid`'s fd table (all its threads share it), read with one `readlinkat` per
+/// descriptor on the open `/proc/PID/fd` directory. procfs's `Process::fd` also opens and stats
+/// every descriptor (four system calls where the link is all this needs): on a host holding a
+/// million sockets, that was most of the time probe took to attach.
 fn fd_table(pid: u32) -> Result<FdTable, SnapshotError> {
-    let read = || -> procfs::ProcResult<FdTable> {
-        let process = procfs::process::Process::new(pid as i32)?;
-        let mut table = FdTable {
-            sockets: HashSet::new(),
-            open: 0,
-        };
-        for fd in process.fd()?.filter_map(Result::ok) {
-            table.open += 1;
-            if let procfs::process::FDTarget::Socket(inode) = fd.target {
-                table.sockets.insert(inode);
-            }
-        }
-        Ok(table)
+    let fail = |errno: Errno| SnapshotError::Fds {
+        pid,
+        error: io::Error::from(errno),
     };
-    read().map_err(|error| SnapshotError::Fds { pid, error })
+    let mut dir = Dir::open(
+        format!("/proc/{pid}/fd").as_str(),
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(fail)?;
+    let dirfd = dir.as_raw_fd();
+    let mut table = FdTable {
+        sockets: HashSet::new(),
+        open: 0,
+    };
+    for entry in dir.iter() {
+        let entry = entry.map_err(fail)?;
+        let name = entry.file_name();
+        if name.to_bytes().starts_with(b".") {
+            continue;
+        }
+        match readlinkat(Some(dirfd), name) {
+            Ok(target) => {
+                table.open += 1;
+                if let Some(inode) = socket_inode(target.as_bytes()) {
+                    table.sockets.insert(inode);
+                }
+            }
+            // Closed since the directory was read.
+            Err(Errno::ENOENT) => {}
+            Err(errno) => return Err(fail(errno)),
+        }
+    }
+    Ok(table)
+}
+
+/// The inode of a socket from its descriptor's link, `socket:[INODE]`; `None` for other files.
+/// (The kernel's fixed format, parsed by hand: no crate reads one link without the rest.)
+fn socket_inode(link: &[u8]) -> Option<u64> {
+    let inode = link.strip_prefix(b"socket:[")?.strip_suffix(b"]")?;
+    std::str::from_utf8(inode).ok()?.parse().ok()
 }
 
 fn existing(pid: u32, socket: &diag::DiagSocket) -> ExistingSocket {
@@ -215,6 +280,63 @@ mod tests {
     use std::net::{TcpListener, TcpStream};
 
     #[test]
+    fn socket_links_give_their_inode_and_other_links_none() {
+        assert_eq!(socket_inode(b"socket:[4026531840]"), Some(4_026_531_840));
+        for other in [
+            &b"pipe:[12]"[..],
+            b"/tmp/socket:[12]",
+            b"socket:[12",
+            b"socket:[]",
+            b"socket:[-1]",
+            b"socket:[99999999999999999999]",
+            b"anon_inode:[eventfd]",
+        ] {
+            assert_eq!(
+                socket_inode(other),
+                None,
+                "{}",
+                String::from_utf8_lossy(other)
+            );
+        }
+    }
+
+    #[test]
+    fn sockstat_gives_the_tcp_sockets_in_use() {
+        let sockstat = "sockets: used 290\nTCP: inuse 5 orphan 0 tw 2 alloc 7 mem 1\n\
+                        UDP: inuse 3 mem 0\n";
+        assert_eq!(tcp_in_use(sockstat), Some(5));
+        assert_eq!(tcp_in_use("UDP: inuse 3 mem 0\n"), None);
+        assert_eq!(tcp_in_use("TCP: orphan 0 inuse\n"), None);
+        assert_eq!(tcp_in_use("TCP: inuse many\n"), None);
+    }
+
+    #[test]
+    fn the_namespaces_count_this_process_sockets_once() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let _client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let _server = listener.accept().unwrap();
+        let me = std::process::id();
+        let once = tcp_sockets_in_namespaces(&[me]);
+        assert!(once >= 3, "{once}");
+        // The same namespace through two processes of it: counted once.
+        let parent = std::os::unix::process::parent_id();
+        let same_namespace = std::fs::read_link(format!("/proc/{parent}/ns/net")).ok()
+            == std::fs::read_link("/proc/self/ns/net").ok();
+        if same_namespace {
+            let twice = tcp_sockets_in_namespaces(&[me, parent]);
+            assert!(twice < once * 2, "{twice} for {once}");
+        }
+    }
+
+    #[test]
+    fn a_process_that_is_gone_is_told_apart_from_one_that_cannot_be_read() {
+        let Err(SnapshotError::Fds { error, .. }) = fd_table(u32::MAX) else {
+            panic!("pid {} has an fd table", u32::MAX);
+        };
+        assert_eq!(error.kind(), io::ErrorKind::NotFound);
+    }
+
+    #[test]
     fn finds_this_process_sockets_and_only_them() {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
@@ -235,8 +357,15 @@ mod tests {
         assert!(sockets.iter().any(|s| s.state == TcpState::Listen));
         assert!(sockets.iter().all(|s| s.pid == me));
         assert!(snapshot.holders.values().all(|pids| pids == &[me]));
-        // Found anywhere on the host, too: held by this process only.
-        let inodes: HashSet<u64> = sockets.iter().map(|s| s.inode).collect();
+        // Found anywhere on the host, too: held by this process only. This test's own sockets:
+        // the other tests running meanwhile open and close theirs.
+        let listening = listener.local_addr().unwrap();
+        let inodes: HashSet<u64> = sockets
+            .iter()
+            .filter(|s| s.endpoints.local == listening || s.endpoints.remote == listening)
+            .map(|s| s.inode)
+            .collect();
+        assert_eq!(inodes.len(), 3);
         let anywhere = holders_anywhere(&inodes);
         assert_eq!(anywhere.len(), inodes.len());
         assert!(anywhere.values().all(|pids| pids == &[me]));

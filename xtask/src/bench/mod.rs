@@ -8,6 +8,7 @@
 
 mod procfs;
 mod report;
+mod scale;
 mod workers;
 
 use std::{fs, path::Path};
@@ -119,7 +120,12 @@ pub(super) struct Run {
 }
 
 /// Runs the benchmark and writes BENCHMARKS.md.
-pub fn bench(rounds: usize, connections: usize, concurrency: usize) -> Result<()> {
+pub fn bench(
+    rounds: usize,
+    connections: usize,
+    concurrency: usize,
+    scale_sockets: usize,
+) -> Result<()> {
     let built = build::all()?;
     let xtask = std::env::current_exe().context("cannot find the xtask binary")?;
     let bpftrace = tool_exists("bpftrace") || crate::toolchain::apt_install(&["bpftrace"]).is_ok();
@@ -149,6 +155,11 @@ pub fn bench(rounds: usize, connections: usize, concurrency: usize) -> Result<()
         connections,
         concurrency,
     };
+
+    // First, on a quiet host: the sockets held for it are closed before the rounds.
+    let scale = (scale_sockets > 0)
+        .then(|| scale::measure_scale(&built.probe, &xtask, scale_sockets))
+        .transpose()?;
 
     let mut runs: Vec<(usize, Config, Run)> = Vec::new();
     let tracers: Vec<Config> = configs
@@ -205,6 +216,7 @@ pub fn bench(rounds: usize, connections: usize, concurrency: usize) -> Result<()
         runs: &runs,
         timed: &timed,
         memory: &memory,
+        scale: scale.as_ref(),
     };
     let report = report(measured, &configs, rounds, connections, concurrency, &bcc);
     println!("{report}");

@@ -75,7 +75,7 @@ pub(super) fn peak_rss_kib(pid: u32) -> Result<u64> {
     status_kib(pid, "VmHWM:")
 }
 
-fn status_kib(pid: u32, field: &str) -> Result<u64> {
+pub(super) fn status_kib(pid: u32, field: &str) -> Result<u64> {
     let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
     status
         .lines()
@@ -100,42 +100,73 @@ pub(super) fn measure_memory(probe: &Path, xtask: &Path, connections: usize) -> 
     let idle_rss_kib = status_kib(idle.pid(), "RssAnon:")?;
     idle.stop(&mut Run::default())?;
 
-    // One process may hold only so many sockets: spread them over several holders.
-    let per_holder = (crate::workload::fd_hard_limit().saturating_sub(128) / 2).clamp(1, 50_000);
-    let holders_needed = (connections / 2).div_ceil(per_holder);
-    let mut holders = Vec::new();
-    let hold = ["hold-open", "--pairs", &per_holder.to_string()].map(String::from);
-    for _ in 0..holders_needed {
-        holders.push(Worker::start(xtask, &hold, "a connection holder")?);
-    }
+    let mut holders = hold_connections(xtask, connections)?;
     let mut args: Vec<String> = ["--max-sockets", "262144", "--established-after", "1h"]
         .map(String::from)
         .to_vec();
-    for holder in &holders {
+    for holder in &holders.workers {
         args.extend(["--pid".to_string(), holder.pid().to_string()]);
     }
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let tracer = Tracer::probe(probe, holders[0].pid(), &args)?;
-    for holder in &mut holders {
-        holder.go()?;
-    }
-    for holder in &holders {
-        let ready = holder.answer("a connection holder")?;
-        eprintln!("xtask: holder {ready}");
-    }
+    let tracer = Tracer::probe(probe, holders.workers[0].pid(), &args)?;
+    holders.open()?;
     // Let probe take in every transition.
     thread::sleep(Duration::from_secs(3));
     let loaded_rss_kib = status_kib(tracer.pid(), "RssAnon:")?;
     let mut run = Run::default();
     tracer.stop(&mut run)?;
     let lost = run.lost;
-    for holder in holders {
-        holder.finish()?;
-    }
+    let connections = holders.sockets;
+    holders.finish()?;
     Ok(Memory {
-        connections: holders_needed * per_holder * 2,
+        connections,
         idle_rss_kib,
         loaded_rss_kib,
         lost,
     })
+}
+
+/// Processes holding open loopback connections (both ends), told to open them by [`Holders::open`].
+pub(super) struct Holders {
+    pub(super) workers: Vec<Worker>,
+    /// Sockets they hold once open: both ends of every connection.
+    pub(super) sockets: usize,
+}
+
+/// Holders for at least `sockets` sockets, started but not yet connecting. One process may hold
+/// only so many files: they are spread over as many holders as that takes, each with its own
+/// listening ports (so no destination runs short of ephemeral ports).
+pub(super) fn hold_connections(xtask: &Path, sockets: usize) -> Result<Holders> {
+    let per_holder = (crate::workload::fd_hard_limit().saturating_sub(128) / 2).clamp(1, 50_000);
+    let needed = (sockets / 2).div_ceil(per_holder);
+    let hold = ["hold-open", "--pairs", &per_holder.to_string()].map(String::from);
+    let workers = (0..needed)
+        .map(|_| Worker::start(xtask, &hold, "a connection holder"))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Holders {
+        workers,
+        sockets: needed * per_holder * 2,
+    })
+}
+
+impl Holders {
+    /// Lets them all connect, and waits until every connection is open.
+    pub(super) fn open(&mut self) -> Result<()> {
+        for holder in &mut self.workers {
+            holder.go()?;
+        }
+        for holder in &self.workers {
+            let ready = holder.answer("a connection holder")?;
+            eprintln!("xtask: holder {} {ready}", holder.pid());
+        }
+        Ok(())
+    }
+
+    /// Lets go of every connection.
+    pub(super) fn finish(self) -> Result<()> {
+        for holder in self.workers {
+            holder.finish()?;
+        }
+        Ok(())
+    }
 }

@@ -4,7 +4,7 @@ use std::{fmt::Write as _, fs, path::PathBuf, process::Command, thread};
 
 use anyhow::Result;
 
-use super::{Config, Run, procfs::Memory};
+use super::{Config, Run, procfs::Memory, scale::Scale};
 
 /// Whether bcc's tcpstates runs on this kernel, and if not, why.
 pub(super) fn bcc_tcpstates_works() -> Result<(), String> {
@@ -44,6 +44,7 @@ pub(super) struct Measured<'a> {
     pub(super) runs: &'a [(usize, Config, Run)],
     pub(super) timed: &'a [(Config, Run)],
     pub(super) memory: &'a Memory,
+    pub(super) scale: Option<&'a Scale>,
 }
 
 pub(super) fn report(
@@ -58,6 +59,7 @@ pub(super) fn report(
         runs,
         timed,
         memory,
+        scale,
     } = measured;
     let mut out = String::new();
     let _ = writeln!(out, "# Benchmarks\n");
@@ -147,6 +149,19 @@ pub(super) fn report(
         per_connection,
         memory.lost
     );
+    if let Some(scale) = scale {
+        let _ = writeln!(
+            out,
+            "At scale: probe host-wide (no target) started on a host holding {} open TCP sockets (both ends of {} loopback connections, in processes of their own) was tracing after **{:.2} s**; its anonymous memory then {:.1} MiB, **{:.0} bytes per socket** it follows; over the two minutes after that (its stuck alerts for the connections idle since before it came, its socket-table refreshes) it took {:.1}% of one CPU; {} events lost.\n",
+            scale.sockets,
+            scale.sockets / 2,
+            scale.attach.as_secs_f64(),
+            scale.rss_kib as f64 / 1024.0,
+            (scale.rss_kib * 1024) as f64 / scale.sockets as f64,
+            scale.steady_cpu * 100.0,
+            scale.lost
+        );
+    }
     let _ = writeln!(out, "Notes:\n");
     let _ = writeln!(
         out,

@@ -11,7 +11,7 @@ use std::{
         mpsc,
     },
     thread,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, bail};
@@ -135,12 +135,17 @@ impl Worker {
     }
 }
 
+/// How long a tracer may take to start.
+const READY_WITHIN: Duration = Duration::from_secs(30);
+
 /// A running tracer whose output lines are counted.
 pub(super) struct Tracer {
     child: Child,
     counted: mpsc::Receiver<(u64, u64)>,
     /// Events the tracer said it dropped (bpftrace, on stderr).
     dropped: Arc<AtomicU64>,
+    /// How long it took from its start to say it was ready.
+    pub(super) ready_after: Duration,
 }
 
 impl Tracer {
@@ -159,9 +164,14 @@ impl Tracer {
 
     /// probe with no target: the whole host.
     pub(super) fn host_wide(probe: &Path) -> Result<Tracer> {
+        Tracer::host_wide_within(probe, READY_WITHIN)
+    }
+
+    /// The same, given `within` to attach (a host with very many sockets).
+    pub(super) fn host_wide_within(probe: &Path, within: Duration) -> Result<Tracer> {
         let mut command = Command::new(probe);
         command.arg("--json");
-        Tracer::start(command, "probe: tracing")
+        Tracer::start_within(command, "probe: tracing", within)
     }
 
     pub(super) fn bpftrace() -> Result<Tracer> {
@@ -171,7 +181,12 @@ impl Tracer {
     }
 
     /// Starts `command` and waits until a line starting with `ready` appears on either output.
-    pub(super) fn start(mut command: Command, ready: &'static str) -> Result<Tracer> {
+    pub(super) fn start(command: Command, ready: &'static str) -> Result<Tracer> {
+        Tracer::start_within(command, ready, READY_WITHIN)
+    }
+
+    fn start_within(mut command: Command, ready: &'static str, within: Duration) -> Result<Tracer> {
+        let started = Instant::now();
         let mut child = command
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -201,24 +216,33 @@ impl Tracer {
         // bpftrace says what its perf buffer dropped, `Lost 123 events` (0.17: on stdout).
         let dropped = Arc::new(AtomicU64::new(0));
         let dropped_by_tracer = Arc::clone(&dropped);
+        // What it said before it was ready: why, should it never be.
+        let (said_tx, said) = mpsc::channel();
         thread::spawn(move || {
+            let mut starting = true;
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if line.starts_with(ready) {
+                    starting = false;
                     let _ = ready_tx.send(());
                 }
                 if let Some(count) = dropped_count(&line) {
                     dropped_by_tracer.fetch_add(count, Ordering::Relaxed);
                 }
+                if starting {
+                    let _ = said_tx.send(line);
+                }
             }
         });
-        if ready_rx.recv_timeout(Duration::from_secs(30)).is_err() {
+        if ready_rx.recv_timeout(within).is_err() {
             let _ = child.kill();
-            bail!("{command:?} did not start");
+            let said: Vec<String> = said.try_iter().collect();
+            bail!("{command:?} did not start; it said:\n{}", said.join("\n"));
         }
         Ok(Tracer {
             child,
             counted,
             dropped,
+            ready_after: started.elapsed(),
         })
     }
 

@@ -46,6 +46,10 @@ const FRESH_ACTIVITY: Duration = Duration::from_millis(500);
 const TICK: Duration = Duration::from_secs(1);
 /// Events read per round of the loop at most (about 10 ms of work).
 const EVENTS_PER_ROUND: usize = 8192;
+/// A tcp_info refresh may take at most this share of probe's time: on a host with a million
+/// sockets one refresh reads every descriptor and socket (seconds), and refreshing every 2.5 s
+/// would keep a core busy; there, refreshes come further apart instead.
+const REFRESH_SHARE: u32 = 10;
 /// How long the summary waits for the stacks still being symbolized.
 const SYMBOLIZE_GRACE: Duration = Duration::from_secs(2);
 
@@ -83,6 +87,8 @@ struct Streams {
 struct Schedule {
     refresh_every: Duration,
     refreshed_at: Instant,
+    /// How long the last refresh took.
+    refresh_took: Duration,
     ticks: bool,
     next_tick: Instant,
     end: Option<Instant>,
@@ -149,6 +155,7 @@ impl Session {
             attach,
             targets,
             namespaces,
+            snapshot_took,
             cgroups,
         } = attached;
         let scope = match config.scope {
@@ -199,6 +206,7 @@ impl Session {
             schedule: Schedule {
                 refresh_every: config.thresholds.refresh_every(),
                 refreshed_at: Instant::now(),
+                refresh_took: snapshot_took,
                 ticks,
                 next_tick: Instant::now(),
                 end: config.duration.map(|d| Instant::now() + d),
@@ -279,10 +287,14 @@ impl Session {
             .next_deadline()
             .is_some_and(|d| d <= monotonic_now());
         let since_refresh = self.schedule.refreshed_at.elapsed();
-        let abandoned = if since_refresh >= self.schedule.refresh_every
-            || (deadline_due && since_refresh >= FRESH_ACTIVITY)
+        let abandoned = if since_refresh >= self.schedule.refresh_gap(self.schedule.refresh_every)
+            || (deadline_due && since_refresh >= self.schedule.refresh_gap(FRESH_ACTIVITY))
         {
-            self.refresh()?
+            let started = Instant::now();
+            let abandoned = self.refresh()?;
+            self.schedule.refresh_took = started.elapsed();
+            log::debug!("tcp_info refresh took {:?}", self.schedule.refresh_took);
+            abandoned
         } else {
             Vec::new()
         };
@@ -442,6 +454,12 @@ impl Session {
 }
 
 impl Schedule {
+    /// The time from one refresh to the next: `wanted`, or longer where refreshes are slow
+    /// enough to take more than [`REFRESH_SHARE`] of the time.
+    fn refresh_gap(&self, wanted: Duration) -> Duration {
+        wanted.max(self.refresh_took.saturating_mul(REFRESH_SHARE))
+    }
+
     /// How long to sleep: until the next stuck deadline, refresh or tick, at most
     /// [`MAX_IDLE_TICK`].
     fn next_due(&self, tracker: &Tracker) -> Duration {
@@ -451,7 +469,7 @@ impl Schedule {
         let until_deadline = tracker.next_deadline().map_or(MAX_IDLE_TICK, |deadline| {
             deadline.saturating_since(monotonic_now())
         });
-        let next_refresh = self.refreshed_at + self.refresh_every;
+        let next_refresh = self.refreshed_at + self.refresh_gap(self.refresh_every);
         until_deadline
             .min(
                 next_refresh
@@ -464,4 +482,40 @@ impl Schedule {
 
 fn far_future() -> Instant {
     Instant::now() + Duration::from_secs(86400 * 365)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn schedule(refresh_took: Duration) -> Schedule {
+        Schedule {
+            refresh_every: Duration::from_millis(2500),
+            refreshed_at: Instant::now(),
+            refresh_took,
+            ticks: false,
+            next_tick: Instant::now(),
+            end: None,
+            backlog: false,
+            finishing: false,
+        }
+    }
+
+    #[test]
+    fn slow_refreshes_come_further_apart() {
+        let wanted = Duration::from_millis(2500);
+        // A refresh of a few thousand sockets: as often as the thresholds want.
+        assert_eq!(
+            schedule(Duration::from_millis(20)).refresh_gap(wanted),
+            wanted
+        );
+        assert_eq!(
+            schedule(Duration::from_millis(20)).refresh_gap(FRESH_ACTIVITY),
+            FRESH_ACTIVITY
+        );
+        // A refresh of a million sockets: at most a tenth of the time.
+        let slow = schedule(Duration::from_millis(1800));
+        assert_eq!(slow.refresh_gap(wanted), Duration::from_secs(18));
+        assert_eq!(slow.refresh_gap(FRESH_ACTIVITY), Duration::from_secs(18));
+    }
 }

@@ -1,0 +1,66 @@
+//! probe attached to a host that already holds very many TCP sockets (the DaemonSet's mode on a
+//! busy node): how long until it traces, what it keeps per socket, and what it costs once there.
+
+use std::{path::Path, thread, time::Duration};
+
+use anyhow::Result;
+
+use super::{
+    Run,
+    procfs::{cpu_seconds, hold_connections, status_kib},
+    workers::Tracer,
+};
+
+/// How long probe may take to attach to such a host before the measurement gives up.
+const ATTACH_WITHIN: Duration = Duration::from_secs(300);
+
+/// How long probe's cost is watched once attached: its stuck alerts for the connections idle
+/// since before it came, and its socket-table refreshes (which come further apart the longer
+/// each takes: about one in this window at a million sockets).
+const STEADY: Duration = Duration::from_secs(120);
+
+/// What attaching to a host full of sockets cost.
+pub(super) struct Scale {
+    /// Sockets the holders kept open (both ends of each loopback connection).
+    pub(super) sockets: usize,
+    /// From probe's start to its "tracing".
+    pub(super) attach: Duration,
+    /// probe's anonymous memory once attached, KiB.
+    pub(super) rss_kib: u64,
+    /// probe's CPU time per second over [`STEADY`] after attach, the host sitting still.
+    pub(super) steady_cpu: f64,
+    /// Events probe lost.
+    pub(super) lost: u64,
+}
+
+/// Opens `sockets` loopback sockets in processes of their own, then attaches probe host-wide.
+pub(super) fn measure_scale(probe: &Path, xtask: &Path, sockets: usize) -> Result<Scale> {
+    let mut holders = hold_connections(xtask, sockets)?;
+    eprintln!(
+        "xtask: opening {} sockets in {} processes",
+        holders.sockets,
+        holders.workers.len()
+    );
+    holders.open()?;
+    let tracer = Tracer::host_wide_within(probe, ATTACH_WITHIN)?;
+    let attach = tracer.ready_after;
+    let rss_kib = status_kib(tracer.pid(), "RssAnon:")?;
+    let before = cpu_seconds(tracer.pid())?;
+    thread::sleep(STEADY);
+    let steady_cpu = (cpu_seconds(tracer.pid())? - before) / STEADY.as_secs_f64();
+    let mut run = Run::default();
+    tracer.stop(&mut run)?;
+    let sockets = holders.sockets;
+    holders.finish()?;
+    eprintln!(
+        "xtask: attached to {sockets} sockets in {:.2} s, {rss_kib} KiB, {steady_cpu:.3} CPU s/s",
+        attach.as_secs_f64()
+    );
+    Ok(Scale {
+        sockets,
+        attach,
+        rss_kib,
+        steady_cpu,
+        lost: run.lost,
+    })
+}
