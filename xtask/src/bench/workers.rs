@@ -135,8 +135,9 @@ impl Worker {
     }
 }
 
-/// How long a tracer may take to start.
+/// How long a tracer may take to start, and to stop once asked (then it is killed).
 const READY_WITHIN: Duration = Duration::from_secs(30);
+const STOP_WITHIN: Duration = Duration::from_secs(9);
 
 /// A running tracer whose output lines are counted.
 pub(super) struct Tracer {
@@ -146,6 +147,8 @@ pub(super) struct Tracer {
     dropped: Arc<AtomicU64>,
     /// How long it took from its start to say it was ready.
     pub(super) ready_after: Duration,
+    /// How long it may take to stop once asked.
+    stop_within: Duration,
 }
 
 impl Tracer {
@@ -167,11 +170,14 @@ impl Tracer {
         Tracer::host_wide_within(probe, READY_WITHIN)
     }
 
-    /// The same, given `within` to attach (a host with very many sockets).
+    /// The same, given `within` to attach and as long to stop (a host with very many sockets:
+    /// its summary lists every open connection).
     pub(super) fn host_wide_within(probe: &Path, within: Duration) -> Result<Tracer> {
         let mut command = Command::new(probe);
         command.arg("--json");
-        Tracer::start_within(command, "probe: tracing", within)
+        let mut tracer = Tracer::start_within(command, "probe: tracing", within)?;
+        tracer.stop_within = within;
+        Ok(tracer)
     }
 
     pub(super) fn bpftrace() -> Result<Tracer> {
@@ -243,6 +249,7 @@ impl Tracer {
             counted,
             dropped,
             ready_after: started.elapsed(),
+            stop_within: STOP_WITHIN,
         })
     }
 
@@ -255,20 +262,24 @@ impl Tracer {
         run.cpu_seconds = cpu_seconds(pid)?;
         run.peak_rss_kib = peak_rss_kib(pid)?;
         (run.program_runs, run.program_ns) = bpf_program_stats(pid);
-        // bpftrace can miss a SIGINT that lands while it sets up: say it again until it listens,
-        // and end it for good if it never does.
-        for attempt in 0..100 {
-            let signal = if attempt < 90 {
-                libc::SIGINT
-            } else {
-                libc::SIGKILL
-            };
-            if attempt % 10 == 0 || attempt >= 90 {
+        // bpftrace can miss a SIGINT that lands while it sets up: say it again every second
+        // until it listens, and end it for good if it never does.
+        let asked = Instant::now();
+        let mut said = None;
+        while self.child.try_wait()?.is_none() {
+            if asked.elapsed() >= self.stop_within {
+                eprintln!(
+                    "xtask: {pid} did not stop within {:?} of SIGINT: killed, what it lost unknown",
+                    self.stop_within
+                );
                 // SAFETY: signalling our own child, which has not been reaped yet.
-                unsafe { libc::kill(pid as i32, signal) };
-            }
-            if self.child.try_wait()?.is_some() {
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
                 break;
+            }
+            if said.is_none_or(|at: Instant| at.elapsed() >= Duration::from_secs(1)) {
+                // SAFETY: as above.
+                unsafe { libc::kill(pid as i32, libc::SIGINT) };
+                said = Some(Instant::now());
             }
             thread::sleep(Duration::from_millis(100));
         }

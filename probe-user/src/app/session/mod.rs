@@ -46,9 +46,9 @@ const FRESH_ACTIVITY: Duration = Duration::from_millis(500);
 const TICK: Duration = Duration::from_secs(1);
 /// Events read per round of the loop at most (about 10 ms of work).
 const EVENTS_PER_ROUND: usize = 8192;
-/// A tcp_info refresh may take at most this share of probe's time: on a host with a million
-/// sockets one refresh reads every descriptor and socket (seconds), and refreshing every 2.5 s
-/// would keep a core busy; there, refreshes come further apart instead.
+/// A tcp_info refresh may take at most one in this many of probe's seconds: on a host with a
+/// million sockets one refresh reads every descriptor and socket (seconds), and refreshing every
+/// 2.5 s would keep a core busy; there, refreshes come further apart instead.
 const REFRESH_SHARE: u32 = 10;
 /// How long the summary waits for the stacks still being symbolized.
 const SYMBOLIZE_GRACE: Duration = Duration::from_secs(2);
