@@ -98,6 +98,11 @@ pub mod names {
     pub const CGROUPS: &str = "CGROUPS";
     /// The [`CgroupLevels`](crate::CgroupLevels) global.
     pub const CGROUP_LEVELS: &str = "CGROUP_LEVELS";
+    /// The `task_file` iterator program: one [`OpenFile`](crate::OpenFile) per open file of
+    /// every process, for userspace to find who holds each socket in one read.
+    pub const OPEN_FILES_PROGRAM: &str = "open_files";
+    /// The [`FileLayout`](crate::FileLayout) global.
+    pub const FILE_LAYOUT: &str = "FILE_LAYOUT";
     /// The tracepoint program on `sched:sched_process_fork`.
     pub const FORK_PROGRAM: &str = "sched_process_fork";
     /// The tracepoint program on `sched:sched_process_exec`.
@@ -397,6 +402,32 @@ pub struct SockLayout {
     pub ipv6: u32,
 }
 
+/// Offsets of the kernel structure fields the `task_file` iterator program reads, from the
+/// kernel's BTF.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FileLayout {
+    /// `task_struct.tgid` (i32).
+    pub task_tgid: u32,
+    /// `file.f_inode` (pointer).
+    pub file_inode: u32,
+    /// `inode.i_ino` (u64).
+    pub inode_number: u32,
+}
+
+/// One open file of a process, as the `task_file` iterator program writes it: the process's
+/// open files, and for a socket its inode (the `N` of the descriptor's `socket:[N]` link).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OpenFile {
+    /// The process (thread group) that has the file open.
+    pub tgid: u32,
+    /// The descriptor.
+    pub fd: u32,
+    /// The socket's inode; 0 when the file is not a socket.
+    pub socket_inode: u64,
+}
+
 /// The depths (below the root, which is 0) at which the traced cgroups sit: the kernel program
 /// compares the current task's ancestor at each of these depths with the `CGROUPS` map, so a
 /// process in a cgroup nested anywhere below a traced one is traced too.
@@ -515,6 +546,9 @@ mod pod {
 
     // SAFETY: see above.
     unsafe impl aya::Pod for super::CgroupLevels {}
+
+    // SAFETY: see above.
+    unsafe impl aya::Pod for super::FileLayout {}
 }
 
 #[cfg(test)]
@@ -528,6 +562,7 @@ mod tests {
         assert_eq!(core::mem::offset_of!(TransitionEvent, stack_id), 40);
         assert_eq!(core::mem::offset_of!(TransitionEvent, saddr), 48);
         assert_eq!(core::mem::size_of::<ListenerKey>(), 24);
+        assert_eq!(core::mem::size_of::<OpenFile>(), 16);
         assert_eq!(core::mem::size_of::<SocketTuple>(), 40);
         assert_eq!(core::mem::size_of::<ProcessEvent>(), 32);
     }

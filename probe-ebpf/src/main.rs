@@ -1,7 +1,8 @@
-//! probe's kernel side, four programs: `set_state` on `sock:inet_sock_set_state` (the
-//! transitions: a BTF tracepoint program, and a classic one for kernels without BTF; the loader
-//! attaches one) and `process` on `sched:sched_process_fork` and `sched:sched_process_exec`
-//! (following children and new processes of a name).
+//! probe's kernel side: `set_state` on `sock:inet_sock_set_state` (the transitions: a BTF
+//! tracepoint program, and a classic one for kernels without BTF; the loader attaches one),
+//! `process` on `sched:sched_process_fork` and `sched:sched_process_exec` (following children and
+//! new processes of a name), and `open_files`, a `task_file` iterator (who holds which socket, for
+//! the snapshots of host-wide and cgroup tracing).
 //!
 //! Many transitions run in softirq context, where the current task is whoever happened to be on the
 //! CPU, so the current pid cannot say whose socket it is. Instead each socket is attributed once,
@@ -19,6 +20,7 @@
 #![no_std]
 #![no_main]
 
+mod open_files;
 mod process;
 #[cfg(feature = "stacks")]
 mod runtimes;

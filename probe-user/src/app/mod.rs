@@ -19,7 +19,7 @@ use crate::{
         cgroup::{self, TracedCgroup},
         spawn::{RunAs, spawn_held},
     },
-    snapshot::{self, Namespaces},
+    snapshot::{self, FdTables, Namespaces, OpenFiles},
     track::{ExistingSocket, Timestamp},
 };
 use outputs::MetricsListener;
@@ -122,7 +122,12 @@ fn attach(config: &Config) -> anyhow::Result<Attached> {
             Kernel::socket_slots_mib(max_sockets)
         );
     }
+    let loading = std::time::Instant::now();
     let (mut tracer, streams) = Tracer::load(tracer_config)?;
+    log::debug!(
+        "kernel program loaded and attached in {:?}",
+        loading.elapsed()
+    );
     let mut traced = Vec::with_capacity(processes.len());
     for process in processes {
         // Only named processes are targets one by one; the kernel follows the host and
@@ -154,12 +159,25 @@ fn attach(config: &Config) -> anyhow::Result<Attached> {
     let mut namespaces = Namespaces::default();
     let strict = config.scope == Scope::Processes;
     let started = std::time::Instant::now();
-    let existing: Vec<ExistingSocket> = snapshot::take(&pids, &mut namespaces, strict)?
-        .held()
-        .cloned()
-        .collect();
+    let mut read_at_once = || {
+        tracer
+            .open_files()
+            .map(|records| OpenFiles::decode(&records))
+    };
+    let fd_tables = match config.scope {
+        Scope::Processes => FdTables::Proc,
+        Scope::Host | Scope::Cgroups { .. } => FdTables::AllAtOnce(&mut read_at_once),
+    };
+    let existing: Vec<ExistingSocket> =
+        snapshot::take(&pids, &mut namespaces, strict, fd_tables)?.into_held();
     let snapshot_took = started.elapsed();
+    log::debug!(
+        "{} TCP sockets already open found in {snapshot_took:?}",
+        existing.len()
+    );
+    let seeding = std::time::Instant::now();
     let refused = tracer.seed(&existing)?;
+    log::debug!("seeded in {:?}", seeding.elapsed());
     if refused > 0 {
         eprintln!(
             "probe: warning: {refused} of the {} TCP sockets already open do not fit in \

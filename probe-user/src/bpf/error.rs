@@ -118,21 +118,21 @@ pub fn map_error(name: &'static str, source: MapError) -> LoadError {
     LoadError::Map { name, source }
 }
 
+/// Every cause down the chain, as `{:#}` of anyhow prints it (for what is logged, not returned).
+pub fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(inner) = cause {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        cause = inner.source();
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Every cause down the chain, as `{:#}` of anyhow prints it.
-    fn chain(error: &dyn std::error::Error) -> String {
-        let mut text = error.to_string();
-        let mut cause = error.source();
-        while let Some(inner) = cause {
-            text.push_str(": ");
-            text.push_str(&inner.to_string());
-            cause = inner.source();
-        }
-        text
-    }
 
     #[test]
     fn causes_are_kept_and_a_verifier_refusal_is_not_an_attach_failure() {

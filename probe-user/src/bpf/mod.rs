@@ -1,9 +1,11 @@
 //! Loading, configuring and attaching the kernel program, and the maps userspace talks to.
 
+mod batch;
 mod error;
 mod hooks;
 pub mod kernel_btf;
 mod keys;
+mod open_files;
 pub mod privilege;
 pub mod tracefs;
 
@@ -19,7 +21,7 @@ use probe_common::{
 };
 
 pub use error::LoadError;
-use error::{BTF_HINT, map_error, refused};
+use error::{BTF_HINT, chain, map_error, refused};
 
 use crate::track::{Endpoints, ExistingSocket, Losses};
 
@@ -161,6 +163,8 @@ pub struct Tracer {
     counters: PerCpuArray<MapData, u64>,
     /// Kept open: programs loaded later (the runtime hooks) refer to it.
     _cgroups: HashMap<MapData, u64, u8>,
+    /// The `task_file` iterator is loaded (host-wide and in cgroups, where the kernel has BTF).
+    open_files: bool,
     /// Sockets found at attach that the seed map had no room for.
     seeds_refused: u64,
 }
@@ -203,6 +207,16 @@ impl Tracer {
                 .unwrap_or(0),
             _ => 0,
         };
+        // Who holds which socket, for snapshots of most of the host: from the kernel's
+        // `task_file` iterator, where there is BTF to load it with.
+        let file_layout = match source {
+            SetStateSource::Btf(_) if config.trace_all || !config.cgroups.is_empty() => {
+                kernel_btf::file_layout()
+                    .map_err(|error| log::debug!("open files read from /proc: {error}"))
+                    .ok()
+            }
+            _ => None,
+        };
 
         // aya-log's levels: 0 turns every kernel log statement off, 4 lets debug through.
         let log_level: u8 = if config.kernel_logs { 4 } else { 0 };
@@ -213,6 +227,7 @@ impl Tracer {
             .override_global(names::TASK_FSBASE, &task_fsbase, false)
             .override_global(aya_log::LEVEL, &log_level, false)
             .override_global(names::FORK_LAYOUT, &fork_layout, true)
+            .override_global(names::FILE_LAYOUT, &file_layout.unwrap_or_default(), true)
             .override_global(
                 names::WAKEUP_BYTES,
                 &u64::from(config.ring_buffer_bytes / WAKEUP_FRACTION),
@@ -283,6 +298,12 @@ impl Tracer {
         let seed_cookies = take(&mut ebpf, names::SEED_COOKIES)?;
         let in_use = take(&mut ebpf, names::IN_USE)?;
         let counters = take(&mut ebpf, names::COUNTERS)?;
+        let open_files = file_layout.is_some()
+            && open_files::load(&mut ebpf)
+                .map_err(|error| {
+                    log::debug!("open files read from /proc: {}", chain(&error));
+                })
+                .is_ok();
         let mut cgroups: HashMap<MapData, u64, u8> = take(&mut ebpf, names::CGROUPS)?;
         for &(id, _) in &config.cgroups {
             cgroups
@@ -302,6 +323,7 @@ impl Tracer {
                 in_use,
                 counters,
                 _cgroups: cgroups,
+                open_files,
                 seeds_refused: 0,
             },
             Streams {
@@ -322,6 +344,25 @@ impl Tracer {
             Some(hooks) => hooks.hook(&mut self.ebpf, pid, binary),
             None => Vec::new(),
         }
+    }
+
+    /// Every process's open files, as [`OpenFile`](probe_common::OpenFile) records from the
+    /// kernel's `task_file` iterator; `None` where it is not loaded (tracing named processes,
+    /// or a kernel without BTF) or could not be read: the snapshot reads `/proc` then.
+    pub fn open_files(&mut self) -> Option<Vec<u8>> {
+        if !self.open_files {
+            return None;
+        }
+        let started = std::time::Instant::now();
+        let records = open_files::read(&mut self.ebpf)
+            .map_err(|error| log::debug!("open files read from /proc: {}", chain(&error)))
+            .ok()?;
+        log::debug!(
+            "{} bytes of open files read from the kernel's task_file iterator in {:?}",
+            records.len(),
+            started.elapsed()
+        );
+        Some(records)
     }
 
     /// Starts tracing process `pid` (all its threads); false when the target map is full.
@@ -360,39 +401,53 @@ impl Tracer {
     /// Hands the sockets found at attach to the kernel program, so that the next transition of
     /// each is attributed to its owner (and, for a listener, what it accepts). Those that do
     /// not fit (`--max-sockets`) are counted as untracked; how many is returned.
-    pub fn seed(&mut self, sockets: &[ExistingSocket]) -> Result<u64, LoadError> {
-        let mut refused = 0;
-        for socket in sockets {
-            let seeded = if self.cookies && socket.cookie != 0 {
-                full_is_refused(self.seed_cookies.insert(socket.cookie, socket.pid, 0))
-                    .map_err(|source| map_error(names::SEED_COOKIES, source))?
-            } else {
-                full_is_refused(self.seeds.insert(
-                    keys::socket_tuple(&socket.endpoints),
-                    socket.pid,
-                    0,
-                ))
-                .map_err(|source| map_error(names::SEEDS, source))?
-            };
-            if !seeded {
-                refused += 1;
-                continue;
-            }
+    pub fn seed<'s>(&mut self, sockets: &'s [ExistingSocket]) -> Result<u64, LoadError> {
+        let (by_cookie, by_tuple): (Vec<&'s ExistingSocket>, Vec<&'s ExistingSocket>) = sockets
+            .iter()
+            .partition(|socket| self.cookies && socket.cookie != 0);
+        let owners = |sockets: &[&ExistingSocket]| -> Vec<u32> {
+            sockets.iter().map(|socket| socket.pid).collect()
+        };
+        let cookies: Vec<u64> = by_cookie.iter().map(|socket| socket.cookie).collect();
+        let refused_cookies =
+            batch::insert_all(&mut self.seed_cookies, &cookies, &owners(&by_cookie))
+                .map_err(|source| map_error(names::SEED_COOKIES, source))?;
+        let tuples: Vec<SocketTuple> = by_tuple
+            .iter()
+            .map(|socket| keys::socket_tuple(&socket.endpoints))
+            .collect();
+        let refused_tuples = batch::insert_all(&mut self.seeds, &tuples, &owners(&by_tuple))
+            .map_err(|source| map_error(names::SEEDS, source))?;
+        let refused = refused_cookies.len() + refused_tuples.len();
+        if refused < sockets.len() {
             self.mark_in_use(InUse::Seeds)?;
-            if socket.state == TcpState::Listen {
-                let listening = full_is_refused(self.listeners.insert(
-                    keys::listener_key(&socket.endpoints),
-                    socket.pid,
-                    0,
-                ))
-                .map_err(|source| map_error(names::LISTENERS, source))?;
-                if listening {
-                    self.mark_in_use(InUse::Listeners)?;
-                }
+        }
+        // The refused indices come in ascending order.
+        let seeded = |all: &[&'s ExistingSocket], refused: &[usize]| -> Vec<&'s ExistingSocket> {
+            all.iter()
+                .enumerate()
+                .filter(|(index, _)| refused.binary_search(index).is_err())
+                .map(|(_, socket)| *socket)
+                .collect()
+        };
+        let listening: Vec<&ExistingSocket> = seeded(&by_cookie, &refused_cookies)
+            .into_iter()
+            .chain(seeded(&by_tuple, &refused_tuples))
+            .filter(|socket| socket.state == TcpState::Listen)
+            .collect();
+        for socket in listening {
+            let listening = full_is_refused(self.listeners.insert(
+                keys::listener_key(&socket.endpoints),
+                socket.pid,
+                0,
+            ))
+            .map_err(|source| map_error(names::LISTENERS, source))?;
+            if listening {
+                self.mark_in_use(InUse::Listeners)?;
             }
         }
-        self.seeds_refused += refused;
-        Ok(refused)
+        self.seeds_refused += refused as u64;
+        Ok(refused as u64)
     }
 
     /// Tells the kernel program to look `slot`'s map up from now on.

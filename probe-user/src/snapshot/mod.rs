@@ -1,11 +1,14 @@
-//! The sockets a process already has: its socket inodes from `/proc/PID/fd`, matched with the
-//! kernel's TCP socket table from sock_diag, read inside the process's network namespace (so a
-//! process in a container is seen as it sees itself).
+//! The sockets a process already has: its socket inodes from `/proc/PID/fd` (or, for most of
+//! the host at once, from the kernel's `task_file` iterator), matched with the kernel's TCP
+//! socket table from sock_diag, read inside the process's network namespace (so a process in a
+//! container is seen as it sees itself).
 
 pub mod diag;
 mod namespaces;
+mod open_files;
 
 pub use namespaces::Namespaces;
+pub use open_files::OpenFiles;
 
 use nix::{
     dir::Dir,
@@ -56,13 +59,26 @@ pub struct Snapshot {
     pub fds: HashMap<u32, u64>,
     /// The ephemeral ports each destination uses, per namespace.
     pub ports: Vec<PortSample>,
+    /// Every process's fd table, when they were read all at once (for [`holders_anywhere`]).
+    pub open_files: Option<OpenFiles>,
 }
 
 impl Snapshot {
     /// The sockets the processes hold.
-    pub fn held(&self) -> impl Iterator<Item = &ExistingSocket> {
-        self.sockets.iter().filter(|socket| socket.pid != 0)
+    pub fn into_held(self) -> Vec<ExistingSocket> {
+        let mut sockets = self.sockets;
+        sockets.retain(|socket| socket.pid != 0);
+        sockets
     }
+}
+
+/// Where a snapshot reads the processes' fd tables from.
+pub enum FdTables<'a> {
+    /// Each process's `/proc/PID/fd`, a `readlink` per descriptor.
+    Proc,
+    /// Every process's at once (the kernel's `task_file` iterator), read while sock_diag dumps
+    /// the sockets on another thread; from `/proc` when it gives none.
+    AllAtOnce(&'a mut dyn FnMut() -> Option<OpenFiles>),
 }
 
 /// The TCP sockets of the network namespaces of the processes in `pids` (and of every
@@ -75,63 +91,98 @@ pub fn take(
     pids: &[u32],
     namespaces: &mut Namespaces,
     strict: bool,
+    fd_tables: FdTables<'_>,
 ) -> Result<Snapshot, SnapshotError> {
     let mut snapshot = Snapshot::default();
-    // Socket inode -> the processes of `pids` that hold it (any kind of socket, for now).
-    let mut held = Holders::new();
     let mut sorted = pids.to_vec();
     sorted.sort_unstable();
-    for pid in sorted {
-        let table = match fd_table(pid) {
-            Ok(table) => table,
-            // Exited meanwhile.
-            Err(SnapshotError::Fds { error, .. }) if error.kind() == io::ErrorKind::NotFound => {
-                continue;
-            }
-            Err(error) if strict => return Err(error),
-            Err(error) => {
-                log::debug!("{error}");
-                continue;
-            }
-        };
-        match namespaces.note(pid) {
-            Ok(_) => {
-                snapshot.fds.insert(pid, table.open);
-                for inode in table.sockets {
-                    held.entry(inode).or_default().push(pid);
+    // Socket inode -> the processes of `pids` that hold it (any kind of socket, for now).
+    let (held, tables) = match fd_tables {
+        FdTables::Proc => {
+            let mut noted = Vec::new();
+            for (pid, table) in proc_tables(&sorted, strict)? {
+                match namespaces.note(pid) {
+                    Ok(_) => noted.push((pid, table)),
+                    // Exited meanwhile: its namespace, if noted before, is read all the same.
+                    Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+                    Err(error) if strict => return Err(SnapshotError::Diag { pid, error }),
+                    Err(error) => {
+                        log::debug!("cannot enter the network namespace of {pid}: {error}");
+                    }
                 }
             }
-            // Exited meanwhile: its namespace, if noted before, is read all the same.
-            Err(error) if error.kind() == io::ErrorKind::NotFound => {}
-            Err(error) if strict => return Err(SnapshotError::Diag { pid, error }),
-            Err(error) => log::debug!("cannot enter the network namespace of {pid}: {error}"),
+            let held = note_tables(
+                noted.iter().map(|(pid, table)| (*pid, table)),
+                &mut snapshot.fds,
+            );
+            (held, namespaces.dump_all())
         }
-    }
-    let tables = namespaces
-        .dump_all()
-        .map_err(|error| SnapshotError::Diag { pid: 0, error })?;
-    for table in tables.values() {
-        for socket in &table.sockets {
-            if let Some(pids) = held.remove(&socket.inode) {
-                snapshot.holders.insert(socket.inode, pids);
-            }
+        FdTables::AllAtOnce(read) => {
+            let noted: Vec<u32> = sorted
+                .iter()
+                .copied()
+                .filter(|&pid| match namespaces.note(pid) {
+                    Ok(_) => true,
+                    Err(error) => {
+                        log::debug!("cannot enter the network namespace of {pid}: {error}");
+                        false
+                    }
+                })
+                .collect();
+            let namespaces = &*namespaces;
+            std::thread::scope(|scope| {
+                let dump = scope.spawn(|| namespaces.dump_all());
+                let held = match read() {
+                    Some(files) => {
+                        let held = note_tables(
+                            noted.iter().map(|&pid| (pid, files.table(pid))),
+                            &mut snapshot.fds,
+                        );
+                        snapshot.open_files = Some(files);
+                        held
+                    }
+                    None => {
+                        let tables = proc_tables(&noted, false)?;
+                        note_tables(
+                            tables.iter().map(|(pid, table)| (*pid, table)),
+                            &mut snapshot.fds,
+                        )
+                    }
+                };
+                let tables = dump
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                Ok((held, tables))
+            })?
         }
-    }
+    };
+    let tables = tables.map_err(|error| SnapshotError::Diag { pid: 0, error })?;
+    let mut held = held;
+    let count: usize = tables.values().map(|table| table.sockets.len()).sum();
+    snapshot.sockets.reserve(count);
+    snapshot.holders.reserve(held.len().min(count));
     for (&netns, table) in &tables {
         let first = snapshot.sockets.len();
-        // A socket in CLOSE was never connected (or is gone): it is not a connection yet.
-        // (This kernel's dump leaves bound, unconnected sockets out; others may not.)
-        for socket in table
-            .sockets
-            .iter()
-            .filter(|socket| socket.state != TcpState::Close)
-        {
-            let holder = snapshot
-                .holders
-                .get(&socket.inode)
-                .and_then(|pids| pids.first().copied())
-                .unwrap_or(0);
-            let mut found = existing(holder, socket);
+        for socket in &table.sockets {
+            let holder = match held.remove(&socket.inode) {
+                Some(pids) => {
+                    let first = pids.first().copied();
+                    snapshot.holders.insert(socket.inode, pids);
+                    first
+                }
+                // Not held by any of `pids`, or listed twice (it moved in the table while the
+                // dump went on).
+                None => snapshot
+                    .holders
+                    .get(&socket.inode)
+                    .and_then(|pids| pids.first().copied()),
+            };
+            // A socket in CLOSE was never connected (or is gone): it is not a connection yet.
+            // (This kernel's dump leaves bound, unconnected sockets out; others may not.)
+            if socket.state == TcpState::Close {
+                continue;
+            }
+            let mut found = existing(holder.unwrap_or(0), socket);
             if socket.state == TcpState::Listen {
                 found.queues.listen_overflows = table.listen_overflows;
             }
@@ -146,11 +197,55 @@ pub fn take(
     Ok(snapshot)
 }
 
+/// The fd tables of `pids` (sorted) from `/proc`: those gone meanwhile are left out, and so
+/// are, unless `strict`, those that cannot be read.
+fn proc_tables(pids: &[u32], strict: bool) -> Result<Vec<(u32, FdTable)>, SnapshotError> {
+    let mut tables = Vec::with_capacity(pids.len());
+    for &pid in pids {
+        match fd_table(pid) {
+            Ok(table) => tables.push((pid, table)),
+            // Exited meanwhile.
+            Err(SnapshotError::Fds { error, .. }) if error.kind() == io::ErrorKind::NotFound => {}
+            Err(error) if strict => return Err(error),
+            Err(error) => log::debug!("{error}"),
+        }
+    }
+    Ok(tables)
+}
+
+/// Notes how many files each process has open in `fds`; returns who holds each socket inode
+/// (the pids in the order given).
+fn note_tables<'t, T: AsRef<FdTable> + 't>(
+    tables: impl Iterator<Item = (u32, T)>,
+    fds: &mut HashMap<u32, u64>,
+) -> Holders {
+    let mut held = Holders::new();
+    for (pid, table) in tables {
+        let table = table.as_ref();
+        fds.insert(pid, table.open);
+        for &inode in &table.sockets {
+            held.entry(inode).or_default().push(pid);
+        }
+    }
+    held
+}
+
 /// Which processes, of all on the host, hold these socket inodes: for sockets none of the
 /// traced processes holds any more (handed to a process probe does not trace). Reads every
-/// process's fd table: call it only for such sockets.
-pub fn holders_anywhere(inodes: &HashSet<u64>) -> Holders {
+/// process's fd table (unless `open_files` has them all): call it only for such sockets.
+pub fn holders_anywhere(inodes: &HashSet<u64>, open_files: Option<&OpenFiles>) -> Holders {
     let mut holders = Holders::new();
+    if let Some(files) = open_files {
+        for (pid, table) in files.tables() {
+            for &inode in table.sockets.intersection(inodes) {
+                holders.entry(inode).or_default().push(pid);
+            }
+        }
+        for pids in holders.values_mut() {
+            pids.sort_unstable();
+        }
+        return holders;
+    }
     let Ok(all) = crate::process::all() else {
         return holders;
     };
@@ -204,9 +299,16 @@ fn tcp_in_use(sockstat: &str) -> Option<usize> {
 }
 
 /// What a process's fd table holds: its socket inodes, and how many files in all.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct FdTable {
     sockets: HashSet<u64>,
     open: u64,
+}
+
+impl AsRef<FdTable> for FdTable {
+    fn as_ref(&self) -> &FdTable {
+        self
+    }
 }
 
 /// Process `pid`'s fd table (all its threads share it), read with one `readlinkat` per
@@ -342,8 +444,10 @@ mod tests {
         let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (server, _) = listener.accept().unwrap();
         let me = std::process::id();
-        let snapshot = take(&[me], &mut Namespaces::default(), true).unwrap();
-        let sockets: Vec<&ExistingSocket> = snapshot.held().collect();
+        let snapshot = take(&[me], &mut Namespaces::default(), true, FdTables::Proc).unwrap();
+        let holders = snapshot.holders.clone();
+        let held = snapshot.into_held();
+        let sockets: Vec<&ExistingSocket> = held.iter().collect();
         for stream in [&client, &server] {
             let (local, remote) = (stream.local_addr().unwrap(), stream.peer_addr().unwrap());
             let socket = sockets
@@ -356,7 +460,7 @@ mod tests {
         }
         assert!(sockets.iter().any(|s| s.state == TcpState::Listen));
         assert!(sockets.iter().all(|s| s.pid == me));
-        assert!(snapshot.holders.values().all(|pids| pids == &[me]));
+        assert!(holders.values().all(|pids| pids == &[me]));
         // Found anywhere on the host, too: held by this process only. This test's own sockets:
         // the other tests running meanwhile open and close theirs.
         let listening = listener.local_addr().unwrap();
@@ -366,7 +470,7 @@ mod tests {
             .map(|s| s.inode)
             .collect();
         assert_eq!(inodes.len(), 3);
-        let anywhere = holders_anywhere(&inodes);
+        let anywhere = holders_anywhere(&inodes, None);
         assert_eq!(anywhere.len(), inodes.len());
         assert!(anywhere.values().all(|pids| pids == &[me]));
     }

@@ -11,9 +11,12 @@ use std::{
 
 use serde_json::Value;
 
-use crate::harness::{
-    Helper, NetworkNamespace, Probe, Role, ServerMode, TestCgroup, TestResult, ensure, render,
-    server, ss_sockets_of,
+use crate::{
+    harness::{
+        Helper, NetworkNamespace, Probe, Role, ServerMode, TestCgroup, TestResult, WAIT, ensure,
+        render, server, ss_sockets_of, stuck, wait_for_ss,
+    },
+    hostile::{ss_ports, stuck_ports},
 };
 
 /// The summary's process records, by pid.
@@ -265,6 +268,66 @@ fn within_a_fifth(what: &str, read_at: f64, left: f64, ended: f64) -> TestResult
     ensure(real > 0.0 && (left - real).abs() <= 0.2 * real, || {
         format!("forecast {left:.2}s left, really {real:.2}s")
     })
+}
+
+/// Host-wide, the sockets open before probe came are found through the kernel's `task_file`
+/// iterator (one read, not a readlink per descriptor of every process): a client's CLOSE_WAIT
+/// pile-up and the sockets a parent handed to its child before exiting each belong to the
+/// process `ss -p` names, and the client's count of open files is the one /proc has.
+pub fn sockets_open_before_a_host_wide_attach_are_found_by_the_kernel() -> TestResult {
+    let addr = server("127.0.0.1:0", ServerMode::CloseAtOnce)?;
+    let mut client = Helper::start(&Role::HoldClients {
+        server: addr,
+        count: 6,
+    })?;
+    client.say("go")?;
+    ensure(client.hear()? == "ready", || "client not ready".into())?;
+    wait_for_ss(client.pid(), "close-wait", 6)?;
+    let mut parent = Helper::start(&Role::HandOver {
+        server: addr,
+        count: 3,
+    })?;
+    parent.say("go")?;
+    let child: u32 = parent.hear()?.parse().map_err(|_| "no child pid")?;
+    wait_for_ss(child, "close-wait", 3)?;
+    let open_files = std::fs::read_dir(format!("/proc/{}/fd", client.pid()))
+        .map_err(|e| e.to_string())?
+        .count();
+
+    let mut probe = Probe::start(&["-v", "--close-wait-after", "1s"])?;
+    let stderr = probe.stderr();
+    ensure(
+        stderr.contains("task_file iterator") && !stderr.contains("read from /proc"),
+        || format!("the open files were not read from the kernel:\n{stderr}"),
+    )?;
+    let records = probe.wait_until("the CLOSE_WAIT alerts of both", WAIT, |r| {
+        stuck(r, client.pid(), "CLOSE_WAIT").len() >= 6 && stuck(r, child, "CLOSE_WAIT").len() >= 3
+    })?;
+    for pid in [client.pid(), child] {
+        let (shown, expected) = (stuck_ports(records, pid), ss_ports(pid)?);
+        ensure(shown == expected, || {
+            format!(
+                "pid {pid}: probe {shown:?}, ss {expected:?}:\n{}",
+                render(records)
+            )
+        })?;
+        for alert in stuck(records, pid, "CLOSE_WAIT") {
+            ensure(alert["since_attach"] == true, || {
+                format!("not flagged as found at attach: {alert}")
+            })?;
+        }
+    }
+    let records = probe.stop()?;
+    let summary = records.last().ok_or("no summary")?;
+    let record = processes(summary)
+        .get(&u64::from(client.pid()))
+        .copied()
+        .ok_or_else(|| format!("no record of the client: {summary}"))?;
+    ensure(record["fds_open"] == open_files as u64, || {
+        format!("/proc has {open_files} open files: {record}")
+    })?;
+    client.finish()?;
+    parent.finish()
 }
 
 /// A client limited to 256 open files leaks connections at a steady rate until accept... its

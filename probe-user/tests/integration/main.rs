@@ -102,6 +102,7 @@ fn main() -> ExitCode {
         hostile::nginx_workers_each_own_what_they_accepted,
         identity::a_hanging_connect_gets_its_port_and_inode_from_the_next_refresh,
         identity::the_same_tuple_in_two_namespaces_belongs_to_each_own_process,
+        hostwide::sockets_open_before_a_host_wide_attach_are_found_by_the_kernel,
         hostwide::the_whole_host_ranks_its_leakers_and_agrees_with_ss,
         hostwide::a_cgroup_is_traced_with_its_pod_and_container,
         hostwide::bad_cgroups_and_containers_are_clear_errors,

@@ -75,7 +75,18 @@ impl Session {
         self.schedule.refreshed_at = Instant::now();
         let pids = self.watched_pids();
         let strict = matches!(self.scope, Watched::Processes);
-        let snapshot = match snapshot::take(&pids, &mut self.namespaces, strict) {
+        let tracer = &mut self.tracer;
+        let mut read_at_once = || {
+            tracer
+                .open_files()
+                .map(|records| snapshot::OpenFiles::decode(&records))
+        };
+        let fd_tables = if strict {
+            snapshot::FdTables::Proc
+        } else {
+            snapshot::FdTables::AllAtOnce(&mut read_at_once)
+        };
+        let mut snapshot = match snapshot::take(&pids, &mut self.namespaces, strict, fd_tables) {
             Ok(snapshot) => snapshot,
             Err(error) => {
                 // A permission problem, say: the next refresh will try again.
@@ -87,10 +98,13 @@ impl Session {
         self.tracker.refresh_activity(&snapshot.sockets, now);
         self.sample_processes(now, &snapshot.fds);
         self.triage.note_ports(now, &snapshot.ports);
-        let mut holders = snapshot.holders;
+        let mut holders = std::mem::take(&mut snapshot.holders);
         let unheld = self.tracker.unheld(&holders);
         if !unheld.is_empty() {
-            holders.extend(snapshot::holders_anywhere(&unheld));
+            holders.extend(snapshot::holders_anywhere(
+                &unheld,
+                snapshot.open_files.as_ref(),
+            ));
         }
         for pid in holders.values().flatten() {
             if !self.tracker.knows_process(*pid)

@@ -5,7 +5,7 @@ mod reader;
 
 use std::{fs, io, path::Path};
 
-use probe_common::{SOCK_COMMON_BYTES, SOCK_INET_BYTES, SockLayout};
+use probe_common::{FileLayout, SOCK_COMMON_BYTES, SOCK_INET_BYTES, SockLayout};
 use reader::Btf;
 
 /// Where the kernel publishes its own BTF.
@@ -102,6 +102,24 @@ fn task_fsbase_from(bytes: &[u8]) -> Result<u32, BtfError> {
     let btf = Btf::parse(bytes).map_err(BtfError::Parse)?;
     let task = Struct::find(&btf, "task_struct")?;
     field(&btf, &task, "thread.fsbase", 8)
+}
+
+/// Where the fields the `task_file` iterator program reads sit in this kernel's structs.
+pub fn file_layout() -> Result<FileLayout, BtfError> {
+    let bytes = fs::read(VMLINUX).map_err(BtfError::Unreadable)?;
+    file_layout_from(&bytes)
+}
+
+fn file_layout_from(bytes: &[u8]) -> Result<FileLayout, BtfError> {
+    let btf = Btf::parse(bytes).map_err(BtfError::Parse)?;
+    let task = Struct::find(&btf, "task_struct")?;
+    let file = Struct::find(&btf, "file")?;
+    let inode = Struct::find(&btf, "inode")?;
+    Ok(FileLayout {
+        task_tgid: field(&btf, &task, "tgid", 4)?,
+        file_inode: field(&btf, &file, "f_inode", 8)?,
+        inode_number: field(&btf, &inode, "i_ino", 8)?,
+    })
 }
 
 /// Checks that every field the program takes from the two spans it copies lies within them.
@@ -214,6 +232,18 @@ mod tests {
             task_fsbase_from(&bytes).unwrap(),
             oracle_offset(&bytes, "task_struct", "thread.fsbase")
         );
+    }
+
+    #[test]
+    fn finds_the_fields_of_open_files_as_btfparse_does() {
+        let bytes = this_kernel();
+        let layout = file_layout_from(&bytes).unwrap();
+        assert_eq!(
+            layout.task_tgid,
+            oracle_offset(&bytes, "task_struct", "tgid")
+        );
+        assert_eq!(layout.file_inode, oracle_offset(&bytes, "file", "f_inode"));
+        assert_eq!(layout.inode_number, oracle_offset(&bytes, "inode", "i_ino"));
     }
 
     #[test]

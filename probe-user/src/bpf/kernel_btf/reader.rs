@@ -109,6 +109,8 @@ impl<'a> Btf<'a> {
             INT | STRUCT | UNION | ENUM | ENUM64 | FLOAT => {
                 Some(u32_at(self.types, at + 8)? as usize)
             }
+            // A kernel pointer: the BPF programs read them as 64-bit values (BPF is 64-bit).
+            PTR => Some(8),
             ARRAY => {
                 let element = u32_at(self.types, at + 12)?;
                 let count = u32_at(self.types, at + 20)? as usize;
