@@ -14,6 +14,10 @@ use aya::{
 };
 use aya_obj::generated::{bpf_attr, bpf_cmd};
 
+/// The kernel's own `ENOTSUPP` (not userspace's `ENOTSUP`), which `bpf()` returns for a map
+/// type without batch operations.
+const KERNEL_ENOTSUPP: i32 = 524;
+
 /// Inserts `keys[i] -> values[i]` for every `i` (replacing what a key held), as many per
 /// system call as the kernel takes; returns the indices of the entries refused because the map
 /// is full. On a kernel without batch updates, inserts them one by one.
@@ -36,8 +40,9 @@ pub fn insert_all<K: Pod, V: Pod>(
                         refused.push(at);
                         next = at + 1;
                     }
-                    // No batch updates here (before 5.6): one by one.
-                    Some(libc::EINVAL | libc::ENOTSUP) if written == 0 && next == 0 => {
+                    // No batch updates here (an unknown command before 5.6, a map type
+                    // without them after): one by one.
+                    Some(libc::EINVAL | KERNEL_ENOTSUPP) if written == 0 && next == 0 => {
                         return insert_one_by_one(map, keys, values);
                     }
                     _ => {
