@@ -77,7 +77,8 @@ pub enum FdTables<'a> {
     /// Each process's `/proc/PID/fd`, a `readlink` per descriptor.
     Proc,
     /// Every process's at once (the kernel's `task_file` iterator), read while sock_diag dumps
-    /// the sockets on another thread; from `/proc` when it gives none.
+    /// the sockets on another thread; from `/proc` when it gives none. For the whole host or
+    /// cgroups: a process that cannot be read is skipped, whatever `strict` says.
     AllAtOnce(&'a mut dyn FnMut() -> Option<OpenFiles>),
 }
 
@@ -379,7 +380,7 @@ fn existing(pid: u32, socket: &diag::DiagSocket) -> ExistingSocket {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::{TcpListener, TcpStream};
+    use std::net::{SocketAddr, TcpListener, TcpStream};
 
     #[test]
     fn socket_links_give_their_inode_and_other_links_none() {
@@ -436,6 +437,61 @@ mod tests {
             panic!("pid {} has an fd table", u32::MAX);
         };
         assert_eq!(error.kind(), io::ErrorKind::NotFound);
+    }
+
+    /// This test's own sockets among `sockets`: those of the listener at `listening`.
+    fn ours(sockets: &[ExistingSocket], listening: SocketAddr) -> Vec<(u64, u32)> {
+        let mut ours: Vec<(u64, u32)> = sockets
+            .iter()
+            .filter(|s| s.endpoints.local == listening || s.endpoints.remote == listening)
+            .map(|s| (s.inode, s.pid))
+            .collect();
+        ours.sort_unstable();
+        ours
+    }
+
+    #[test]
+    fn tables_read_all_at_once_give_what_proc_gives() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let _client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let _server = listener.accept().unwrap();
+        let listening = listener.local_addr().unwrap();
+        let me = std::process::id();
+        let from_proc = take(&[me], &mut Namespaces::default(), false, FdTables::Proc).unwrap();
+        let expected = ours(&from_proc.sockets, listening);
+        assert_eq!(expected.len(), 3);
+        assert!(expected.iter().all(|&(_, pid)| pid == me));
+        // This process's table as the kernel's iterator writes it: one record per file.
+        let table = fd_table(me).unwrap();
+        let mut records = Vec::new();
+        let files = table.sockets.iter().copied().chain(std::iter::repeat(0));
+        for (fd, inode) in files.take(table.open as usize).enumerate() {
+            records.extend_from_slice(&me.to_ne_bytes());
+            records.extend_from_slice(&(fd as u32).to_ne_bytes());
+            records.extend_from_slice(&inode.to_ne_bytes());
+        }
+        let mut read = || Some(OpenFiles::decode(&records));
+        let at_once = take(
+            &[me],
+            &mut Namespaces::default(),
+            false,
+            FdTables::AllAtOnce(&mut read),
+        )
+        .unwrap();
+        assert_eq!(ours(&at_once.sockets, listening), expected);
+        assert_eq!(at_once.fds.get(&me), Some(&table.open));
+        assert!(at_once.open_files.is_some());
+        // No tables at once (the iterator could not be read): /proc's.
+        let mut nothing = || None;
+        let fallback = take(
+            &[me],
+            &mut Namespaces::default(),
+            false,
+            FdTables::AllAtOnce(&mut nothing),
+        )
+        .unwrap();
+        assert_eq!(ours(&fallback.sockets, listening), expected);
+        assert!(fallback.open_files.is_none());
     }
 
     #[test]
