@@ -19,7 +19,7 @@ use crate::{
         cgroup::{self, TracedCgroup},
         spawn::{RunAs, spawn_held},
     },
-    snapshot::{self, FdTables, Namespaces, OpenFiles},
+    snapshot::{self, FdTables, Namespaces},
     track::{ExistingSocket, Timestamp},
 };
 use outputs::MetricsListener;
@@ -159,11 +159,7 @@ fn attach(config: &Config) -> anyhow::Result<Attached> {
     let mut namespaces = Namespaces::default();
     let strict = config.scope == Scope::Processes;
     let started = std::time::Instant::now();
-    let mut read_at_once = || {
-        tracer
-            .open_files()
-            .map(|records| OpenFiles::decode(&records))
-    };
+    let mut read_at_once = || tracer.open_files();
     let fd_tables = match config.scope {
         Scope::Processes => FdTables::Proc,
         Scope::Host | Scope::Cgroups { .. } => FdTables::AllAtOnce(&mut read_at_once),

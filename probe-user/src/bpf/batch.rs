@@ -14,6 +14,8 @@ use aya::{
 };
 use aya_obj::generated::{bpf_attr, bpf_cmd};
 
+use super::full_is_refused;
+
 /// The kernel's own `ENOTSUPP` (not userspace's `ENOTSUP`), which `bpf()` returns for a map
 /// type without batch operations.
 const KERNEL_ENOTSUPP: i32 = 524;
@@ -102,14 +104,8 @@ fn insert_one_by_one<K: Pod, V: Pod>(
 ) -> Result<Vec<usize>, MapError> {
     let mut refused = Vec::new();
     for (index, (key, value)) in keys.iter().zip(values).enumerate() {
-        match map.insert(key, value, 0) {
-            Ok(()) => {}
-            Err(MapError::SyscallError(error))
-                if error.io_error.raw_os_error() == Some(libc::E2BIG) =>
-            {
-                refused.push(index);
-            }
-            Err(other) => return Err(other),
+        if !full_is_refused(map.insert(key, value, 0))? {
+            refused.push(index);
         }
     }
     Ok(refused)

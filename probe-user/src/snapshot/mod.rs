@@ -76,10 +76,11 @@ impl Snapshot {
 pub enum FdTables<'a> {
     /// Each process's `/proc/PID/fd`, a `readlink` per descriptor.
     Proc,
-    /// Every process's at once (the kernel's `task_file` iterator), read while sock_diag dumps
-    /// the sockets on another thread; from `/proc` when it gives none. For the whole host or
-    /// cgroups: a process that cannot be read is skipped, whatever `strict` says.
-    AllAtOnce(&'a mut dyn FnMut() -> Option<OpenFiles>),
+    /// Every process's at once: the records of the kernel's `task_file` iterator (see
+    /// [`OpenFiles::decode`]), read while sock_diag dumps the sockets on another thread; from
+    /// `/proc` when it gives none. For the whole host or cgroups: a process that cannot be read
+    /// is skipped, whatever `strict` says.
+    AllAtOnce(&'a mut dyn FnMut() -> Option<Vec<u8>>),
 }
 
 /// The TCP sockets of the network namespaces of the processes in `pids` (and of every
@@ -133,7 +134,7 @@ pub fn take(
             let namespaces = &*namespaces;
             std::thread::scope(|scope| {
                 let dump = scope.spawn(|| namespaces.dump_all());
-                let held = match read() {
+                let held = match read().map(|records| OpenFiles::decode(&records)) {
                     Some(files) => {
                         let held = note_tables(
                             noted.iter().map(|&pid| (pid, files.table(pid))),
@@ -470,26 +471,21 @@ mod tests {
             records.extend_from_slice(&(fd as u32).to_ne_bytes());
             records.extend_from_slice(&inode.to_ne_bytes());
         }
-        let mut read = || Some(OpenFiles::decode(&records));
-        let at_once = take(
-            &[me],
-            &mut Namespaces::default(),
-            false,
-            FdTables::AllAtOnce(&mut read),
-        )
-        .unwrap();
+        let at_once_from = |read: &mut dyn FnMut() -> Option<Vec<u8>>| {
+            take(
+                &[me],
+                &mut Namespaces::default(),
+                false,
+                FdTables::AllAtOnce(read),
+            )
+            .unwrap()
+        };
+        let at_once = at_once_from(&mut || Some(records.clone()));
         assert_eq!(ours(&at_once.sockets, listening), expected);
         assert_eq!(at_once.fds.get(&me), Some(&table.open));
         assert!(at_once.open_files.is_some());
         // No tables at once (the iterator could not be read): /proc's.
-        let mut nothing = || None;
-        let fallback = take(
-            &[me],
-            &mut Namespaces::default(),
-            false,
-            FdTables::AllAtOnce(&mut nothing),
-        )
-        .unwrap();
+        let fallback = at_once_from(&mut || None);
         assert_eq!(ours(&fallback.sockets, listening), expected);
         assert!(fallback.open_files.is_none());
     }

@@ -76,11 +76,7 @@ impl Session {
         let pids = self.watched_pids();
         let strict = matches!(self.scope, Watched::Processes);
         let tracer = &mut self.tracer;
-        let mut read_at_once = || {
-            tracer
-                .open_files()
-                .map(|records| snapshot::OpenFiles::decode(&records))
-        };
+        let mut read_at_once = || tracer.open_files();
         let fd_tables = if strict {
             snapshot::FdTables::Proc
         } else {

@@ -47,10 +47,14 @@ pub fn available() -> bool {
     Path::new(VMLINUX).exists()
 }
 
+/// What `parse` makes of the running kernel's BTF.
+fn from_vmlinux<T>(parse: fn(&[u8]) -> Result<T, BtfError>) -> Result<T, BtfError> {
+    parse(&fs::read(VMLINUX).map_err(BtfError::Unreadable)?)
+}
+
 /// The socket layout of the running kernel.
 pub fn sock_layout() -> Result<SockLayout, BtfError> {
-    let bytes = fs::read(VMLINUX).map_err(BtfError::Unreadable)?;
-    sock_layout_from(&bytes)
+    from_vmlinux(sock_layout_from)
 }
 
 /// The socket layout described by raw BTF `bytes`: the fields the tracepoint's own record is
@@ -94,8 +98,7 @@ pub fn sock_layout_from(bytes: &[u8]) -> Result<SockLayout, BtfError> {
 /// Where `thread.fsbase` (a thread's FS base: where its TLS is) sits in this kernel's
 /// `struct task_struct`, for the program to find a Go thread's current goroutine.
 pub fn task_fsbase() -> Result<u32, BtfError> {
-    let bytes = fs::read(VMLINUX).map_err(BtfError::Unreadable)?;
-    task_fsbase_from(&bytes)
+    from_vmlinux(task_fsbase_from)
 }
 
 fn task_fsbase_from(bytes: &[u8]) -> Result<u32, BtfError> {
@@ -106,8 +109,7 @@ fn task_fsbase_from(bytes: &[u8]) -> Result<u32, BtfError> {
 
 /// Where the fields the `task_file` iterator program reads sit in this kernel's structs.
 pub fn file_layout() -> Result<FileLayout, BtfError> {
-    let bytes = fs::read(VMLINUX).map_err(BtfError::Unreadable)?;
-    file_layout_from(&bytes)
+    from_vmlinux(file_layout_from)
 }
 
 fn file_layout_from(bytes: &[u8]) -> Result<FileLayout, BtfError> {
