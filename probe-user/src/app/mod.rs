@@ -317,6 +317,16 @@ fn return_large_buffers_to_the_system() {
     }
 }
 
+/// Hands the pages of the heap's free chunks back to the system. A refresh builds its picture
+/// of the socket table from many small allocations (a holder list per socket, say) and frees
+/// them all; the allocator keeps the pages they leave between live chunks until trimmed, so
+/// probe's memory would follow its largest refresh, not its connection table.
+fn give_back_freed_memory() {
+    // SAFETY: malloc_trim only returns free memory to the kernel; it touches nothing the
+    // program holds, and the allocator locks its arenas while it walks them.
+    unsafe { libc::malloc_trim(0) };
+}
+
 /// Raises the soft limit on open files to the hard one: probe holds a file per map, per traced
 /// process (its exit handle) and per metrics client, and a shell's default soft limit (1024) is
 /// far below what a busy host needs. Where that fails, probe runs with what it has.

@@ -512,7 +512,7 @@ mod tests {
         }
         assert!(sockets.iter().any(|s| s.state == TcpState::Listen));
         assert!(sockets.iter().all(|s| s.pid == me));
-        assert!(holders.values().all(|pids| pids == &[me]));
+        assert!(holders.values().all(|pids| **pids == [me]));
         // Found anywhere on the host, too: held by this process only. This test's own sockets:
         // the other tests running meanwhile open and close theirs.
         let listening = listener.local_addr().unwrap();
@@ -524,6 +524,6 @@ mod tests {
         assert_eq!(inodes.len(), 3);
         let anywhere = holders_anywhere(&inodes, None);
         assert_eq!(anywhere.len(), inodes.len());
-        assert!(anywhere.values().all(|pids| pids == &[me]));
+        assert!(anywhere.values().all(|pids| **pids == [me]));
     }
 }

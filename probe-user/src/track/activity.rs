@@ -1,6 +1,6 @@
 //! What the kernel's `tcp_info` says about a connection's use, and sockets found at attach.
 
-use std::time::Duration;
+use std::{num::NonZeroU64, time::Duration};
 
 use probe_common::TcpState;
 
@@ -29,11 +29,13 @@ impl Activity {
     }
 }
 
-/// [`Activity`] in 40 bytes, as the connection table keeps it (tcp_info gives its times in
-/// milliseconds, as `u32`, anyway).
+/// [`Activity`] in 40 bytes, `Option` included, as the connection table keeps it (tcp_info
+/// gives its times in milliseconds, as `u32`, anyway).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PackedActivity {
-    sampled_at: Timestamp,
+    /// When it was sampled, in nanoseconds (0 taken as 1: no sample is taken at the clock's
+    /// origin), so that `None` takes no room.
+    sampled_at: NonZeroU64,
     last_data_sent_ms: u32,
     last_data_received_ms: u32,
     bytes_acked: u64,
@@ -49,7 +51,7 @@ fn millis(duration: Duration) -> u32 {
 impl From<Activity> for PackedActivity {
     fn from(activity: Activity) -> Self {
         PackedActivity {
-            sampled_at: activity.sampled_at,
+            sampled_at: NonZeroU64::new(activity.sampled_at.as_nanos()).unwrap_or(NonZeroU64::MIN),
             last_data_sent_ms: millis(activity.last_data_sent),
             last_data_received_ms: millis(activity.last_data_received),
             bytes_acked: activity.bytes_acked,
@@ -63,7 +65,7 @@ impl From<Activity> for PackedActivity {
 impl From<PackedActivity> for Activity {
     fn from(packed: PackedActivity) -> Self {
         Activity {
-            sampled_at: packed.sampled_at,
+            sampled_at: Timestamp::from_nanos(packed.sampled_at.get()),
             last_data_sent: Duration::from_millis(u64::from(packed.last_data_sent_ms)),
             last_data_received: Duration::from_millis(u64::from(packed.last_data_received_ms)),
             bytes_acked: packed.bytes_acked,

@@ -35,26 +35,14 @@ pub struct Endpoints {
     pub remote: SocketAddr,
 }
 
-impl Endpoints {
-    /// The address a connection in `state` is known by in groups and tables: its remote
-    /// endpoint, or, for a listener (which has none), its own address.
-    pub fn named_by(&self, state: TcpState) -> SocketAddr {
-        if state == TcpState::Listen {
-            self.local
-        } else {
-            self.remote
-        }
-    }
-}
-
-/// [`Endpoints`] in 38 bytes instead of 68, as the connection table keeps them (IPv4 addresses
-/// stored v4-mapped, with a bit saying so).
+/// [`Endpoints`] in 37 bytes instead of 68, as the connection table keeps them (IPv4 addresses
+/// stored v4-mapped, with a bit saying so; ports as bytes, so nothing pads the struct).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PackedEndpoints {
     local_ip: [u8; 16],
     remote_ip: [u8; 16],
-    local_port: u16,
-    remote_port: u16,
+    local_port: [u8; 2],
+    remote_port: [u8; 2],
     /// [`FAMILY_V6`], [`LOCAL_V4`], [`REMOTE_V4`].
     kinds: u8,
 }
@@ -78,8 +66,8 @@ impl From<Endpoints> for PackedEndpoints {
         PackedEndpoints {
             local_ip: to_mapped(endpoints.local.ip()),
             remote_ip: to_mapped(endpoints.remote.ip()),
-            local_port: endpoints.local.port(),
-            remote_port: endpoints.remote.port(),
+            local_port: endpoints.local.port().to_ne_bytes(),
+            remote_port: endpoints.remote.port().to_ne_bytes(),
             kinds,
         }
     }
@@ -95,11 +83,11 @@ impl From<PackedEndpoints> for Endpoints {
             },
             local: SocketAddr::new(
                 from_mapped(packed.local_ip, packed.kinds & LOCAL_V4 != 0),
-                packed.local_port,
+                u16::from_ne_bytes(packed.local_port),
             ),
             remote: SocketAddr::new(
                 from_mapped(packed.remote_ip, packed.kinds & REMOTE_V4 != 0),
-                packed.remote_port,
+                u16::from_ne_bytes(packed.remote_port),
             ),
         }
     }
@@ -125,7 +113,7 @@ impl Endpoints {
 /// One decoded state transition of a traced socket.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Transition {
-    /// The kernel socket address, an opaque id reused after CLOSE.
+    /// The kernel socket address, an opaque id reused after CLOSE (never 0).
     pub sock_id: u64,
     /// The socket's cookie (unique for the kernel's uptime, and what sock_diag reports), where
     /// the kernel program could ask for it.
@@ -162,6 +150,8 @@ pub enum DecodeError {
     UnknownFamily(u16),
     #[error("unknown attribution number {0}")]
     UnknownAttribution(u8),
+    #[error("event without a socket address")]
+    NoSocket,
 }
 
 impl Transition {
@@ -185,6 +175,9 @@ impl Transition {
             other => return Err(DecodeError::UnknownFamily(other)),
         };
         let addr = |bytes: [u8; 16]| from_mapped(bytes, family == Family::Ipv4);
+        if raw.sock_id == 0 {
+            return Err(DecodeError::NoSocket);
+        }
         Ok(Transition {
             sock_id: raw.sock_id,
             cookie: (raw.cookie != 0).then_some(raw.cookie),

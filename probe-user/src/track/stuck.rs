@@ -11,7 +11,7 @@ use std::{cmp::Reverse, collections::BinaryHeap, time::Duration};
 
 use probe_common::TcpState;
 
-use super::{diagnosis::Diagnosis, lifecycle::ConnectionKey, time::Timestamp};
+use super::{diagnosis::Diagnosis, time::Timestamp};
 
 /// How long a connection may be stuck each way before it is flagged; `None` turns a kind off.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -96,34 +96,21 @@ impl Thresholds {
     }
 }
 
-/// A deadline that came due: connection `key`, in its state visit numbered `visit`.
+/// A deadline that came due: the connection in table slot `slot`, in its state visit numbered
+/// `visit` (visit numbers are unique across connections, so a slot reused since has another).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DueDeadline {
-    pub key: ConnectionKey,
+    pub slot: u32,
     pub visit: u32,
-    pub state: TcpState,
 }
 
-/// One queued deadline, in 24 bytes (one per watched connection, so it counts): ordered by
+/// One queued deadline, in 16 bytes (one per watched connection, so it counts): ordered by
 /// `deadline` first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct Pending {
     deadline: Timestamp,
-    /// The [`ConnectionKey`]'s number, and which kind it is.
-    key: u64,
+    slot: u32,
     visit: u32,
-    state: u8,
-    by_inode: bool,
-}
-
-impl Pending {
-    fn key(self) -> ConnectionKey {
-        if self.by_inode {
-            ConnectionKey::Inode(self.key)
-        } else {
-            ConnectionKey::Socket(self.key)
-        }
-    }
 }
 
 /// Deadline queue of the watched states.
@@ -133,49 +120,42 @@ pub struct StuckDetector {
 }
 
 impl StuckDetector {
-    /// Watches connection `key` in its state visit `visit`, due at `deadline`.
-    pub fn watch(&mut self, key: ConnectionKey, visit: u32, state: TcpState, deadline: Timestamp) {
-        let (key, by_inode) = match key {
-            ConnectionKey::Socket(address) => (address, false),
-            ConnectionKey::Inode(inode) => (inode, true),
-        };
+    /// Watches the connection in table slot `slot` in its state visit `visit`, due at
+    /// `deadline`.
+    pub fn watch(&mut self, slot: u32, visit: u32, deadline: Timestamp) {
         self.pending.push(Reverse(Pending {
             deadline,
-            key,
+            slot,
             visit,
-            state: state as u8,
-            by_inode,
         }));
     }
 
-    /// Removes and returns every deadline due at `now`, earliest first.
-    pub fn due(&mut self, now: Timestamp) -> Vec<DueDeadline> {
+    /// Removes and returns the deadlines due at `now`, earliest first, at most `limit` of them
+    /// (the others stay queued, due).
+    pub fn due(&mut self, now: Timestamp, limit: usize) -> Vec<DueDeadline> {
         let mut due = Vec::new();
         while let Some(Reverse(pending)) = self.pending.peek().copied() {
-            if pending.deadline > now {
+            if pending.deadline > now || due.len() == limit {
                 break;
             }
             self.pending.pop();
-            if let Some(state) = TcpState::from_raw(pending.state) {
-                due.push(DueDeadline {
-                    key: pending.key(),
-                    visit: pending.visit,
-                    state,
-                });
-            }
+            due.push(DueDeadline {
+                slot: pending.slot,
+                visit: pending.visit,
+            });
         }
         self.release_spare();
         due
     }
 
     /// Gives back the queue's memory once under half of it is used (after the deadlines of a
-    /// burst of handshakes came due, say): down to a quarter more than what is queued. Growth
+    /// burst of handshakes came due, say): down to an eighth more than what is queued. Growth
     /// doubles, so a queue that grows again does not shrink again before it has halved.
     fn release_spare(&mut self) {
         const SMALL: usize = 1024;
         let queued = self.pending.len();
         if self.pending.capacity() > queued * 2 + SMALL {
-            self.pending.shrink_to(queued + queued / 4 + SMALL);
+            self.pending.shrink_to(queued + queued / 8 + SMALL);
         }
     }
 
@@ -189,10 +169,10 @@ impl StuckDetector {
         self.pending.len()
     }
 
-    /// Drops the queued deadlines for which `is_live(key, visit)` is false.
-    pub fn retain(&mut self, mut is_live: impl FnMut(ConnectionKey, u32) -> bool) {
+    /// Drops the queued deadlines for which `is_live(slot, visit)` is false.
+    pub fn retain(&mut self, mut is_live: impl FnMut(u32, u32) -> bool) {
         self.pending
-            .retain(|Reverse(pending)| is_live(pending.key(), pending.visit));
+            .retain(|Reverse(pending)| is_live(pending.slot, pending.visit));
         self.release_spare();
     }
 }
@@ -205,77 +185,82 @@ mod tests {
         Timestamp::from_nanos(s * 1_000_000_000)
     }
 
-    fn key(n: u64) -> ConnectionKey {
-        ConnectionKey::Socket(n)
-    }
-
     #[test]
     fn the_queue_gives_its_memory_back_once_mostly_empty() {
         let mut detector = StuckDetector::default();
         for n in 0..100_000 {
             let deadline = if n % 10 == 0 { secs(100) } else { secs(1) };
-            detector.watch(key(n), 1, TcpState::SynSent, deadline);
+            detector.watch(n, 1, deadline);
         }
         assert!(detector.pending.capacity() >= 100_000);
-        assert_eq!(detector.due(secs(2)).len(), 90_000);
+        assert_eq!(detector.due(secs(2), usize::MAX).len(), 90_000);
         assert_eq!(detector.pending(), 10_000);
-        assert!(detector.pending.capacity() <= 12_500 + 1024);
+        assert!(detector.pending.capacity() <= 11_250 + 1024);
     }
 
     #[test]
     fn deadlines_come_due_at_their_time_and_once() {
         let mut d = StuckDetector::default();
-        d.watch(key(1), 10, TcpState::CloseWait, secs(105));
-        d.watch(key(2), 11, TcpState::Established, secs(160));
+        d.watch(1, 10, secs(105));
+        d.watch(2, 11, secs(160));
         assert_eq!(d.pending(), 2);
         assert_eq!(d.next_deadline(), Some(secs(105)));
         assert!(
-            d.due(Timestamp::from_nanos(secs(105).as_nanos() - 1))
+            d.due(Timestamp::from_nanos(secs(105).as_nanos() - 1), usize::MAX)
                 .is_empty()
         );
         assert_eq!(
-            d.due(secs(105)),
-            [DueDeadline {
-                key: key(1),
-                visit: 10,
-                state: TcpState::CloseWait
-            }]
+            d.due(secs(105), usize::MAX),
+            [DueDeadline { slot: 1, visit: 10 }]
         );
-        assert!(d.due(secs(106)).is_empty());
+        assert!(d.due(secs(106), usize::MAX).is_empty());
         assert_eq!(d.next_deadline(), Some(secs(160)));
-        assert_eq!(d.due(secs(1000)).len(), 1);
+        assert_eq!(d.due(secs(1000), usize::MAX).len(), 1);
         assert_eq!(d.next_deadline(), None);
     }
 
     #[test]
     fn deadlines_queued_out_of_order_come_out_in_time_order() {
         let mut d = StuckDetector::default();
-        for (i, t) in [(1, 30), (2, 10), (3, 20)] {
-            d.watch(key(i), i as u32, TcpState::CloseWait, secs(t));
+        for (slot, t) in [(1, 30), (2, 10), (3, 20)] {
+            d.watch(slot, slot, secs(t));
         }
-        let keys: Vec<ConnectionKey> = d.due(secs(25)).iter().map(|x| x.key).collect();
-        assert_eq!(keys, [key(2), key(3)]);
+        let slots: Vec<u32> = d.due(secs(25), usize::MAX).iter().map(|x| x.slot).collect();
+        assert_eq!(slots, [2, 3]);
     }
 
     #[test]
-    fn an_entry_is_small_and_keeps_its_kind_of_key() {
-        assert!(std::mem::size_of::<Reverse<Pending>>() <= 24);
+    fn at_most_the_limit_comes_due_at_once_and_the_rest_stays_due() {
         let mut d = StuckDetector::default();
-        d.watch(ConnectionKey::Inode(9), 1, TcpState::CloseWait, secs(1));
-        d.watch(ConnectionKey::Socket(9), 2, TcpState::CloseWait, secs(2));
-        let keys: Vec<ConnectionKey> = d.due(secs(3)).iter().map(|x| x.key).collect();
-        assert_eq!(keys, [ConnectionKey::Inode(9), ConnectionKey::Socket(9)]);
+        for slot in 0..10 {
+            d.watch(slot, slot, secs(u64::from(slot)));
+        }
+        let first: Vec<u32> = d.due(secs(100), 4).iter().map(|x| x.slot).collect();
+        assert_eq!(first, [0, 1, 2, 3]);
+        assert_eq!(d.next_deadline(), Some(secs(4)), "the rest is still due");
+        assert_eq!(d.due(secs(100), 4).len(), 4);
+        assert_eq!(d.due(secs(100), 4).len(), 2);
+        assert_eq!(d.pending(), 0);
+    }
+
+    #[test]
+    fn an_entry_is_small() {
+        assert_eq!(std::mem::size_of::<Reverse<Pending>>(), 16);
     }
 
     #[test]
     fn retain_drops_stale_entries() {
         let mut d = StuckDetector::default();
         for i in 0..10 {
-            d.watch(key(i), i as u32, TcpState::Established, secs(i));
+            d.watch(i, i, secs(u64::from(i)));
         }
         d.retain(|_, visit| visit % 2 == 0);
         assert_eq!(d.pending(), 5);
-        assert!(d.due(secs(1000)).iter().all(|x| x.visit % 2 == 0));
+        assert!(
+            d.due(secs(1000), usize::MAX)
+                .iter()
+                .all(|x| x.visit % 2 == 0)
+        );
     }
 
     #[test]

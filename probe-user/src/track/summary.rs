@@ -99,7 +99,7 @@ impl ClosedCounts {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EndpointGroup {
     pub state: TcpState,
-    /// The remote endpoint, or a listener's own address ([`crate::track::Endpoints::named_by`]).
+    /// The endpoint they are known by ([`crate::track::ConnectionView::known_by`]).
     pub endpoint: SocketAddr,
     pub connections: usize,
     pub stuck: usize,
@@ -262,10 +262,7 @@ impl Summary {
         // `open` is already oldest first, so each group's first member is its oldest.
         for open in &self.open {
             let connection = &open.connection;
-            let (state, endpoint) = (
-                connection.state,
-                connection.endpoints.named_by(connection.state),
-            );
+            let (state, endpoint) = (connection.state, connection.known_by);
             let index = match groups
                 .iter()
                 .position(|g| g.state == state && g.endpoint == endpoint)
@@ -407,6 +404,7 @@ mod tests {
                     local: "127.0.0.1:1".parse().unwrap(),
                     remote: remote.parse().unwrap(),
                 },
+                known_by: remote.parse().unwrap(),
                 state,
                 since: age_s.map(|s| Timestamp::from_nanos(1_000_000_000_000 - s * 1_000_000_000)),
                 age: age_s.map(Duration::from_secs),

@@ -1,7 +1,7 @@
 //! What every output says about one connection, built by the tracker, complete when it leaves
 //! it: an alert and the summary share it.
 
-use std::{sync::Arc, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use probe_common::TcpState;
 
@@ -26,6 +26,9 @@ pub struct ConnectionView {
     /// socket), lowest pid first; usually none.
     pub also_held_by: Vec<u32>,
     pub endpoints: Endpoints,
+    /// The endpoint it is grouped by: the remote one of a connection this side opened, its own
+    /// for a listener and for a connection it accepted.
+    pub known_by: SocketAddr,
     /// The state it is in.
     pub state: TcpState,
     /// When it entered `state`, where probe saw it (attach time, if `since_attach`).

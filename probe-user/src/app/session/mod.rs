@@ -172,9 +172,7 @@ impl Session {
                 exits.watch(process.pid);
             }
         }
-        for socket in &existing {
-            tracker.seed(socket, attach);
-        }
+        tracker.seed_all(&existing, attach);
         let (sink, keys) = outputs::make(config, targets, metrics_listener)?;
         let ticks = sink.wants_ticks();
         Ok(Session {
@@ -293,7 +291,13 @@ impl Session {
             let started = Instant::now();
             let abandoned = self.refresh()?;
             self.schedule.refresh_took = started.elapsed();
-            log::debug!("tcp_info refresh took {:?}", self.schedule.refresh_took);
+            let trimming = Instant::now();
+            super::give_back_freed_memory();
+            log::debug!(
+                "tcp_info refresh took {:?}, giving its memory back {:?}",
+                self.schedule.refresh_took,
+                trimming.elapsed()
+            );
             abandoned
         } else {
             Vec::new()

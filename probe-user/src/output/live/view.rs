@@ -224,7 +224,7 @@ fn stuck_groups(table: &Summary) -> Vec<StuckGroup> {
         .iter()
         .filter_map(|c| Some((c.stuck?, &c.connection)))
     {
-        let endpoint = connection.endpoints.named_by(connection.state);
+        let endpoint = connection.known_by;
         let key = (connection.state, kind, endpoint);
         let group = groups.entry(key).or_insert_with(|| StuckGroup {
             state: connection.state,

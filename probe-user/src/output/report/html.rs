@@ -219,7 +219,7 @@ fn stuck_groups(out: &mut String, table: &Summary) {
             .iter()
             .filter(|c| c.stuck.is_some())
             .filter(|c| c.connection.state == group.state)
-            .filter(|c| c.connection.endpoints.named_by(group.state) == group.endpoint);
+            .filter(|c| c.connection.known_by == group.endpoint);
         let mut shown = 0;
         for open in members {
             let connection = &open.connection;

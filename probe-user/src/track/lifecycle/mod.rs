@@ -1,7 +1,12 @@
 //! One connection's lifecycle: the states it went through, who opened it, who closed first and
 //! how it ended, rebuilt from the transitions the kernel reports.
 
-use std::{num::NonZeroU64, sync::Arc, time::Duration};
+use std::{
+    net::SocketAddr,
+    num::{NonZeroU32, NonZeroU64},
+    sync::Arc,
+    time::Duration,
+};
 
 use probe_common::TcpState;
 
@@ -133,31 +138,37 @@ pub struct StateVisit {
 /// first state probe sees to CLOSE (e.g. SYN_SENT, ESTABLISHED, FIN_WAIT1, CLOSING, TIME_WAIT,
 /// CLOSE).
 const VISITS: usize = 6;
-/// `since` of a visit whose start probe did not see.
-const UNKNOWN_SINCE: u64 = u64::MAX;
-const INFERRED: u8 = 1;
-const AT_LEAST: u8 = 2;
+/// A visit's byte: its state in the low four bits, and these flags.
+const INFERRED: u8 = 0x10;
+const AT_LEAST: u8 = 0x20;
+const UNKNOWN_SINCE: u8 = 0x40;
+/// The byte of a visit not yet made.
+const NO_VISIT: u8 = 0xff;
 
-/// The states a connection entered, oldest first, stored inline (no allocation per connection).
-/// Should a connection ever enter more than [`VISITS`] states, the first one is kept and the
-/// oldest of the others give way.
+/// The states a connection entered, oldest first, in 36 bytes (no allocation per connection:
+/// the connection table keeps one per open connection, so every byte counts). When the latest
+/// known visit started is kept exactly; each earlier one as its gap to the next known visit,
+/// which is the time it lasted: exact under 2 s, to the microsecond under 17 minutes, to the
+/// second beyond ([`Gap`]). Should a connection ever enter more than [`VISITS`] states, the
+/// first one is kept and the oldest of the others give way.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct History {
-    since: [u64; VISITS],
-    states: [u8; VISITS],
-    flags: [u8; VISITS],
-    len: u8,
-    /// Every state ever entered, kept visits or not (it fits in the struct's padding).
+    /// When the latest visit with a known start began, in nanoseconds (two halves: a `u64`
+    /// would align the struct, and the connection, to 8 bytes and pad them).
+    latest_since: [u32; 2],
+    /// For each visit but the last, its gap to the next visit with a known start.
+    gaps: [Gap; VISITS - 1],
+    visits: [u8; VISITS],
+    /// Every state ever entered, kept visits or not.
     visited: StateSet,
 }
 
 impl Default for History {
     fn default() -> Self {
         History {
-            since: [UNKNOWN_SINCE; VISITS],
-            states: [0; VISITS],
-            flags: [0; VISITS],
-            len: 0,
+            latest_since: [0; 2],
+            gaps: [Gap::default(); VISITS - 1],
+            visits: [NO_VISIT; VISITS],
             visited: StateSet::default(),
         }
     }
@@ -169,57 +180,128 @@ impl std::fmt::Debug for History {
     }
 }
 
+/// A span of time in 32 bits, at a precision relative to its length: nanoseconds up to 2^31 ns
+/// (2.1 s), then microseconds up to 2^30 us (17.9 min), then seconds (34 years). Spans are
+/// rounded down.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Gap(u32);
+
+impl Gap {
+    const MICROS: u32 = 0b10 << 30;
+    const SECONDS: u32 = 0b11 << 30;
+    const VALUE: u32 = (1 << 30) - 1;
+
+    fn new(nanos: u64) -> Gap {
+        if nanos < 1 << 31 {
+            Gap(nanos as u32)
+        } else if nanos / 1_000 <= u64::from(Gap::VALUE) {
+            Gap(Gap::MICROS | (nanos / 1_000) as u32)
+        } else {
+            Gap(Gap::SECONDS | (nanos / 1_000_000_000).min(u64::from(Gap::VALUE)) as u32)
+        }
+    }
+
+    fn nanos(self) -> u64 {
+        let value = u64::from(self.0 & Gap::VALUE);
+        match self.0 & Gap::SECONDS {
+            Gap::SECONDS => value * 1_000_000_000,
+            Gap::MICROS => value * 1_000,
+            _ => u64::from(self.0),
+        }
+    }
+}
+
 impl History {
+    fn latest_since(&self) -> u64 {
+        u64::from(self.latest_since[0]) | (u64::from(self.latest_since[1]) << 32)
+    }
+
+    fn known(&self, index: usize) -> bool {
+        self.visits[index] & UNKNOWN_SINCE == 0
+    }
+
+    /// The latest visit before `end` with a known start.
+    fn latest_known_before(&self, end: usize) -> Option<usize> {
+        (0..end).rev().find(|&index| self.known(index))
+    }
+
     /// Appends a visit.
     pub fn push(&mut self, visit: StateVisit) {
-        let mut index = usize::from(self.len);
-        if index == VISITS {
+        if self.len() == VISITS {
             // Keep the first visit (how the connection started); drop the oldest after it.
-            self.since.copy_within(2.., 1);
-            self.states.copy_within(2.., 1);
-            self.flags.copy_within(2.., 1);
-            index = VISITS - 1;
-        } else {
-            self.len += 1;
+            let kept: [StateVisit; VISITS] =
+                std::array::from_fn(|index| self.get(index).expect("a full history"));
+            let visited = self.visited;
+            *self = History::default();
+            for (_, kept) in kept
+                .into_iter()
+                .enumerate()
+                .filter(|&(index, _)| index != 1)
+            {
+                self.push(kept);
+            }
+            self.visited = visited;
         }
+        let index = self.len();
         self.visited.insert(visit.state);
-        self.since[index] = visit.since.map_or(UNKNOWN_SINCE, Timestamp::as_nanos);
-        self.states[index] = visit.state as u8;
-        self.flags[index] =
-            (u8::from(visit.inferred) * INFERRED) | (u8::from(visit.at_least) * AT_LEAST);
+        let mut byte = visit.state as u8 & 0x0f;
+        byte |= (u8::from(visit.inferred) * INFERRED) | (u8::from(visit.at_least) * AT_LEAST);
+        match visit.since {
+            Some(since) => {
+                let since = since.as_nanos();
+                if let Some(previous) = self.latest_known_before(index) {
+                    self.gaps[previous] = Gap::new(since.saturating_sub(self.latest_since()));
+                }
+                self.latest_since = [since as u32, (since >> 32) as u32];
+            }
+            None => byte |= UNKNOWN_SINCE,
+        }
+        self.visits[index] = byte;
     }
 
     /// The visit at `index` (0 is the oldest).
     pub fn get(&self, index: usize) -> Option<StateVisit> {
-        (index < usize::from(self.len)).then(|| StateVisit {
-            state: TcpState::from_raw(self.states[index]).unwrap_or(TcpState::Close),
-            since: (self.since[index] != UNKNOWN_SINCE)
-                .then(|| Timestamp::from_nanos(self.since[index])),
-            inferred: self.flags[index] & INFERRED != 0,
-            at_least: self.flags[index] & AT_LEAST != 0,
+        let byte = *self.visits.get(index).filter(|&&byte| byte != NO_VISIT)?;
+        let since = self.known(index).then(|| {
+            let latest = self
+                .latest_known_before(self.len())
+                .expect("this visit is known");
+            let nanos = (index..latest)
+                .filter(|&earlier| self.known(earlier))
+                .fold(self.latest_since(), |since, earlier| {
+                    since.saturating_sub(self.gaps[earlier].nanos())
+                });
+            Timestamp::from_nanos(nanos)
+        });
+        Some(StateVisit {
+            state: TcpState::from_raw(byte & 0x0f).unwrap_or(TcpState::Close),
+            since,
+            inferred: byte & INFERRED != 0,
+            at_least: byte & AT_LEAST != 0,
         })
     }
 
     /// The latest visit: the current state.
     pub fn last(&self) -> Option<StateVisit> {
-        usize::from(self.len)
-            .checked_sub(1)
-            .and_then(|index| self.get(index))
+        self.len().checked_sub(1).and_then(|index| self.get(index))
     }
 
     /// Every visit, oldest first.
     pub fn iter(&self) -> impl Iterator<Item = StateVisit> + '_ {
-        (0..usize::from(self.len)).filter_map(|index| self.get(index))
+        (0..self.len()).filter_map(|index| self.get(index))
     }
 
     /// How many visits are kept.
     pub fn len(&self) -> usize {
-        usize::from(self.len)
+        self.visits
+            .iter()
+            .position(|&byte| byte == NO_VISIT)
+            .unwrap_or(VISITS)
     }
 
     /// True before the first visit.
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.visits[0] == NO_VISIT
     }
 
     /// Every state the connection entered (TIME_WAIT where it was inferred).
@@ -257,17 +339,18 @@ impl FromIterator<StateVisit> for History {
 /// One socket's lifecycle, from the first transition probe saw to CLOSE.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Connection {
-    pub key: ConnectionKey,
+    /// The kernel socket address, once a transition named it.
+    socket: Option<NonZeroU64>,
     /// The socket inode, where known (connections found at attach, and after an activity
-    /// refresh).
-    inode: Option<NonZeroU64>,
+    /// refresh). Socket inode numbers are 32 bits in the kernel, and in sock_diag's messages.
+    inode: Option<NonZeroU32>,
     /// The socket's cookie, where the kernel program or sock_diag gave it: the key that joins
     /// the two exactly (a 4-tuple can repeat across network namespaces).
     cookie: Option<NonZeroU64>,
     /// The owning process (its name lives with the tracker, once per process).
     pub pid: u32,
     endpoints: PackedEndpoints,
-    pub opened_by: OpenedBy,
+    opening: Opening,
     pub closed_first: Option<ClosedFirst>,
     pub ending: Option<Ending>,
     /// Every state entered, oldest first; the last one is the current state.
@@ -276,6 +359,15 @@ pub struct Connection {
     activity: Option<PackedActivity>,
     /// Where the program called connect(), and asked for it, where probe captured them.
     stacks: Stacks,
+}
+
+/// Which side opened a connection and, for one already open when probe first saw it, whether
+/// it was accepted (its local endpoint is a listener's): one byte.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Opening {
+    Local,
+    Remote,
+    Unknown { accepted: bool },
 }
 
 /// The stacks of a connect, packed: both ids are of the process that connected.
@@ -309,6 +401,29 @@ impl Stacks {
 }
 
 impl Connection {
+    /// Which side opened it.
+    pub fn opened_by(&self) -> OpenedBy {
+        match self.opening {
+            Opening::Local => OpenedBy::Local,
+            Opening::Remote => OpenedBy::Remote,
+            Opening::Unknown { .. } => OpenedBy::Unknown,
+        }
+    }
+
+    /// How probe knows it: by its socket address once a transition named it, by its inode
+    /// before that.
+    pub fn key(&self) -> ConnectionKey {
+        match self.socket {
+            Some(address) => ConnectionKey::Socket(address.get()),
+            None => ConnectionKey::Inode(self.inode().unwrap_or_default()),
+        }
+    }
+
+    /// Names it by its socket address, from now on its key.
+    pub fn name_socket(&mut self, address: u64) {
+        self.socket = NonZeroU64::new(address).or(self.socket);
+    }
+
     /// Where the program called connect(), where probe captured it.
     pub fn opened_at(&self) -> Option<StackRef> {
         self.stacks.get(self.stacks.opened)
@@ -337,12 +452,16 @@ impl Connection {
             ),
         };
         Connection {
-            key: ConnectionKey::Socket(transition.sock_id),
+            socket: NonZeroU64::new(transition.sock_id),
             inode: None,
             cookie: transition.cookie.and_then(NonZeroU64::new),
             pid: transition.pid,
             endpoints: transition.endpoints.into(),
-            opened_by,
+            opening: match opened_by {
+                OpenedBy::Local => Opening::Local,
+                OpenedBy::Remote => Opening::Remote,
+                OpenedBy::Unknown => Opening::Unknown { accepted: false },
+            },
             closed_first: None,
             ending: None,
             history: before.into_iter().collect(),
@@ -351,18 +470,19 @@ impl Connection {
         }
     }
 
-    /// A connection that was already open when probe attached at `attach`.
-    pub fn existing(socket: &ExistingSocket, attach: Timestamp) -> Connection {
+    /// A connection that was already open when probe attached at `attach`; `accepted` when its
+    /// local endpoint is a listener's.
+    pub fn existing(socket: &ExistingSocket, attach: Timestamp, accepted: bool) -> Connection {
         Connection {
-            key: ConnectionKey::Inode(socket.inode),
-            inode: NonZeroU64::new(socket.inode),
+            socket: None,
+            inode: inode_number(socket.inode),
             cookie: NonZeroU64::new(socket.cookie),
             pid: socket.pid,
             endpoints: socket.endpoints.into(),
-            opened_by: if socket.state == TcpState::Listen {
-                OpenedBy::Local
+            opening: if socket.state == TcpState::Listen {
+                Opening::Local
             } else {
-                OpenedBy::Unknown
+                Opening::Unknown { accepted }
             },
             closed_first: match socket.state {
                 TcpState::CloseWait | TcpState::LastAck => Some(ClosedFirst::Remote),
@@ -436,7 +556,7 @@ impl Connection {
 
     /// The socket inode, where known.
     pub fn inode(&self) -> Option<u64> {
-        self.inode.map(NonZeroU64::get)
+        self.inode.map(|inode| u64::from(inode.get()))
     }
 
     /// The socket's cookie, where known.
@@ -453,14 +573,31 @@ impl Connection {
         self.endpoints = endpoints.into();
     }
 
-    /// Notes the socket inode (0, which no socket has, is ignored).
+    /// Notes the socket inode, where it was not known (a socket keeps its inode; 0, which no
+    /// socket has, is ignored).
     pub fn set_inode(&mut self, inode: u64) {
-        self.inode = NonZeroU64::new(inode).or(self.inode);
+        self.inode = self.inode.or(inode_number(inode));
     }
 
     /// Where it runs.
     pub fn endpoints(&self) -> Endpoints {
         self.endpoints.into()
+    }
+
+    /// The endpoint it is grouped by in tables and trends: the remote endpoint of a connection
+    /// this side opened; its own address for a listener and for a connection it accepted (each
+    /// peer connects from a port of its own: grouping by those would make a group of each).
+    pub fn known_by(&self) -> SocketAddr {
+        let endpoints = self.endpoints();
+        let accepted = matches!(
+            self.opening,
+            Opening::Remote | Opening::Unknown { accepted: true }
+        );
+        if accepted || self.state() == TcpState::Listen {
+            endpoints.local
+        } else {
+            endpoints.remote
+        }
     }
 
     /// The latest tcp_info sample, where there is one.
@@ -518,6 +655,12 @@ impl Connection {
             at_least: false,
         });
     }
+}
+
+/// A socket inode number as the kernel keeps it (32 bits); `None` for 0, which no socket has,
+/// and for what could not be one.
+fn inode_number(inode: u64) -> Option<NonZeroU32> {
+    u32::try_from(inode).ok().and_then(NonZeroU32::new)
 }
 
 #[cfg(test)]

@@ -50,7 +50,7 @@ fn active_open_then_active_close_ends_in_inferred_time_wait() {
         (FinWait1, FinWait2, 1003),
         (FinWait2, Close, 1010),
     ]);
-    assert_eq!(conn.opened_by, OpenedBy::Local);
+    assert_eq!(conn.opened_by(), OpenedBy::Local);
     assert_eq!(conn.closed_first, Some(ClosedFirst::Local));
     assert_eq!(conn.ending, Some(Ending::TimeWait));
     assert_eq!(
@@ -100,7 +100,56 @@ fn history_keeps_every_visit_inline_and_the_first_when_full() {
         long.last().unwrap().since,
         Some(Timestamp::from_nanos(12_000_000))
     );
-    assert!(std::mem::size_of::<History>() <= 64);
+    assert_eq!(std::mem::size_of::<History>(), 36);
+}
+
+#[test]
+fn history_keeps_the_current_state_exact_and_past_stays_to_their_scale() {
+    let ns = Timestamp::from_nanos;
+    let visit = |state, since: Option<Timestamp>| StateVisit {
+        state,
+        since,
+        inferred: false,
+        at_least: false,
+    };
+    // Far from the clock's origin, as on a host up for a year.
+    let boot = 365 * 86_400 * 1_000_000_000u64 + 123_456_789;
+    let sinces = [
+        boot,
+        boot + 1_999_999_999,                   // 2 s, to the nanosecond
+        boot + 1_999_999_999 + 600_000_000_123, // 10 min, to the microsecond
+        boot + 1_999_999_999 + 600_000_000_123 + 3 * 86_400_000_000_001, // 3 days, to the second
+    ];
+    let history: History = [Established, FinWait1, FinWait2, Close]
+        .into_iter()
+        .zip(sinces)
+        .map(|(state, since)| visit(state, Some(ns(since))))
+        .collect();
+    let kept: Vec<u64> = history
+        .iter()
+        .map(|v| v.since.unwrap().as_nanos())
+        .collect();
+    assert_eq!(kept[3], sinces[3], "the current state's start is exact");
+    let stays: Vec<u64> = kept.windows(2).map(|w| w[1] - w[0]).collect();
+    assert_eq!(
+        stays,
+        [1_999_999_999, 600_000_000_000, 3 * 86_400_000_000_000],
+        "each stay rounded down to its scale"
+    );
+    // A visit whose start is unknown, between known ones, is skipped over.
+    let history: History = [
+        visit(Established, None),
+        visit(CloseWait, Some(ns(boot))),
+        visit(LastAck, None),
+        visit(Close, Some(ns(boot + 5))),
+    ]
+    .into_iter()
+    .collect();
+    let kept: Vec<Option<u64>> = history
+        .iter()
+        .map(|v| v.since.map(Timestamp::as_nanos))
+        .collect();
+    assert_eq!(kept, [None, Some(boot), None, Some(boot + 5)]);
 }
 
 #[test]
@@ -126,11 +175,11 @@ fn a_connection_found_at_attach_is_known_since_attach_only() {
         last_ack_received: None,
         queues: Default::default(),
     };
-    let mut conn = Connection::existing(&socket, Timestamp::from_nanos(5));
-    assert_eq!(conn.key, ConnectionKey::Inode(99));
+    let mut conn = Connection::existing(&socket, Timestamp::from_nanos(5), false);
+    assert_eq!(conn.key(), ConnectionKey::Inode(99));
     assert!(conn.since_attach());
     assert_eq!(conn.closed_first, Some(ClosedFirst::Remote));
-    assert_eq!(conn.opened_by, OpenedBy::Unknown);
+    assert_eq!(conn.opened_by(), OpenedBy::Unknown);
     // Its first transition has no known time in the old state.
     assert_eq!(conn.advance(&transition(CloseWait, LastAck, 100)), None);
     assert!(!conn.since_attach());
@@ -150,7 +199,7 @@ fn passive_open_then_passive_close_ends_through_last_ack() {
         (CloseWait, LastAck, 60),
         (LastAck, Close, 61),
     ]);
-    assert_eq!(conn.opened_by, OpenedBy::Remote);
+    assert_eq!(conn.opened_by(), OpenedBy::Remote);
     assert_eq!(conn.closed_first, Some(ClosedFirst::Remote));
     assert_eq!(conn.ending, Some(Ending::LastAck));
 }
@@ -203,7 +252,7 @@ fn refused_connect_is_a_connect_failure() {
 #[test]
 fn listener_lifecycle() {
     let (conn, _) = run(&[(Close, Listen, 0), (Listen, Close, 100)]);
-    assert_eq!(conn.opened_by, OpenedBy::Local);
+    assert_eq!(conn.opened_by(), OpenedBy::Local);
     assert_eq!(conn.ending, Some(Ending::ListenerClosed));
 }
 
@@ -214,7 +263,7 @@ fn a_connection_seen_mid_life_has_an_unknown_start() {
         (FinWait1, FinWait2, 11),
         (FinWait2, Close, 12),
     ]);
-    assert_eq!(conn.opened_by, OpenedBy::Unknown);
+    assert_eq!(conn.opened_by(), OpenedBy::Unknown);
     assert_eq!(conn.history.get(0).unwrap().state, Established);
     assert_eq!(conn.history.get(0).unwrap().since, None);
     assert_eq!(in_old, [None, Some(1), Some(1)]);

@@ -4,7 +4,9 @@
 use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
 
 use probe_common::TcpState;
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
+
+use self::unnamed::Unnamed;
 
 use super::{
     activity::ExistingSocket,
@@ -14,7 +16,7 @@ use super::{
     lifecycle::{ClosedFirst, Connection, ConnectionKey, Ending, Owner, StateSet},
     stuck::{StuckDetector, Thresholds},
     summary::{ClosedCounts, OpenConnection, Summary},
-    table::Table,
+    table::{Keyed, Table},
     time::Timestamp,
     triage::StuckTally,
     view::{ConnectionView, Losses},
@@ -84,15 +86,18 @@ struct Tracked {
     stuck: Option<Diagnosis>,
 }
 
+impl Keyed for Tracked {
+    fn key(&self) -> ConnectionKey {
+        self.connection.key()
+    }
+}
+
 /// Connection table and stuck detection.
 #[derive(Debug)]
 pub struct Tracker {
     table: Table<Tracked>,
-    /// Connections found at attach and not yet named by a transition: endpoints -> inode (for
-    /// the classic program's events, which carry no cookie).
-    existing: HashMap<(SocketAddr, SocketAddr), u64>,
-    /// The same by cookie -> inode: the exact join, wherever events carry cookies.
-    existing_cookies: FxHashMap<u64, u64>,
+    /// Connections found at attach and not yet named by a transition.
+    unnamed: Unnamed,
     processes: FxHashMap<u32, Arc<str>>,
     thresholds: Thresholds,
     detector: StuckDetector,
@@ -107,6 +112,9 @@ pub struct Tracker {
     overflows_seen: FxHashMap<ConnectionKey, u64>,
 }
 
+/// Deadlines [`Tracker::due_stuck`] looks at per call.
+pub const DEADLINES_AT_ONCE: usize = 4096;
+
 /// Deadlines queued beyond this many per open connection (plus a constant) trigger a clean-up of
 /// the ones whose connection moved on, so churn cannot grow the queue without bound.
 const STALE_DEADLINES_PER_CONNECTION: usize = 2;
@@ -117,8 +125,7 @@ impl Tracker {
     pub fn new(thresholds: Thresholds) -> Self {
         Tracker {
             table: Table::default(),
-            existing: HashMap::new(),
-            existing_cookies: FxHashMap::default(),
+            unnamed: Unnamed::default(),
             processes: FxHashMap::default(),
             thresholds,
             detector: StuckDetector::default(),
@@ -145,23 +152,36 @@ impl Tracker {
         self.processes.insert(pid, Arc::from(comm));
     }
 
+    /// Adds the connections that were already open when probe attached at `now` (see
+    /// [`Tracker::seed`]); those whose local endpoint is one of theirs listening were accepted.
+    pub fn seed_all(&mut self, sockets: &[ExistingSocket], now: Timestamp) {
+        let listening = Listening::of(sockets);
+        for socket in sockets {
+            let accepted =
+                socket.state != TcpState::Listen && listening.serves(socket.endpoints.local);
+            self.seed_one(socket, now, accepted);
+        }
+    }
+
     /// Adds a connection that was already open when probe attached at `now`. A CLOSE_WAIT one is
     /// due at once; an ESTABLISHED one when it has been idle for the threshold. A socket in
     /// CLOSE (created, never connected) is no connection: its connect or listen will be seen.
     pub fn seed(&mut self, socket: &ExistingSocket, now: Timestamp) {
-        if socket.state == TcpState::Close {
+        self.seed_one(socket, now, false);
+    }
+
+    fn seed_one(&mut self, socket: &ExistingSocket, now: Timestamp, accepted: bool) {
+        // Socket inodes are 32 bits (so are sock_diag's): a larger number is no socket's.
+        if socket.state == TcpState::Close || u32::try_from(socket.inode).is_err() {
             return;
         }
-        let connection = Connection::existing(socket, now);
-        let key = connection.key;
+        let connection = Connection::existing(socket, now, accepted);
+        let key = connection.key();
         // When the socket entered its state at the latest (tcp_info's lower bound on its age).
         let entered = connection.state_since().unwrap_or(now);
-        self.existing.insert(
-            (socket.endpoints.local, socket.endpoints.remote),
-            socket.inode,
-        );
-        if socket.cookie != 0 {
-            self.existing_cookies.insert(socket.cookie, socket.inode);
+        if let Some(slot) = self.table.find(key) {
+            // Seen twice: the second replaces the first.
+            self.unnamed.forget(&self.table, slot);
         }
         let visit = self.next_visit();
         let threshold = self.thresholds.of(socket.state);
@@ -171,17 +191,15 @@ impl Tracker {
             }
             _ => threshold.map(|t| entered.saturating_add(t)),
         };
+        let slot = self.table.insert(Tracked {
+            connection,
+            visit,
+            stuck: None,
+        });
+        self.unnamed.note(&self.table, slot);
         if let Some(deadline) = deadline {
-            self.detector.watch(key, visit, socket.state, deadline);
+            self.detector.watch(slot, visit, deadline);
         }
-        self.table.insert(
-            key,
-            Tracked {
-                connection,
-                visit,
-                stuck: None,
-            },
-        );
         self.note_queues(key, socket.state, &socket.queues, now);
     }
 
@@ -194,24 +212,25 @@ impl Tracker {
             (TcpState::Close, _) | (TcpState::Listen, TcpState::SynRecv)
         );
         let visit = self.next_visit();
-        let tracked = if self.table.contains_key(key) {
-            let tracked = self.table.get_mut(key).expect("checked just above");
-            if starts_lifecycle {
-                // The socket id was reused and the old lifecycle's CLOSE was never seen (a
-                // lost event): the old lifecycle cannot go on, start afresh.
-                tracked.connection = Connection::first_seen(transition);
+        let slot = match self.table.find(key) {
+            Some(slot) => {
+                if starts_lifecycle && let Some(tracked) = self.table.at_mut(slot) {
+                    // The socket id was reused and the old lifecycle's CLOSE was never seen (a
+                    // lost event): the old lifecycle cannot go on, start afresh (same key).
+                    tracked.connection = Connection::first_seen(transition);
+                }
+                slot
             }
-            tracked
-        } else {
-            self.table.insert(
-                key,
-                Tracked {
-                    connection: Connection::first_seen(transition),
-                    visit,
-                    stuck: None,
-                },
-            )
+            None => self.table.insert(Tracked {
+                connection: Connection::first_seen(transition),
+                visit,
+                stuck: None,
+            }),
         };
+        let tracked = self
+            .table
+            .at_mut(slot)
+            .expect("found or inserted just above");
         let in_old = tracked.connection.advance(transition);
         tracked.visit = visit;
         tracked.stuck = None;
@@ -235,12 +254,8 @@ impl Tracker {
             self.closed.record(connection.closed_first, ending);
             self.forget(key);
         } else if let Some(threshold) = self.thresholds.of(transition.new) {
-            self.detector.watch(
-                key,
-                visit,
-                transition.new,
-                transition.at.saturating_add(threshold),
-            );
+            self.detector
+                .watch(slot, visit, transition.at.saturating_add(threshold));
             self.drop_stale_deadlines();
         }
         change
@@ -257,10 +272,9 @@ impl Tracker {
             .filter(|s| s.cookie != 0)
             .map(|s| (s.cookie, s))
             .collect();
-        let by_endpoints: HashMap<(SocketAddr, SocketAddr), &ExistingSocket> = samples
-            .iter()
-            .map(|s| ((s.endpoints.local, s.endpoints.remote), s))
-            .collect();
+        // Only connections without a cookie (the classic program's) are matched by endpoints:
+        // the map is built the first time one is met.
+        let mut by_endpoints: Option<HashMap<(SocketAddr, SocketAddr), &ExistingSocket>> = None;
         let mut queues = Vec::new();
         for tracked in self.table.values_mut() {
             let connection = &mut tracked.connection;
@@ -268,7 +282,14 @@ impl Tracker {
                 Some(cookie) => by_cookie.get(&cookie),
                 None => {
                     let endpoints = connection.endpoints();
-                    by_endpoints.get(&(endpoints.local, endpoints.remote))
+                    by_endpoints
+                        .get_or_insert_with(|| {
+                            samples
+                                .iter()
+                                .map(|s| ((s.endpoints.local, s.endpoints.remote), s))
+                                .collect()
+                        })
+                        .get(&(endpoints.local, endpoints.remote))
                 }
             };
             if let Some(sample) = sample {
@@ -276,7 +297,7 @@ impl Tracker {
                 if let Some(activity) = sample.activity {
                     connection.set_activity(activity);
                 }
-                queues.push((connection.key, connection.state(), sample.queues));
+                queues.push((connection.key(), connection.state(), sample.queues));
             }
         }
         for (key, state, queues) in queues {
@@ -286,41 +307,42 @@ impl Tracker {
 
     /// Flags the connections whose deadline has come at `now`, each once per state visit. An
     /// ESTABLISHED connection that tcp_info shows busy is not flagged: it is looked at again when
-    /// it could have been idle for the threshold.
+    /// it could have been idle for the threshold. At most [`DEADLINES_AT_ONCE`] deadlines are
+    /// looked at per call: the rest stay due ([`Tracker::next_deadline`] says so), so the events
+    /// that keep arriving are read between batches when a million connections come due at once.
     pub fn due_stuck(
         &mut self,
         now: Timestamp,
         code_paths: &dyn CodePathSource,
     ) -> Vec<StuckAlert> {
         let mut alerts = Vec::new();
-        for due in self.detector.due(now) {
-            let Some(tracked) = self.table.get_mut(due.key) else {
+        for due in self.detector.due(now, DEADLINES_AT_ONCE) {
+            // A deadline is for the state visit it was queued in: a slot reused since, or a
+            // connection that moved on, has another visit number.
+            let Some(tracked) = self.table.at_mut(due.slot) else {
                 continue;
             };
             if tracked.visit != due.visit || tracked.stuck.is_some() {
                 continue;
             }
-            let (Some(diagnosis), Some(threshold)) = (
-                Diagnosis::for_state(due.state),
-                self.thresholds.of(due.state),
-            ) else {
+            let state = tracked.connection.state();
+            let (Some(diagnosis), Some(threshold)) =
+                (Diagnosis::for_state(state), self.thresholds.of(state))
+            else {
                 continue;
             };
             let idle = tracked.connection.activity().map(|a| a.idle_at(now));
             // An ESTABLISHED connection with data stalled in it is not idle by choice: the
             // stall is what gets flagged.
-            if due.state == TcpState::Established && self.stalls.contains_key(&due.key) {
+            if state == TcpState::Established && self.stalls.contains_key(&tracked.connection.key())
+            {
                 continue;
             }
-            if let (TcpState::Established, Some(idle)) = (due.state, idle)
+            if let (TcpState::Established, Some(idle)) = (state, idle)
                 && idle < threshold
             {
-                self.detector.watch(
-                    due.key,
-                    due.visit,
-                    due.state,
-                    now.saturating_add(threshold - idle),
-                );
+                self.detector
+                    .watch(due.slot, due.visit, now.saturating_add(threshold - idle));
                 continue;
             }
             tracked.stuck = Some(diagnosis);
@@ -383,7 +405,7 @@ impl Tracker {
             .map(|tracked| OpenConnection {
                 connection: view(self.context(code_paths), &tracked.connection, now),
                 stuck: tracked.stuck,
-                opened_by: tracked.connection.opened_by,
+                opened_by: tracked.connection.opened_by(),
                 history: tracked.connection.history,
             })
             .collect();
@@ -393,7 +415,7 @@ impl Tracker {
     }
 
     /// How many connections are stuck now, per process, state and endpoint
-    /// ([`crate::track::Endpoints::named_by`]).
+    /// ([`crate::track::ConnectionView::known_by`]).
     pub fn stuck_tally(&self) -> StuckTally {
         let mut tally = StuckTally::default();
         for tracked in self
@@ -403,11 +425,7 @@ impl Tracker {
         {
             let connection = &tracked.connection;
             *tally
-                .entry((
-                    connection.pid,
-                    connection.state(),
-                    connection.endpoints().named_by(connection.state()),
-                ))
+                .entry((connection.pid, connection.state(), connection.known_by()))
                 .or_default() += 1;
         }
         tally
@@ -421,29 +439,21 @@ impl Tracker {
     /// A connection found at attach, named by a transition for the first time: from now on it
     /// is known by its socket address.
     fn adopt_existing(&mut self, key: ConnectionKey, transition: &Transition) {
-        if self.existing.is_empty() || self.table.contains_key(key) {
+        if self.unnamed.is_empty() || self.table.contains_key(key) {
             return;
         }
         let endpoints = (transition.endpoints.local, transition.endpoints.remote);
-        let inode = match transition.cookie {
-            Some(cookie) => {
-                let inode = self.existing_cookies.remove(&cookie);
-                if inode.is_some() {
-                    self.existing.remove(&endpoints);
-                }
-                inode
-            }
-            None => self.existing.remove(&endpoints),
-        };
-        let Some(inode) = inode else {
+        let Some(old) = self
+            .unnamed
+            .take(&self.table, transition.cookie, endpoints)
+            .and_then(|slot| self.table.at(slot))
+            .map(|tracked| tracked.connection.key())
+        else {
             return;
         };
-        let old = ConnectionKey::Inode(inode);
-        if self.table.rekey(old, key)
-            && let Some(tracked) = self.table.get_mut(key)
-        {
-            tracked.connection.key = key;
-        }
+        self.table.rekey(old, key, |tracked| {
+            tracked.connection.name_socket(transition.sock_id);
+        });
         if let Some(stall) = self.stalls.remove(&old) {
             self.stalls.insert(key, stall);
         }
@@ -462,6 +472,11 @@ impl Tracker {
 
     /// Forgets a connection that ended.
     fn forget(&mut self, key: ConnectionKey) {
+        if !self.unnamed.is_empty()
+            && let Some(slot) = self.table.find(key)
+        {
+            self.unnamed.forget(&self.table, slot);
+        }
         self.table.remove(key);
         self.co_holders.remove(&key);
         self.stalls.remove(&key);
@@ -480,8 +495,35 @@ impl Tracker {
         if self.detector.pending() > limit {
             let table = &self.table;
             self.detector
-                .retain(|key, visit| table.get(key).is_some_and(|tracked| tracked.visit == visit));
+                .retain(|slot, visit| table.at(slot).is_some_and(|tracked| tracked.visit == visit));
         }
+    }
+}
+
+/// The local endpoints sockets listen on, to tell the connections they accepted.
+#[derive(Default)]
+struct Listening {
+    addresses: FxHashSet<SocketAddr>,
+    /// Ports listened on at every address of the host (`0.0.0.0`, `::`).
+    any_address: FxHashSet<u16>,
+}
+
+impl Listening {
+    fn of(sockets: &[ExistingSocket]) -> Listening {
+        let mut listening = Listening::default();
+        for socket in sockets.iter().filter(|s| s.state == TcpState::Listen) {
+            let local = socket.endpoints.local;
+            if local.ip().is_unspecified() {
+                listening.any_address.insert(local.port());
+            } else {
+                listening.addresses.insert(local);
+            }
+        }
+        listening
+    }
+
+    fn serves(&self, local: SocketAddr) -> bool {
+        self.any_address.contains(&local.port()) || self.addresses.contains(&local)
     }
 }
 
@@ -497,16 +539,17 @@ struct ViewContext<'a> {
 fn view(context: ViewContext<'_>, connection: &Connection, now: Timestamp) -> ConnectionView {
     let since = connection.state_since();
     ConnectionView {
-        key: connection.key,
+        key: connection.key(),
         cookie: connection.cookie(),
         inode: connection.inode(),
         owner: owner_of(context.processes, connection.pid),
         also_held_by: context
             .co_holders
-            .get(&connection.key)
+            .get(&connection.key())
             .cloned()
             .unwrap_or_default(),
         endpoints: connection.endpoints(),
+        known_by: connection.known_by(),
         state: connection.state(),
         since,
         age: since.map(|since| now.saturating_since(since)),
@@ -537,5 +580,6 @@ mod owners;
 mod stalls;
 #[cfg(test)]
 mod tests;
+mod unnamed;
 
 pub use owners::Holders;

@@ -6,11 +6,17 @@
 
 use std::collections::{HashMap, HashSet};
 
+use smallvec::SmallVec;
+
 use super::{StateChange, Tracker, owner_of};
 use crate::track::{lifecycle::ConnectionKey, time::Timestamp};
 
 /// Socket inode -> the processes that hold it, lowest pid first.
-pub type Holders = HashMap<u64, Vec<u32>>;
+pub type Holders = HashMap<u64, HolderPids>;
+
+/// The processes that hold one socket: almost always one, kept inline (a refresh of a host
+/// with a million sockets builds a million of these; a `Vec` would be a million allocations).
+pub type HolderPids = SmallVec<[u32; 2]>;
 
 impl Tracker {
     /// The inodes of the open connections that none of `holders` holds: handed to a process
@@ -38,7 +44,7 @@ impl Tracker {
         let mut abandoned = Vec::new();
         for tracked in self.table.values_mut() {
             let connection = &mut tracked.connection;
-            let key = connection.key;
+            let key = connection.key();
             match connection.inode().and_then(|inode| holders.get(&inode)) {
                 Some(pids) if !pids.is_empty() => {
                     if !pids.contains(&connection.pid) {

@@ -3,6 +3,7 @@
 use super::*;
 use crate::track::{Activity, CodePath, NoCodePaths, StackRef, event::Family, lifecycle::OpenedBy};
 use probe_common::{Attribution, TcpState::*};
+use std::collections::BTreeMap;
 
 const MS: u64 = 1_000_000;
 
@@ -197,7 +198,7 @@ fn summary_lists_oldest_first_with_unknown_starts_first() {
 #[test]
 fn churn_does_not_grow_the_deadline_queues_without_bound() {
     let mut tracker = tracker();
-    for i in 0..100_000 {
+    for i in 1..=100_000 {
         open_client(&mut tracker, i, i);
         tracker.apply(&t(i, Established, Close, i + 2));
     }
@@ -295,6 +296,44 @@ fn a_connection_found_at_attach_is_adopted_by_its_first_transition() {
             .remote_first,
         1
     );
+}
+
+#[test]
+fn connections_found_at_attach_are_adopted_by_cookie_exactly_and_by_endpoints_without_one() {
+    let mut tracker = tracker();
+    // Enough to grow the indexes many times over; every pair of sockets shares its endpoints,
+    // as the same 4-tuple in two network namespaces would.
+    const SEEDED: u64 = 5_000;
+    for inode in 1..=SEEDED {
+        let mut socket = existing(inode, CloseWait, None, at(0));
+        socket.endpoints = t(inode.div_ceil(2), Close, Close, 0).endpoints;
+        socket.cookie = 1_000_000 + inode;
+        tracker.seed(&socket, at(0));
+    }
+    // One more, found without a cookie (a kernel without cookies in sock_diag).
+    let mut no_cookie = existing(SEEDED + 1, CloseWait, None, at(0));
+    no_cookie.endpoints = t(9_999, Close, Close, 0).endpoints;
+    tracker.seed(&no_cookie, at(0));
+    for inode in (1..=SEEDED).rev() {
+        let mut first = t(0xffff_0000 + inode, CloseWait, LastAck, 10);
+        first.endpoints = t(inode.div_ceil(2), Close, Close, 0).endpoints;
+        first.cookie = Some(1_000_000 + inode);
+        let change = tracker.apply(&first);
+        assert_eq!(
+            change.inode,
+            Some(inode),
+            "the cookie names the very socket"
+        );
+        assert_eq!(change.in_old, None, "entered before attach");
+    }
+    let change = tracker.apply(&t(9_999, CloseWait, LastAck, 10));
+    assert_eq!(change.inode, Some(SEEDED + 1), "matched by endpoints");
+    assert!(tracker.unnamed.is_empty());
+    assert_eq!(tracker.open_count(), SEEDED as usize + 1);
+    // Named, they are found by their socket address from now on.
+    let change = tracker.apply(&t(0xffff_0000 + 7, LastAck, Close, 20));
+    assert_eq!(change.inode, Some(7));
+    assert_eq!(tracker.open_count(), SEEDED as usize);
 }
 
 #[test]
@@ -406,4 +445,59 @@ fn unknown_processes_get_a_placeholder_name() {
     let mut other = t(1, Close, SynSent, 0);
     other.pid = 7;
     assert_eq!(&*tracker.apply(&other).owner.comm, "?");
+}
+
+#[test]
+fn a_connection_takes_160_bytes_in_the_table() {
+    assert_eq!(std::mem::size_of::<Option<Tracked>>(), 160);
+}
+
+#[test]
+fn connections_found_accepted_are_grouped_by_the_service_and_those_opened_by_the_peer() {
+    let mut tracker = tracker();
+    let attach = at(100_000);
+    let socket = |inode: u64, state, local: &str, remote: &str| {
+        let mut socket = existing(inode, state, None, attach);
+        socket.endpoints = Endpoints::parse(local, remote);
+        socket.last_ack_received = Some(Duration::from_secs(30));
+        socket
+    };
+    let mut found = vec![socket(1, Listen, "0.0.0.0:8080", "0.0.0.0:0")];
+    // Accepted: each peer from a port of its own.
+    for n in 0..3 {
+        found.push(socket(
+            10 + n,
+            CloseWait,
+            "10.0.0.1:8080",
+            &format!("10.0.0.9:{}", 50_000 + n),
+        ));
+    }
+    // Opened by this side, to two ports of one server.
+    found.push(socket(20, CloseWait, "10.0.0.1:40001", "10.0.0.7:443"));
+    found.push(socket(21, CloseWait, "10.0.0.1:40002", "10.0.0.7:443"));
+    tracker.seed_all(&found, attach);
+    assert_eq!(tracker.due_stuck(attach, &NoCodePaths).len(), 5);
+    let tally = tracker.stuck_tally();
+    let groups: BTreeMap<SocketAddr, usize> = tally
+        .iter()
+        .map(|(&(_, _, endpoint), &count)| (endpoint, count))
+        .collect();
+    assert_eq!(
+        groups,
+        BTreeMap::from([
+            ("10.0.0.1:8080".parse().unwrap(), 3),
+            ("10.0.0.7:443".parse().unwrap(), 2),
+        ])
+    );
+    // A connection accepted while probe runs is known by the service too.
+    tracker.apply(&t(5, Listen, SynRecv, 100_001));
+    let accepted = tracker.apply(&t(5, SynRecv, Established, 100_002));
+    assert_eq!(accepted.endpoints.local.port(), 40_005);
+    let summary = tracker.summary(at(100_003), &NoCodePaths, Losses::default());
+    let view = summary
+        .open
+        .iter()
+        .find(|open| open.connection.key == ConnectionKey::Socket(5))
+        .unwrap();
+    assert_eq!(view.connection.known_by, accepted.endpoints.local);
 }

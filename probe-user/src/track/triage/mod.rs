@@ -53,7 +53,7 @@ pub type StuckTally = FxHashMap<(u32, TcpState, SocketAddr), usize>;
 #[derive(Clone, Debug, PartialEq)]
 pub struct StuckGroupRate {
     pub state: TcpState,
-    /// The remote endpoint, or a listener's own address ([`crate::track::Endpoints::named_by`]).
+    /// The endpoint they are known by ([`crate::track::ConnectionView::known_by`]).
     pub endpoint: SocketAddr,
     pub count: usize,
     /// How many more per minute, by the trend over the run.
@@ -194,11 +194,7 @@ impl Triage {
                 report.stuck += 1;
                 *report.stuck_counts.entry(view.state).or_insert(0) += 1;
                 *groups
-                    .entry((
-                        view.owner.pid,
-                        view.state,
-                        view.endpoints.named_by(view.state),
-                    ))
+                    .entry((view.owner.pid, view.state, view.known_by))
                     .or_insert(0) += 1;
                 if report
                     .onset
