@@ -152,12 +152,15 @@ pub(super) fn report(
     if let Some(scale) = scale {
         let _ = writeln!(
             out,
-            "At scale: probe host-wide (no target) started on a host holding {} open TCP sockets (both ends of {} loopback connections, in processes of their own) was tracing after **{:.2} s**; its anonymous memory then {:.1} MiB, **{:.0} bytes per socket** it follows; over the two minutes after that (its stuck alerts for the connections idle since before it came, its socket-table refreshes) it took {:.1}% of one CPU; {} events lost.\n",
+            "At scale: probe host-wide (no target) started on a host holding {} open TCP sockets (both ends of {} loopback connections, in processes of their own) was tracing after **{:.2} s**, its anonymous memory then {:.1} MiB (kernel side attached and seeded, connection table not yet filled). Two minutes later (its stuck alerts for the connections idle since before it came, its socket-table refreshes) its anonymous memory was {:.1} MiB, **{:.0} bytes per socket** it follows, and its peak resident memory (VmHWM, a refresh's working memory included) {:.1} MiB, {:.0} bytes per socket; it took {:.1}% of one CPU over those two minutes; {} events lost.\n",
             scale.sockets,
             scale.sockets / 2,
             scale.attach.as_secs_f64(),
             scale.rss_kib as f64 / 1024.0,
-            (scale.rss_kib * 1024) as f64 / scale.sockets as f64,
+            scale.steady_rss_kib as f64 / 1024.0,
+            (scale.steady_rss_kib * 1024) as f64 / scale.sockets as f64,
+            scale.peak_kib as f64 / 1024.0,
+            (scale.peak_kib * 1024) as f64 / scale.sockets as f64,
             scale.steady_cpu * 100.0,
             scale.lost
         );

@@ -7,7 +7,7 @@ use anyhow::Result;
 
 use super::{
     Run,
-    procfs::{cpu_seconds, hold_connections, status_kib},
+    procfs::{cpu_seconds, hold_connections, peak_rss_kib, status_kib},
     workers::Tracer,
 };
 
@@ -25,8 +25,13 @@ pub(super) struct Scale {
     pub(super) sockets: usize,
     /// From probe's start to its "tracing".
     pub(super) attach: Duration,
-    /// probe's anonymous memory once attached, KiB.
+    /// probe's anonymous memory when it says it is tracing (its kernel side attached and
+    /// seeded, its connection table not filled yet), KiB.
     pub(super) rss_kib: u64,
+    /// probe's anonymous memory at the end of [`STEADY`], every connection in its table, KiB.
+    pub(super) steady_rss_kib: u64,
+    /// probe's peak resident memory (VmHWM: its refreshes' working memory included), KiB.
+    pub(super) peak_kib: u64,
     /// probe's CPU time per second over [`STEADY`] after attach, the host sitting still.
     pub(super) steady_cpu: f64,
     /// Events probe lost.
@@ -48,18 +53,22 @@ pub(super) fn measure_scale(probe: &Path, xtask: &Path, sockets: usize) -> Resul
     let before = cpu_seconds(tracer.pid())?;
     thread::sleep(STEADY);
     let steady_cpu = (cpu_seconds(tracer.pid())? - before) / STEADY.as_secs_f64();
+    let steady_rss_kib = status_kib(tracer.pid(), "RssAnon:")?;
+    let peak_kib = peak_rss_kib(tracer.pid())?;
     let mut run = Run::default();
     tracer.stop(&mut run)?;
     let sockets = holders.sockets;
     holders.finish()?;
     eprintln!(
-        "xtask: attached to {sockets} sockets in {:.2} s, {rss_kib} KiB, {steady_cpu:.3} CPU s/s",
+        "xtask: attached to {sockets} sockets in {:.2} s, {rss_kib} KiB then {steady_rss_kib} KiB (peak {peak_kib} KiB), {steady_cpu:.3} CPU s/s",
         attach.as_secs_f64()
     );
     Ok(Scale {
         sockets,
         attach,
         rss_kib,
+        steady_rss_kib,
+        peak_kib,
         steady_cpu,
         lost: run.lost,
     })
