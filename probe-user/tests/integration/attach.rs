@@ -144,3 +144,43 @@ pub fn a_server_started_before_probe_owns_what_it_accepts() -> TestResult {
     drop(clients);
     server.finish()
 }
+
+/// A server with idle clients, some connected before probe attaches and some after: their
+/// connections are one group, known by the server's own endpoint (each client connects from a
+/// port of its own), as many as `ss` counts on the server's port.
+pub fn a_servers_idle_clients_are_one_group_known_by_its_endpoint() -> TestResult {
+    let mut server = Helper::start(&Role::Server)?;
+    let pid = server.pid();
+    server.say("go")?;
+    let port: u16 = server
+        .hear()?
+        .parse()
+        .map_err(|_| "no port from the server")?;
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let before: Vec<TcpStream> = (0..6).map(|_| connect(addr)).collect::<Result<_, _>>()?;
+    wait_for_ss(pid, "established", 6)?;
+    let mut probe = Probe::start(&["--pid", &pid.to_string(), "--established-after", "1s"])?;
+    let after: Vec<TcpStream> = (0..4).map(|_| connect(addr)).collect::<Result<_, _>>()?;
+    probe.wait_until("10 idle connections flagged", WAIT, |r| {
+        stuck(r, pid, "ESTABLISHED").len() >= 10
+    })?;
+    let in_ss = wait_for_ss(pid, "established", 10)?;
+    let records = probe.stop()?;
+    let summary = records.last().ok_or("no summary")?;
+    let process = summary["processes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["pid"] == pid)
+        .ok_or_else(|| format!("no triage of the server: {summary}"))?;
+    let worst = &process["worst"];
+    ensure(
+        worst["state"] == "ESTABLISHED"
+            && worst["daddr"] == "127.0.0.1"
+            && worst["dport"] == port
+            && worst["count"] == in_ss.len(),
+        || format!("ss: {} sockets; triage: {process}", in_ss.len()),
+    )?;
+    drop((before, after));
+    server.finish()
+}

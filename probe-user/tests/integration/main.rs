@@ -58,6 +58,7 @@ fn main() -> ExitCode {
         attach::attach_to_an_existing_close_wait_pile_up,
         attach::only_idle_established_connections_are_flagged,
         attach::a_server_started_before_probe_owns_what_it_accepts,
+        attach::a_servers_idle_clients_are_one_group_known_by_its_endpoint,
         targets::forked_workers_are_traced,
         targets::a_client_in_its_own_network_namespace,
         code_paths::stuck_connections_are_grouped_by_the_function_that_opened_them,

@@ -17,7 +17,8 @@ pub struct ProcessRecord<'a> {
     open: usize,
     counts: BTreeMap<&'static str, usize>,
     stuck: usize,
-    /// The largest group of stuck connections: state, remote endpoint, count and its rate.
+    /// The largest group of stuck connections: state, the endpoint they are known by (see
+    /// [`crate::track::ConnectionView::known_by`]), count and its rate.
     worst: Option<WorstRecord>,
     /// Stuck connections per minute, by the trend over the run.
     leak_per_min: Option<f64>,

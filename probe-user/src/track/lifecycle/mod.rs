@@ -149,7 +149,7 @@ const NO_VISIT: u8 = 0xff;
 /// the connection table keeps one per open connection, so every byte counts). When the latest
 /// known visit started is kept exactly; each earlier one as its gap to the next known visit,
 /// which is the time it lasted: exact under 2 s, to the microsecond under 17 minutes, to the
-/// second beyond ([`Gap`]). Should a connection ever enter more than [`VISITS`] states, the
+/// second beyond (see `Gap`). Should a connection ever enter more than [`VISITS`] states, the
 /// first one is kept and the oldest of the others give way.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct History {
