@@ -17,6 +17,9 @@ use nix::{
     sys::stat::Mode,
 };
 use probe_common::TcpState;
+// Keyed by socket inode: the kernel's numbers, not input anyone chooses; a fast hash does (a
+// refresh of a million sockets hashes each a few times).
+use rustc_hash::FxHashSet;
 use std::{
     collections::{HashMap, HashSet},
     io,
@@ -221,7 +224,7 @@ fn note_tables<'t, T: AsRef<FdTable> + 't>(
     tables: impl Iterator<Item = (u32, T)>,
     fds: &mut HashMap<u32, u64>,
 ) -> Holders {
-    let mut held = Holders::new();
+    let mut held = Holders::default();
     for (pid, table) in tables {
         let table = table.as_ref();
         fds.insert(pid, table.open);
@@ -235,8 +238,8 @@ fn note_tables<'t, T: AsRef<FdTable> + 't>(
 /// Which processes, of all on the host, hold these socket inodes: for sockets none of the
 /// traced processes holds any more (handed to a process probe does not trace). Reads every
 /// process's fd table (unless `open_files` has them all): call it only for such sockets.
-pub fn holders_anywhere(inodes: &HashSet<u64>, open_files: Option<&OpenFiles>) -> Holders {
-    let mut holders = Holders::new();
+pub fn holders_anywhere(inodes: &FxHashSet<u64>, open_files: Option<&OpenFiles>) -> Holders {
+    let mut holders = Holders::default();
     if let Some(files) = open_files {
         for (pid, table) in files.tables() {
             for &inode in table.sockets.intersection(inodes) {
@@ -303,7 +306,7 @@ fn tcp_in_use(sockstat: &str) -> Option<usize> {
 /// What a process's fd table holds: its socket inodes, and how many files in all.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct FdTable {
-    sockets: HashSet<u64>,
+    sockets: FxHashSet<u64>,
     open: u64,
 }
 
@@ -329,10 +332,7 @@ fn fd_table(pid: u32) -> Result<FdTable, SnapshotError> {
     )
     .map_err(fail)?;
     let dirfd = dir.as_raw_fd();
-    let mut table = FdTable {
-        sockets: HashSet::new(),
-        open: 0,
-    };
+    let mut table = FdTable::default();
     for entry in dir.iter() {
         let entry = entry.map_err(fail)?;
         let name = entry.file_name();
@@ -516,7 +516,7 @@ mod tests {
         // Found anywhere on the host, too: held by this process only. This test's own sockets:
         // the other tests running meanwhile open and close theirs.
         let listening = listener.local_addr().unwrap();
-        let inodes: HashSet<u64> = sockets
+        let inodes: FxHashSet<u64> = sockets
             .iter()
             .filter(|s| s.endpoints.local == listening || s.endpoints.remote == listening)
             .map(|s| s.inode)

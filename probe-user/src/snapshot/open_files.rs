@@ -1,23 +1,25 @@
 //! Every process's fd table at once, decoded from the records of the kernel's `task_file`
 //! iterator (see `bpf::open_files`).
 
-use std::{borrow::Cow, collections::HashMap};
+use std::borrow::Cow;
 
 use probe_common::OpenFile;
+// Keyed by pid: the kernel's numbers, not input anyone chooses; a fast hash does.
+use rustc_hash::FxHashMap;
 
 use super::FdTable;
 
 /// The fd table of every process on the host, from one read of the kernel's iterator.
 #[derive(Debug, Default)]
 pub struct OpenFiles {
-    tables: HashMap<u32, FdTable>,
+    tables: FxHashMap<u32, FdTable>,
 }
 
 impl OpenFiles {
     /// The tables written in `records`: [`OpenFile`]s back to back, in this machine's byte order
     /// (a partial record at the end, which the kernel never writes, is ignored).
     pub fn decode(records: &[u8]) -> OpenFiles {
-        let mut tables: HashMap<u32, FdTable> = HashMap::new();
+        let mut tables: FxHashMap<u32, FdTable> = FxHashMap::default();
         for record in records.chunks_exact(size_of::<OpenFile>()) {
             let file = decode(record);
             let table = tables.entry(file.tgid).or_default();
@@ -82,7 +84,7 @@ mod tests {
         let files = OpenFiles::decode(&records);
         let ten = files.table(10);
         assert_eq!(ten.open, 3);
-        assert_eq!(ten.sockets, [777, 778].into());
+        assert_eq!(ten.sockets, [777, 778].into_iter().collect());
         let twenty = files.table(20);
         assert_eq!((twenty.open, twenty.sockets.len()), (2, 1));
         assert_eq!(*files.table(30), FdTable::default());

@@ -4,15 +4,14 @@
 //! socket at every refresh: the owner shown is a process that holds it then, as `ss -p` shows,
 //! and all of them when several do.
 
-use std::collections::{HashMap, HashSet};
-
+use rustc_hash::{FxHashMap, FxHashSet};
 use smallvec::SmallVec;
 
 use super::{StateChange, Tracker, owner_of};
 use crate::track::{lifecycle::ConnectionKey, time::Timestamp};
 
 /// Socket inode -> the processes that hold it, lowest pid first.
-pub type Holders = HashMap<u64, HolderPids>;
+pub type Holders = FxHashMap<u64, HolderPids>;
 
 /// The processes that hold one socket: almost always one, kept inline (a refresh of a host
 /// with a million sockets builds a million of these; a `Vec` would be a million allocations).
@@ -21,7 +20,7 @@ pub type HolderPids = SmallVec<[u32; 2]>;
 impl Tracker {
     /// The inodes of the open connections that none of `holders` holds: handed to a process
     /// outside them, or closed by their process and left to the kernel.
-    pub fn unheld(&self, holders: &Holders) -> HashSet<u64> {
+    pub fn unheld(&self, holders: &Holders) -> FxHashSet<u64> {
         self.table
             .values()
             .filter_map(|tracked| tracked.connection.inode())
