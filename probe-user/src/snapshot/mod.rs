@@ -166,9 +166,17 @@ pub fn take(
     let count: usize = tables.values().map(|table| table.sockets.len()).sum();
     snapshot.sockets.reserve(count);
     snapshot.holders.reserve(held.len().min(count));
-    for (&netns, table) in &tables {
+    for (netns, mut table) in tables {
         let first = snapshot.sockets.len();
-        for socket in &table.sockets {
+        // Taken from the end of the dump, whose memory goes back as it is read: a million
+        // sockets are not held twice, as the dump and as the list (the list's room, reserved
+        // above, is only touched as it fills).
+        let mut give_back_below = table.sockets.len() - table.sockets.len() / 8;
+        while let Some(socket) = table.sockets.pop() {
+            if table.sockets.len() < give_back_below {
+                table.sockets.shrink_to_fit();
+                give_back_below = table.sockets.len() - table.sockets.len() / 8;
+            }
             let holder = match held.remove(&socket.inode) {
                 Some(pids) => {
                     let first = pids.first().copied();
@@ -187,7 +195,7 @@ pub fn take(
             if socket.state == TcpState::Close {
                 continue;
             }
-            let mut found = existing(holder.unwrap_or(0), socket);
+            let mut found = existing(holder.unwrap_or(0), &socket);
             if socket.state == TcpState::Listen {
                 found.queues.listen_overflows = table.listen_overflows;
             }
