@@ -1,16 +1,12 @@
 //! Attaching in the middle of an incident: sockets that predate probe.
 
-use std::{
-    net::{SocketAddr, TcpStream},
-    thread,
-    time::Duration,
-};
+use std::{net::SocketAddr, thread, time::Duration};
 
 use serde_json::Value;
 
 use crate::harness::{
-    Helper, Probe, Role, ServerMode, TestResult, WAIT, connect, ensure, of_type, render, server,
-    stuck, transitions, wait_for_ss,
+    Helper, Probe, Role, ServerMode, TestResult, WAIT, connect_many, ensure, of_type, render,
+    server, stuck, transitions, wait_for_ss,
 };
 
 /// A client already piling up CLOSE_WAIT when probe attaches: all of them reported (as `ss`
@@ -115,13 +111,10 @@ pub fn a_server_started_before_probe_owns_what_it_accepts() -> TestResult {
     let mut server = Helper::start(&Role::Server)?;
     let pid = server.pid();
     server.say("go")?;
-    let port: u16 = server
-        .hear()?
-        .parse()
-        .map_err(|_| "no port from the server")?;
+    let port = server.hear_port()?;
     let mut probe = Probe::start(&["--pid", &pid.to_string()])?;
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    let clients: Vec<TcpStream> = (0..2).map(|_| connect(addr)).collect::<Result<_, _>>()?;
+    let clients = connect_many(addr, 2)?;
     let records = probe.wait_until("2 accepted connections", WAIT, |r| {
         transitions(r, pid, "SYN_RECV", "ESTABLISHED").len() >= 2
     })?;
@@ -152,15 +145,12 @@ pub fn a_servers_idle_clients_are_one_group_known_by_its_endpoint() -> TestResul
     let mut server = Helper::start(&Role::Server)?;
     let pid = server.pid();
     server.say("go")?;
-    let port: u16 = server
-        .hear()?
-        .parse()
-        .map_err(|_| "no port from the server")?;
+    let port = server.hear_port()?;
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    let before: Vec<TcpStream> = (0..6).map(|_| connect(addr)).collect::<Result<_, _>>()?;
+    let before = connect_many(addr, 6)?;
     wait_for_ss(pid, "established", 6)?;
     let mut probe = Probe::start(&["--pid", &pid.to_string(), "--established-after", "1s"])?;
-    let after: Vec<TcpStream> = (0..4).map(|_| connect(addr)).collect::<Result<_, _>>()?;
+    let after = connect_many(addr, 4)?;
     probe.wait_until("10 idle connections flagged", WAIT, |r| {
         stuck(r, pid, "ESTABLISHED").len() >= 10
     })?;

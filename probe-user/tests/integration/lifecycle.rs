@@ -1,15 +1,10 @@
 //! Lifecycles of connections traced from their first transition: CLOSE_WAIT, idle
 //! ESTABLISHED, active closes into TIME_WAIT, accepted connections, IPv6.
 
-use std::{
-    collections::HashSet,
-    net::{SocketAddr, TcpStream},
-    thread,
-    time::Duration,
-};
+use std::{collections::HashSet, net::SocketAddr, thread, time::Duration};
 
 use crate::harness::{
-    Helper, Probe, Role, ServerMode, TestResult, WAIT, connect, ensure, of_type, render,
+    Helper, Probe, Role, ServerMode, TestResult, WAIT, connect_many, ensure, of_type, render,
     ss_sockets_of, ss_state, stuck, traced_client, transitions,
 };
 
@@ -174,12 +169,9 @@ pub fn accepted_connections_belong_to_the_server() -> TestResult {
     let pid = server.pid();
     let mut probe = Probe::start(&["--pid", &pid.to_string(), "--established-after", "1h"])?;
     server.say("go")?;
-    let port: u16 = server
-        .hear()?
-        .parse()
-        .map_err(|_| "no port from the server")?;
+    let port = server.hear_port()?;
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    let clients: Vec<TcpStream> = (0..3).map(|_| connect(addr)).collect::<Result<_, _>>()?;
+    let clients = connect_many(addr, 3)?;
     let client_ports: HashSet<u16> = clients
         .iter()
         .map(|c| c.local_addr().unwrap().port())

@@ -16,10 +16,7 @@ use crate::harness::{
 pub fn both_kernel_programs_see_the_same_transitions() -> TestResult {
     let mut server = Helper::start(&Role::Server)?;
     server.say("go")?;
-    let port: u16 = server
-        .hear()?
-        .parse()
-        .map_err(|_| "no port from the server")?;
+    let port = server.hear_port()?;
     let mut client = Helper::start(&Role::HoldClients {
         server: SocketAddr::from(([127, 0, 0, 1], port)),
         count: 3,

@@ -135,10 +135,7 @@ pub fn forked_workers_are_traced() -> TestResult {
 pub fn a_client_in_its_own_network_namespace() -> TestResult {
     let namespace = NetworkNamespace::create()?;
     let mut server = Helper::start_in(&namespace.name, &Role::ClosingServer)?;
-    let port: u16 = server
-        .hear()?
-        .parse()
-        .map_err(|_| "no port from the server")?;
+    let port = server.hear_port()?;
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let mut client = Helper::start_in(
         &namespace.name,

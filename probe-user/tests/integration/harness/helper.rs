@@ -84,6 +84,13 @@ impl Helper {
         Ok(line.trim().to_string())
     }
 
+    /// Reads the port a serving helper listens on (its next line).
+    pub fn hear_port(&mut self) -> Result<u16, String> {
+        let line = self.hear()?;
+        line.parse()
+            .map_err(|_| format!("no port from the server: {line:?}"))
+    }
+
     /// Closes the helper's stdin (its cue to exit) and waits for it.
     pub fn finish(mut self) -> TestResult {
         drop(self.stdin.take());

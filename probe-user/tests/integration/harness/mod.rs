@@ -23,7 +23,7 @@ pub use netns::{NetworkNamespace, ip};
 pub use probe::{Probe, of_type, render, stuck, stuck_kind, transitions};
 pub use prometheus::{Prometheus, deploy_dir, rules_with_short_for};
 pub use roles::Role;
-pub use servers::{Idle, ServerMode, connect, server, traced_client};
+pub use servers::{Idle, ServerMode, connect_many, server, traced_client};
 pub use ss::{bpf_map_types, ss_sockets_of, ss_state, wait_for_ss};
 pub use temp::TempPath;
 

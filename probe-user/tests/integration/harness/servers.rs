@@ -84,8 +84,13 @@ fn serve_http_until_idle(stream: TcpStream) {
 }
 
 /// Connects from the (untraced) test process.
-pub fn connect(addr: SocketAddr) -> Result<TcpStream, String> {
+fn connect(addr: SocketAddr) -> Result<TcpStream, String> {
     TcpStream::connect(addr).map_err(|e| format!("cannot connect to {addr}: {e}"))
+}
+
+/// `count` connections to `addr`, held open by the caller.
+pub fn connect_many(addr: SocketAddr, count: usize) -> Result<Vec<TcpStream>, String> {
+    (0..count).map(|_| connect(addr)).collect()
 }
 
 /// A helper client against a fresh loopback server on `bind`, traced by probe (with `probe_args`
