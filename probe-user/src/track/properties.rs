@@ -113,7 +113,7 @@ proptest! {
                     prop_assert_eq!(change.new, new);
                 }
                 Step::Seed { inode, state, idle_ms } => tracker.seed(
-                    &ExistingSocket {
+                    &[ExistingSocket {
                         pid: 1,
                         inode,
                         cookie: 0,
@@ -130,7 +130,7 @@ proptest! {
                         }),
                         last_ack_received: None,
                         queues: Default::default(),
-                    },
+                    }],
                     now,
                 ),
                 Step::Tick => {

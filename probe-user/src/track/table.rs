@@ -65,6 +65,23 @@ impl<T: Keyed> Table<T> {
         (index, &self.pages)
     }
 
+    /// Files `slot` in the index of `key`'s kind, under `key`.
+    fn file(&mut self, key: ConnectionKey, slot: u32) {
+        let (index, pages) = self.index_mut(key);
+        index.insert_unique(hash(key), slot, |&other| {
+            hash(key_at(pages, other).expect("indexed slots hold a record"))
+        });
+    }
+
+    /// Takes `key` out of its index; returns the slot it named.
+    fn unfile(&mut self, key: ConnectionKey) -> Option<u32> {
+        let (index, pages) = self.index_mut(key);
+        let entry = index
+            .find_entry(hash(key), |&slot| key_at(pages, slot) == Some(key))
+            .ok()?;
+        Some(entry.remove().0)
+    }
+
     /// The slot of `key`'s record.
     pub fn find(&self, key: ConnectionKey) -> Option<u32> {
         let index = match key {
@@ -124,10 +141,8 @@ impl<T: Keyed> Table<T> {
             Some(slot) => slot,
             None => {
                 let slot = self.take_free_slot();
-                let (index, pages) = self.index_mut(key);
-                index.insert_unique(hash(key), slot, |&other| {
-                    hash(key_at(pages, other).expect("indexed slots hold a record"))
-                });
+                // A resize rehashes only the slots already filed, never this one.
+                self.file(key, slot);
                 slot
             }
         };
@@ -138,12 +153,7 @@ impl<T: Keyed> Table<T> {
 
     /// Takes the record of `key` out.
     pub fn remove(&mut self, key: ConnectionKey) -> Option<T> {
-        let (index, pages) = self.index_mut(key);
-        let slot = index
-            .find_entry(hash(key), |&slot| key_at(pages, slot) == Some(key))
-            .ok()?
-            .remove()
-            .0;
+        let slot = self.unfile(key)?;
         self.free.push(slot);
         let slot_index = slot as usize;
         let record = self.pages[slot_index / PAGE][slot_index % PAGE].take();
@@ -162,19 +172,13 @@ impl<T: Keyed> Table<T> {
         if self.contains_key(to) {
             return false;
         }
-        let (index, pages) = self.index_mut(from);
-        let Ok(entry) = index.find_entry(hash(from), |&slot| key_at(pages, slot) == Some(from))
-        else {
+        let Some(slot) = self.unfile(from) else {
             return false;
         };
-        let slot = entry.remove().0;
         let record = self.at_mut(slot).expect("an indexed slot holds a record");
         change(record);
         debug_assert_eq!(record.key(), to, "the change gives the record its new key");
-        let (index, pages) = self.index_mut(to);
-        index.insert_unique(hash(to), slot, |&other| {
-            hash(key_at(pages, other).expect("indexed slots hold a record"))
-        });
+        self.file(to, slot);
         true
     }
 

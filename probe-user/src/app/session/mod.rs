@@ -172,7 +172,7 @@ impl Session {
                 exits.watch(process.pid);
             }
         }
-        tracker.seed_all(&existing, attach);
+        tracker.seed(&existing, attach);
         let (sink, keys) = outputs::make(config, targets, metrics_listener)?;
         let ticks = sink.wants_ticks();
         Ok(Session {

@@ -152,22 +152,17 @@ impl Tracker {
         self.processes.insert(pid, Arc::from(comm));
     }
 
-    /// Adds the connections that were already open when probe attached at `now` (see
-    /// [`Tracker::seed`]); those whose local endpoint is one of theirs listening were accepted.
-    pub fn seed_all(&mut self, sockets: &[ExistingSocket], now: Timestamp) {
+    /// Adds the connections that were already open when probe attached at `now`. A CLOSE_WAIT
+    /// one is due at once; an ESTABLISHED one when it has been idle for the threshold. A socket
+    /// in CLOSE (created, never connected) is no connection: its connect or listen will be seen.
+    /// Those whose local endpoint is one of theirs listening were accepted.
+    pub fn seed(&mut self, sockets: &[ExistingSocket], now: Timestamp) {
         let listening = Listening::of(sockets);
         for socket in sockets {
             let accepted =
                 socket.state != TcpState::Listen && listening.serves(socket.endpoints.local);
             self.seed_one(socket, now, accepted);
         }
-    }
-
-    /// Adds a connection that was already open when probe attached at `now`. A CLOSE_WAIT one is
-    /// due at once; an ESTABLISHED one when it has been idle for the threshold. A socket in
-    /// CLOSE (created, never connected) is no connection: its connect or listen will be seen.
-    pub fn seed(&mut self, socket: &ExistingSocket, now: Timestamp) {
-        self.seed_one(socket, now, false);
     }
 
     fn seed_one(&mut self, socket: &ExistingSocket, now: Timestamp, accepted: bool) {

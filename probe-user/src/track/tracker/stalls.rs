@@ -187,7 +187,7 @@ mod tests {
     /// of the last refresh's time.
     fn run(first: &ExistingSocket, samples: &[ExistingSocket]) -> Vec<StuckAlert> {
         let mut tracker = tracker();
-        tracker.seed(first, at(0));
+        tracker.seed(std::slice::from_ref(first), at(0));
         let mut alerts = tracker.due_stuck(at(0), &NoCodePaths);
         for (second, sample) in (1..).zip(samples) {
             tracker.refresh_activity(std::slice::from_ref(sample), at(second * 1000));

@@ -238,11 +238,11 @@ fn close_wait_found_at_attach_is_flagged_once_its_proven_age_passes_the_threshol
     // The peer's FIN came 30 s ago at least (tcp_info's last ACK): past 5 s, flagged at once.
     let mut old = existing(7, CloseWait, Some(30), attach);
     old.last_ack_received = Some(Duration::from_secs(30));
-    tracker.seed(&old, attach);
+    tracker.seed(std::slice::from_ref(&old), attach);
     // Only 300 ms proven: flagged 4.7 s after attach if still there, never before.
     let mut young = existing(8, CloseWait, Some(1), attach);
     young.last_ack_received = Some(Duration::from_millis(300));
-    tracker.seed(&young, attach);
+    tracker.seed(std::slice::from_ref(&young), attach);
     let alerts = tracker.due_stuck(attach, &NoCodePaths);
     assert_eq!(alerts.len(), 1);
     assert!(alerts[0].connection.since_attach);
@@ -273,7 +273,7 @@ fn close_wait_found_at_attach_is_flagged_once_its_proven_age_passes_the_threshol
 #[test]
 fn an_unconnected_socket_found_at_attach_is_not_a_connection() {
     let mut tracker = tracker();
-    tracker.seed(&existing(7, Close, None, at(0)), at(0));
+    tracker.seed(&[existing(7, Close, None, at(0))], at(0));
     assert_eq!(tracker.open_count(), 0);
     assert!(tracker.due_stuck(at(100_000), &NoCodePaths).is_empty());
 }
@@ -281,7 +281,7 @@ fn an_unconnected_socket_found_at_attach_is_not_a_connection() {
 #[test]
 fn a_connection_found_at_attach_is_adopted_by_its_first_transition() {
     let mut tracker = tracker();
-    tracker.seed(&existing(7, CloseWait, None, at(0)), at(0));
+    tracker.seed(&[existing(7, CloseWait, None, at(0))], at(0));
     let change = tracker.apply(&t(7, CloseWait, LastAck, 500));
     assert_eq!(change.in_old, None, "entered before attach: unknown");
     assert_eq!(change.inode, Some(7));
@@ -308,12 +308,12 @@ fn connections_found_at_attach_are_adopted_by_cookie_exactly_and_by_endpoints_wi
         let mut socket = existing(inode, CloseWait, None, at(0));
         socket.endpoints = t(inode.div_ceil(2), Close, Close, 0).endpoints;
         socket.cookie = 1_000_000 + inode;
-        tracker.seed(&socket, at(0));
+        tracker.seed(std::slice::from_ref(&socket), at(0));
     }
     // One more, found without a cookie (a kernel without cookies in sock_diag).
     let mut no_cookie = existing(SEEDED + 1, CloseWait, None, at(0));
     no_cookie.endpoints = t(9_999, Close, Close, 0).endpoints;
-    tracker.seed(&no_cookie, at(0));
+    tracker.seed(std::slice::from_ref(&no_cookie), at(0));
     for inode in (1..=SEEDED).rev() {
         let mut first = t(0xffff_0000 + inode, CloseWait, LastAck, 10);
         first.endpoints = t(inode.div_ceil(2), Close, Close, 0).endpoints;
@@ -341,9 +341,9 @@ fn idle_established_found_at_attach_is_flagged_when_idle_for_the_threshold() {
     let mut tracker = tracker();
     let attach = at(100_000);
     // Idle 50s at attach, threshold 60s: due 10s later, not before.
-    tracker.seed(&existing(1, Established, Some(50), attach), attach);
+    tracker.seed(&[existing(1, Established, Some(50), attach)], attach);
     // Idle 70s at attach: due at once.
-    tracker.seed(&existing(2, Established, Some(70), attach), attach);
+    tracker.seed(&[existing(2, Established, Some(70), attach)], attach);
     let now_keys = |alerts: Vec<StuckAlert>| -> Vec<ConnectionKey> {
         alerts.iter().map(|a| a.connection.key).collect()
     };
@@ -475,7 +475,7 @@ fn connections_found_accepted_are_grouped_by_the_service_and_those_opened_by_the
     // Opened by this side, to two ports of one server.
     found.push(socket(20, CloseWait, "10.0.0.1:40001", "10.0.0.7:443"));
     found.push(socket(21, CloseWait, "10.0.0.1:40002", "10.0.0.7:443"));
-    tracker.seed_all(&found, attach);
+    tracker.seed(&found, attach);
     assert_eq!(tracker.due_stuck(attach, &NoCodePaths).len(), 5);
     let tally = tracker.stuck_tally();
     let groups: BTreeMap<SocketAddr, usize> = tally
