@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 
 use crate::{
-    bpf::{Streams, Tracer, privilege},
+    bpf::{OpenFilesRun, Streams, Tracer, privilege},
     cli::{Command, Config, Kernel, Scope},
     clock::monotonic_now,
     output::escape::terminal,
@@ -159,7 +159,7 @@ fn attach(config: &Config) -> anyhow::Result<Attached> {
     let mut namespaces = Namespaces::default();
     let strict = config.scope == Scope::Processes;
     let started = std::time::Instant::now();
-    let mut read_at_once = || tracer.open_files();
+    let mut read_at_once = || tracer.open_files().and_then(OpenFilesRun::read);
     let fd_tables = match config.scope {
         Scope::Processes => FdTables::Proc,
         Scope::Host | Scope::Cgroups { .. } => FdTables::AllAtOnce(&mut read_at_once),

@@ -22,6 +22,7 @@ use probe_common::{
 
 pub use error::LoadError;
 use error::{BTF_HINT, chain, map_error, refused};
+pub use open_files::OpenFilesRun;
 
 use crate::track::{Endpoints, ExistingSocket, Losses};
 
@@ -346,23 +347,16 @@ impl Tracer {
         }
     }
 
-    /// Every process's open files, as [`OpenFile`](probe_common::OpenFile) records from the
-    /// kernel's `task_file` iterator; `None` where it is not loaded (tracing named processes,
-    /// or a kernel without BTF) or could not be read: the snapshot reads `/proc` then.
-    pub fn open_files(&mut self) -> Option<Vec<u8>> {
+    /// A run of the kernel's `task_file` iterator over every process's open files, to be read
+    /// ([`OpenFilesRun::read`]); `None` where it is not loaded (tracing named processes, or a
+    /// kernel without BTF) or could not be started: the snapshot reads `/proc` then.
+    pub fn open_files(&mut self) -> Option<OpenFilesRun> {
         if !self.open_files {
             return None;
         }
-        let started = std::time::Instant::now();
-        let records = open_files::read(&mut self.ebpf)
+        open_files::open(&mut self.ebpf)
             .map_err(|error| log::debug!("open files read from /proc: {}", chain(&error)))
-            .ok()?;
-        log::debug!(
-            "{} bytes of open files read from the kernel's task_file iterator in {:?}",
-            records.len(),
-            started.elapsed()
-        );
-        Some(records)
+            .ok()
     }
 
     /// Starts tracing process `pid` (all its threads); false when the target map is full.

@@ -2,7 +2,10 @@
 //! [`crate::snapshot::OpenFiles`] for what is made of them). Host-wide and in cgroups, where a
 //! snapshot concerns most processes of the host, this replaces a `readlink` per descriptor.
 
-use std::io::{self, Read};
+use std::{
+    fs::File,
+    io::{self, Read},
+};
 
 use aya::{
     Btf, BtfError, Ebpf,
@@ -32,15 +35,42 @@ pub(super) fn load(ebpf: &mut Ebpf) -> Result<(), OpenFilesError> {
     Ok(())
 }
 
-/// Runs the loaded iterator over every open file of every process: its
-/// [`OpenFile`](probe_common::OpenFile) records, back to back.
-pub(super) fn read(ebpf: &mut Ebpf) -> Result<Vec<u8>, OpenFilesError> {
+/// Starts a run of the loaded iterator over every open file of every process.
+pub(super) fn open(ebpf: &mut Ebpf) -> Result<OpenFilesRun, OpenFilesError> {
     let program = program(ebpf)?;
     let link = program.attach()?;
-    let mut file = program.take_link(link)?.into_file()?;
-    let mut records = Vec::new();
-    file.read_to_end(&mut records)?;
-    Ok(records)
+    let file = program.take_link(link)?.into_file()?;
+    Ok(OpenFilesRun { file })
+}
+
+/// A run of the `task_file` iterator, opened and not yet read: the kernel walks every
+/// process's files as it is read, which may take seconds on a large host and may happen on
+/// another thread than the one that holds the program.
+#[derive(Debug)]
+pub struct OpenFilesRun {
+    file: File,
+}
+
+impl OpenFilesRun {
+    /// Its [`OpenFile`](probe_common::OpenFile) records, back to back; `None` where they could
+    /// not be read (the snapshot reads `/proc` then).
+    pub fn read(mut self) -> Option<Vec<u8>> {
+        let started = std::time::Instant::now();
+        let mut records = Vec::new();
+        if let Err(error) = self.file.read_to_end(&mut records) {
+            log::debug!(
+                "open files read from /proc: {}",
+                super::chain(&OpenFilesError::Read(error))
+            );
+            return None;
+        }
+        log::debug!(
+            "{} bytes of open files read from the kernel's task_file iterator in {:?}",
+            records.len(),
+            started.elapsed()
+        );
+        Some(records)
+    }
 }
 
 fn program(ebpf: &mut Ebpf) -> Result<&mut Iter, OpenFilesError> {

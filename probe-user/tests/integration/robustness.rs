@@ -1,6 +1,6 @@
 //! Hard to break: bad input, signals, privileges, kernel limits, memory under churn.
 
-use std::{io::BufRead, process::Command, thread, time::Duration};
+use std::{io::BufRead, net::SocketAddr, process::Command, thread, time::Duration};
 
 use crate::harness::{
     Helper, Idle, Probe, Role, ServerMode, TestResult, WAIT, ensure, of_type, render, server,
@@ -259,6 +259,57 @@ pub fn a_ring_buffer_overflow_is_counted_and_probe_keeps_up() -> TestResult {
         stderr_before.clone()
     })?;
     client.finish()
+}
+
+/// Host-wide, every refresh reads the whole host's socket table, which takes a while with tens
+/// of thousands of sockets open, and a busy process's events keep coming meanwhile: none is
+/// lost. (The table is read on a thread of its own while the event loop drains the ring
+/// buffer, here 1 MiB: a tenth of a second of this churn.)
+pub fn no_event_is_lost_while_a_refresh_reads_a_large_socket_table() -> TestResult {
+    // Two servers and two clients, each holding 12,000 (under a 20,000 open files limit).
+    const PER_PAIR: usize = 12_000;
+    let mut helpers = Vec::new();
+    for _ in 0..2 {
+        let mut holder = Helper::start(&Role::HoldingServer {
+            bind: "127.0.0.1:0".parse().map_err(|_| "bad address")?,
+        })?;
+        let port = holder.hear_port()?;
+        let mut clients = Helper::start(&Role::HoldClients {
+            server: SocketAddr::from(([127, 0, 0, 1], port)),
+            count: PER_PAIR,
+        })?;
+        clients.say("go")?;
+        ensure(clients.hear()? == "ready", || {
+            format!("{PER_PAIR} connections could not be opened (is the open files limit lower?)")
+        })?;
+        helpers.extend([clients, holder]);
+    }
+    let mut churn = Helper::start(&Role::Churn { seconds: 8 })?;
+    let probe = Probe::start(&["--ring-buffer-kib", "1024", "--verbose"])?;
+    churn.say("go")?;
+    let connections: u64 = churn.hear()?.parse().map_err(|_| "no count from churn")?;
+    let (records, stderr) = probe.stop_with_stderr()?;
+    let summary = records.last().ok_or("no summary")?;
+    let refreshes = stderr.matches("tcp_info refresh took").count();
+    eprintln!(
+        "{connections} connections churned beside {} held sockets; {refreshes} refreshes; {} \
+         events lost",
+        4 * PER_PAIR,
+        summary["lost_events"]
+    );
+    ensure(refreshes >= 2, || {
+        format!("{refreshes} refreshes: {stderr}")
+    })?;
+    ensure(summary["lost_events"] == 0, || {
+        format!("events lost: {}", summary["lost_events"])
+    })?;
+    // Both ends of every churned connection closed, and probe saw each close.
+    let closed = summary["closed"]["total"].as_u64().unwrap_or(0);
+    ensure(closed >= 2 * connections, || {
+        format!("{closed} closes seen for {connections} connections")
+    })?;
+    churn.finish()?;
+    helpers.into_iter().try_for_each(Helper::finish)
 }
 
 /// More sockets than `--max-sockets`: the untracked ones are counted and reported; probe goes on.

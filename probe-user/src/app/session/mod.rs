@@ -3,6 +3,7 @@
 //! wakeup's work; [`Session::finish`] drains what is left the same way and writes the summary.
 
 mod processes;
+mod refresher;
 
 use std::{io, path::PathBuf, time::Duration};
 
@@ -15,6 +16,8 @@ use tokio::{
     time::{Instant, sleep, sleep_until},
 };
 
+use refresher::{Reading, Refresher};
+
 use super::{
     Attached,
     outputs::{self, KeysReceiver},
@@ -26,7 +29,6 @@ use crate::{
     clock::monotonic_now,
     output::{Key, KeyOutcome, Outputs, Sink, filter::Filtered},
     process::{self, watch::ExitWatch},
-    snapshot::Namespaces,
     symbolize::CodePaths,
     track::{
         CodePathSource, NoCodePaths, StateChange, Tracker, Transition,
@@ -72,6 +74,8 @@ enum Wake {
     Work,
     Exited(u32),
     Key(Key),
+    /// A refresh's reading is done.
+    Refreshed(Reading),
     Stop(Stop),
 }
 
@@ -118,8 +122,8 @@ pub struct Session {
     /// A report still wants the summary when nobody reads stdout any more.
     reports: bool,
     schedule: Schedule,
-    /// The traced processes' network namespaces, kept open.
-    namespaces: Namespaces,
+    /// Reads the fd tables and sockets for each refresh, on a thread of its own.
+    refresher: Refresher,
     /// Whose connections are traced.
     scope: Watched,
     /// How fast things pile up and run out, per process and destination.
@@ -200,7 +204,8 @@ impl Session {
             follow: config.targets.follow_forks,
             waits_for_new: config.targets.follow_forks && config.targets.comm.is_some(),
             reports: config.report.is_some(),
-            namespaces,
+            refresher: Refresher::start(namespaces)
+                .context("cannot start the thread that reads the socket table")?,
             schedule: Schedule {
                 refresh_every: config.thresholds.refresh_every(),
                 refreshed_at: Instant::now(),
@@ -227,7 +232,9 @@ impl Session {
 
     /// Waits for the next thing to do.
     async fn wait(&mut self) -> anyhow::Result<Wake> {
-        let next = self.schedule.next_due(&self.tracker);
+        let next = self
+            .schedule
+            .next_due(&self.tracker, self.refresher.under_way());
         let Session {
             streams,
             exits,
@@ -235,6 +242,7 @@ impl Session {
             keys,
             signals,
             schedule,
+            refresher,
             ..
         } = self;
         tokio::select! {
@@ -254,6 +262,7 @@ impl Session {
                 Ok(Wake::Work)
             }
             pid = exits.next_exit() => Ok(Wake::Exited(pid)),
+            Some(reading) = refresher.done() => Ok(Wake::Refreshed(reading)),
             _ = async { stdout.as_ref()?.ready(Interest::ERROR).await.ok() }, if stdout.is_some() => {
                 Ok(Wake::Stop(Stop::OutputClosed))
             }
@@ -266,11 +275,17 @@ impl Session {
         }
     }
 
-    /// One wakeup's work: exits and keys, forks and execs, a tcp_info refresh when due, every
-    /// waiting event through the tracker to the sinks, stuck connections, the table tick.
+    /// One wakeup's work: exits and keys, forks and execs, a refresh's reading applied when
+    /// done and the next one started when due, every waiting event through the tracker to the
+    /// sinks, stuck connections, the table tick.
     fn pump(&mut self, wake: Wake) -> anyhow::Result<Option<Stop>> {
+        let mut reading = None;
         let mut stop = match wake {
             Wake::Work => None,
+            Wake::Refreshed(done) => {
+                reading = Some(done);
+                None
+            }
             Wake::Exited(pid) => self.exited(pid)?,
             Wake::Key(key) => (self.sink.key(key) == KeyOutcome::Quit).then_some(Stop::Asked),
             Wake::Stop(stop) => Some(stop),
@@ -278,6 +293,10 @@ impl Session {
         // Forks and execs before transitions, whatever woke the loop: a process that has just
         // exec'd may already have connected, and its transitions must carry its new name.
         self.follow_processes()?;
+        let abandoned = match reading {
+            Some(reading) => self.refreshed(reading)?,
+            None => Vec::new(),
+        };
         // Fresh tcp_info before deciding whether an ESTABLISHED connection is idle, and now and
         // then for the summary's figures.
         let deadline_due = self
@@ -285,23 +304,11 @@ impl Session {
             .next_deadline()
             .is_some_and(|d| d <= monotonic_now());
         let since_refresh = self.schedule.refreshed_at.elapsed();
-        let abandoned = if since_refresh >= self.schedule.refresh_gap(self.schedule.refresh_every)
+        if since_refresh >= self.schedule.refresh_gap(self.schedule.refresh_every)
             || (deadline_due && since_refresh >= self.schedule.refresh_gap(FRESH_ACTIVITY))
         {
-            let started = Instant::now();
-            let abandoned = self.refresh()?;
-            self.schedule.refresh_took = started.elapsed();
-            let trimming = Instant::now();
-            super::give_back_freed_memory();
-            log::debug!(
-                "tcp_info refresh took {:?}, giving its memory back {:?}",
-                self.schedule.refresh_took,
-                trimming.elapsed()
-            );
-            abandoned
-        } else {
-            Vec::new()
-        };
+            self.request_refresh();
+        }
         let shown = self.show(&abandoned).and_then(|()| {
             if Instant::now() >= self.schedule.next_tick {
                 self.schedule.next_tick = Instant::now() + TICK;
@@ -329,7 +336,17 @@ impl Session {
             sleep(EXIT_GRACE).await;
         }
         self.schedule.finishing = true;
-        let abandoned = self.refresh()?;
+        // A last reading, for the summary's figures: the one under way, or a new one.
+        self.request_refresh();
+        let reading = if self.refresher.under_way() {
+            self.refresher.done().await
+        } else {
+            None
+        };
+        let abandoned = match reading {
+            Some(reading) => self.refreshed(reading)?,
+            None => Vec::new(),
+        };
         self.follow_processes()?;
         let shown = self.show(&abandoned);
         self.streams.logs.get_mut().flush();
@@ -361,6 +378,23 @@ impl Session {
             }
             _ => Ok(()),
         }
+    }
+
+    /// A refresh's reading is done: the tracker brought up to date with it, its memory given
+    /// back; the connections it found abandoned, for the sinks.
+    fn refreshed(&mut self, reading: Reading) -> anyhow::Result<Vec<StateChange>> {
+        let applying = Instant::now();
+        let abandoned = self.apply_refresh(reading)?;
+        self.schedule.refresh_took = self.schedule.refreshed_at.elapsed();
+        let trimming = Instant::now();
+        super::give_back_freed_memory();
+        log::debug!(
+            "tcp_info refresh took {:?} ({:?} of it in the event loop), giving its memory back {:?}",
+            self.schedule.refresh_took,
+            trimming - applying,
+            trimming.elapsed()
+        );
+        Ok(abandoned)
     }
 
     /// Connections that ended outside the kernel's view (`changes`), then every event waiting.
@@ -419,6 +453,10 @@ impl Session {
                 break;
             }
         }
+        // An idle connection is judged on the reading under way, if any: it may show it busy.
+        if self.refresher.under_way() {
+            return Ok(());
+        }
         let code_paths: &dyn CodePathSource = match &self.code_paths {
             Some(code_paths) => code_paths,
             None => &NoCodePaths,
@@ -465,21 +503,23 @@ impl Schedule {
     }
 
     /// How long to sleep: until the next stuck deadline, refresh or tick, at most
-    /// [`MAX_IDLE_TICK`].
-    fn next_due(&self, tracker: &Tracker) -> Duration {
+    /// [`MAX_IDLE_TICK`]. While a refresh's reading is under way, deadlines and the next
+    /// refresh wait for it (its end wakes the loop).
+    fn next_due(&self, tracker: &Tracker, refreshing: bool) -> Duration {
         if self.backlog {
             return Duration::ZERO;
+        }
+        let until_tick = self.next_tick.saturating_duration_since(Instant::now());
+        if refreshing {
+            return until_tick.min(MAX_IDLE_TICK);
         }
         let until_deadline = tracker.next_deadline().map_or(MAX_IDLE_TICK, |deadline| {
             deadline.saturating_since(monotonic_now())
         });
         let next_refresh = self.refreshed_at + self.refresh_gap(self.refresh_every);
         until_deadline
-            .min(
-                next_refresh
-                    .min(self.next_tick)
-                    .saturating_duration_since(Instant::now()),
-            )
+            .min(until_tick)
+            .min(next_refresh.saturating_duration_since(Instant::now()))
             .min(MAX_IDLE_TICK)
     }
 }

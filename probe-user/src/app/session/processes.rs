@@ -6,7 +6,10 @@ use tokio::time::Instant;
 
 use std::collections::HashMap;
 
-use super::{Session, Stop, Watched};
+use super::{
+    Session, Stop, Watched,
+    refresher::{Reading, Request},
+};
 use crate::{
     clock::monotonic_now,
     output::escape::terminal,
@@ -68,21 +71,32 @@ impl Session {
         Ok(())
     }
 
-    /// Samples tcp_info of the running targets' sockets (one sock_diag dump per namespace),
-    /// and brings owners up to date with who holds each socket: the connections nobody holds
-    /// any more whose process exited end here, for the sinks to show.
-    pub(super) fn refresh(&mut self) -> anyhow::Result<Vec<StateChange>> {
+    /// Starts reading the running targets' fd tables and sockets (one sock_diag dump per
+    /// namespace) on the refresher's thread, unless a reading is under way.
+    pub(super) fn request_refresh(&mut self) {
+        if self.refresher.under_way() {
+            return;
+        }
         self.schedule.refreshed_at = Instant::now();
-        let pids = self.watched_pids();
         let strict = matches!(self.scope, Watched::Processes);
-        let tracer = &mut self.tracer;
-        let mut read_at_once = || tracer.open_files();
-        let fd_tables = if strict {
-            snapshot::FdTables::Proc
-        } else {
-            snapshot::FdTables::AllAtOnce(&mut read_at_once)
+        let request = Request {
+            pids: self.watched_pids(),
+            strict,
+            open_files: if strict {
+                None
+            } else {
+                self.tracer.open_files()
+            },
         };
-        let mut snapshot = match snapshot::take(&pids, &mut self.namespaces, strict, fd_tables) {
+        self.refresher.request(request);
+    }
+
+    /// Brings the tracker up to date with a reading: tcp_info of the targets' sockets, and
+    /// owners with who holds each socket; the connections nobody holds any more whose process
+    /// exited end here, for the sinks to show.
+    pub(super) fn apply_refresh(&mut self, reading: Reading) -> anyhow::Result<Vec<StateChange>> {
+        let Reading { snapshot, started } = reading;
+        let mut snapshot = match snapshot {
             Ok(snapshot) => snapshot,
             Err(error) => {
                 // A permission problem, say: the next refresh will try again.
@@ -112,7 +126,10 @@ impl Session {
         let exits = &self.exits;
         let alive = |pid: u32| exits.is_alive(pid) || process::is_running(pid);
         let mut abandoned = Vec::new();
-        for (change, key) in self.tracker.reconcile_holders(&holders, alive, now) {
+        for (change, key) in self
+            .tracker
+            .reconcile_holders(&holders, started, alive, now)
+        {
             // The kernel side stops following it too.
             match key.socket() {
                 Some(socket) => self.tracer.forget_socket(socket)?,

@@ -28,15 +28,17 @@ impl Tracker {
             .collect()
     }
 
-    /// Brings owners up to date with `holders` (who holds each socket now): a connection its
-    /// owner no longer holds belongs to whoever does; one held by several lists them all. One
-    /// that nobody holds (or whose socket is gone) and whose owner has exited (`alive` says
-    /// no) is let go: it ends as
+    /// Brings owners up to date with `holders` (who holds each socket, as read from
+    /// `read_from` on): a connection its owner no longer holds belongs to whoever does; one held
+    /// by several lists them all. One that nobody holds (or whose socket is gone) and whose
+    /// owner has exited (`alive` says no) is let go: it ends as
     /// [`crate::track::Ending::Abandoned`], returned for the sinks, and its socket address for
-    /// the kernel side to forget.
+    /// the kernel side to forget. A connection that changed state after `read_from` is left
+    /// for the next reading: this one may have missed it.
     pub fn reconcile_holders(
         &mut self,
         holders: &Holders,
+        read_from: Timestamp,
         alive: impl Fn(u32) -> bool,
         now: Timestamp,
     ) -> Vec<(StateChange, ConnectionKey)> {
@@ -60,6 +62,10 @@ impl Tracker {
                         self.co_holders.insert(key, others);
                     }
                 }
+                // Newer than the reading: not in it, or not as it is now.
+                _ if connection
+                    .state_since()
+                    .is_some_and(|since| since > read_from) => {}
                 // Held by nobody (or not even in the kernel's table any more, so no inode), and
                 // its process has exited.
                 _ if !alive(connection.pid) => abandoned.push(key),

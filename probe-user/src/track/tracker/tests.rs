@@ -501,3 +501,19 @@ fn connections_found_accepted_are_grouped_by_the_service_and_those_opened_by_the
         .unwrap();
     assert_eq!(view.connection.known_by, accepted.endpoints.local);
 }
+
+#[test]
+fn a_reading_begun_before_a_connection_changed_does_not_let_it_go() {
+    let mut tracker = tracker();
+    open_client(&mut tracker, 1, 0);
+    open_client(&mut tracker, 2, 5_000);
+    // A reading begun at 3 s holds neither, and their process has exited since: the one
+    // established before the reading began is let go; the other, newer than the reading, waits
+    // for the next one.
+    let abandoned = tracker.reconcile_holders(&Holders::default(), at(3_000), |_| false, at(6_000));
+    let sockets: Vec<Option<u64>> = abandoned.iter().map(|(_, key)| key.socket()).collect();
+    assert_eq!(sockets, [Some(1)]);
+    let abandoned = tracker.reconcile_holders(&Holders::default(), at(5_500), |_| false, at(7_000));
+    let sockets: Vec<Option<u64>> = abandoned.iter().map(|(_, key)| key.socket()).collect();
+    assert_eq!(sockets, [Some(2)]);
+}
