@@ -1,7 +1,7 @@
 //! The sinks the configuration asks for, behind the one filter they share.
 
 use std::{
-    io::{self, BufWriter, IsTerminal},
+    io::{self, IsTerminal},
     net::SocketAddr,
     path::Path,
 };
@@ -17,6 +17,7 @@ use crate::{
         json::JsonSink,
         live::LiveView,
         metrics::{self, Metrics, WebConfig},
+        queue::{OutputQueue, Room},
         report::Report,
         text::TextSink,
     },
@@ -52,13 +53,21 @@ impl MetricsListener {
 /// The keys the live view reads, when there is one.
 pub type KeysReceiver = tokio::sync::mpsc::UnboundedReceiver<Key>;
 
-/// The sinks, and the live view's keys when there is one. `targets` names what is traced, for
-/// the headers.
+/// The sinks, what is made of them.
+pub struct Made {
+    pub sink: Filtered<Outputs>,
+    /// The live view's keys, when there is one.
+    pub keys: Option<KeysReceiver>,
+    /// How far the reader of the lines on standard output is behind, when they are written.
+    pub output_room: Option<Room>,
+}
+
+/// The sinks the configuration asks for. `targets` names what is traced, for the headers.
 pub fn make(
     config: &Config,
     targets: String,
     metrics_listener: Option<MetricsListener>,
-) -> anyhow::Result<(Filtered<Outputs>, Option<KeysReceiver>)> {
+) -> anyhow::Result<Made> {
     let clock = WallClock::now();
     // The report file and the metrics server first: their errors and notes go to a terminal
     // the live view has not taken over yet.
@@ -77,6 +86,7 @@ pub fn make(
     };
     let mut outputs = Outputs::default();
     let mut keys = None;
+    let mut output_room = None;
     let stdout = io::stdout();
     let terminal = stdout.is_terminal();
     if config.view == View::Live && !terminal {
@@ -89,18 +99,19 @@ pub fn make(
         outputs.push(Box::new(live));
         keys = Some(received);
     } else {
-        // Large enough that a burst of events makes few writes; flushed after every batch anyway.
-        let out = BufWriter::with_capacity(64 * 1024, stdout);
+        // Written on a thread of its own: a slow reader drops transition lines, not events.
+        let out = OutputQueue::start(stdout).context("cannot start the output thread")?;
+        let room = out.room();
         if config.view == View::Json {
-            outputs.push(Box::new(JsonSink::new(out, clock, config.transitions)));
+            outputs.push(Box::new(
+                JsonSink::new(out, clock, config.transitions).with_room(room.clone()),
+            ));
         } else {
-            outputs.push(Box::new(TextSink::new(
-                out,
-                clock,
-                terminal,
-                config.transitions,
-            )));
+            outputs.push(Box::new(
+                TextSink::new(out, clock, terminal, config.transitions).with_room(room.clone()),
+            ));
         }
+        output_room = Some(room);
     }
     if let Some(report) = report {
         outputs.push(Box::new(report));
@@ -109,5 +120,9 @@ pub fn make(
         outputs.push(Box::new(metrics));
     }
     // One filter for all: the table is filtered once per tick, not once per sink.
-    Ok((Filtered::new(config.filter.clone(), outputs), keys))
+    Ok(Made {
+        sink: Filtered::new(config.filter.clone(), outputs),
+        keys,
+        output_room,
+    })
 }

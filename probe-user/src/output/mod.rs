@@ -7,6 +7,7 @@ pub mod json;
 pub mod line;
 pub mod live;
 pub mod metrics;
+pub mod queue;
 pub mod report;
 pub mod text;
 
@@ -125,11 +126,11 @@ impl Sink for Outputs {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
+    use std::{io, time::Duration};
 
     use probe_common::{Attribution, TcpState, TcpState::*};
 
-    use super::{Sink, json::JsonSink, text::TextSink};
+    use super::{Sink, json::JsonSink, queue, text::TextSink};
     use crate::{
         clock::WallClock,
         track::{Endpoints, Losses, Thresholds, Timestamp, Tracker, Transition},
@@ -316,5 +317,51 @@ mod tests {
             assert!(value["type"].is_string(), "{line}");
         }
         insta::assert_snapshot!(text);
+    }
+
+    /// The lines of `output`'s JSON records, by type.
+    fn types(output: &[u8]) -> Vec<String> {
+        String::from_utf8_lossy(output)
+            .lines()
+            .map(|line| {
+                let value: serde_json::Value = serde_json::from_str(line).unwrap();
+                value["type"].as_str().unwrap().to_string()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn transition_lines_give_way_when_the_reader_is_behind_and_nothing_else_does() {
+        /// A destination the test reads after the queue is gone.
+        #[derive(Clone, Default)]
+        struct Shared(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+        impl io::Write for Shared {
+            fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut all = Vec::new();
+        scenario(&mut JsonSink::new(&mut all, clock(), true));
+        let all = types(&all);
+        let transitions = all.iter().filter(|t| *t == "transition").count();
+
+        // No room at all: the reader is behind from the start.
+        let out = Shared::default();
+        let queue = queue::OutputQueue::with_room(out.clone(), 0).unwrap();
+        let room = queue.room();
+        let mut sink = JsonSink::new(queue, clock(), true).with_room(room.clone());
+        scenario(&mut sink);
+        drop(sink);
+        let kept = types(&out.0.lock().unwrap());
+        assert!(transitions > 0);
+        assert_eq!(room.lines_dropped(), transitions as u64);
+        let others: Vec<&String> = all.iter().filter(|t| *t != "transition").collect();
+        assert_eq!(kept.iter().collect::<Vec<_>>(), others);
+        assert!(kept.contains(&"stuck".to_string()));
+        assert_eq!(kept.last().map(String::as_str), Some("summary"));
     }
 }

@@ -27,7 +27,7 @@ use crate::{
     bpf::Tracer,
     cli::{Config, Scope},
     clock::monotonic_now,
-    output::{Key, KeyOutcome, Outputs, Sink, filter::Filtered},
+    output::{Key, KeyOutcome, Outputs, Sink, filter::Filtered, queue::Room},
     process::{self, watch::ExitWatch},
     symbolize::CodePaths,
     track::{
@@ -124,6 +124,8 @@ pub struct Session {
     schedule: Schedule,
     /// Reads the fd tables and sockets for each refresh, on a thread of its own.
     refresher: Refresher,
+    /// How far the reader of standard output's lines is behind, when they are written.
+    output_room: Option<Room>,
     /// Whose connections are traced.
     scope: Watched,
     /// How fast things pile up and run out, per process and destination.
@@ -177,7 +179,11 @@ impl Session {
             }
         }
         tracker.seed(&existing, attach);
-        let (sink, keys) = outputs::make(config, targets, metrics_listener)?;
+        let outputs::Made {
+            sink,
+            keys,
+            output_room,
+        } = outputs::make(config, targets, metrics_listener)?;
         let ticks = sink.wants_ticks();
         Ok(Session {
             scope,
@@ -204,6 +210,7 @@ impl Session {
             follow: config.targets.follow_forks,
             waits_for_new: config.targets.follow_forks && config.targets.comm.is_some(),
             reports: config.report.is_some(),
+            output_room,
             refresher: Refresher::start(namespaces)
                 .context("cannot start the thread that reads the socket table")?,
             schedule: Schedule {
@@ -370,6 +377,16 @@ impl Session {
                 counters.read_failed,
                 losses.untracked_sockets,
                 counters.target_map_full
+            );
+        }
+        let dropped = self.output_room.as_ref().map_or(0, Room::lines_dropped);
+        if dropped > 0 {
+            eprintln!(
+                "probe: warning: {dropped} transition line(s) not written: the reader of \
+                 standard output fell more than {} MiB behind (the alerts, the table and the \
+                 summary are complete); write to a file, or show fewer transitions (--state, \
+                 --port, --remote)",
+                crate::output::queue::ROOM >> 20
             );
         }
         match shown.and_then(|()| self.sink.summary(&summary)) {

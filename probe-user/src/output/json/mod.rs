@@ -23,6 +23,7 @@ use super::{
     escape::json_controls,
     format::{TimeWriter, rfc3339},
     line::Line,
+    queue::Room,
 };
 
 /// Writes NDJSON to `out`.
@@ -32,6 +33,8 @@ pub struct JsonSink<W: Write> {
     times: TimeWriter,
     /// The transition line being written.
     line: Line,
+    /// Where the output waits for its reader: transition lines are dropped while it is full.
+    room: Option<Room>,
     /// Write a line per transition (host-wide, only when asked: `--transitions`).
     transitions: bool,
 }
@@ -44,8 +47,15 @@ impl<W: Write> JsonSink<W> {
             clock,
             times: TimeWriter::default(),
             line: Line::default(),
+            room: None,
             transitions,
         }
+    }
+
+    /// Drops transition lines (counted by `room`) while `room` says the reader is behind.
+    pub fn with_room(mut self, room: Room) -> Self {
+        self.room = Some(room);
+        self
     }
 
     fn line(&mut self, value: &impl Serialize) -> io::Result<()> {
@@ -280,7 +290,7 @@ impl<W: Write> Sink for JsonSink<W> {
     /// Written field by field: this is the line probe writes for every event, and only the
     /// process name can need escaping (the same fields as the other records, no allocation).
     fn transition(&mut self, change: &StateChange) -> io::Result<()> {
-        if !self.transitions {
+        if !self.transitions || self.room.as_ref().is_some_and(|room| !room.admits_line()) {
             return Ok(());
         }
         let line = &mut self.line;

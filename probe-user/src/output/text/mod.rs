@@ -16,6 +16,7 @@ use super::{
     escape::terminal,
     format::{TimeWriter, age, short_duration, write_short_duration},
     line::Line,
+    queue::Room,
 };
 
 /// Writes text for people to `out`.
@@ -30,6 +31,8 @@ pub struct TextSink<W: Write> {
     times: TimeWriter,
     /// The transition line being written.
     line: Line,
+    /// Where the output waits for its reader: transition lines are dropped while it is full.
+    room: Option<Room>,
 }
 
 impl<W: Write> TextSink<W> {
@@ -44,7 +47,14 @@ impl<W: Write> TextSink<W> {
             header_written: false,
             times: TimeWriter::default(),
             line: Line::default(),
+            room: None,
         }
+    }
+
+    /// Drops transition lines (counted by `room`) while `room` says the reader is behind.
+    pub fn with_room(mut self, room: Room) -> Self {
+        self.room = Some(room);
+        self
     }
 
     fn emphasis(&self, text: &str) -> String {
@@ -70,7 +80,7 @@ impl<W: Write> TextSink<W> {
 
 impl<W: Write> Sink for TextSink<W> {
     fn transition(&mut self, change: &StateChange) -> io::Result<()> {
-        if !self.transitions {
+        if !self.transitions || self.room.as_ref().is_some_and(|room| !room.admits_line()) {
             return Ok(());
         }
         self.header()?;

@@ -1,0 +1,245 @@
+//! The line outputs' writes, handed to a thread of their own: a reader of standard output that
+//! is slower than the events (a terminal, a script parsing every line) would otherwise hold up
+//! the event loop in `write`, the kernel's ring buffer would fill, and the events lost would
+//! leave the connection table wrong (connections never seen to close, alerts for them). Up to
+//! [`ROOM`] bytes wait for the reader; beyond that, transition lines are not written (and
+//! counted: [`Room::lines_dropped`]) while the table, the alerts and the summary stay whole.
+
+use std::{
+    io::{self, Write},
+    mem,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+        mpsc,
+    },
+    thread::{self, JoinHandle},
+};
+
+/// How many bytes may wait for the reader before transition lines are dropped: about 5,000
+/// lines, a few tens of milliseconds of a busy churn.
+pub const ROOM: usize = 1 << 20;
+
+/// What the loop and the writing thread share.
+#[derive(Debug, Default)]
+struct Shared {
+    /// Bytes handed over and not yet written.
+    queued: AtomicUsize,
+    /// Transition lines not written for want of room.
+    dropped: AtomicU64,
+    /// The writing thread's failure (a closed pipe, say): every later write fails the same way.
+    failed: Mutex<Option<io::ErrorKind>>,
+}
+
+/// Whether the reader keeps up: asked before a transition line is written.
+#[derive(Clone, Debug)]
+pub struct Room {
+    shared: Arc<Shared>,
+    limit: usize,
+}
+
+impl Room {
+    /// True when a transition line may be written now; false (and the line counted as
+    /// dropped) while [`ROOM`] bytes already wait for the reader.
+    pub fn admits_line(&self) -> bool {
+        if self.shared.queued.load(Ordering::Relaxed) < self.limit {
+            return true;
+        }
+        self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+        false
+    }
+
+    /// Transition lines not written so far.
+    pub fn lines_dropped(&self) -> u64 {
+        self.shared.dropped.load(Ordering::Relaxed)
+    }
+}
+
+/// A writer whose bytes are gathered until [`Write::flush`] and then written by a thread of
+/// its own to `W`; dropping it waits until everything handed over is written.
+pub struct OutputQueue<W: Write + Send + 'static> {
+    batch: Vec<u8>,
+    chunks: Option<mpsc::Sender<Vec<u8>>>,
+    shared: Arc<Shared>,
+    limit: usize,
+    writer: Option<JoinHandle<W>>,
+}
+
+impl<W: Write + Send + 'static> OutputQueue<W> {
+    /// Starts the thread that writes to `out`, with [`ROOM`] bytes of room.
+    pub fn start(out: W) -> io::Result<OutputQueue<W>> {
+        OutputQueue::with_room(out, ROOM)
+    }
+
+    /// The same, with `limit` bytes of room.
+    pub fn with_room(mut out: W, limit: usize) -> io::Result<OutputQueue<W>> {
+        let (chunks, incoming) = mpsc::channel::<Vec<u8>>();
+        let shared = Arc::new(Shared::default());
+        let writing = Arc::clone(&shared);
+        let writer = thread::Builder::new()
+            .name("probe-output".into())
+            .spawn(move || {
+                for chunk in incoming {
+                    let written = out.write_all(&chunk).and_then(|()| out.flush());
+                    writing.queued.fetch_sub(chunk.len(), Ordering::Relaxed);
+                    if let Err(error) = written {
+                        *writing.failed.lock().unwrap_or_else(|p| p.into_inner()) =
+                            Some(error.kind());
+                        break;
+                    }
+                }
+                out
+            })?;
+        Ok(OutputQueue {
+            batch: Vec::new(),
+            chunks: Some(chunks),
+            shared,
+            limit,
+            writer: Some(writer),
+        })
+    }
+
+    /// The room left for transition lines, for the sinks to ask.
+    pub fn room(&self) -> Room {
+        Room {
+            shared: Arc::clone(&self.shared),
+            limit: self.limit,
+        }
+    }
+
+    /// The writing thread's failure, if any.
+    fn failure(&self) -> io::Result<()> {
+        match *self.shared.failed.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some(kind) => Err(kind.into()),
+            None => Ok(()),
+        }
+    }
+
+    /// Waits until everything handed over is written; the destination, back.
+    pub fn finish(mut self) -> io::Result<W> {
+        self.flush()?;
+        self.close()
+            .ok_or_else(|| io::Error::other("the output thread panicked"))
+    }
+
+    fn close(&mut self) -> Option<W> {
+        drop(self.chunks.take());
+        self.writer.take()?.join().ok()
+    }
+}
+
+impl<W: Write + Send + 'static> Write for OutputQueue<W> {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        self.failure()?;
+        self.batch.extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    /// Hands what was written since the last flush to the writing thread; never waits.
+    fn flush(&mut self) -> io::Result<()> {
+        self.failure()?;
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let chunk = mem::take(&mut self.batch);
+        self.shared.queued.fetch_add(chunk.len(), Ordering::Relaxed);
+        let sent = self.chunks.as_ref().map(|chunks| chunks.send(chunk));
+        match sent {
+            Some(Ok(())) => Ok(()),
+            // The thread has ended: it failed, and says how.
+            _ => self.failure().and(Err(io::ErrorKind::BrokenPipe.into())),
+        }
+    }
+}
+
+impl<W: Write + Send + 'static> Drop for OutputQueue<W> {
+    fn drop(&mut self) {
+        let _ = self.flush();
+        self.close();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+
+    /// A reader that takes a write only when the test lets it.
+    struct Gated {
+        gate: Receiver<()>,
+        written: Vec<u8>,
+    }
+
+    impl Write for Gated {
+        fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+            self.gate.recv().map_err(|_| io::ErrorKind::BrokenPipe)?;
+            self.written.extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn gated(limit: usize) -> (OutputQueue<Gated>, SyncSender<()>) {
+        let (open, gate) = sync_channel(0);
+        let queue = OutputQueue::with_room(
+            Gated {
+                gate,
+                written: Vec::new(),
+            },
+            limit,
+        )
+        .unwrap();
+        (queue, open)
+    }
+
+    #[test]
+    fn a_slow_reader_does_not_hold_up_the_writer_and_loses_only_what_found_no_room() {
+        let (mut queue, open) = gated(10);
+        let room = queue.room();
+        let mut kept = Vec::new();
+        for n in 0..5 {
+            let line = format!("line {n}\n");
+            if room.admits_line() {
+                queue.write_all(line.as_bytes()).unwrap();
+                kept.extend_from_slice(line.as_bytes());
+            }
+            // Never waits, though the reader has taken nothing yet.
+            queue.flush().unwrap();
+        }
+        // The first two lines (14 bytes) filled the room; the other three were dropped.
+        assert_eq!(room.lines_dropped(), 3);
+        assert_eq!(kept, b"line 0\nline 1\n");
+        // The summary is written whatever the room.
+        queue.write_all(b"summary\n").unwrap();
+        kept.extend_from_slice(b"summary\n");
+        let reader = thread::spawn(move || while open.send(()).is_ok() {});
+        let out = queue.finish().unwrap();
+        assert_eq!(out.written, kept, "in order, nothing lost that was written");
+        drop(out);
+        reader.join().unwrap();
+    }
+
+    #[test]
+    fn a_reader_that_goes_away_fails_the_next_writes_with_its_error() {
+        let (mut queue, open) = gated(1 << 20);
+        drop(open);
+        queue.write_all(b"line\n").unwrap();
+        queue.flush().unwrap();
+        // The thread meets the closed gate and ends; the writer learns of it soon after.
+        let failed = (0..1000).find_map(|_| {
+            thread::sleep(std::time::Duration::from_millis(1));
+            queue.flush().err()
+        });
+        assert_eq!(
+            failed.map(|error| error.kind()),
+            Some(io::ErrorKind::BrokenPipe)
+        );
+        assert_eq!(
+            queue.write_all(b"more\n").map_err(|e| e.kind()),
+            Err(io::ErrorKind::BrokenPipe)
+        );
+    }
+}
