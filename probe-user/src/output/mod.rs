@@ -363,5 +363,10 @@ mod tests {
         assert_eq!(kept.iter().collect::<Vec<_>>(), others);
         assert!(kept.contains(&"stuck".to_string()));
         assert_eq!(kept.last().map(String::as_str), Some("summary"));
+        let written = out.0.lock().unwrap().clone();
+        let summary: serde_json::Value =
+            serde_json::from_str(String::from_utf8_lossy(&written).lines().last().unwrap())
+                .unwrap();
+        assert_eq!(summary["transition_lines_dropped"], transitions);
     }
 }

@@ -232,6 +232,9 @@ struct SummaryRecord<'a> {
     closed: ClosedRecord,
     lost_events: u64,
     untracked_sockets: u64,
+    /// Transition lines not written because the reader was behind (absent when none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    transition_lines_dropped: Option<u64>,
     /// The processes, most stuck first, with their forecasts.
     processes: Vec<triage::ProcessRecord<'a>>,
     /// The destinations whose ephemeral ports fill up.
@@ -409,6 +412,11 @@ impl<W: Write> Sink for JsonSink<W> {
             },
             lost_events: summary.losses.lost_events,
             untracked_sockets: summary.losses.untracked_sockets,
+            transition_lines_dropped: self
+                .room
+                .as_ref()
+                .map(Room::lines_dropped)
+                .filter(|&dropped| dropped > 0),
             processes: summary
                 .processes
                 .iter()
