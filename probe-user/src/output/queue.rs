@@ -55,6 +55,47 @@ impl Room {
     }
 }
 
+/// Whether a line sink writes a line per transition: when asked to, and while its reader
+/// keeps up (when it has a [`Room`] to ask).
+#[derive(Clone, Debug)]
+pub struct TransitionLines {
+    shown: bool,
+    room: Option<Room>,
+}
+
+impl TransitionLines {
+    /// A line per transition when `shown`, whatever the reader.
+    pub fn shown(shown: bool) -> TransitionLines {
+        TransitionLines { shown, room: None }
+    }
+
+    /// Dropping them (counted by `room`) while `room` says the reader is behind.
+    pub fn with_room(self, room: Room) -> TransitionLines {
+        TransitionLines {
+            room: Some(room),
+            ..self
+        }
+    }
+
+    /// Whether they are shown at all (the text header, say).
+    pub fn are_shown(&self) -> bool {
+        self.shown
+    }
+
+    /// Whether this transition's line is written (a line that finds no room is counted).
+    pub fn admit(&self) -> bool {
+        self.shown && self.room.as_ref().is_none_or(Room::admits_line)
+    }
+
+    /// The lines dropped for want of room, when there were any.
+    pub fn dropped(&self) -> Option<u64> {
+        self.room
+            .as_ref()
+            .map(Room::lines_dropped)
+            .filter(|&dropped| dropped > 0)
+    }
+}
+
 /// A writer whose bytes are gathered until [`Write::flush`] and then written by a thread of
 /// its own to `W`; dropping it waits until everything handed over is written.
 pub struct OutputQueue<W: Write + Send + 'static> {
@@ -141,7 +182,9 @@ impl<W: Write + Send + 'static> Write for OutputQueue<W> {
         if self.batch.is_empty() {
             return Ok(());
         }
-        let chunk = mem::take(&mut self.batch);
+        // The next batch is likely as long as this one: it starts with room for as much.
+        let room_for_next = Vec::with_capacity(self.batch.len());
+        let chunk = mem::replace(&mut self.batch, room_for_next);
         self.shared.queued.fetch_add(chunk.len(), Ordering::Relaxed);
         let sent = self.chunks.as_ref().map(|chunks| chunks.send(chunk));
         match sent {

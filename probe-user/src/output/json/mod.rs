@@ -23,7 +23,7 @@ use super::{
     escape::json_controls,
     format::{TimeWriter, rfc3339},
     line::Line,
-    queue::Room,
+    queue::{Room, TransitionLines},
 };
 
 /// Writes NDJSON to `out`.
@@ -33,10 +33,9 @@ pub struct JsonSink<W: Write> {
     times: TimeWriter,
     /// The transition line being written.
     line: Line,
-    /// Where the output waits for its reader: transition lines are dropped while it is full.
-    room: Option<Room>,
-    /// Write a line per transition (host-wide, only when asked: `--transitions`).
-    transitions: bool,
+    /// Write a line per transition (host-wide, only when asked: `--transitions`), while the
+    /// reader keeps up.
+    transitions: TransitionLines,
 }
 
 impl<W: Write> JsonSink<W> {
@@ -47,14 +46,13 @@ impl<W: Write> JsonSink<W> {
             clock,
             times: TimeWriter::default(),
             line: Line::default(),
-            room: None,
-            transitions,
+            transitions: TransitionLines::shown(transitions),
         }
     }
 
     /// Drops transition lines (counted by `room`) while `room` says the reader is behind.
     pub fn with_room(mut self, room: Room) -> Self {
-        self.room = Some(room);
+        self.transitions = self.transitions.with_room(room);
         self
     }
 
@@ -293,7 +291,7 @@ impl<W: Write> Sink for JsonSink<W> {
     /// Written field by field: this is the line probe writes for every event, and only the
     /// process name can need escaping (the same fields as the other records, no allocation).
     fn transition(&mut self, change: &StateChange) -> io::Result<()> {
-        if !self.transitions || self.room.as_ref().is_some_and(|room| !room.admits_line()) {
+        if !self.transitions.admit() {
             return Ok(());
         }
         let line = &mut self.line;
@@ -412,11 +410,7 @@ impl<W: Write> Sink for JsonSink<W> {
             },
             lost_events: summary.losses.lost_events,
             untracked_sockets: summary.losses.untracked_sockets,
-            transition_lines_dropped: self
-                .room
-                .as_ref()
-                .map(Room::lines_dropped)
-                .filter(|&dropped| dropped > 0),
+            transition_lines_dropped: self.transitions.dropped(),
             processes: summary
                 .processes
                 .iter()

@@ -16,23 +16,22 @@ use super::{
     escape::terminal,
     format::{TimeWriter, age, short_duration, write_short_duration},
     line::Line,
-    queue::Room,
+    queue::{Room, TransitionLines},
 };
 
 /// Writes text for people to `out`.
 pub struct TextSink<W: Write> {
     out: W,
     clock: WallClock,
-    /// Print every transition (host-wide, only the alerts and the summary by default).
-    transitions: bool,
+    /// Print every transition (host-wide, only the alerts and the summary by default), while
+    /// the reader keeps up.
+    transitions: TransitionLines,
     /// Emphasise alerts with ANSI colour (only on a terminal).
     colour: bool,
     header_written: bool,
     times: TimeWriter,
     /// The transition line being written.
     line: Line,
-    /// Where the output waits for its reader: transition lines are dropped while it is full.
-    room: Option<Room>,
 }
 
 impl<W: Write> TextSink<W> {
@@ -42,18 +41,17 @@ impl<W: Write> TextSink<W> {
         TextSink {
             out,
             clock,
-            transitions,
+            transitions: TransitionLines::shown(transitions),
             colour,
             header_written: false,
             times: TimeWriter::default(),
             line: Line::default(),
-            room: None,
         }
     }
 
     /// Drops transition lines (counted by `room`) while `room` says the reader is behind.
     pub fn with_room(mut self, room: Room) -> Self {
-        self.room = Some(room);
+        self.transitions = self.transitions.with_room(room);
         self
     }
 
@@ -80,7 +78,7 @@ impl<W: Write> TextSink<W> {
 
 impl<W: Write> Sink for TextSink<W> {
     fn transition(&mut self, change: &StateChange) -> io::Result<()> {
-        if !self.transitions || self.room.as_ref().is_some_and(|room| !room.admits_line()) {
+        if !self.transitions.admit() {
             return Ok(());
         }
         self.header()?;
@@ -123,7 +121,7 @@ impl<W: Write> Sink for TextSink<W> {
     }
 
     fn stuck(&mut self, alert: &StuckAlert) -> io::Result<()> {
-        if self.transitions {
+        if self.transitions.are_shown() {
             self.header()?;
         }
         let view = &alert.connection;
