@@ -104,7 +104,7 @@ pub fn the_same_tuple_in_two_namespaces_belongs_to_each_own_process() -> TestRes
     // A refresh joins the connections made since attach to sock_diag.
     thread::sleep(Duration::from_millis(1500));
     for (_, listener, _) in &mut sides {
-        listener.say("close")?;
+        listener.say("close 2")?;
         listener.hear()?;
     }
     let records = probe.wait_until("4 CLOSE_WAIT alerts", WAIT, |r| {

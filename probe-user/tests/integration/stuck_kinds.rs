@@ -226,7 +226,7 @@ pub fn a_peer_that_vanishes_leaves_last_ack_and_fin_wait1_flagged() -> TestResul
         ensure(client.hear()? == "ready", || "no connection".into())?;
     }
     // The peer closes one connection; once its FIN is in, the peer vanishes.
-    closing_server.say("close")?;
+    closing_server.say("close 1")?;
     ensure(closing_server.hear()? == "closed", || "no close".into())?;
     crate::harness::wait_for_ss(last_ack.pid(), "close-wait", 1)?;
     namespace.cut()?;

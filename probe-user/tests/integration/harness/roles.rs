@@ -51,7 +51,7 @@ pub enum Role {
     /// After `go`, listens on a fresh loopback port (told on stdout) and holds what it accepts.
     Server,
     /// Listens on `bind` (port 0: a fresh one, told on stdout) and holds what it accepts until
-    /// `close` on stdin (then closes them all) or stdin closes.
+    /// `close N` on stdin (once it holds at least N, it closes them all) or stdin closes.
     HoldingServer { bind: SocketAddr },
     /// At each `go`, connects to `server` from the next of `local_ports` (bound first) and
     /// answers `ready`; holds the connections until stdin closes.
@@ -385,24 +385,40 @@ fn leak(
 }
 
 fn holding_server(bind: SocketAddr) -> Result<(), String> {
+    use std::sync::{Arc, Condvar, Mutex, PoisonError};
     let listener = TcpListener::bind(bind).map_err(err)?;
     answer(&listener.local_addr().map_err(err)?.port().to_string())?;
-    let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let accepted = std::sync::Arc::clone(&held);
+    let held = Arc::new((Mutex::new(Vec::new()), Condvar::new()));
+    let accepted = Arc::clone(&held);
     thread::spawn(move || {
         for stream in listener.incoming().map_while(Result::ok) {
-            accepted
+            let (streams, grew) = &*accepted;
+            streams
                 .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .unwrap_or_else(PoisonError::into_inner)
                 .push(stream);
+            grew.notify_all();
         }
     });
     let mut line = String::new();
     while matches!(std::io::stdin().lock().read_line(&mut line), Ok(n) if n > 0) {
-        if line.trim() == "close" {
-            held.lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .clear();
+        if let Some(count) = line.trim().strip_prefix("close ") {
+            let count: usize = count.parse().map_err(|e| format!("close {count}: {e}"))?;
+            // A client's connect returns once the handshake is done, before this server's
+            // accept thread has taken the connection from the backlog: under load the command
+            // can come first, so wait for the connections it means.
+            let (streams, grew) = &*held;
+            let (mut streams, waited) = grew
+                .wait_timeout_while(
+                    streams.lock().unwrap_or_else(PoisonError::into_inner),
+                    Duration::from_secs(20),
+                    |streams| streams.len() < count,
+                )
+                .unwrap_or_else(PoisonError::into_inner);
+            ensure(!waited.timed_out(), || {
+                format!("only {} of {count} connections came", streams.len())
+            })?;
+            streams.clear();
             answer("closed")?;
         }
         line.clear();
