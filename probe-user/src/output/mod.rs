@@ -351,7 +351,7 @@ mod tests {
 
         // No room at all: the reader is behind from the start.
         let out = Shared::default();
-        let queue = queue::OutputQueue::with_room(out.clone(), 0).unwrap();
+        let queue = queue::OutputQueue::with_limits(out.clone(), 0, queue::MOST).unwrap();
         let room = queue.room();
         let mut sink = JsonSink::new(queue, clock(), true).with_room(room.clone());
         scenario(&mut sink);

@@ -4,21 +4,37 @@
 //! leave the connection table wrong (connections never seen to close, alerts for them). Up to
 //! [`ROOM`] bytes wait for the reader; beyond that, transition lines are not written (and
 //! counted: [`Room::lines_dropped`]) while the table, the alerts and the summary stay whole.
+//! Those are bounded too: past [`MOST`] bytes waiting, a flush waits for the reader (a reader
+//! that stopped for good while a million idle connections came due would otherwise let the
+//! queue grow without end).
+//!
+//! The written batches go back to the loop to be filled again: a fresh batch of a megabyte is
+//! memory the kernel has to fault in and clear page by page, a tenth of probe's time at a busy
+//! churn.
 
 use std::{
     io::{self, Write},
     mem,
     sync::{
-        Arc, Mutex,
+        Arc, Condvar, Mutex,
         atomic::{AtomicU64, AtomicUsize, Ordering},
         mpsc,
     },
     thread::{self, JoinHandle},
+    time::Duration,
 };
 
 /// How many bytes may wait for the reader before transition lines are dropped: about 5,000
 /// lines, a few tens of milliseconds of a busy churn.
 pub const ROOM: usize = 1 << 20;
+
+/// How many bytes may wait for the reader before a flush waits for it to take some.
+pub const MOST: usize = 64 << 20;
+
+/// Written batches kept to be filled again, and the largest kept (a batch that once held a
+/// whole summary is given back instead).
+const SPARE_BATCHES: usize = 2;
+const SPARE_CAPACITY: usize = 4 << 20;
 
 /// What the loop and the writing thread share.
 #[derive(Debug, Default)]
@@ -29,6 +45,8 @@ struct Shared {
     dropped: AtomicU64,
     /// The writing thread's failure (a closed pipe, say): every later write fails the same way.
     failed: Mutex<Option<io::ErrorKind>>,
+    /// Told each time the writing thread has written a batch or failed.
+    written: Condvar,
 }
 
 /// Whether the reader keeps up: asked before a transition line is written.
@@ -101,31 +119,49 @@ impl TransitionLines {
 pub struct OutputQueue<W: Write + Send + 'static> {
     batch: Vec<u8>,
     chunks: Option<mpsc::Sender<Vec<u8>>>,
+    /// Written batches, back to be filled again.
+    spares: mpsc::Receiver<Vec<u8>>,
     shared: Arc<Shared>,
     limit: usize,
+    most: usize,
     writer: Option<JoinHandle<W>>,
 }
 
 impl<W: Write + Send + 'static> OutputQueue<W> {
-    /// Starts the thread that writes to `out`, with [`ROOM`] bytes of room.
+    /// Starts the thread that writes to `out`, with [`ROOM`] bytes of room for transition
+    /// lines and flushes waiting past [`MOST`].
     pub fn start(out: W) -> io::Result<OutputQueue<W>> {
-        OutputQueue::with_room(out, ROOM)
+        OutputQueue::with_limits(out, ROOM, MOST)
     }
 
-    /// The same, with `limit` bytes of room.
-    pub fn with_room(mut out: W, limit: usize) -> io::Result<OutputQueue<W>> {
+    /// The same, with `limit` bytes of room, flushes waiting past `most`.
+    pub fn with_limits(mut out: W, limit: usize, most: usize) -> io::Result<OutputQueue<W>> {
         let (chunks, incoming) = mpsc::channel::<Vec<u8>>();
+        let (spare, spares) = mpsc::sync_channel(SPARE_BATCHES);
         let shared = Arc::new(Shared::default());
         let writing = Arc::clone(&shared);
         let writer = thread::Builder::new()
             .name("probe-output".into())
             .spawn(move || {
-                for chunk in incoming {
+                for mut chunk in incoming {
+                    let len = chunk.len();
                     let written = out.write_all(&chunk).and_then(|()| out.flush());
-                    writing.queued.fetch_sub(chunk.len(), Ordering::Relaxed);
-                    if let Err(error) = written {
-                        *writing.failed.lock().unwrap_or_else(|p| p.into_inner()) =
-                            Some(error.kind());
+                    match &written {
+                        Err(error) => {
+                            *writing.failed.lock().unwrap_or_else(|p| p.into_inner()) =
+                                Some(error.kind());
+                        }
+                        Ok(()) if chunk.capacity() <= SPARE_CAPACITY => {
+                            chunk.clear();
+                            // Full: enough batches are back already; this one is freed.
+                            let _ = spare.try_send(chunk);
+                        }
+                        Ok(()) => {}
+                    }
+                    // Only now: once nothing waits, every written batch is back.
+                    writing.queued.fetch_sub(len, Ordering::Relaxed);
+                    writing.written.notify_all();
+                    if written.is_err() {
                         break;
                     }
                 }
@@ -134,8 +170,10 @@ impl<W: Write + Send + 'static> OutputQueue<W> {
         Ok(OutputQueue {
             batch: Vec::new(),
             chunks: Some(chunks),
+            spares,
             shared,
             limit,
+            most,
             writer: Some(writer),
         })
     }
@@ -151,6 +189,25 @@ impl<W: Write + Send + 'static> OutputQueue<W> {
     /// The writing thread's failure, if any.
     fn failure(&self) -> io::Result<()> {
         match *self.shared.failed.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some(kind) => Err(kind.into()),
+            None => Ok(()),
+        }
+    }
+
+    /// Waits while more than `most` bytes wait for the reader (or until the writing thread
+    /// fails).
+    fn wait_for_the_reader(&self) -> io::Result<()> {
+        let mut failed = self.shared.failed.lock().unwrap_or_else(|p| p.into_inner());
+        while failed.is_none() && self.shared.queued.load(Ordering::Relaxed) > self.most {
+            // The timeout covers a batch written between the check and the wait.
+            failed = self
+                .shared
+                .written
+                .wait_timeout(failed, Duration::from_millis(50))
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        match *failed {
             Some(kind) => Err(kind.into()),
             None => Ok(()),
         }
@@ -176,19 +233,24 @@ impl<W: Write + Send + 'static> Write for OutputQueue<W> {
         Ok(bytes.len())
     }
 
-    /// Hands what was written since the last flush to the writing thread; never waits.
+    /// Hands what was written since the last flush to the writing thread; waits only while
+    /// more than the most allowed waits for the reader.
     fn flush(&mut self) -> io::Result<()> {
         self.failure()?;
         if self.batch.is_empty() {
             return Ok(());
         }
-        // The next batch is likely as long as this one: it starts with room for as much.
-        let room_for_next = Vec::with_capacity(self.batch.len());
-        let chunk = mem::replace(&mut self.batch, room_for_next);
+        // A written batch, or one with room for as much as this one (the next is likely as
+        // long).
+        let next = self
+            .spares
+            .try_recv()
+            .unwrap_or_else(|_| Vec::with_capacity(self.batch.len()));
+        let chunk = mem::replace(&mut self.batch, next);
         self.shared.queued.fetch_add(chunk.len(), Ordering::Relaxed);
         let sent = self.chunks.as_ref().map(|chunks| chunks.send(chunk));
         match sent {
-            Some(Ok(())) => Ok(()),
+            Some(Ok(())) => self.wait_for_the_reader(),
             // The thread has ended: it failed, and says how.
             _ => self.failure().and(Err(io::ErrorKind::BrokenPipe.into())),
         }
@@ -225,14 +287,15 @@ mod tests {
         }
     }
 
-    fn gated(limit: usize) -> (OutputQueue<Gated>, SyncSender<()>) {
+    fn gated(limit: usize, most: usize) -> (OutputQueue<Gated>, SyncSender<()>) {
         let (open, gate) = sync_channel(0);
-        let queue = OutputQueue::with_room(
+        let queue = OutputQueue::with_limits(
             Gated {
                 gate,
                 written: Vec::new(),
             },
             limit,
+            most,
         )
         .unwrap();
         (queue, open)
@@ -240,7 +303,7 @@ mod tests {
 
     #[test]
     fn a_slow_reader_does_not_hold_up_the_writer_and_loses_only_what_found_no_room() {
-        let (mut queue, open) = gated(10);
+        let (mut queue, open) = gated(10, 1 << 20);
         let room = queue.room();
         let mut kept = Vec::new();
         for n in 0..5 {
@@ -266,8 +329,52 @@ mod tests {
     }
 
     #[test]
+    fn a_written_batch_is_filled_again() {
+        let (mut queue, open) = gated(1 << 20, 1 << 20);
+        queue.write_all(&[b'x'; 1000]).unwrap();
+        let first = queue.batch.as_ptr();
+        queue.flush().unwrap();
+        open.send(()).unwrap();
+        while queue.shared.queued.load(Ordering::Relaxed) > 0 {
+            thread::yield_now();
+        }
+        queue.write_all(b"next\n").unwrap();
+        queue.flush().unwrap();
+        assert_eq!(queue.batch.as_ptr(), first, "the written batch came back");
+        assert!(queue.batch.is_empty() && queue.batch.capacity() >= 1000);
+        drop(open);
+    }
+
+    #[test]
+    fn past_the_most_a_flush_waits_for_the_reader() {
+        use std::sync::atomic::AtomicBool;
+        let (mut queue, open) = gated(1 << 20, 10);
+        queue.write_all(b"1234567\n").unwrap();
+        // 8 bytes wait: within the most, no wait.
+        queue.flush().unwrap();
+        let reader_took_some = Arc::new(AtomicBool::new(false));
+        let took = Arc::clone(&reader_took_some);
+        let reader = thread::spawn(move || {
+            thread::sleep(Duration::from_millis(200));
+            took.store(true, Ordering::SeqCst);
+            open.send(()).unwrap();
+            open
+        });
+        queue.write_all(b"abcdefg\n").unwrap();
+        // 16 bytes would wait: the flush returns once the reader has taken the first 8.
+        queue.flush().unwrap();
+        assert!(reader_took_some.load(Ordering::SeqCst));
+        let open = reader.join().unwrap();
+        let reader = thread::spawn(move || while open.send(()).is_ok() {});
+        let out = queue.finish().unwrap();
+        assert_eq!(out.written, b"1234567\nabcdefg\n");
+        drop(out);
+        reader.join().unwrap();
+    }
+
+    #[test]
     fn a_reader_that_goes_away_fails_the_next_writes_with_its_error() {
-        let (mut queue, open) = gated(1 << 20);
+        let (mut queue, open) = gated(1 << 20, 1 << 20);
         drop(open);
         queue.write_all(b"line\n").unwrap();
         queue.flush().unwrap();
