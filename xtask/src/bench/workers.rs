@@ -204,18 +204,28 @@ impl Tracer {
         let (counted_tx, counted) = mpsc::channel();
         let ready_out = ready_tx.clone();
         thread::spawn(move || {
-            // Count transition lines; the last line of probe's JSON is its summary.
+            // Count transition lines; the last line of probe's JSON is its summary. This
+            // thread shares the machine with the workload: it reads bytes into one buffer (no
+            // String, no UTF-8 check per line) and looks closer only at the rare other lines.
             let (mut transitions, mut lost) = (0, 0);
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if line.starts_with(ready) {
-                    let _ = ready_out.send(());
-                } else if line.starts_with("{\"type\":\"summary\"") {
-                    lost = summary_lost(&line);
-                } else if let Some(dropped) = dropped_count(&line) {
-                    lost += dropped;
-                } else {
+            let mut stdout = BufReader::with_capacity(1 << 16, stdout);
+            let mut line = Vec::new();
+            while matches!(stdout.read_until(b'\n', &mut line), Ok(n) if n > 0) {
+                if line.starts_with(b"{\"type\":\"transition\"") {
                     transitions += 1;
+                } else {
+                    let text = String::from_utf8_lossy(&line);
+                    if text.starts_with(ready) {
+                        let _ = ready_out.send(());
+                    } else if text.starts_with("{\"type\":\"summary\"") {
+                        lost = summary_lost(&text);
+                    } else if let Some(dropped) = dropped_count(&text) {
+                        lost += dropped;
+                    } else {
+                        transitions += 1;
+                    }
                 }
+                line.clear();
             }
             let _ = counted_tx.send((transitions, lost));
         });
