@@ -106,6 +106,9 @@ pub(super) struct Run {
     transitions: u64,
     /// Events the tracer reported lost.
     lost: u64,
+    /// Transition lines probe did not write for a reader that fell behind (the events were
+    /// read and applied).
+    lines_dropped: u64,
     /// The tracer's CPU time.
     cpu_seconds: f64,
     /// The tracer's peak resident memory, KiB.

@@ -99,6 +99,11 @@ pub(super) fn report(
         let seconds: f64 = mine.iter().map(|r| r.seconds).sum();
         let cpu: f64 = mine.iter().map(|r| r.cpu_seconds).sum();
         let lost: u64 = mine.iter().map(|r| r.lost).sum();
+        let lines_dropped: u64 = mine.iter().map(|r| r.lines_dropped).sum();
+        let lost = match lines_dropped {
+            0 => lost.to_string(),
+            dropped => format!("{lost} ({dropped} lines not written)"),
+        };
         let rss = mine.iter().map(|r| r.peak_rss_kib).max().unwrap_or(0);
         let (program_runs, program_ns) = timed
             .iter()
@@ -119,7 +124,7 @@ pub(super) fn report(
             } else {
                 dash()
             },
-            if tracer { lost.to_string() } else { dash() },
+            if tracer { lost } else { dash() },
             if tracer && transitions > 0 {
                 format!("{:.2}", cpu / transitions as f64 * 1e6)
             } else {

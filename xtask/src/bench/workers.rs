@@ -139,10 +139,20 @@ impl Worker {
 const READY_WITHIN: Duration = Duration::from_secs(30);
 const STOP_WITHIN: Duration = Duration::from_secs(9);
 
+/// What a tracer's output said.
+#[derive(Debug, Default)]
+struct Counted {
+    transitions: u64,
+    /// Events it said it lost.
+    lost: u64,
+    /// Transition lines probe did not write because the reader fell behind.
+    lines_dropped: u64,
+}
+
 /// A running tracer whose output lines are counted.
 pub(super) struct Tracer {
     child: Child,
-    counted: mpsc::Receiver<(u64, u64)>,
+    counted: mpsc::Receiver<Counted>,
     /// Events the tracer said it dropped (bpftrace, on stderr).
     dropped: Arc<AtomicU64>,
     /// How long it took from its start to say it was ready.
@@ -207,27 +217,28 @@ impl Tracer {
             // Count transition lines; the last line of probe's JSON is its summary. This
             // thread shares the machine with the workload: it reads bytes into one buffer (no
             // String, no UTF-8 check per line) and looks closer only at the rare other lines.
-            let (mut transitions, mut lost) = (0, 0);
+            let mut counted = Counted::default();
             let mut stdout = BufReader::with_capacity(1 << 16, stdout);
             let mut line = Vec::new();
             while matches!(stdout.read_until(b'\n', &mut line), Ok(n) if n > 0) {
                 if line.starts_with(b"{\"type\":\"transition\"") {
-                    transitions += 1;
+                    counted.transitions += 1;
                 } else {
                     let text = String::from_utf8_lossy(&line);
                     if text.starts_with(ready) {
                         let _ = ready_out.send(());
                     } else if text.starts_with("{\"type\":\"summary\"") {
-                        lost = summary_lost(&text);
+                        counted.lost += summary_count(&text, "lost_events");
+                        counted.lines_dropped = summary_count(&text, "transition_lines_dropped");
                     } else if let Some(dropped) = dropped_count(&text) {
-                        lost += dropped;
+                        counted.lost += dropped;
                     } else {
-                        transitions += 1;
+                        counted.transitions += 1;
                     }
                 }
                 line.clear();
             }
-            let _ = counted_tx.send((transitions, lost));
+            let _ = counted_tx.send(counted);
         });
         // bpftrace says what its perf buffer dropped, `Lost 123 events` (0.17: on stdout).
         let dropped = Arc::new(AtomicU64::new(0));
@@ -294,13 +305,13 @@ impl Tracer {
             thread::sleep(Duration::from_millis(100));
         }
         self.child.wait()?;
-        let (transitions, lost) = self
+        let counted = self
             .counted
             .recv_timeout(Duration::from_secs(60))
             .context("the tracer's output did not end")?;
-        let lost = lost + self.dropped.load(Ordering::Relaxed);
-        run.transitions = transitions;
-        run.lost = lost;
+        run.transitions = counted.transitions;
+        run.lost = counted.lost + self.dropped.load(Ordering::Relaxed);
+        run.lines_dropped = counted.lines_dropped;
         Ok(())
     }
 }
@@ -349,10 +360,27 @@ fn dropped_count(line: &str) -> Option<u64> {
         .ok()
 }
 
-fn summary_lost(line: &str) -> u64 {
-    line.split("\"lost_events\":")
+/// A count in probe's JSON summary (0 when it is absent, as `transition_lines_dropped` is
+/// when none were).
+fn summary_count(line: &str, name: &str) -> u64 {
+    line.split(&format!("\"{name}\":"))
         .nth(1)
         .and_then(|rest| rest.split([',', '}']).next())
         .and_then(|n| n.parse().ok())
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_are_read_from_probes_summary_and_absent_ones_are_zero() {
+        let summary = r#"{"type":"summary","lost_events":12,"transition_lines_dropped":345,"untracked":{"owner_map_full":0}}"#;
+        assert_eq!(summary_count(summary, "lost_events"), 12);
+        assert_eq!(summary_count(summary, "transition_lines_dropped"), 345);
+        let summary = r#"{"type":"summary","lost_events":0}"#;
+        assert_eq!(summary_count(summary, "lost_events"), 0);
+        assert_eq!(summary_count(summary, "transition_lines_dropped"), 0);
+    }
 }
