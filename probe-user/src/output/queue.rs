@@ -7,10 +7,6 @@
 //! Those are bounded too: past [`MOST`] bytes waiting, a flush waits for the reader (a reader
 //! that stopped for good while a million idle connections came due would otherwise let the
 //! queue grow without end).
-//!
-//! The written batches go back to the loop to be filled again: a fresh batch of a megabyte is
-//! memory the kernel has to fault in and clear page by page, a tenth of probe's time at a busy
-//! churn.
 
 use std::{
     io::{self, Write},
@@ -24,17 +20,14 @@ use std::{
     time::Duration,
 };
 
-/// How many bytes may wait for the reader before transition lines are dropped: about 5,000
-/// lines, a few tens of milliseconds of a busy churn.
-pub const ROOM: usize = 1 << 20;
+/// How many bytes may wait for the reader before transition lines are dropped: about 70,000
+/// lines, a third of a second of the busiest churn measured. With 1 MiB (a few tens of
+/// milliseconds), a reader that kept up but lost its CPU for a moment to the workload it
+/// watched, on a saturated two-core machine, saw a fifth of the lines dropped.
+pub const ROOM: usize = 16 << 20;
 
 /// How many bytes may wait for the reader before a flush waits for it to take some.
 pub const MOST: usize = 64 << 20;
-
-/// Written batches kept to be filled again, and the largest kept (a batch that once held a
-/// whole summary is given back instead).
-const SPARE_BATCHES: usize = 2;
-const SPARE_CAPACITY: usize = 4 << 20;
 
 /// What the loop and the writing thread share.
 #[derive(Debug, Default)]
@@ -119,8 +112,6 @@ impl TransitionLines {
 pub struct OutputQueue<W: Write + Send + 'static> {
     batch: Vec<u8>,
     chunks: Option<mpsc::Sender<Vec<u8>>>,
-    /// Written batches, back to be filled again.
-    spares: mpsc::Receiver<Vec<u8>>,
     shared: Arc<Shared>,
     limit: usize,
     most: usize,
@@ -137,29 +128,18 @@ impl<W: Write + Send + 'static> OutputQueue<W> {
     /// The same, with `limit` bytes of room, flushes waiting past `most`.
     pub fn with_limits(mut out: W, limit: usize, most: usize) -> io::Result<OutputQueue<W>> {
         let (chunks, incoming) = mpsc::channel::<Vec<u8>>();
-        let (spare, spares) = mpsc::sync_channel(SPARE_BATCHES);
         let shared = Arc::new(Shared::default());
         let writing = Arc::clone(&shared);
         let writer = thread::Builder::new()
             .name("probe-output".into())
             .spawn(move || {
-                for mut chunk in incoming {
-                    let len = chunk.len();
+                for chunk in incoming {
                     let written = out.write_all(&chunk).and_then(|()| out.flush());
-                    match &written {
-                        Err(error) => {
-                            *writing.failed.lock().unwrap_or_else(|p| p.into_inner()) =
-                                Some(error.kind());
-                        }
-                        Ok(()) if chunk.capacity() <= SPARE_CAPACITY => {
-                            chunk.clear();
-                            // Full: enough batches are back already; this one is freed.
-                            let _ = spare.try_send(chunk);
-                        }
-                        Ok(()) => {}
+                    if let Err(error) = &written {
+                        *writing.failed.lock().unwrap_or_else(|p| p.into_inner()) =
+                            Some(error.kind());
                     }
-                    // Only now: once nothing waits, every written batch is back.
-                    writing.queued.fetch_sub(len, Ordering::Relaxed);
+                    writing.queued.fetch_sub(chunk.len(), Ordering::Relaxed);
                     writing.written.notify_all();
                     if written.is_err() {
                         break;
@@ -170,7 +150,6 @@ impl<W: Write + Send + 'static> OutputQueue<W> {
         Ok(OutputQueue {
             batch: Vec::new(),
             chunks: Some(chunks),
-            spares,
             shared,
             limit,
             most,
@@ -240,13 +219,9 @@ impl<W: Write + Send + 'static> Write for OutputQueue<W> {
         if self.batch.is_empty() {
             return Ok(());
         }
-        // A written batch, or one with room for as much as this one (the next is likely as
-        // long).
-        let next = self
-            .spares
-            .try_recv()
-            .unwrap_or_else(|_| Vec::with_capacity(self.batch.len()));
-        let chunk = mem::replace(&mut self.batch, next);
+        // The next batch is likely as long as this one: it starts with room for as much.
+        let room_for_next = Vec::with_capacity(self.batch.len());
+        let chunk = mem::replace(&mut self.batch, room_for_next);
         self.shared.queued.fetch_add(chunk.len(), Ordering::Relaxed);
         let sent = self.chunks.as_ref().map(|chunks| chunks.send(chunk));
         match sent {
@@ -326,23 +301,6 @@ mod tests {
         assert_eq!(out.written, kept, "in order, nothing lost that was written");
         drop(out);
         reader.join().unwrap();
-    }
-
-    #[test]
-    fn a_written_batch_is_filled_again() {
-        let (mut queue, open) = gated(1 << 20, 1 << 20);
-        queue.write_all(&[b'x'; 1000]).unwrap();
-        let first = queue.batch.as_ptr();
-        queue.flush().unwrap();
-        open.send(()).unwrap();
-        while queue.shared.queued.load(Ordering::Relaxed) > 0 {
-            thread::yield_now();
-        }
-        queue.write_all(b"next\n").unwrap();
-        queue.flush().unwrap();
-        assert_eq!(queue.batch.as_ptr(), first, "the written batch came back");
-        assert!(queue.batch.is_empty() && queue.batch.capacity() >= 1000);
-        drop(open);
     }
 
     #[test]
