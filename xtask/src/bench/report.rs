@@ -157,7 +157,7 @@ pub(super) fn report(
     if let Some(scale) = scale {
         let _ = writeln!(
             out,
-            "At scale: probe host-wide (no target) started on a host holding {} open TCP sockets (both ends of {} loopback connections, in processes of their own) was tracing after **{:.2} s**, its anonymous memory then {:.1} MiB (kernel side attached and seeded, connection table not yet filled). Two minutes later (its stuck alerts for the connections idle since before it came, its socket-table refreshes) its anonymous memory was {:.1} MiB, **{:.0} bytes per socket** it follows, and its peak resident memory (VmHWM, a refresh's working memory included) {:.1} MiB, {:.0} bytes per socket; it took {:.1}% of one CPU over those two minutes; {} events lost.\n",
+            "At scale: probe host-wide (no target) started on a host holding {} open TCP sockets (both ends of {} loopback connections, in processes of their own) was tracing after **{:.2} s**, its anonymous memory then {:.1} MiB (kernel side attached and seeded, connection table not yet filled). Two minutes later (its stuck alerts for the connections idle since before it came, its socket-table refreshes) its anonymous memory between refreshes (the median of 20 readings over the last 20 s) was {:.1} MiB, **{:.0} bytes per socket** it follows, and its peak resident memory (VmHWM, a refresh's working memory included) {:.1} MiB, {:.0} bytes per socket; it took {:.1}% of one CPU over those two minutes; {} events lost.\n",
             scale.sockets,
             scale.sockets / 2,
             scale.attach.as_secs_f64(),

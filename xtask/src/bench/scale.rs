@@ -18,6 +18,9 @@ const ATTACH_WITHIN: Duration = Duration::from_secs(300);
 /// since before it came, and its socket-table refreshes (which come further apart the longer
 /// each takes: about one in this window at a million sockets).
 const STEADY: Duration = Duration::from_secs(120);
+/// Readings of probe's memory at the end of [`STEADY`], this far apart.
+const READINGS: u32 = 20;
+const READING_EVERY: Duration = Duration::from_secs(1);
 
 /// What attaching to a host full of sockets cost.
 pub(super) struct Scale {
@@ -51,9 +54,19 @@ pub(super) fn measure_scale(probe: &Path, xtask: &Path, sockets: usize) -> Resul
     let attach = tracer.ready_after;
     let rss_kib = status_kib(tracer.pid(), "RssAnon:")?;
     let before = cpu_seconds(tracer.pid())?;
-    thread::sleep(STEADY);
+    thread::sleep(STEADY - READINGS * READING_EVERY);
+    // A refresh holds a reading of the whole socket table for a moment (up to a tenth of
+    // probe's time): one reading of its memory could land in it. The median of many is the
+    // memory between refreshes; the peak says what a refresh adds.
+    let mut readings = Vec::new();
+    for _ in 0..READINGS {
+        thread::sleep(READING_EVERY);
+        readings.push(status_kib(tracer.pid(), "RssAnon:")?);
+    }
     let steady_cpu = (cpu_seconds(tracer.pid())? - before) / STEADY.as_secs_f64();
-    let steady_rss_kib = status_kib(tracer.pid(), "RssAnon:")?;
+    eprintln!("xtask: probe's RssAnon at the end of the two minutes, KiB: {readings:?}");
+    readings.sort_unstable();
+    let steady_rss_kib = readings[readings.len() / 2];
     let peak_kib = peak_rss_kib(tracer.pid())?;
     let mut run = Run::default();
     tracer.stop(&mut run)?;
