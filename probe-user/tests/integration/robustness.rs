@@ -398,7 +398,7 @@ pub fn probe_drops_the_capabilities_it_no_longer_needs() -> TestResult {
 /// A day of churn, shortened: a process opening and closing connections to itself as fast as it
 /// can for 20 s. probe keeps up, losing no event though this test reads its lines slower than
 /// they come (transition lines give way instead), and its heap at the end is what it was once
-/// warm.
+/// warm, but for the lines waiting for the reader.
 pub fn memory_stays_flat_under_sustained_churn() -> TestResult {
     let mut churn = Helper::start(&Role::Churn { seconds: 20 })?;
     let pid = churn.pid();
@@ -435,7 +435,12 @@ pub fn memory_stays_flat_under_sustained_churn() -> TestResult {
     ensure(summary["lost_events"] == 0, || {
         format!("events lost: {}", summary["lost_events"])
     })?;
-    ensure(end <= warm + warm / 4 + 2048, || {
+    // Lines waiting for this slow reader take up to the output's room: less of it at one
+    // reading than at the other is no growth. A leak of what is kept per connection (170
+    // bytes and more, over the ~150,000 connections after the first reading) is more than
+    // that; connections left in the table are checked below.
+    let room = probe_user::output::queue::ROOM as u64 / 1024;
+    ensure(end <= warm + warm / 4 + 2048 + room, || {
         format!("probe's heap grew from {warm} KiB to {end} KiB")
     })?;
     // Every close was seen: what is left open is at most the last moment's connections.
