@@ -383,4 +383,12 @@ mod tests {
         assert_eq!(summary_count(summary, "lost_events"), 0);
         assert_eq!(summary_count(summary, "transition_lines_dropped"), 0);
     }
+
+    #[test]
+    fn a_process_named_like_a_count_does_not_change_it() {
+        // The open connections come before the counts; a name is JSON-escaped, so its quotes
+        // never stand bare beside the name the way a key's do.
+        let summary = r#"{"type":"summary","open":[{"process":"\"lost_events\":9","symbol":"lost_events"}],"lost_events":0}"#;
+        assert_eq!(summary_count(summary, "lost_events"), 0);
+    }
 }
