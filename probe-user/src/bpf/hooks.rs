@@ -2,19 +2,28 @@
 //! module): Go's `net/http` transport and libuv (node). Attached per binary, only to the
 //! traced processes' binaries and only where the functions are there to hook: a binary is
 //! read once (its symbols, its Go version), and what cannot be hooked is said once per binary.
+//!
+//! The binaries are the traced processes' files, which they may change: each is opened once,
+//! its functions are found in that open file, and the uprobes go on that same file (through
+//! `/proc/self/fd`) at the offsets found. Nothing is read again by path, where a file swapped
+//! in meanwhile could send the loader to read elsewhere (aya follows a `.gnu_debuglink` to
+//! any path when it looks a symbol up itself).
 
 use std::{
     collections::HashSet,
     fs::File,
-    os::unix::fs::MetadataExt,
+    os::{fd::AsRawFd, unix::fs::MetadataExt},
     path::{Path, PathBuf},
 };
 
 use aya::{
     Ebpf,
-    programs::{UProbe, uprobe::UProbeScope},
+    programs::{
+        ProgramError, UProbe,
+        uprobe::{UProbeAttachLocation, UProbeScope},
+    },
 };
-use object::{Object, ObjectSection, ObjectSymbol, ReadCache};
+use object::{Object, ObjectKind, ObjectSection, ObjectSymbol, ReadCache};
 use probe_common::names;
 
 use crate::{
@@ -47,11 +56,22 @@ pub struct RuntimeHooks {
 /// What a binary offers to hook.
 #[derive(Debug, PartialEq, Eq)]
 enum Hookable {
-    Go,
-    Node,
+    /// Go's transport, with the file offsets of [`GO_HOOKS`]' functions.
+    Go([u64; 2]),
+    /// libuv, with the file offsets of [`NODE_HOOKS`]' functions.
+    Node([u64; 2]),
     /// A Go binary that cannot be hooked, and why.
     GoWithout(&'static str),
     Nothing,
+}
+
+/// Why a uprobe could not be attached.
+#[derive(Debug, thiserror::Error)]
+enum HookError {
+    #[error("the kernel object has no program {0} (probe built without stacks?)")]
+    NoProgram(&'static str),
+    #[error(transparent)]
+    Program(#[from] ProgramError),
 }
 
 impl RuntimeHooks {
@@ -84,9 +104,9 @@ impl RuntimeHooks {
             if !self.seen.insert((metadata.dev(), metadata.ino())) {
                 continue;
             }
-            let hooks: &[(&str, &str)] = match inspect(opened) {
-                Hookable::Go => &GO_HOOKS,
-                Hookable::Node => &NODE_HOOKS,
+            let (hooks, offsets) = match inspect(&opened) {
+                Hookable::Go(offsets) => (&GO_HOOKS, offsets),
+                Hookable::Node(offsets) => (&NODE_HOOKS, offsets),
                 Hookable::GoWithout(why) => {
                     notes.push(format!(
                         "{} is a Go binary {why}: the connections its HTTP client dials on \
@@ -97,8 +117,8 @@ impl RuntimeHooks {
                 }
                 Hookable::Nothing => continue,
             };
-            for &(symbol, program) in hooks {
-                if let Err(error) = self.attach(ebpf, program, symbol, &file) {
+            for (&(symbol, program), offset) in hooks.iter().zip(offsets) {
+                if let Err(error) = self.attach(ebpf, program, &opened, offset) {
                     log::debug!(
                         "cannot hook {symbol} in {}: {error}",
                         terminal(&file.display().to_string())
@@ -115,21 +135,28 @@ impl RuntimeHooks {
         notes
     }
 
+    /// Attaches `program` at `offset` of the open `file`: through its descriptor, so the
+    /// kernel puts the uprobe on the very file inspected, whatever its path leads to now.
     fn attach(
         &mut self,
         ebpf: &mut Ebpf,
         program: &'static str,
-        symbol: &str,
-        file: &Path,
-    ) -> anyhow::Result<()> {
+        file: &File,
+        offset: u64,
+    ) -> Result<(), HookError> {
         let uprobe: &mut UProbe = ebpf
             .program_mut(program)
-            .ok_or_else(|| anyhow::anyhow!("no program {program} (probe built without stacks?)"))?
+            .ok_or(HookError::NoProgram(program))?
             .try_into()?;
         if self.loaded.insert(program) {
             uprobe.load()?;
         }
-        uprobe.attach(symbol, file, UProbeScope::AllProcesses)?;
+        let opened = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+        uprobe.attach(
+            UProbeAttachLocation::AbsoluteOffset(offset),
+            opened,
+            UProbeScope::AllProcesses,
+        )?;
         Ok(())
     }
 }
@@ -158,15 +185,10 @@ fn mapped_runtime_libraries(pid: u32) -> Vec<PathBuf> {
 
 /// What `file` (opened with [`open_regular`]) offers to hook, from its symbols and Go build
 /// information (only the parts needed are read: the file is the traced process's).
-fn inspect(file: File) -> Hookable {
+fn inspect(file: &File) -> Hookable {
     let cache = ReadCache::new(file);
     let Ok(elf) = object::File::parse(&cache) else {
         return Hookable::Nothing;
-    };
-    let has = |name: &str| {
-        elf.symbols()
-            .chain(elf.dynamic_symbols())
-            .any(|symbol| symbol.name() == Ok(name))
     };
     if let Some(info) = elf.section_by_name(".go.buildinfo") {
         let version = info
@@ -183,15 +205,48 @@ fn inspect(file: File) -> Hookable {
             _ if elf.section_by_name(".symtab").is_none() => {
                 Hookable::GoWithout("without a symbol table (stripped)")
             }
-            _ if GO_HOOKS.iter().all(|(symbol, _)| has(symbol)) => Hookable::Go,
-            // No HTTP client in it: nothing to hook, nothing to say.
-            _ => Hookable::Nothing,
+            _ => match offsets(&elf, &GO_HOOKS) {
+                Some(offsets) => Hookable::Go(offsets),
+                // No HTTP client in it: nothing to hook, nothing to say.
+                None => Hookable::Nothing,
+            },
         };
     }
-    if NODE_HOOKS.iter().all(|(symbol, _)| has(symbol)) {
-        return Hookable::Node;
+    offsets(&elf, &NODE_HOOKS).map_or(Hookable::Nothing, Hookable::Node)
+}
+
+/// The file offsets of the functions of `hooks` in `elf`, if it has them all.
+fn offsets<'data>(
+    elf: &object::File<'data, impl object::ReadRef<'data>>,
+    hooks: &[(&str, &str); 2],
+) -> Option<[u64; 2]> {
+    let [first, second] = hooks.map(|(symbol, _)| file_offset(elf, symbol));
+    Some([first?, second?])
+}
+
+/// The file offset of function `name`'s first instruction in `elf` (where the kernel puts a
+/// uprobe): its address, moved from its section's address to the section's place in the file.
+fn file_offset<'data>(
+    elf: &object::File<'data, impl object::ReadRef<'data>>,
+    name: &str,
+) -> Option<u64> {
+    if !matches!(elf.kind(), ObjectKind::Executable | ObjectKind::Dynamic) {
+        return None;
     }
-    Hookable::Nothing
+    let symbol = elf
+        .dynamic_symbols()
+        .chain(elf.symbols())
+        .find(|symbol| symbol.name() == Ok(name) && symbol.is_definition())?;
+    let section = elf.section_by_index(symbol.section_index()?).ok()?;
+    let (section_offset, _) = section.file_range()?;
+    match UProbeAttachLocation::from_virtual_address(
+        symbol.address(),
+        section.address(),
+        section_offset,
+    ) {
+        Ok(UProbeAttachLocation::AbsoluteOffset(offset)) => Some(offset),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -201,6 +256,32 @@ mod tests {
     #[test]
     fn this_rust_binary_has_nothing_to_hook() {
         let exe = open_regular(Path::new("/proc/self/exe"), LastLink::Follow).unwrap();
-        assert_eq!(inspect(exe), Hookable::Nothing);
+        assert_eq!(inspect(&exe), Hookable::Nothing);
+    }
+
+    /// A function of this test binary, to find in its symbols and in its memory.
+    #[unsafe(no_mangle)]
+    #[inline(never)]
+    pub extern "C" fn probe_hooks_test_function() -> u64 {
+        std::hint::black_box(7)
+    }
+
+    #[test]
+    fn a_functions_file_offset_is_where_the_process_maps_it_from() {
+        let exe = open_regular(Path::new("/proc/self/exe"), LastLink::Follow).unwrap();
+        let cache = ReadCache::new(&exe);
+        let elf = object::File::parse(&cache).unwrap();
+        let found = file_offset(&elf, "probe_hooks_test_function").unwrap();
+
+        // The oracle: the mapping of this executable that holds the function, and the file
+        // offset that mapping starts at.
+        let address = probe_hooks_test_function as *const () as usize as u64;
+        let maps = procfs::process::Process::myself().unwrap().maps().unwrap();
+        let map = maps
+            .into_iter()
+            .find(|map| (map.address.0..map.address.1).contains(&address))
+            .unwrap();
+        assert_eq!(found, address - map.address.0 + map.offset);
+        assert_eq!(file_offset(&elf, "no_such_function_here"), None);
     }
 }
