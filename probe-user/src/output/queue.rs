@@ -237,10 +237,10 @@ impl<W: Write + Send + 'static> Write for OutputQueue<W> {
         if self.batch.is_empty() {
             return Ok(());
         }
-        // The next batch is likely as long as this one: it starts with room for as much
-        // (within a chunk: a summary of a million connections is written once).
-        let room_for_next = Vec::with_capacity(self.batch.len().min(CHUNK));
-        let chunk = mem::replace(&mut self.batch, room_for_next);
+        // The next batch has room for a whole chunk, so it never grows by doubling; what
+        // waits takes only the memory it is counted for (a shrink is done in place).
+        let mut chunk = mem::replace(&mut self.batch, Vec::with_capacity(CHUNK));
+        chunk.shrink_to_fit();
         self.shared.queued.fetch_add(chunk.len(), Ordering::Relaxed);
         let sent = self.chunks.as_ref().map(|chunks| chunks.send(chunk));
         match sent {
