@@ -31,7 +31,7 @@ use std::{
 
 use crate::track::{
     Endpoints, ExistingSocket, Holders,
-    triage::{PortSample, port_samples},
+    triage::{PortCounts, PortSample},
 };
 
 /// Why the sockets of a process could not be read.
@@ -167,7 +167,7 @@ pub fn take(
     snapshot.sockets.reserve(count);
     snapshot.holders.reserve(held.len().min(count));
     for (netns, mut table) in tables {
-        let first = snapshot.sockets.len();
+        let mut ports = table.port_range.map(PortCounts::new);
         // Taken from the end of the dump, whose memory goes back as it is read: a million
         // sockets are not held twice, as the dump and as the list (the list's room, reserved
         // above, is only touched as it fills).
@@ -176,6 +176,9 @@ pub fn take(
             if table.sockets.len() < give_back_below {
                 table.sockets.shrink_to_fit();
                 give_back_below = table.sockets.len() - table.sockets.len() / 8;
+            }
+            if let Some(ports) = ports.as_mut().filter(|_| socket.state != TcpState::Close) {
+                ports.count(socket.state, socket.local, socket.remote);
             }
             let holder = match held.remove(&socket.inode) {
                 Some(pids) => {
@@ -191,8 +194,12 @@ pub fn take(
                     .and_then(|pids| pids.first().copied()),
             };
             // A socket in CLOSE was never connected (or is gone): it is not a connection yet.
-            // (This kernel's dump leaves bound, unconnected sockets out; others may not.)
-            if socket.state == TcpState::Close {
+            // (This kernel's dump leaves bound, unconnected sockets out; others may not.) One in
+            // TIME_WAIT is the remains of a connection that ended at its CLOSE, held by no
+            // process and without tcp_info: it only takes a port, counted above. A client
+            // that churns leaves tens of thousands; kept, each refresh would carry them all
+            // to the event loop to match against nothing.
+            if matches!(socket.state, TcpState::Close | TcpState::TimeWait) {
                 continue;
             }
             let mut found = existing(holder.unwrap_or(0), &socket);
@@ -201,10 +208,8 @@ pub fn take(
             }
             snapshot.sockets.push(found);
         }
-        if let Some(range) = table.port_range {
-            snapshot
-                .ports
-                .extend(port_samples(netns, range, &snapshot.sockets[first..]));
+        if let Some(ports) = ports {
+            snapshot.ports.extend(ports.samples(netns));
         }
     }
     Ok(snapshot)
@@ -533,5 +538,33 @@ mod tests {
         let anywhere = holders_anywhere(&inodes, None);
         assert_eq!(anywhere.len(), inodes.len());
         assert!(anywhere.values().all(|pids| **pids == [me]));
+    }
+
+    #[test]
+    fn a_time_wait_socket_is_not_kept_as_a_connection() {
+        use std::io::Read;
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut server, _) = listener.accept().unwrap();
+        let local = client.local_addr().unwrap();
+        // This side closes first, the peer then: this side's socket waits in TIME_WAIT.
+        drop(client);
+        assert_eq!(server.read(&mut [0; 1]).unwrap(), 0);
+        drop(server);
+        let in_time_wait = || {
+            let output = std::process::Command::new("ss")
+                .args(["-Htn", "state", "time-wait", "src", &local.to_string()])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&output.stdout).contains(&local.to_string())
+        };
+        assert!((0..100).any(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            in_time_wait()
+        }));
+        let me = std::process::id();
+        let snapshot = take(&[me], &mut Namespaces::default(), true, FdTables::Proc).unwrap();
+        assert!(in_time_wait());
+        assert!(!snapshot.sockets.iter().any(|s| s.endpoints.local == local));
     }
 }

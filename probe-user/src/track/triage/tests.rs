@@ -5,7 +5,7 @@ use std::time::Duration;
 use probe_common::TcpState;
 
 use super::*;
-use crate::track::{ExistingSocket, event::Endpoints, time::Timestamp};
+use crate::track::{event::Endpoints, time::Timestamp};
 
 fn at(seconds: u64) -> Timestamp {
     Timestamp::from_nanos(seconds * 1_000_000_000)
@@ -73,26 +73,23 @@ fn leak_rates_come_from_the_stuck_counts_over_the_run() {
 #[test]
 fn ports_toward_one_destination_run_out_at_the_trend() {
     let mut triage = Triage::default();
-    let sockets = |n: u16| -> Vec<ExistingSocket> {
-        (0..n)
-            .map(|i| ExistingSocket {
-                pid: 0,
-                inode: u64::from(i) + 1,
-                cookie: 0,
-                state: if i % 2 == 0 {
-                    TcpState::TimeWait
-                } else {
-                    TcpState::Established
-                },
-                endpoints: Endpoints::parse(&format!("10.0.0.1:{}", 60_000 + i), "10.0.0.2:80"),
-                activity: None,
-                last_ack_received: None,
-                queues: Default::default(),
-            })
-            .collect()
+    // n sockets from 10.0.0.1 to 10.0.0.2:80, every other one in TIME_WAIT (which holds its
+    // port all the same).
+    let samples = |n: u16, first_state: TcpState| -> Vec<PortSample> {
+        let mut counts = PortCounts::new((60_000, 60_199));
+        for i in 0..n {
+            let endpoints = Endpoints::parse(&format!("10.0.0.1:{}", 60_000 + i), "10.0.0.2:80");
+            let state = if i % 2 == 0 {
+                first_state
+            } else {
+                TcpState::Established
+            };
+            counts.count(state, endpoints.local, endpoints.remote);
+        }
+        counts.samples(1)
     };
     for second in 0..10u16 {
-        let samples = port_samples(1, (60_000, 60_199), &sockets(10 * second + 10));
+        let samples = samples(10 * second + 10, TcpState::TimeWait);
         triage.note_ports(at(u64::from(second)), &samples);
     }
     let reports = triage.ports();
@@ -101,7 +98,9 @@ fn ports_toward_one_destination_run_out_at_the_trend() {
     // 100 of 200 used, 10 more a second: 10 s left.
     assert_eq!(reports[0].exhaustion, Some(Duration::from_secs(10)));
     // A listener's port, or one outside the range, is no ephemeral port.
-    let mut listener = sockets(1);
-    listener[0].state = TcpState::Listen;
-    assert!(port_samples(1, (60_000, 60_199), &listener).is_empty());
+    assert!(samples(1, TcpState::Listen).is_empty());
+    let mut outside = PortCounts::new((60_000, 60_199));
+    let endpoints = Endpoints::parse("10.0.0.1:50000", "10.0.0.2:80");
+    outside.count(TcpState::Established, endpoints.local, endpoints.remote);
+    assert!(outside.samples(1).is_empty());
 }
