@@ -151,10 +151,10 @@ impl RuntimeHooks {
         if self.loaded.insert(program) {
             uprobe.load()?;
         }
-        let opened = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+        let by_descriptor = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
         uprobe.attach(
             UProbeAttachLocation::AbsoluteOffset(offset),
-            opened,
+            by_descriptor,
             UProbeScope::AllProcesses,
         )?;
         Ok(())

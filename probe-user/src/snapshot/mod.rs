@@ -177,9 +177,6 @@ pub fn take(
                 table.sockets.shrink_to_fit();
                 give_back_below = table.sockets.len() - table.sockets.len() / 8;
             }
-            if let Some(ports) = ports.as_mut().filter(|_| socket.state != TcpState::Close) {
-                ports.count(socket.state, socket.local, socket.remote);
-            }
             let holder = match held.remove(&socket.inode) {
                 Some(pids) => {
                     let first = pids.first().copied();
@@ -194,12 +191,18 @@ pub fn take(
                     .and_then(|pids| pids.first().copied()),
             };
             // A socket in CLOSE was never connected (or is gone): it is not a connection yet.
-            // (This kernel's dump leaves bound, unconnected sockets out; others may not.) One in
-            // TIME_WAIT is the remains of a connection that ended at its CLOSE, held by no
-            // process and without tcp_info: it only takes a port, counted above. A client
-            // that churns leaves tens of thousands; kept, each refresh would carry them all
-            // to the event loop to match against nothing.
-            if matches!(socket.state, TcpState::Close | TcpState::TimeWait) {
+            // (This kernel's dump leaves bound, unconnected sockets out; others may not.)
+            if socket.state == TcpState::Close {
+                continue;
+            }
+            if let Some(ports) = &mut ports {
+                ports.count(socket.state, socket.local, socket.remote);
+            }
+            // One in TIME_WAIT is the remains of a connection that ended at its CLOSE, held by
+            // no process and without tcp_info: it only takes a port, counted just above. A
+            // client that churns leaves tens of thousands; kept, each refresh would carry them
+            // all to the event loop to match against nothing.
+            if socket.state == TcpState::TimeWait {
                 continue;
             }
             let mut found = existing(holder.unwrap_or(0), &socket);
