@@ -313,8 +313,12 @@ pub fn data_nobody_reads_is_flagged_on_either_side() -> TestResult {
 }
 
 /// A listener with a backlog of 4 that never accepts, while 20 clients connect: its accept
-/// queue fills (`ss` shows Recv-Q 5 over Send-Q 4), the kernel drops the rest
-/// (ListenOverflows rises), and probe flags ACCEPT_QUEUE_FULL with the drops it saw.
+/// queue fills (`ss` shows Recv-Q over Send-Q 4), the kernel drops the rest (ListenOverflows
+/// rises), and probe flags ACCEPT_QUEUE_FULL with the drops it saw.
+///
+/// The kernel calls the queue full once it holds more than the backlog (`sk_acceptq_is_full`:
+/// 5 here), but checks without a lock: two handshakes completing at once on the two CPUs can
+/// both pass the check and queue 6 (seen in CI), so the oracle is "more than the backlog".
 pub fn a_listener_that_never_accepts_is_flagged_with_its_drops() -> TestResult {
     let mut listener = Helper::start(&Role::NeverAccepts { backlog: 4 })?;
     let port: u16 = listener.hear()?.parse().map_err(|_| "no port")?;
@@ -341,13 +345,15 @@ pub fn a_listener_that_never_accepts_is_flagged_with_its_drops() -> TestResult {
     let records = probe.stop()?;
     let alert = one_alert(&records, pid, "ACCEPT_QUEUE_FULL")?;
     let dropped = alert["dropped"].as_u64().unwrap_or(0);
+    let queued = match queue.as_slice() {
+        [(queued, 4, _)] if *queued > 4 => *queued,
+        _ => return Err(format!("ss shows no full queue: {queue:?}; probe: {alert}")),
+    };
+    ensure(alert["state"] == "LISTEN", || format!("probe: {alert}"))?;
+    // At least the clients that found the queue full were dropped, all after probe attached.
+    let refused = 20 - queued;
     ensure(
-        matches!(queue.as_slice(), [(5, 4, _)]) && alert["state"] == "LISTEN",
-        || format!("ss: {queue:?}; probe: {alert}"),
-    )?;
-    // At least the 15 that found the queue full were dropped, all after probe attached.
-    ensure(
-        overflows >= 15 && dropped >= 15 && dropped <= overflows,
+        overflows >= refused && dropped >= refused && dropped <= overflows,
         || format!("ListenOverflows rose by {overflows}, probe says {dropped} dropped: {alert}"),
     )?;
     drop(held);
