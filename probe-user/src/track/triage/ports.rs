@@ -107,8 +107,9 @@ impl PortCounts {
     }
 }
 
-/// Reading TIME_WAIT sockets takes at most this share of the time (one in a hundred)...
-const TIME_WAIT_SHARE: u32 = 100;
+/// Reading TIME_WAIT sockets takes at most one part in this many of the time: they are read
+/// again once this many times the last reading's length has passed...
+const TIME_WAIT_ONE_PART_IN: u32 = 100;
 /// ...but they are read at least this often: the time a socket stays in TIME_WAIT on Linux
 /// (`TCP_TIMEWAIT_LEN`), after which none of those counted is left.
 const TIME_WAIT_LIFETIME: Duration = Duration::from_secs(60);
@@ -131,13 +132,15 @@ impl TimeWaitPorts {
     /// never been read, or when reading them as often takes at most a hundredth of the time.
     pub fn due(&self, now: Instant) -> bool {
         self.last.is_none_or(|(at, took)| {
-            let gap = took.saturating_mul(TIME_WAIT_SHARE).min(TIME_WAIT_LIFETIME);
+            let gap = took
+                .saturating_mul(TIME_WAIT_ONE_PART_IN)
+                .min(TIME_WAIT_LIFETIME);
             now.saturating_duration_since(at) >= gap
         })
     }
 
     /// A reading of every namespace's TIME_WAIT sockets, begun `at` and taking `took`: the
-    /// counts from now on (a namespace missing from `counts` is no longer read).
+    /// counts from now on (a namespace missing from `counts` has none counted).
     pub fn read(&mut self, at: Instant, took: Duration, counts: HashMap<u64, PortCounts>) {
         self.counts = counts;
         self.last = Some((at, took));
