@@ -164,10 +164,8 @@ fn attach(config: &Config) -> anyhow::Result<Attached> {
         Scope::Processes => FdTables::Proc,
         Scope::Host | Scope::Cgroups { .. } => FdTables::AllAtOnce(&mut read_at_once),
     };
-    // Only the sockets held: TIME_WAIT ones are held by no process, and their ports are counted
-    // by the refreshes.
     let existing: Vec<ExistingSocket> =
-        snapshot::take(&pids, &mut namespaces, strict, fd_tables, None)?.into_held();
+        snapshot::take(&pids, &mut namespaces, strict, fd_tables)?.into_held();
     let snapshot_took = started.elapsed();
     log::debug!(
         "{} TCP sockets already open found in {snapshot_took:?}",

@@ -40,39 +40,20 @@ pub struct DiagSocket {
     pub queues: Queues,
 }
 
-/// Which of the table's sockets a dump asks for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Dump {
-    /// Every state but TIME_WAIT: the connections and listeners.
-    Connections,
-    /// Only TIME_WAIT sockets (which carry no tcp_info).
-    TimeWait,
-}
-
-impl Dump {
-    fn states(self) -> StateFlags {
-        match self {
-            Dump::Connections => StateFlags::all().difference(StateFlags::TIME_WAIT),
-            Dump::TimeWait => StateFlags::TIME_WAIT,
-        }
-    }
-}
-
-/// The TCP sockets (IPv4 and IPv6) of the calling thread's network namespace that `dump` asks
-/// for.
-pub fn dump_tcp(dump: Dump) -> io::Result<Vec<DiagSocket>> {
+/// Every TCP socket (IPv4 and IPv6, all states) of the calling thread's network namespace.
+pub fn dump_tcp() -> io::Result<Vec<DiagSocket>> {
     let mut socket = Socket::new(NETLINK_SOCK_DIAG)?;
     socket.bind_auto()?;
     socket.connect(&NetlinkAddr::new(0, 0))?;
     let mut sockets = Vec::new();
     for family in [AF_INET, AF_INET6] {
-        request(&socket, family, dump.states())?;
+        request(&socket, family)?;
         receive(&socket, &mut sockets)?;
     }
     Ok(sockets)
 }
 
-fn request(socket: &Socket, family: u8, states: StateFlags) -> io::Result<()> {
+fn request(socket: &Socket, family: u8) -> io::Result<()> {
     let mut header = NetlinkHeader::default();
     header.flags = NLM_F_REQUEST | NLM_F_DUMP;
     let mut packet = NetlinkMessage::new(
@@ -81,7 +62,7 @@ fn request(socket: &Socket, family: u8, states: StateFlags) -> io::Result<()> {
             family,
             protocol: IPPROTO_TCP,
             extensions: ExtensionFlags::INFO,
-            states,
+            states: StateFlags::all(),
             socket_id: if family == AF_INET {
                 SocketId::new_v4()
             } else {
@@ -222,7 +203,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (_server, _) = listener.accept().unwrap();
-        let sockets = dump_tcp(Dump::Connections).unwrap();
+        let sockets = dump_tcp().unwrap();
         // Both ends: a TIME_WAIT socket of an earlier connection may hold the same local port.
         let (local, remote) = (client.local_addr().unwrap(), client.peer_addr().unwrap());
         let found = sockets
@@ -258,7 +239,7 @@ mod tests {
         // Loopback delivers at once; the kernel's view is read until it shows the bytes.
         let found = (0..100)
             .find_map(|_| {
-                let socket = dump_tcp(Dump::Connections)
+                let socket = dump_tcp()
                     .unwrap()
                     .into_iter()
                     .find(|s| s.local == local && s.remote == remote)
@@ -276,36 +257,5 @@ mod tests {
         assert!(found.last_ack_received.is_some());
         assert_eq!(found.queues.send, 0);
         assert!(!found.queues.zero_window);
-    }
-
-    #[test]
-    fn time_wait_sockets_come_apart_from_the_connections() {
-        use std::io::Read;
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (mut server, _) = listener.accept().unwrap();
-        let (local, remote) = (client.local_addr().unwrap(), client.peer_addr().unwrap());
-        // This side closes first, the peer then: this side's socket waits in TIME_WAIT.
-        drop(client);
-        assert_eq!(server.read(&mut [0; 1]).unwrap(), 0);
-        drop(server);
-        let ours = |dump: Dump| {
-            dump_tcp(dump)
-                .unwrap()
-                .into_iter()
-                .filter(|s| s.local == local && s.remote == remote)
-                .map(|s| s.state)
-                .collect::<Vec<_>>()
-        };
-        // The peer's FIN may still be on its way.
-        let time_wait = (0..100).find_map(|_| {
-            let found = ours(Dump::TimeWait);
-            if found.is_empty() {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            (!found.is_empty()).then_some(found)
-        });
-        assert_eq!(time_wait, Some(vec![TcpState::TimeWait]));
-        assert_eq!(ours(Dump::Connections), vec![]);
     }
 }

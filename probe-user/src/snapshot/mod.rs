@@ -27,12 +27,11 @@ use std::{
         fd::AsRawFd,
         unix::{ffi::OsStrExt, fs::MetadataExt},
     },
-    time::{Duration, Instant},
 };
 
 use crate::track::{
     Endpoints, ExistingSocket, Holders,
-    triage::{PortCounts, PortSample, TimeWaitPorts},
+    triage::{PortCounts, PortSample},
 };
 
 /// Why the sockets of a process could not be read.
@@ -93,18 +92,12 @@ pub enum FdTables<'a> {
 /// each destination. A process that is gone by the time it is read is skipped; one that cannot
 /// be read (another user namespace's, say) is an error when `strict`, skipped otherwise (the
 /// whole host is read that way).
-///
-/// TIME_WAIT sockets take ports, and nothing else here: they are counted from `time_wait`,
-/// read again when it says so; without it, they are neither read nor counted.
 pub fn take(
     pids: &[u32],
     namespaces: &mut Namespaces,
     strict: bool,
     fd_tables: FdTables<'_>,
-    mut time_wait: Option<&mut TimeWaitPorts>,
 ) -> Result<Snapshot, SnapshotError> {
-    let started = Instant::now();
-    let with_time_wait = time_wait.as_ref().is_some_and(|ports| ports.due(started));
     let mut snapshot = Snapshot::default();
     let mut sorted = pids.to_vec();
     sorted.sort_unstable();
@@ -127,7 +120,7 @@ pub fn take(
                 noted.iter().map(|(pid, table)| (*pid, table)),
                 &mut snapshot.fds,
             );
-            (held, namespaces.dump_all(with_time_wait))
+            (held, namespaces.dump_all())
         }
         FdTables::AllAtOnce(read) => {
             let noted: Vec<u32> = sorted
@@ -143,7 +136,7 @@ pub fn take(
                 .collect();
             let namespaces = &*namespaces;
             std::thread::scope(|scope| {
-                let dump = scope.spawn(|| namespaces.dump_all(with_time_wait));
+                let dump = scope.spawn(|| namespaces.dump_all());
                 let held = match read().map(|records| OpenFiles::decode(&records)) {
                     Some(files) => {
                         let held = note_tables(
@@ -173,25 +166,8 @@ pub fn take(
     let count: usize = tables.values().map(|table| table.sockets.len()).sum();
     snapshot.sockets.reserve(count);
     snapshot.holders.reserve(held.len().min(count));
-    let (mut time_wait_read, mut time_wait_took) = (HashMap::new(), Duration::ZERO);
     for (netns, mut table) in tables {
         let mut ports = table.port_range.map(PortCounts::new);
-        if let (Some(ports), Some(range)) = (&mut ports, table.port_range) {
-            match table.time_wait.take() {
-                Some(read) => {
-                    let counts = count_ports(range, &read.sockets);
-                    ports.add(&counts);
-                    time_wait_read.insert(netns, counts);
-                    time_wait_took += read.took;
-                }
-                None => {
-                    let carried = time_wait.as_ref().and_then(|ports| ports.counts(netns));
-                    if let Some(counts) = carried {
-                        ports.add(counts);
-                    }
-                }
-            }
-        }
         // Taken from the end of the dump, whose memory goes back as it is read: a million
         // sockets are not held twice, as the dump and as the list (the list's room, reserved
         // above, is only touched as it fills).
@@ -222,11 +198,10 @@ pub fn take(
             if let Some(ports) = &mut ports {
                 ports.count(socket.state, socket.local, socket.remote);
             }
-            // One in TIME_WAIT (asked for apart, above, but a kernel need not filter the dump
-            // by state) is the remains of a connection that ended at its CLOSE, held by no
-            // process and without tcp_info: it only takes a port, counted just above. A client
-            // that churns leaves tens of thousands; kept, each refresh would carry them all to
-            // the event loop to match against nothing.
+            // One in TIME_WAIT is the remains of a connection that ended at its CLOSE, held by
+            // no process and without tcp_info: it only takes a port, counted just above. A
+            // client that churns leaves tens of thousands; kept, each refresh would carry them
+            // all to the event loop to match against nothing.
             if socket.state == TcpState::TimeWait {
                 continue;
             }
@@ -240,19 +215,7 @@ pub fn take(
             snapshot.ports.extend(ports.samples(netns));
         }
     }
-    if let Some(ports) = time_wait.as_mut().filter(|_| with_time_wait) {
-        ports.read(started, time_wait_took, time_wait_read);
-    }
     Ok(snapshot)
-}
-
-/// The ports `sockets` take, in a namespace whose ephemeral range is `range`.
-fn count_ports(range: (u16, u16), sockets: &[diag::DiagSocket]) -> PortCounts {
-    let mut counts = PortCounts::new(range);
-    for socket in sockets {
-        counts.count(socket.state, socket.local, socket.remote);
-    }
-    counts
 }
 
 /// The fd tables of `pids` (sorted) from `/proc`: those gone meanwhile are left out, and so
@@ -493,19 +456,6 @@ mod tests {
         assert_eq!(error.kind(), io::ErrorKind::NotFound);
     }
 
-    /// This process's snapshot, its fd table from `/proc`, without TIME_WAIT sockets.
-    fn this_process(strict: bool) -> Snapshot {
-        let me = std::process::id();
-        take(
-            &[me],
-            &mut Namespaces::default(),
-            strict,
-            FdTables::Proc,
-            None,
-        )
-        .unwrap()
-    }
-
     /// This test's own sockets among `sockets`: those of the listener at `listening`.
     fn ours(sockets: &[ExistingSocket], listening: SocketAddr) -> Vec<(u64, u32)> {
         let mut ours: Vec<(u64, u32)> = sockets
@@ -524,7 +474,7 @@ mod tests {
         let _server = listener.accept().unwrap();
         let listening = listener.local_addr().unwrap();
         let me = std::process::id();
-        let from_proc = this_process(false);
+        let from_proc = take(&[me], &mut Namespaces::default(), false, FdTables::Proc).unwrap();
         let expected = ours(&from_proc.sockets, listening);
         assert_eq!(expected.len(), 3);
         assert!(expected.iter().all(|&(_, pid)| pid == me));
@@ -543,7 +493,6 @@ mod tests {
                 &mut Namespaces::default(),
                 false,
                 FdTables::AllAtOnce(read),
-                None,
             )
             .unwrap()
         };
@@ -563,7 +512,7 @@ mod tests {
         let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (server, _) = listener.accept().unwrap();
         let me = std::process::id();
-        let snapshot = this_process(true);
+        let snapshot = take(&[me], &mut Namespaces::default(), true, FdTables::Proc).unwrap();
         let holders = snapshot.holders.clone();
         let held = snapshot.into_held();
         let sockets: Vec<&ExistingSocket> = held.iter().collect();
@@ -616,59 +565,9 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(20));
             in_time_wait()
         }));
-        let snapshot = this_process(true);
+        let me = std::process::id();
+        let snapshot = take(&[me], &mut Namespaces::default(), true, FdTables::Proc).unwrap();
         assert!(in_time_wait());
         assert!(!snapshot.sockets.iter().any(|s| s.endpoints.local == local));
-    }
-
-    #[test]
-    fn time_wait_sockets_take_ports_only_in_refreshes() {
-        use std::io::Read;
-        let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap();
-        let bounds: Vec<u32> = range
-            .split_whitespace()
-            .map(|n| n.parse().unwrap())
-            .collect();
-        // Enough toward one destination for the triage to report it: a hundredth of the range.
-        let wanted = (bounds[1] - bounds[0] + 1) / 100 + 10;
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let destination = listener.local_addr().unwrap();
-        for _ in 0..wanted {
-            let client = TcpStream::connect(destination).unwrap();
-            let (mut server, _) = listener.accept().unwrap();
-            // This side closes first, the peer then: this side's socket waits in TIME_WAIT.
-            drop(client);
-            assert_eq!(server.read(&mut [0; 1]).unwrap(), 0);
-        }
-        let me = std::process::id();
-        let in_use = |time_wait: Option<&mut TimeWaitPorts>| {
-            let snapshot = take(
-                &[me],
-                &mut Namespaces::default(),
-                true,
-                FdTables::Proc,
-                time_wait,
-            )
-            .unwrap();
-            snapshot
-                .ports
-                .iter()
-                .find(|p| p.key.daddr == destination.ip() && p.key.dport == destination.port())
-                .map_or(0, |p| p.in_use)
-        };
-        // The last FINs may still be on their way: a fresh count until all are there.
-        let mut time_wait = TimeWaitPorts::default();
-        assert!((0..100).any(|_| {
-            time_wait = TimeWaitPorts::default();
-            let found = in_use(Some(&mut time_wait));
-            if found < wanted {
-                std::thread::sleep(std::time::Duration::from_millis(10));
-            }
-            found >= wanted
-        }));
-        // Read again or carried over from the reading just done, they are all there.
-        assert!(in_use(Some(&mut time_wait)) >= wanted);
-        // Where ports do not matter (the snapshot at attach), they are not read at all.
-        assert_eq!(in_use(None), 0);
     }
 }

@@ -10,12 +10,11 @@ use std::{
     os::unix::fs::MetadataExt,
     sync::Arc,
     thread,
-    time::{Duration, Instant},
 };
 
 use nix::sched::{CloneFlags, setns};
 
-use super::diag::{self, DiagSocket, Dump};
+use super::diag::{self, DiagSocket};
 
 /// The namespaces noted so far, by inode.
 #[derive(Debug, Default)]
@@ -35,17 +34,16 @@ impl Namespaces {
     }
 
     /// Every TCP socket of every namespace noted, by namespace inode, with the namespace's
-    /// ephemeral port range; the TIME_WAIT ones apart, and only `with_time_wait`.
-    pub fn dump_all(&self, with_time_wait: bool) -> io::Result<HashMap<u64, SocketTable>> {
+    /// ephemeral port range.
+    pub fn dump_all(&self) -> io::Result<HashMap<u64, SocketTable>> {
         let own = fs::metadata("/proc/self/ns/net")?.ino();
         self.open
             .iter()
             .map(|(&inode, file)| {
-                let read = move || read_table(with_time_wait);
                 let table = if inode == own {
-                    read()?
+                    read_table()?
                 } else {
-                    in_namespace(Arc::clone(file), read)?
+                    in_namespace(Arc::clone(file), read_table)?
                 };
                 Ok((inode, table))
             })
@@ -56,39 +54,18 @@ impl Namespaces {
 /// One namespace's TCP sockets, and the range connect() picks local ports from.
 #[derive(Debug)]
 pub struct SocketTable {
-    /// Every socket but those in TIME_WAIT.
     pub sockets: Vec<DiagSocket>,
-    /// Those in TIME_WAIT, when they were read.
-    pub time_wait: Option<TimeWaitSockets>,
     /// `net.ipv4.ip_local_port_range`, where it could be read.
     pub port_range: Option<(u16, u16)>,
     /// `TcpExt: ListenOverflows` of /proc/net/netstat, where it could be read.
     pub listen_overflows: Option<u64>,
 }
 
-/// One namespace's TIME_WAIT sockets, and how long reading them took.
-#[derive(Debug)]
-pub struct TimeWaitSockets {
-    pub sockets: Vec<DiagSocket>,
-    pub took: Duration,
-}
-
 /// The calling thread's namespace's table (`/proc/sys/net` shows the namespace of whoever
-/// reads it), its TIME_WAIT sockets only `with_time_wait`.
-fn read_table(with_time_wait: bool) -> io::Result<SocketTable> {
-    let time_wait = with_time_wait
-        .then(|| {
-            let started = Instant::now();
-            let sockets = diag::dump_tcp(Dump::TimeWait)?;
-            io::Result::Ok(TimeWaitSockets {
-                sockets,
-                took: started.elapsed(),
-            })
-        })
-        .transpose()?;
+/// reads it).
+fn read_table() -> io::Result<SocketTable> {
     Ok(SocketTable {
-        sockets: diag::dump_tcp(Dump::Connections)?,
-        time_wait,
+        sockets: diag::dump_tcp()?,
         port_range: fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
             .ok()
             .and_then(|text| parse_port_range(&text)),
@@ -118,7 +95,7 @@ fn parse_port_range(text: &str) -> Option<(u16, u16)> {
 /// rest of probe stays where it is).
 fn in_namespace<T: Send + 'static>(
     namespace: Arc<File>,
-    read: impl FnOnce() -> io::Result<T> + Send + 'static,
+    read: fn() -> io::Result<T>,
 ) -> io::Result<T> {
     thread::spawn(move || {
         setns(&*namespace, CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;

@@ -13,7 +13,7 @@ use crate::{
     bpf::OpenFilesRun,
     clock::monotonic_now,
     snapshot::{self, FdTables, Namespaces, Snapshot, SnapshotError},
-    track::{Timestamp, triage::TimeWaitPorts},
+    track::Timestamp,
 };
 
 /// What to read.
@@ -90,8 +90,6 @@ fn read_on_request(
     requests: &mpsc::Receiver<Request>,
     done: &UnboundedSender<Reading>,
 ) {
-    // Kept from one reading to the next: they are read again only now and then.
-    let mut time_wait = TimeWaitPorts::default();
     while let Ok(request) = requests.recv() {
         let started = monotonic_now();
         let mut open_files = request.open_files;
@@ -101,13 +99,7 @@ fn read_on_request(
         } else {
             FdTables::AllAtOnce(&mut read_at_once)
         };
-        let snapshot = snapshot::take(
-            &request.pids,
-            &mut namespaces,
-            request.strict,
-            fd_tables,
-            Some(&mut time_wait),
-        );
+        let snapshot = snapshot::take(&request.pids, &mut namespaces, request.strict, fd_tables);
         if done.send(Reading { snapshot, started }).is_err() {
             return;
         }

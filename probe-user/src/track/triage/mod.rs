@@ -17,7 +17,7 @@ use std::{
 use probe_common::TcpState;
 use rustc_hash::FxHashMap;
 
-pub use ports::{PortCounts, PortKey, PortReport, PortSample, TimeWaitPorts};
+pub use ports::{PortCounts, PortKey, PortReport, PortSample};
 pub use series::Series;
 
 use super::{summary::OpenConnection, time::Timestamp};

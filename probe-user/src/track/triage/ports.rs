@@ -3,11 +3,7 @@
 //! port) cannot share one. Sockets toward one destination, TIME_WAIT ones included, use up that
 //! range; when it is used up, connect() fails with EADDRNOTAVAIL.
 
-use std::{
-    collections::HashMap,
-    net::{IpAddr, SocketAddr},
-    time::{Duration, Instant},
-};
+use std::net::{IpAddr, SocketAddr};
 
 use probe_common::TcpState;
 use rustc_hash::FxHashMap;
@@ -79,13 +75,6 @@ impl PortCounts {
             .or_default() += 1;
     }
 
-    /// Adds what `other` counted (the namespace's TIME_WAIT sockets, say, read apart).
-    pub fn add(&mut self, other: &PortCounts) {
-        for (&destination, &in_use) in &other.counts {
-            *self.counts.entry(destination).or_default() += in_use;
-        }
-    }
-
     /// The destinations that use a reportable share of the range, in namespace `netns`.
     pub fn samples(self, netns: u64) -> Vec<PortSample> {
         let range = self.range;
@@ -104,50 +93,5 @@ impl PortCounts {
                 range,
             })
             .collect()
-    }
-}
-
-/// Reading TIME_WAIT sockets takes at most one part in this many of the time: they are read
-/// again once this many times the last reading's length has passed...
-const TIME_WAIT_ONE_PART_IN: u32 = 100;
-/// ...but they are read at least this often: the time a socket stays in TIME_WAIT on Linux
-/// (`TCP_TIMEWAIT_LEN`), after which none of those counted is left.
-const TIME_WAIT_LIFETIME: Duration = Duration::from_secs(60);
-
-/// The ports TIME_WAIT sockets take, read less often than the rest of the socket table where
-/// reading them is costly. A client that churns leaves tens of thousands (~90,000 in the
-/// benchmark's churn): each a message of the kernel's dump, a tenth of a second per refresh
-/// every 2.5 s, for a count the port forecast alone uses. Between their readings, the counts
-/// of the last one stand in for them.
-#[derive(Debug, Default)]
-pub struct TimeWaitPorts {
-    /// Per network namespace, from the last reading of its TIME_WAIT sockets.
-    counts: HashMap<u64, PortCounts>,
-    /// When that reading began, and how long it took.
-    last: Option<(Instant, Duration)>,
-}
-
-impl TimeWaitPorts {
-    /// Whether a refresh starting at `now` reads the TIME_WAIT sockets again: when they have
-    /// never been read, or when reading them as often takes at most a hundredth of the time.
-    pub fn due(&self, now: Instant) -> bool {
-        self.last.is_none_or(|(at, took)| {
-            let gap = took
-                .saturating_mul(TIME_WAIT_ONE_PART_IN)
-                .min(TIME_WAIT_LIFETIME);
-            now.saturating_duration_since(at) >= gap
-        })
-    }
-
-    /// A reading of every namespace's TIME_WAIT sockets, begun `at` and taking `took`: the
-    /// counts from now on (a namespace missing from `counts` has none counted).
-    pub fn read(&mut self, at: Instant, took: Duration, counts: HashMap<u64, PortCounts>) {
-        self.counts = counts;
-        self.last = Some((at, took));
-    }
-
-    /// Namespace `netns`'s TIME_WAIT sockets, as last read.
-    pub fn counts(&self, netns: u64) -> Option<&PortCounts> {
-        self.counts.get(&netns)
     }
 }

@@ -1,6 +1,6 @@
 //! The triage, fed made-up samples: forecasts that follow the trend, and the table's order.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use probe_common::TcpState;
 
@@ -103,49 +103,4 @@ fn ports_toward_one_destination_run_out_at_the_trend() {
     let endpoints = Endpoints::parse("10.0.0.1:50000", "10.0.0.2:80");
     outside.count(TcpState::Established, endpoints.local, endpoints.remote);
     assert!(outside.samples(1).is_empty());
-}
-
-#[test]
-fn time_wait_sockets_are_read_again_only_when_reading_them_is_cheap_enough() {
-    let start = Instant::now();
-    let mut time_wait = TimeWaitPorts::default();
-    assert!(time_wait.due(start));
-    // A few of them, read in 2 ms: again at any refresh 0.2 s apart.
-    time_wait.read(start, Duration::from_millis(2), HashMap::new());
-    assert!(!time_wait.due(start + Duration::from_millis(150)));
-    assert!(time_wait.due(start + Duration::from_millis(200)));
-    // 90,000 of them, read in 0.1 s: every 10 s, a hundredth of the time.
-    time_wait.read(start, Duration::from_millis(100), HashMap::new());
-    assert!(!time_wait.due(start + Duration::from_millis(2500)));
-    assert!(time_wait.due(start + Duration::from_secs(10)));
-    // Millions, read in 5 s: still every minute, when every one counted is gone.
-    time_wait.read(start, Duration::from_secs(5), HashMap::new());
-    assert!(!time_wait.due(start + Duration::from_secs(59)));
-    assert!(time_wait.due(start + Duration::from_secs(60)));
-}
-
-#[test]
-fn time_wait_counts_read_apart_add_to_the_others() {
-    let range = (60_000, 60_199);
-    let count = |counts: &mut PortCounts, n: u16, state: TcpState| {
-        for i in 0..n {
-            let endpoints = Endpoints::parse(&format!("10.0.0.1:{}", 60_000 + i), "10.0.0.2:80");
-            counts.count(state, endpoints.local, endpoints.remote);
-        }
-    };
-    let mut time_wait = PortCounts::new(range);
-    count(&mut time_wait, 30, TcpState::TimeWait);
-    let mut read = TimeWaitPorts::default();
-    read.read(
-        Instant::now(),
-        Duration::ZERO,
-        HashMap::from([(7, time_wait)]),
-    );
-    let mut live = PortCounts::new(range);
-    count(&mut live, 20, TcpState::Established);
-    live.add(read.counts(7).unwrap());
-    let samples = live.samples(7);
-    assert_eq!(samples.len(), 1);
-    assert_eq!(samples[0].in_use, 50);
-    assert!(read.counts(8).is_none());
 }
