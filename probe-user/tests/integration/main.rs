@@ -109,6 +109,7 @@ fn main() -> ExitCode {
         hostwide::bad_cgroups_and_containers_are_clear_errors,
         hostwide::the_fd_forecast_matches_when_the_client_runs_out,
         hostwide::the_port_forecast_matches_when_connect_fails,
+        hostwide::the_port_forecast_counts_time_wait_sockets_until_connect_fails,
         stuck_kinds::a_connect_into_a_black_hole_is_flagged_and_a_slow_one_is_not,
         stuck_kinds::a_half_close_the_peer_never_answers_is_flagged_and_a_quick_one_is_not,
         stuck_kinds::a_peer_that_vanishes_leaves_last_ack_and_fin_wait1_flagged,

@@ -80,7 +80,7 @@ impl NetworkNamespace {
     }
 
     /// This side's address on the link.
-    fn host_address(&self) -> IpAddr {
+    pub fn host_address(&self) -> IpAddr {
         IpAddr::from([10, 201, (self.number % 250) as u8, 1])
     }
 

@@ -69,6 +69,10 @@ pub enum Role {
         /// Stop connecting (and keep what it has) after this many.
         most: Option<usize>,
     },
+    /// After `go`, connects to `server` `per_second` times a second and closes each connection
+    /// at once (this side first: its sockets wait in TIME_WAIT), until stdin closes or a connect
+    /// fails; then tells `failed ERRNO UNIX_SECONDS`.
+    PortsIntoTimeWait { server: SocketAddr, per_second: u32 },
     /// After `go`, connects `count` times and answers `ready`; at `close`, closes them all
     /// (staying alive) and answers `closed`; exits when stdin closes.
     CloseOnCommand { server: SocketAddr, count: usize },
@@ -252,6 +256,9 @@ impl Role {
                 fd_limit,
                 most,
             } => leak(server, per_second, fd_limit, most),
+            Role::PortsIntoTimeWait { server, per_second } => {
+                ports_into_time_wait(server, per_second)
+            }
             Role::CloseOnCommand { server, count } => {
                 wait_for_go()?;
                 let held = (0..count)
@@ -362,14 +369,7 @@ fn leak(
             match TcpStream::connect(server) {
                 Ok(stream) => held.push(stream),
                 Err(error) => {
-                    let now = std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map_err(|e| e.to_string())?;
-                    answer(&format!(
-                        "failed {} {:.3}",
-                        error.raw_os_error().unwrap_or(0),
-                        now.as_secs_f64()
-                    ))?;
+                    answer(&failure_line(&error)?)?;
                     failure = Some(error);
                 }
             }
@@ -382,6 +382,50 @@ fn leak(
     }
     drop(held);
     Ok(())
+}
+
+fn ports_into_time_wait(server: SocketAddr, per_second: u32) -> Result<(), String> {
+    wait_for_go()?;
+    let (done_tx, done) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        wait_for_eof();
+        let _ = done_tx.send(());
+    });
+    let every = Duration::from_secs(1) / per_second.max(1);
+    let start = Instant::now();
+    let mut made = 0;
+    let mut failed = false;
+    while done.try_recv().is_err() {
+        if !failed {
+            match TcpStream::connect(server) {
+                // Closed at once, before the server's side: this side waits in TIME_WAIT.
+                Ok(stream) => drop(stream),
+                Err(error) => {
+                    answer(&failure_line(&error)?)?;
+                    failed = true;
+                }
+            }
+            made += 1;
+        }
+        let next = start + every * (made + 1);
+        thread::sleep(
+            next.saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(1)),
+        );
+    }
+    Ok(())
+}
+
+/// `failed ERRNO UNIX_SECONDS`: how a connect failed, and when.
+fn failure_line(error: &std::io::Error) -> Result<String, String> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|e| e.to_string())?;
+    Ok(format!(
+        "failed {} {:.3}",
+        error.raw_os_error().unwrap_or(0),
+        now.as_secs_f64()
+    ))
 }
 
 fn holding_server(bind: SocketAddr) -> Result<(), String> {
