@@ -8,6 +8,7 @@ use super::{
     code_path::{CodePath, SHOWN_FRAMES},
     diagnosis::Diagnosis,
     lifecycle::{ClosedFirst, Ending, History, OpenedBy, StateVisit},
+    time::Timestamp,
     triage::{PortReport, ProcessReport, Triage},
     view::{ConnectionView, Losses},
 };
@@ -218,10 +219,11 @@ impl Summary {
         kinds
     }
 
-    /// Adds the per-process and per-destination figures the triage keeps over the run.
-    pub fn add_triage(&mut self, triage: &Triage) {
-        self.processes = triage.processes(&self.open);
-        self.ports = triage.ports();
+    /// Adds the per-process and per-destination figures the triage keeps over the run, its
+    /// forecasts as of `now`.
+    pub fn add_triage(&mut self, triage: &Triage, now: Timestamp) {
+        self.processes = triage.processes(&self.open, now);
+        self.ports = triage.ports(now);
     }
 
     /// Keeps only the open connections for which `keep` holds, and recounts.

@@ -367,7 +367,7 @@ impl Session {
         let now = monotonic_now();
         self.triage.note_stuck(now, &self.tracker.stuck_tally());
         let mut summary = self.tracker.summary(now, self.code_path_source(), losses);
-        summary.add_triage(&self.triage);
+        summary.add_triage(&self.triage, now);
         if losses.lost_events > 0 || losses.untracked_sockets > 0 || counters.target_map_full > 0 {
             eprintln!(
                 "probe: warning: {} event(s) lost (ring buffer full: raise --ring-buffer-kib; \
@@ -500,7 +500,7 @@ impl Session {
             }
         };
         let mut table = self.tracker.summary(now, self.code_path_source(), losses);
-        table.add_triage(&self.triage);
+        table.add_triage(&self.triage, now);
         self.sink.tick(now, &table)
     }
 

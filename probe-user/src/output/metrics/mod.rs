@@ -339,7 +339,7 @@ mod tests {
             metrics.stuck(&alert).unwrap();
         }
         let mut table = tracker.summary(later, &NoCodePaths, Default::default());
-        table.add_triage(&crate::track::triage::Triage::default());
+        table.add_triage(&crate::track::triage::Triage::default(), later);
         metrics.tick(later, &table).unwrap();
         metrics
     }

@@ -380,7 +380,7 @@ mod tests {
         let end = Timestamp::from_nanos(5000 * MS);
         tracker.due_stuck(end, &NoCodePaths);
         let mut table = tracker.summary(end, &NoCodePaths, Losses::default());
-        table.add_triage(&crate::track::triage::Triage::default());
+        table.add_triage(&crate::track::triage::Triage::default(), end);
         timeline.record(end, table.counts());
         let page = render(&Facts {
             targets: "77 (<leaky>)",

@@ -180,14 +180,14 @@ impl Triage {
 
     /// The processes with connections or a file descriptor forecast, the most stuck (then the
     /// fastest leaking) first.
-    pub fn processes(&self, open: &[OpenConnection]) -> Vec<ProcessReport> {
+    pub fn processes(&self, open: &[OpenConnection], now: Timestamp) -> Vec<ProcessReport> {
         let mut reports: FxHashMap<u32, ProcessReport> = FxHashMap::default();
         let mut groups: FxHashMap<(u32, TcpState, SocketAddr), usize> = FxHashMap::default();
         for connection in open {
             let view = &connection.connection;
             let report = reports
                 .entry(view.owner.pid)
-                .or_insert_with(|| self.blank(view.owner.pid, Some(&view.owner.comm)));
+                .or_insert_with(|| self.blank(view.owner.pid, Some(&view.owner.comm), now));
             report.open += 1;
             *report.counts.entry(view.state).or_insert(0) += 1;
             if connection.stuck.is_some() {
@@ -206,8 +206,10 @@ impl Triage {
             }
         }
         for (&pid, track) in &self.processes {
-            if track.fd_exhaustion().is_some() {
-                reports.entry(pid).or_insert_with(|| self.blank(pid, None));
+            if track.fd_exhaustion(now).is_some() {
+                reports
+                    .entry(pid)
+                    .or_insert_with(|| self.blank(pid, None, now));
             }
         }
         let mut reports: Vec<ProcessReport> = reports.into_values().collect();
@@ -239,8 +241,9 @@ impl Triage {
         reports
     }
 
-    /// The ranges toward one destination that are filling, the fullest first.
-    pub fn ports(&self) -> Vec<PortReport> {
+    /// The ranges toward one destination that are filling, the fullest first; their time left
+    /// counted from `now`.
+    pub fn ports(&self, now: Timestamp) -> Vec<PortReport> {
         let mut reports: Vec<PortReport> = self
             .ports
             .iter()
@@ -251,7 +254,7 @@ impl Triage {
                     key: key.clone(),
                     in_use: *in_use,
                     range: *range,
-                    exhaustion: time_left(left, series.slope_per_second()),
+                    exhaustion: time_left(left, series, now),
                 }
             })
             .collect();
@@ -259,7 +262,7 @@ impl Triage {
         reports
     }
 
-    fn blank(&self, pid: u32, comm: Option<&Arc<str>>) -> ProcessReport {
+    fn blank(&self, pid: u32, comm: Option<&Arc<str>>, now: Timestamp) -> ProcessReport {
         let track = self.processes.get(&pid);
         ProcessReport {
             pid,
@@ -280,7 +283,7 @@ impl Triage {
             onset_estimated: false,
             fds_open: track.and_then(|t| t.fds_open),
             fd_limit: track.and_then(|t| t.fd_limit),
-            fd_exhaustion: track.and_then(ProcessTrack::fd_exhaustion),
+            fd_exhaustion: track.and_then(|track| track.fd_exhaustion(now)),
         }
     }
 
@@ -292,16 +295,21 @@ impl Triage {
 }
 
 impl ProcessTrack {
-    fn fd_exhaustion(&self) -> Option<Duration> {
+    fn fd_exhaustion(&self, now: Timestamp) -> Option<Duration> {
         let left = self.fd_limit? as f64 - self.fds_open? as f64;
-        time_left(left, self.fds.slope_per_second())
+        time_left(left, &self.fds, now)
     }
 }
 
-/// How long until `left` runs out at `slope` per second; `None` when it is not shrinking.
-fn time_left(left: f64, slope: Option<f64>) -> Option<Duration> {
-    let slope = slope.filter(|slope| *slope > 1e-9)?;
-    Some(Duration::from_secs_f64((left.max(0.0) / slope).min(1e9)))
+/// How long from `now` until `left`, what was left at the latest sample of `series`, runs out at
+/// the series' slope; `None` when it is not shrinking. Samples come with the refreshes, seconds
+/// apart (tens of seconds on a host with a million sockets): the time since the latest one is
+/// already gone.
+fn time_left(left: f64, series: &Series, now: Timestamp) -> Option<Duration> {
+    let slope = series.slope_per_second().filter(|slope| *slope > 1e-9)?;
+    let from_sample = left.max(0.0) / slope;
+    let from_now = from_sample - series.seconds_since_last(now);
+    Some(Duration::from_secs_f64(from_now.clamp(0.0, 1e9)))
 }
 
 #[cfg(test)]

@@ -49,6 +49,13 @@ impl Series {
         self.points.last().map(|&(_, value)| value)
     }
 
+    /// Seconds from the latest sample to `now` (0 without samples, or with `now` before it).
+    pub fn seconds_since_last(&self, now: Timestamp) -> f64 {
+        self.points
+            .last()
+            .map_or(0.0, |&(at, _)| (seconds(now) - at).max(0.0))
+    }
+
     /// When the first sample was taken.
     pub fn first_at(&self) -> Option<f64> {
         self.points.first().map(|&(at, _)| at)

@@ -27,11 +27,16 @@ fn file_descriptors_run_out_when_the_trend_says() {
             }],
         );
     }
-    let reports = triage.processes(&[]);
+    let reports = triage.processes(&[], at(10));
     assert_eq!(reports.len(), 1);
     let left = reports[0].fd_exhaustion.unwrap();
     assert!((left.as_secs_f64() - 5.6).abs() < 0.01, "{left:?}");
     assert_eq!(reports[0].fds_open, Some(200));
+    // Asked 2 s after that sample (refreshes come seconds apart): 2 s less; none once past.
+    let later = triage.processes(&[], at(12))[0].fd_exhaustion.unwrap();
+    assert!((later.as_secs_f64() - 3.6).abs() < 0.01, "{later:?}");
+    let past = triage.processes(&[], at(20))[0].fd_exhaustion;
+    assert_eq!(past, Some(Duration::ZERO));
 }
 
 #[test]
@@ -49,7 +54,7 @@ fn a_steady_process_has_no_forecast() {
             }],
         );
     }
-    assert!(triage.processes(&[]).is_empty(), "nothing to show");
+    assert!(triage.processes(&[], at(10)).is_empty(), "nothing to show");
 }
 
 #[test]
@@ -92,11 +97,15 @@ fn ports_toward_one_destination_run_out_at_the_trend() {
         let samples = samples(10 * second + 10, TcpState::TimeWait);
         triage.note_ports(at(u64::from(second)), &samples);
     }
-    let reports = triage.ports();
+    let reports = triage.ports(at(9));
     assert_eq!(reports.len(), 1);
     assert_eq!(reports[0].in_use, 100);
-    // 100 of 200 used, 10 more a second: 10 s left.
+    // 100 of 200 used, 10 more a second: 10 s left; 4 s later, 6.
     assert_eq!(reports[0].exhaustion, Some(Duration::from_secs(10)));
+    assert_eq!(
+        triage.ports(at(13))[0].exhaustion,
+        Some(Duration::from_secs(6))
+    );
     // A listener's port, or one outside the range, is no ephemeral port.
     assert!(samples(1, TcpState::Listen).is_empty());
     let mut outside = PortCounts::new((60_000, 60_199));
