@@ -119,7 +119,13 @@ impl Triage {
         }
         let seen: FxHashMap<u32, ()> = samples.iter().map(|s| (s.pid, ())).collect();
         self.processes.retain(|pid, track| {
-            seen.contains_key(pid) || track.stuck.last().is_some_and(|stuck| stuck > 0.0)
+            if seen.contains_key(pid) {
+                return true;
+            }
+            // Kept for its stuck connections, its files no longer read (it exited, say): no
+            // count to show, and no forecast counting down from an old one.
+            track.fds_open = None;
+            track.stuck.last().is_some_and(|stuck| stuck > 0.0)
         });
     }
 

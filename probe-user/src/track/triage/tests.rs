@@ -40,6 +40,32 @@ fn file_descriptors_run_out_when_the_trend_says() {
 }
 
 #[test]
+fn a_process_no_longer_read_has_no_fd_forecast() {
+    let mut triage = Triage::default();
+    let sample = |fds_open| ProcessSample {
+        pid: 7,
+        comm: "leaker".into(),
+        fds_open,
+        fd_limit: Some(256),
+        placement: Placement::default(),
+    };
+    let mut tally = StuckTally::default();
+    tally.insert(
+        (7, TcpState::CloseWait, "10.0.3.7:5432".parse().unwrap()),
+        3,
+    );
+    for second in 0..=10 {
+        triage.note_processes(at(second), &[sample(100 + 10 * second)]);
+        triage.note_stuck(at(second), &tally);
+    }
+    assert!(triage.processes(&[], at(10))[0].fd_exhaustion.is_some());
+    // It exited: kept for its stuck connections, without a forecast counting down.
+    triage.note_processes(at(11), &[]);
+    let reports = triage.processes(&[], at(12));
+    assert!(reports.iter().all(|report| report.fd_exhaustion.is_none()));
+}
+
+#[test]
 fn a_steady_process_has_no_forecast() {
     let mut triage = Triage::default();
     for second in 0..10 {
