@@ -354,37 +354,26 @@ fn leak(
             return Err(std::io::Error::last_os_error().to_string());
         }
     }
-    wait_for_go()?;
-    let (done_tx, done) = std::sync::mpsc::channel();
-    thread::spawn(move || {
-        wait_for_eof();
-        let _ = done_tx.send(());
-    });
-    let every = Duration::from_secs(1) / per_second.max(1);
-    let start = Instant::now();
     let mut held = Vec::new();
-    let mut failure = None;
-    while done.try_recv().is_err() {
-        if failure.is_none() && most.is_none_or(|most| held.len() < most) {
-            match TcpStream::connect(server) {
-                Ok(stream) => held.push(stream),
-                Err(error) => {
-                    answer(&failure_line(&error)?)?;
-                    failure = Some(error);
-                }
-            }
-        }
-        let next = start + every * (held.len() as u32 + 1);
-        thread::sleep(
-            next.saturating_duration_since(Instant::now())
-                .max(Duration::from_millis(1)),
-        );
-    }
+    paced_connects(server, per_second, most, |stream| held.push(stream))?;
     drop(held);
     Ok(())
 }
 
 fn ports_into_time_wait(server: SocketAddr, per_second: u32) -> Result<(), String> {
+    // Each closed at once, before the server's side: this side waits in TIME_WAIT.
+    paced_connects(server, per_second, None, drop)
+}
+
+/// After `go`, connects to `server` `per_second` times a second, at most `most` times, handing
+/// each connection to `keep`, until stdin closes; the first connect that fails is told as
+/// `failed ERRNO UNIX_SECONDS`, and none is tried after it.
+fn paced_connects(
+    server: SocketAddr,
+    per_second: u32,
+    most: Option<usize>,
+    mut keep: impl FnMut(TcpStream),
+) -> Result<(), String> {
     wait_for_go()?;
     let (done_tx, done) = std::sync::mpsc::channel();
     thread::spawn(move || {
@@ -393,19 +382,20 @@ fn ports_into_time_wait(server: SocketAddr, per_second: u32) -> Result<(), Strin
     });
     let every = Duration::from_secs(1) / per_second.max(1);
     let start = Instant::now();
-    let mut made = 0;
+    let mut made: u32 = 0;
     let mut failed = false;
     while done.try_recv().is_err() {
-        if !failed {
+        if !failed && most.is_none_or(|most| (made as usize) < most) {
             match TcpStream::connect(server) {
-                // Closed at once, before the server's side: this side waits in TIME_WAIT.
-                Ok(stream) => drop(stream),
+                Ok(stream) => {
+                    keep(stream);
+                    made += 1;
+                }
                 Err(error) => {
                     answer(&failure_line(&error)?)?;
                     failed = true;
                 }
             }
-            made += 1;
         }
         let next = start + every * (made + 1);
         thread::sleep(
