@@ -5,9 +5,16 @@
 //!
 //! Deadlines live in a min-heap: O(log n) per transition and per expired deadline, and no scan of
 //! the connection table. Deadlines of connections that moved on are dropped when they come due
-//! (or earlier, by [`StuckDetector::retain`]).
+//! (or earlier, by [`StuckDetector::retain`]). Most state visits are short (a handshake, a
+//! request and its answer), so a visit's deadline first waits [`SETTLE`] in a plain queue, and
+//! only those of visits still going on then go into the heap: one deadline per open connection
+//! instead of one for every state it went through on the way.
 
-use std::{cmp::Reverse, collections::BinaryHeap, time::Duration};
+use std::{
+    cmp::Reverse,
+    collections::{BinaryHeap, VecDeque},
+    time::Duration,
+};
 
 use probe_common::TcpState;
 
@@ -113,10 +120,27 @@ struct Pending {
     visit: u32,
 }
 
+/// How long the deadline of a state visit just entered waits before it is queued in the heap,
+/// if the visit is still going on then. Longer settles more visits (a handshake across the
+/// world takes a few hundred milliseconds) but holds more of them under churn.
+pub const SETTLE: Duration = Duration::from_millis(250);
+
+/// The deadline of a state visit entered at `entered`, settling.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Settling {
+    entered: Timestamp,
+    pending: Pending,
+}
+
 /// Deadline queue of the watched states.
 #[derive(Debug, Default)]
 pub struct StuckDetector {
     pending: BinaryHeap<Reverse<Pending>>,
+    /// Deadlines of the visits entered in about the last [`SETTLE`], in the order entered: each
+    /// at least `2 * SETTLE` after its visit began.
+    settling: VecDeque<Settling>,
+    /// No deadline in `settling` is earlier (the earliest queued there since it was last empty).
+    settling_earliest: Option<Timestamp>,
 }
 
 impl StuckDetector {
@@ -130,9 +154,55 @@ impl StuckDetector {
         }));
     }
 
+    /// Watches the state visit `visit` of the connection in table slot `slot`, entered at
+    /// `entered` and due at `deadline`: queued in the heap only if, [`SETTLE`] after `entered`,
+    /// `is_current` (given to [`StuckDetector::due`]) says it still goes on. A deadline under
+    /// `2 * SETTLE` away is queued at once, so that one settling is never due before it is
+    /// queued (and [`StuckDetector::next_deadline`] has a bound on those settling).
+    pub fn watch_visit(&mut self, slot: u32, visit: u32, entered: Timestamp, deadline: Timestamp) {
+        if deadline < entered.saturating_add(2 * SETTLE) {
+            self.watch(slot, visit, deadline);
+            return;
+        }
+        self.settling.push_back(Settling {
+            entered,
+            pending: Pending {
+                deadline,
+                slot,
+                visit,
+            },
+        });
+        self.settling_earliest = Some(self.settling_earliest.map_or(deadline, |d| d.min(deadline)));
+    }
+
+    /// Queues the deadlines that have settled by `now` and whose visit `is_current(slot, visit)`
+    /// says still goes on; drops the others.
+    fn settle(&mut self, now: Timestamp, mut is_current: impl FnMut(u32, u32) -> bool) {
+        while let Some(settling) = self.settling.front() {
+            if settling.entered.saturating_add(SETTLE) > now {
+                break;
+            }
+            let pending = settling.pending;
+            self.settling.pop_front();
+            if is_current(pending.slot, pending.visit) {
+                self.pending.push(Reverse(pending));
+            }
+        }
+        if self.settling.is_empty() {
+            self.settling_earliest = None;
+        }
+    }
+
     /// Removes and returns the deadlines due at `now`, earliest first, at most `limit` of them
-    /// (the others stay queued, due).
-    pub fn due(&mut self, now: Timestamp, limit: usize) -> Vec<DueDeadline> {
+    /// (the others stay queued, due); first queues those that have settled and whose visit
+    /// `is_current(slot, visit)` says still goes on.
+    pub fn due(
+        &mut self,
+        now: Timestamp,
+        limit: usize,
+        is_current: impl FnMut(u32, u32) -> bool,
+    ) -> Vec<DueDeadline> {
+        self.settle(now, is_current);
         let mut due = Vec::new();
         while let Some(Reverse(pending)) = self.pending.peek().copied() {
             if pending.deadline > now || due.len() == limit {
@@ -157,22 +227,39 @@ impl StuckDetector {
         if self.pending.capacity() > queued * 2 + SMALL {
             self.pending.shrink_to(queued + queued / 8 + SMALL);
         }
+        let settling = self.settling.len();
+        if self.settling.capacity() > settling * 2 + SMALL {
+            self.settling.shrink_to(settling + settling / 8 + SMALL);
+        }
     }
 
-    /// The earliest pending deadline.
+    /// The earliest pending deadline, or a time before it: for those still settling, the
+    /// earliest queued there, or if later, [`SETTLE`] after the first of them settles (each is
+    /// at least `2 * SETTLE` after its visit began).
     pub fn next_deadline(&self) -> Option<Timestamp> {
-        self.pending.peek().map(|Reverse(pending)| pending.deadline)
+        let queued = self.pending.peek().map(|Reverse(pending)| pending.deadline);
+        let settling = self.settling.front().map(|first| {
+            let bound = first.entered.saturating_add(2 * SETTLE);
+            self.settling_earliest
+                .map_or(bound, |earliest| earliest.max(bound))
+        });
+        queued.into_iter().chain(settling).min()
     }
 
-    /// How many deadlines are queued.
+    /// How many deadlines are queued, settling or not.
     pub fn pending(&self) -> usize {
-        self.pending.len()
+        self.pending.len() + self.settling.len()
     }
 
-    /// Drops the queued deadlines for which `is_live(slot, visit)` is false.
+    /// Drops the queued deadlines, settling or not, for which `is_live(slot, visit)` is false.
     pub fn retain(&mut self, mut is_live: impl FnMut(u32, u32) -> bool) {
         self.pending
             .retain(|Reverse(pending)| is_live(pending.slot, pending.visit));
+        self.settling
+            .retain(|settling| is_live(settling.pending.slot, settling.pending.visit));
+        if self.settling.is_empty() {
+            self.settling_earliest = None;
+        }
         self.release_spare();
     }
 }
@@ -193,7 +280,7 @@ mod tests {
             detector.watch(n, 1, deadline);
         }
         assert!(detector.pending.capacity() >= 100_000);
-        assert_eq!(detector.due(secs(2), usize::MAX).len(), 90_000);
+        assert_eq!(detector.due(secs(2), usize::MAX, |_, _| true).len(), 90_000);
         assert_eq!(detector.pending(), 10_000);
         assert!(detector.pending.capacity() <= 11_250 + 1024);
     }
@@ -206,16 +293,20 @@ mod tests {
         assert_eq!(d.pending(), 2);
         assert_eq!(d.next_deadline(), Some(secs(105)));
         assert!(
-            d.due(Timestamp::from_nanos(secs(105).as_nanos() - 1), usize::MAX)
-                .is_empty()
+            d.due(
+                Timestamp::from_nanos(secs(105).as_nanos() - 1),
+                usize::MAX,
+                |_, _| true
+            )
+            .is_empty()
         );
         assert_eq!(
-            d.due(secs(105), usize::MAX),
+            d.due(secs(105), usize::MAX, |_, _| true),
             [DueDeadline { slot: 1, visit: 10 }]
         );
-        assert!(d.due(secs(106), usize::MAX).is_empty());
+        assert!(d.due(secs(106), usize::MAX, |_, _| true).is_empty());
         assert_eq!(d.next_deadline(), Some(secs(160)));
-        assert_eq!(d.due(secs(1000), usize::MAX).len(), 1);
+        assert_eq!(d.due(secs(1000), usize::MAX, |_, _| true).len(), 1);
         assert_eq!(d.next_deadline(), None);
     }
 
@@ -225,7 +316,11 @@ mod tests {
         for (slot, t) in [(1, 30), (2, 10), (3, 20)] {
             d.watch(slot, slot, secs(t));
         }
-        let slots: Vec<u32> = d.due(secs(25), usize::MAX).iter().map(|x| x.slot).collect();
+        let slots: Vec<u32> = d
+            .due(secs(25), usize::MAX, |_, _| true)
+            .iter()
+            .map(|x| x.slot)
+            .collect();
         assert_eq!(slots, [2, 3]);
     }
 
@@ -235,12 +330,83 @@ mod tests {
         for slot in 0..10 {
             d.watch(slot, slot, secs(u64::from(slot)));
         }
-        let first: Vec<u32> = d.due(secs(100), 4).iter().map(|x| x.slot).collect();
+        let first: Vec<u32> = d
+            .due(secs(100), 4, |_, _| true)
+            .iter()
+            .map(|x| x.slot)
+            .collect();
         assert_eq!(first, [0, 1, 2, 3]);
         assert_eq!(d.next_deadline(), Some(secs(4)), "the rest is still due");
-        assert_eq!(d.due(secs(100), 4).len(), 4);
-        assert_eq!(d.due(secs(100), 4).len(), 2);
+        assert_eq!(d.due(secs(100), 4, |_, _| true).len(), 4);
+        assert_eq!(d.due(secs(100), 4, |_, _| true).len(), 2);
         assert_eq!(d.pending(), 0);
+    }
+
+    #[test]
+    fn a_visit_over_before_its_deadline_settled_is_never_queued() {
+        let mut d = StuckDetector::default();
+        let entered = secs(100);
+        d.watch_visit(1, 7, entered, secs(110));
+        d.watch_visit(2, 8, entered, secs(110));
+        assert_eq!(d.pending(), 2);
+        assert!(
+            d.due(entered.saturating_add(SETTLE / 2), usize::MAX, |_, _| false)
+                .is_empty()
+        );
+        assert_eq!(d.pending(), 2, "not settled yet: not looked at");
+        // Visit 7 is over, visit 8 goes on.
+        let due = d.due(entered.saturating_add(SETTLE), usize::MAX, |_, visit| {
+            visit == 8
+        });
+        assert!(due.is_empty());
+        assert_eq!(d.pending(), 1);
+        assert_eq!(d.next_deadline(), Some(secs(110)));
+        assert_eq!(
+            d.due(secs(110), usize::MAX, |_, _| true),
+            [DueDeadline { slot: 2, visit: 8 }]
+        );
+        assert_eq!(d.pending(), 0);
+    }
+
+    #[test]
+    fn a_deadline_settling_comes_due_at_its_time_even_if_first_asked_then() {
+        let mut d = StuckDetector::default();
+        d.watch_visit(3, 9, secs(1), secs(6));
+        assert_eq!(d.next_deadline(), Some(secs(6)), "the only one settling");
+        assert_eq!(
+            d.due(secs(6), usize::MAX, |_, _| true),
+            [DueDeadline { slot: 3, visit: 9 }]
+        );
+    }
+
+    #[test]
+    fn next_deadline_is_never_later_than_one_settling() {
+        let mut d = StuckDetector::default();
+        // The earliest settling deadline is taken out first: the bound moves on to the first
+        // still settling.
+        d.watch_visit(1, 1, secs(0), secs(5));
+        d.watch_visit(2, 2, secs(10), secs(70));
+        assert_eq!(d.next_deadline(), Some(secs(5)));
+        assert!(d.due(secs(1), usize::MAX, |slot, _| slot != 1).is_empty());
+        let bound = secs(10).saturating_add(2 * SETTLE);
+        assert_eq!(d.next_deadline(), Some(bound));
+        assert!(bound <= secs(70));
+        assert!(d.due(secs(11), usize::MAX, |_, _| true).is_empty());
+        assert_eq!(d.next_deadline(), Some(secs(70)));
+    }
+
+    #[test]
+    fn a_deadline_too_close_to_settle_is_queued_at_once() {
+        let mut d = StuckDetector::default();
+        let entered = secs(50);
+        d.watch_visit(4, 4, entered, entered.saturating_add(SETTLE));
+        assert_eq!(d.pending.len(), 1);
+        assert!(d.settling.is_empty());
+        assert_eq!(
+            d.due(entered.saturating_add(SETTLE), usize::MAX, |_, _| false)
+                .len(),
+            1
+        );
     }
 
     #[test]
@@ -257,7 +423,7 @@ mod tests {
         d.retain(|_, visit| visit % 2 == 0);
         assert_eq!(d.pending(), 5);
         assert!(
-            d.due(secs(1000), usize::MAX)
+            d.due(secs(1000), usize::MAX, |_, _| true)
                 .iter()
                 .all(|x| x.visit % 2 == 0)
         );

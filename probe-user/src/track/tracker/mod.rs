@@ -249,8 +249,12 @@ impl Tracker {
             self.closed.record(connection.closed_first, ending);
             self.forget(key);
         } else if let Some(threshold) = self.thresholds.of(transition.new) {
-            self.detector
-                .watch(slot, visit, transition.at.saturating_add(threshold));
+            self.detector.watch_visit(
+                slot,
+                visit,
+                transition.at,
+                transition.at.saturating_add(threshold),
+            );
             self.drop_stale_deadlines();
         }
         change
@@ -311,7 +315,9 @@ impl Tracker {
         code_paths: &dyn CodePathSource,
     ) -> Vec<StuckAlert> {
         let mut alerts = Vec::new();
-        for due in self.detector.due(now, DEADLINES_AT_ONCE) {
+        let table = &self.table;
+        let is_current = |slot, visit| table.at(slot).is_some_and(|t: &Tracked| t.visit == visit);
+        for due in self.detector.due(now, DEADLINES_AT_ONCE, is_current) {
             // A deadline is for the state visit it was queued in: a slot reused since, or a
             // connection that moved on, has another visit number.
             let Some(tracked) = self.table.at_mut(due.slot) else {

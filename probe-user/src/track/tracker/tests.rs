@@ -517,3 +517,20 @@ fn a_reading_begun_before_a_connection_changed_does_not_let_it_go() {
     let sockets: Vec<Option<u64>> = abandoned.iter().map(|(_, key)| key.socket()).collect();
     assert_eq!(sockets, [Some(2)]);
 }
+
+#[test]
+fn a_connection_has_one_deadline_queued_once_its_handshake_has_settled() {
+    let mut tracker = tracker();
+    for id in 1..=10_000 {
+        open_client(&mut tracker, id, 1_000);
+    }
+    assert!(tracker.due_stuck(at(2_000), &NoCodePaths).is_empty());
+    assert_eq!(
+        tracker.detector.pending(),
+        10_000,
+        "the deadlines of SYN_SENT, over in a millisecond, are not kept"
+    );
+    // ESTABLISHED for 60 s: flagged at its deadline, as before.
+    assert!(tracker.due_stuck(at(61_000), &NoCodePaths).is_empty());
+    assert_eq!(tracker.due_stuck(at(61_001), &NoCodePaths).len(), 4096);
+}
