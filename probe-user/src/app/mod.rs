@@ -19,7 +19,7 @@ use crate::{
         cgroup::{self, TracedCgroup},
         spawn::{RunAs, spawn_held},
     },
-    snapshot::{self, FdTables, Namespaces},
+    snapshot::{self, FdTables, Namespaces, TimeWait},
     track::{ExistingSocket, Timestamp},
 };
 use outputs::MetricsListener;
@@ -164,8 +164,10 @@ fn attach(config: &Config) -> anyhow::Result<Attached> {
         Scope::Processes => FdTables::Proc,
         Scope::Host | Scope::Cgroups { .. } => FdTables::AllAtOnce(&mut read_at_once),
     };
+    // Only the sockets processes hold are kept: none in TIME_WAIT.
+    let no_time_wait = TimeWait::Toward(Vec::new());
     let existing: Vec<ExistingSocket> =
-        snapshot::take(&pids, &mut namespaces, strict, fd_tables)?.into_held();
+        snapshot::take(&pids, &mut namespaces, strict, fd_tables, &no_time_wait)?.into_held();
     let snapshot_took = started.elapsed();
     log::debug!(
         "{} TCP sockets already open found in {snapshot_took:?}",

@@ -6,9 +6,11 @@
 pub mod diag;
 mod namespaces;
 mod open_files;
+mod time_wait;
 
 pub use namespaces::Namespaces;
 pub use open_files::OpenFiles;
+pub use time_wait::TimeWait;
 
 use nix::{
     dir::Dir,
@@ -89,14 +91,15 @@ pub enum FdTables<'a> {
 /// The TCP sockets of the network namespaces of the processes in `pids` (and of every
 /// namespace noted before, whose processes may have exited), with their tcp_info and who of
 /// `pids` holds each; how many files each process has open; the ephemeral ports in use toward
-/// each destination. A process that is gone by the time it is read is skipped; one that cannot
-/// be read (another user namespace's, say) is an error when `strict`, skipped otherwise (the
-/// whole host is read that way).
+/// each destination, TIME_WAIT sockets counted among them as `time_wait` says. A process that is
+/// gone by the time it is read is skipped; one that cannot be read (another user namespace's,
+/// say) is an error when `strict`, skipped otherwise (the whole host is read that way).
 pub fn take(
     pids: &[u32],
     namespaces: &mut Namespaces,
     strict: bool,
     fd_tables: FdTables<'_>,
+    time_wait: &TimeWait,
 ) -> Result<Snapshot, SnapshotError> {
     let mut snapshot = Snapshot::default();
     let mut sorted = pids.to_vec();
@@ -120,7 +123,7 @@ pub fn take(
                 noted.iter().map(|(pid, table)| (*pid, table)),
                 &mut snapshot.fds,
             );
-            (held, namespaces.dump_all())
+            (held, namespaces.dump_all(time_wait))
         }
         FdTables::AllAtOnce(read) => {
             let noted: Vec<u32> = sorted
@@ -136,7 +139,7 @@ pub fn take(
                 .collect();
             let namespaces = &*namespaces;
             std::thread::scope(|scope| {
-                let dump = scope.spawn(|| namespaces.dump_all());
+                let dump = scope.spawn(|| namespaces.dump_all(time_wait));
                 let held = match read().map(|records| OpenFiles::decode(&records)) {
                     Some(files) => {
                         let held = note_tables(
@@ -474,7 +477,14 @@ mod tests {
         let _server = listener.accept().unwrap();
         let listening = listener.local_addr().unwrap();
         let me = std::process::id();
-        let from_proc = take(&[me], &mut Namespaces::default(), false, FdTables::Proc).unwrap();
+        let from_proc = take(
+            &[me],
+            &mut Namespaces::default(),
+            false,
+            FdTables::Proc,
+            &TimeWait::All,
+        )
+        .unwrap();
         let expected = ours(&from_proc.sockets, listening);
         assert_eq!(expected.len(), 3);
         assert!(expected.iter().all(|&(_, pid)| pid == me));
@@ -493,6 +503,7 @@ mod tests {
                 &mut Namespaces::default(),
                 false,
                 FdTables::AllAtOnce(read),
+                &TimeWait::All,
             )
             .unwrap()
         };
@@ -512,7 +523,14 @@ mod tests {
         let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (server, _) = listener.accept().unwrap();
         let me = std::process::id();
-        let snapshot = take(&[me], &mut Namespaces::default(), true, FdTables::Proc).unwrap();
+        let snapshot = take(
+            &[me],
+            &mut Namespaces::default(),
+            true,
+            FdTables::Proc,
+            &TimeWait::All,
+        )
+        .unwrap();
         let holders = snapshot.holders.clone();
         let held = snapshot.into_held();
         let sockets: Vec<&ExistingSocket> = held.iter().collect();
@@ -566,7 +584,14 @@ mod tests {
             in_time_wait()
         }));
         let me = std::process::id();
-        let snapshot = take(&[me], &mut Namespaces::default(), true, FdTables::Proc).unwrap();
+        let snapshot = take(
+            &[me],
+            &mut Namespaces::default(),
+            true,
+            FdTables::Proc,
+            &TimeWait::All,
+        )
+        .unwrap();
         assert!(in_time_wait());
         assert!(!snapshot.sockets.iter().any(|s| s.endpoints.local == local));
     }

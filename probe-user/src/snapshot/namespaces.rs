@@ -14,7 +14,10 @@ use std::{
 
 use nix::sched::{CloneFlags, setns};
 
-use super::diag::{self, DiagSocket};
+use super::{
+    diag::{self, DiagSocket},
+    time_wait::TimeWait,
+};
 
 /// The namespaces noted so far, by inode.
 #[derive(Debug, Default)]
@@ -33,17 +36,18 @@ impl Namespaces {
         Ok(inode)
     }
 
-    /// Every TCP socket of every namespace noted, by namespace inode, with the namespace's
-    /// ephemeral port range.
-    pub fn dump_all(&self) -> io::Result<HashMap<u64, SocketTable>> {
+    /// Every TCP socket of every namespace noted (of those in TIME_WAIT, the ones `time_wait`
+    /// asks for), by namespace inode, with the namespace's ephemeral port range.
+    pub fn dump_all(&self, time_wait: &TimeWait) -> io::Result<HashMap<u64, SocketTable>> {
         let own = fs::metadata("/proc/self/ns/net")?.ino();
         self.open
             .iter()
             .map(|(&inode, file)| {
                 let table = if inode == own {
-                    read_table()?
+                    read_table(time_wait)?
                 } else {
-                    in_namespace(Arc::clone(file), read_table)?
+                    let time_wait = time_wait.clone();
+                    in_namespace(Arc::clone(file), move || read_table(&time_wait))?
                 };
                 Ok((inode, table))
             })
@@ -63,9 +67,9 @@ pub struct SocketTable {
 
 /// The calling thread's namespace's table (`/proc/sys/net` shows the namespace of whoever
 /// reads it).
-fn read_table() -> io::Result<SocketTable> {
+fn read_table(time_wait: &TimeWait) -> io::Result<SocketTable> {
     Ok(SocketTable {
-        sockets: diag::dump_tcp()?,
+        sockets: diag::dump_tcp(time_wait)?,
         port_range: fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
             .ok()
             .and_then(|text| parse_port_range(&text)),
@@ -95,7 +99,7 @@ fn parse_port_range(text: &str) -> Option<(u16, u16)> {
 /// rest of probe stays where it is).
 fn in_namespace<T: Send + 'static>(
     namespace: Arc<File>,
-    read: fn() -> io::Result<T>,
+    read: impl FnOnce() -> io::Result<T> + Send + 'static,
 ) -> io::Result<T> {
     thread::spawn(move || {
         setns(&*namespace, CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;

@@ -14,7 +14,7 @@ use crate::{
     clock::monotonic_now,
     output::escape::terminal,
     process::{self, cgroup, watch::ProcessNews},
-    snapshot,
+    snapshot::{self, TimeWait},
     track::{StateChange, Timestamp, triage::ProcessSample},
 };
 
@@ -86,6 +86,11 @@ impl Session {
                 None
             } else {
                 self.tracer.open_files()
+            },
+            // The port forecast's TIME_WAIT sockets: toward where the traced processes connect.
+            time_wait: match self.tracker.connect_destinations() {
+                Some(destinations) => TimeWait::Toward(destinations),
+                None => TimeWait::All,
             },
         };
         self.refresher.request(request);

@@ -12,7 +12,7 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use crate::{
     bpf::OpenFilesRun,
     clock::monotonic_now,
-    snapshot::{self, FdTables, Namespaces, Snapshot, SnapshotError},
+    snapshot::{self, FdTables, Namespaces, Snapshot, SnapshotError, TimeWait},
     track::Timestamp,
 };
 
@@ -25,6 +25,8 @@ pub(super) struct Request {
     /// Every process's open files at once, from the kernel (host-wide and in cgroups); the
     /// fd tables come from `/proc` without it.
     pub open_files: Option<OpenFilesRun>,
+    /// The TIME_WAIT sockets read (for the port forecast).
+    pub time_wait: TimeWait,
 }
 
 /// A reading, done.
@@ -99,7 +101,13 @@ fn read_on_request(
         } else {
             FdTables::AllAtOnce(&mut read_at_once)
         };
-        let snapshot = snapshot::take(&request.pids, &mut namespaces, request.strict, fd_tables);
+        let snapshot = snapshot::take(
+            &request.pids,
+            &mut namespaces,
+            request.strict,
+            fd_tables,
+            &request.time_wait,
+        );
         if done.send(Reading { snapshot, started }).is_err() {
             return;
         }

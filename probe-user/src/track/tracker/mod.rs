@@ -6,7 +6,7 @@ use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
 use probe_common::TcpState;
 use rustc_hash::{FxHashMap, FxHashSet};
 
-use self::unnamed::Unnamed;
+use self::{destinations::Destinations, unnamed::Unnamed};
 
 use super::{
     activity::ExistingSocket,
@@ -110,6 +110,8 @@ pub struct Tracker {
     /// Each listener's namespace `ListenOverflows` at its last sample: where a full accept
     /// queue's drops are counted from (the queue filled since then).
     overflows_seen: FxHashMap<ConnectionKey, u64>,
+    /// Where the traced processes connect to.
+    destinations: Destinations,
 }
 
 /// Deadlines [`Tracker::due_stuck`] looks at per call.
@@ -134,7 +136,15 @@ impl Tracker {
             co_holders: FxHashMap::default(),
             stalls: FxHashMap::default(),
             overflows_seen: FxHashMap::default(),
+            destinations: Destinations::default(),
         }
+    }
+
+    /// The remote ends the traced processes connected to since probe started (connections
+    /// found open at attach included, unless accepted), or `None` when there are too many to
+    /// list (more than 64).
+    pub fn connect_destinations(&self) -> Option<Vec<SocketAddr>> {
+        self.destinations.list()
     }
 
     /// Process `pid`'s name (`?` until it has one).
@@ -170,6 +180,9 @@ impl Tracker {
         if socket.state == TcpState::Close || u32::try_from(socket.inode).is_err() {
             return;
         }
+        if !accepted && socket.state != TcpState::Listen {
+            self.destinations.note(socket.endpoints.remote);
+        }
         let connection = Connection::existing(socket, now, accepted);
         let key = connection.key();
         // When the socket entered its state at the latest (tcp_info's lower bound on its age).
@@ -202,6 +215,9 @@ impl Tracker {
     pub fn apply(&mut self, transition: &Transition) -> StateChange {
         let key = ConnectionKey::Socket(transition.sock_id);
         self.adopt_existing(key, transition);
+        if (transition.old, transition.new) == (TcpState::Close, TcpState::SynSent) {
+            self.destinations.note(transition.endpoints.remote);
+        }
         let starts_lifecycle = matches!(
             (transition.old, transition.new),
             (TcpState::Close, _) | (TcpState::Listen, TcpState::SynRecv)
@@ -577,6 +593,7 @@ fn owner_of(processes: &FxHashMap<u32, Arc<str>>, pid: u32) -> Owner {
     }
 }
 
+mod destinations;
 mod owners;
 mod stalls;
 #[cfg(test)]

@@ -534,3 +534,38 @@ fn a_connection_has_one_deadline_queued_once_its_handshake_has_settled() {
     assert!(tracker.due_stuck(at(61_000), &NoCodePaths).is_empty());
     assert_eq!(tracker.due_stuck(at(61_001), &NoCodePaths).len(), 4096);
 }
+
+#[test]
+fn the_destinations_connected_to_are_listed_not_the_peers_of_accepted_connections() {
+    let mut tracker = tracker();
+    let attach = at(100);
+    let socket = |inode: u64, state, local: &str, remote: &str| {
+        let mut socket = existing(inode, state, None, attach);
+        socket.endpoints = Endpoints::parse(local, remote);
+        socket
+    };
+    tracker.seed(
+        &[
+            socket(1, Listen, "0.0.0.0:8080", "0.0.0.0:0"),
+            // Accepted: its peer's port is the peer's ephemeral one.
+            socket(2, Established, "10.0.0.1:8080", "10.0.0.9:51000"),
+            // Opened by this side before probe came.
+            socket(3, Established, "10.0.0.1:40000", "10.0.0.7:5432"),
+        ],
+        attach,
+    );
+    open_client(&mut tracker, 4, 200);
+    open_client(&mut tracker, 6, 250);
+    let mut mapped = t(5, Close, SynSent, 300);
+    mapped.endpoints = Endpoints::parse("[::ffff:127.0.0.1]:40005", "[::ffff:127.0.0.1]:8081");
+    assert_eq!(mapped.endpoints.family, Family::Ipv6);
+    tracker.apply(&mapped);
+    assert_eq!(
+        tracker.connect_destinations(),
+        Some(vec![
+            "10.0.0.7:5432".parse().unwrap(),
+            "127.0.0.1:8080".parse().unwrap(),
+            "127.0.0.1:8081".parse().unwrap()
+        ])
+    );
+}
