@@ -68,7 +68,7 @@ pub fn dump_tcp(time_wait: &TimeWait) -> io::Result<Vec<DiagSocket>> {
 /// for compatibility. Unlike `SOCK_DIAG_BY_FAMILY`, which reads one address family per request,
 /// it reads IPv4 and IPv6 in one walk of the kernel's socket table, and a walk costs
 /// milliseconds even with nothing to show: it visits every bucket of the host-wide hash of
-/// connections (3.4 ms here, 262,144 buckets). Its replies carry the same `inet_diag_msg`.
+/// connections (about 3 ms here, 262,144 buckets). Its replies carry the same `inet_diag_msg`.
 const TCPDIAG_GETSOCK: u16 = 18;
 /// `struct nlmsghdr`: length, type, flags, sequence number, port id.
 const NLMSG_HEADER_LEN: usize = 16;

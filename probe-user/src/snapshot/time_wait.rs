@@ -16,7 +16,8 @@ use netlink_packet_sock_diag::constants::{AF_INET, AF_INET6};
 pub enum TimeWait {
     /// Every one of them.
     All,
-    /// Only those toward these destinations (none at all when empty).
+    /// Only those toward these destinations (none at all when empty): at most about 2,000
+    /// (see [`bytecode`]; the tracker lists 64 at most).
     Toward(Vec<SocketAddr>),
 }
 
