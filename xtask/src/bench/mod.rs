@@ -1,10 +1,11 @@
 //! `cargo xtask bench`: what tracing costs the traced workload, measured side by side in one run.
 //!
-//! Configurations are interleaved round by round, and every run of a tracer is paired with a run
-//! of the workload alone right next to it (before it in one round, after it in the next); each is
-//! reported as its ratio to its pair (median and spread over the rounds): absolute times on a
-//! shared 2-core machine are noise, and they drift within a minute; ratios of neighbouring runs
-//! are what can be compared.
+//! Configurations are interleaved round by round, and the workload runs alone before the first
+//! tracer run of a round and after every one: each tracer run is reported as its ratio to the
+//! mean of the runs alone on both sides of it (median and spread over the rounds). Absolute times
+//! on a shared 2-core machine are noise: this one flips between two speeds, one about 40%
+//! slower, for tens of seconds at a time. A run whose two neighbours alone differ by more than
+//! [`STEADY`] had the machine change speed around it, and is left out of the ratios.
 
 mod procfs;
 mod report;
@@ -29,6 +30,10 @@ tracepoint:sock:inet_sock_set_state /args->protocol == 6/ {
     printf("%d %s %d %d %d %d %d\n", pid, comm, args->sport, args->dport, args->oldstate, args->newstate, $us);
     if (args->newstate == 7) { delete(@last[$sk]); } else { @last[$sk] = nsecs; }
 }"#;
+
+/// How far apart (a share of their mean) the runs alone on both sides of a tracer run may be for
+/// its ratio to count.
+pub(super) const STEADY: f64 = 0.10;
 
 /// probe's arguments for the classic tracepoint program (the default is the BTF one).
 const CLASSIC: &[&str] = &["--attach", "tracepoint"];
@@ -118,8 +123,11 @@ pub(super) struct Run {
     program_ns: u64,
     /// The workload's wall time, seconds.
     seconds: f64,
-    /// Connections per second of the workload alone in the run paired with this one.
+    /// Connections per second of the workload alone next to this run: the mean of the runs
+    /// alone before and after it (its own rate for a run alone).
     paired_rate: f64,
+    /// Whether the runs alone before and after it are within [`STEADY`] of each other.
+    steady: bool,
 }
 
 /// Runs the benchmark and writes BENCHMARKS.md.
@@ -171,37 +179,43 @@ pub fn bench(
         .filter(|&config| !config.is_baseline())
         .collect();
     for round in 0..rounds {
-        // Rotate the order each round, so no configuration always runs first or last; the
-        // workload alone runs next to each tracer, first in even rounds and last in odd ones.
+        // Rotate the order each round, so no configuration always runs first or last.
         let mut order = tracers.clone();
         order.rotate_left(round % tracers.len());
+        let measure_alone = |runs: &mut Vec<(usize, Config, Run)>, baseline: Config| {
+            let mut run = measure(baseline, &built.probe, &workloads)
+                .with_context(|| format!("round {round}, {}", baseline.label()))?;
+            run.paired_rate = run.rate;
+            run.steady = true;
+            runs.push((round, baseline, run));
+            anyhow::Ok(run)
+        };
+        // The run alone after one tracer run is the one before the next, of the same workload.
+        let mut alone: Option<(Config, Run)> = None;
         for config in order {
-            let mut pair = [config.baseline(), config];
-            if round % 2 == 1 {
-                pair.reverse();
-            }
-            let [first, second] = pair.map(|config| {
-                measure(config, &built.probe, &workloads)
-                    .with_context(|| format!("round {round}, {}", config.label()))
-            });
-            let (mut alone, mut traced) = if round % 2 == 0 {
-                (first?, second?)
-            } else {
-                (second?, first?)
+            let baseline = config.baseline();
+            let before = match alone {
+                Some((kind, run)) if kind == baseline => run,
+                _ => measure_alone(&mut runs, baseline)?,
             };
-            alone.paired_rate = alone.rate;
-            traced.paired_rate = alone.rate;
+            let mut traced = measure(config, &built.probe, &workloads)
+                .with_context(|| format!("round {round}, {}", config.label()))?;
+            let after = measure_alone(&mut runs, baseline)?;
+            traced.paired_rate = (before.rate + after.rate) / 2.0;
+            traced.steady = (before.rate - after.rate).abs() <= STEADY * traced.paired_rate;
             eprintln!(
-                "xtask: round {} {:<45} {:>8.0} conn/s (alone: {:.0}), {} transitions, {} lost",
+                "xtask: round {} {:<45} {:>8.0} conn/s (alone: {:.0} before, {:.0} after{}), {} transitions, {} lost",
                 round + 1,
                 config.label(),
                 traced.rate,
-                alone.rate,
+                before.rate,
+                after.rate,
+                if traced.steady { "" } else { ": left out" },
                 traced.transitions,
                 traced.lost
             );
-            runs.push((round, config.baseline(), alone));
             runs.push((round, config, traced));
+            alone = Some((baseline, after));
         }
     }
     // The kernel programs' own time per run, in a round of its own: kernel.bpf_stats_enabled

@@ -70,7 +70,8 @@ pub(super) fn report(
     let _ = writeln!(out, "Machine: {}.\n", machine());
     let _ = writeln!(
         out,
-        "Workload: one process with a loopback server and {concurrency} client threads making {connections} connections (connect, one byte each way, client closes first), so every connection makes ten TCP state transitions of that process. The configurations run interleaved, {rounds} rounds, in a rotating order, and every tracer run is paired with a run of the workload alone right next to it (before it in one round, after it in the next). Ratio: the tracer run's rate over its pair's, median over the rounds [min, max]; the baseline row's rate is the median of all the runs alone.\n"
+        "Workload: one process with a loopback server and {concurrency} client threads making {connections} connections (connect, one byte each way, client closes first), so every connection makes ten TCP state transitions of that process. The configurations run interleaved, {rounds} rounds, in a rotating order, and the workload runs alone before the first tracer run of a round and after every one. Ratio: a tracer run's rate over the mean of the runs alone just before and just after it, median over the rounds [min, max]. This shared machine flips between two speeds, one about 40% slower, for tens of seconds at a time: a run whose two neighbours alone differ by more than {steady:.0}% had it change speed around it and is left out (the rounds kept are counted where some were). The baseline row's rate is the median of all the runs alone.\n",
+        steady = super::STEADY * 100.0
     );
     let _ = writeln!(
         out,
@@ -87,11 +88,18 @@ pub(super) fn report(
             .map(|(_, _, run)| run)
             .collect();
         let mut rates: Vec<f64> = mine.iter().map(|r| r.rate).collect();
-        let mut ratios: Vec<f64> = runs
+        let steady: Vec<&Run> = mine.iter().copied().filter(|run| run.steady).collect();
+        // With every run left out, all of them, said so.
+        let counted = if steady.is_empty() { &mine } else { &steady };
+        let mut ratios: Vec<f64> = counted
             .iter()
-            .filter(|(_, c, _)| *c == config)
-            .map(|(_, _, run)| run.rate / run.paired_rate)
+            .map(|run| run.rate / run.paired_rate)
             .collect();
+        let kept = match (steady.len(), mine.len()) {
+            (kept, all) if kept == all => String::new(),
+            (0, all) => format!(", all {all} rounds: none steady"),
+            (kept, all) => format!(", {kept} of {all} rounds"),
+        };
         let (low, high) = ratios
             .iter()
             .fold((f64::MAX, f64::MIN), |(l, h), &r| (l.min(r), h.max(r)));
@@ -113,7 +121,7 @@ pub(super) fn report(
         let dash = || "-".to_string();
         let _ = writeln!(
             out,
-            "| {} | {:.0} | {:.3} [{:.3}, {:.3}] | {} | {} | {} | {} | {} |",
+            "| {} | {:.0} | {:.3} [{:.3}, {:.3}{kept}] | {} | {} | {} | {} | {} |",
             config.label(),
             median(&mut rates),
             median(&mut ratios),
