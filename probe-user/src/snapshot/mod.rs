@@ -470,6 +470,20 @@ mod tests {
         ours
     }
 
+    /// This process's snapshot, its fd table from `/proc`, every TIME_WAIT socket read.
+    fn own_snapshot(strict: bool) -> Snapshot {
+        let me = std::process::id();
+        let mut namespaces = Namespaces::default();
+        take(
+            &[me],
+            &mut namespaces,
+            strict,
+            FdTables::Proc,
+            &TimeWait::All,
+        )
+        .unwrap()
+    }
+
     #[test]
     fn tables_read_all_at_once_give_what_proc_gives() {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -477,14 +491,7 @@ mod tests {
         let _server = listener.accept().unwrap();
         let listening = listener.local_addr().unwrap();
         let me = std::process::id();
-        let from_proc = take(
-            &[me],
-            &mut Namespaces::default(),
-            false,
-            FdTables::Proc,
-            &TimeWait::All,
-        )
-        .unwrap();
+        let from_proc = own_snapshot(false);
         let expected = ours(&from_proc.sockets, listening);
         assert_eq!(expected.len(), 3);
         assert!(expected.iter().all(|&(_, pid)| pid == me));
@@ -523,14 +530,7 @@ mod tests {
         let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (server, _) = listener.accept().unwrap();
         let me = std::process::id();
-        let snapshot = take(
-            &[me],
-            &mut Namespaces::default(),
-            true,
-            FdTables::Proc,
-            &TimeWait::All,
-        )
-        .unwrap();
+        let snapshot = own_snapshot(true);
         let holders = snapshot.holders.clone();
         let held = snapshot.into_held();
         let sockets: Vec<&ExistingSocket> = held.iter().collect();
@@ -583,15 +583,7 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(20));
             in_time_wait()
         }));
-        let me = std::process::id();
-        let snapshot = take(
-            &[me],
-            &mut Namespaces::default(),
-            true,
-            FdTables::Proc,
-            &TimeWait::All,
-        )
-        .unwrap();
+        let snapshot = own_snapshot(true);
         assert!(in_time_wait());
         assert!(!snapshot.sockets.iter().any(|s| s.endpoints.local == local));
     }

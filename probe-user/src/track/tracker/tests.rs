@@ -219,6 +219,20 @@ fn existing(inode: u64, state: TcpState, idle_s: Option<u64>, now: Timestamp) ->
     }
 }
 
+/// A socket found at `attach`, from `local` to `remote`, with no tcp_info.
+fn found_between(
+    inode: u64,
+    state: TcpState,
+    local: &str,
+    remote: &str,
+    attach: Timestamp,
+) -> ExistingSocket {
+    ExistingSocket {
+        endpoints: Endpoints::parse(local, remote),
+        ..existing(inode, state, None, attach)
+    }
+}
+
 fn activity(idle_s: u64, sampled_at: Timestamp) -> Activity {
     Activity {
         sampled_at,
@@ -456,11 +470,9 @@ fn a_connection_takes_160_bytes_in_the_table() {
 fn connections_found_accepted_are_grouped_by_the_service_and_those_opened_by_the_peer() {
     let mut tracker = tracker();
     let attach = at(100_000);
-    let socket = |inode: u64, state, local: &str, remote: &str| {
-        let mut socket = existing(inode, state, None, attach);
-        socket.endpoints = Endpoints::parse(local, remote);
-        socket.last_ack_received = Some(Duration::from_secs(30));
-        socket
+    let socket = |inode: u64, state, local: &str, remote: &str| ExistingSocket {
+        last_ack_received: Some(Duration::from_secs(30)),
+        ..found_between(inode, state, local, remote, attach)
     };
     let mut found = vec![socket(1, Listen, "0.0.0.0:8080", "0.0.0.0:0")];
     // Accepted: each peer from a port of its own.
@@ -539,11 +551,7 @@ fn a_connection_has_one_deadline_queued_once_its_handshake_has_settled() {
 fn the_destinations_connected_to_are_listed_not_the_peers_of_accepted_connections() {
     let mut tracker = tracker();
     let attach = at(100);
-    let socket = |inode: u64, state, local: &str, remote: &str| {
-        let mut socket = existing(inode, state, None, attach);
-        socket.endpoints = Endpoints::parse(local, remote);
-        socket
-    };
+    let socket = |inode, state, local, remote| found_between(inode, state, local, remote, attach);
     tracker.seed(
         &[
             socket(1, Listen, "0.0.0.0:8080", "0.0.0.0:0"),
