@@ -105,14 +105,10 @@ mod tests {
         assert_eq!(code[20..24], op(BC_D_COND, 28, 32));
         assert_eq!(code[24..28], [AF_INET6, 128, 0, 0]);
         assert_eq!(code[28..32], 443i32.to_ne_bytes());
-        assert_eq!(
-            code[32..],
-            v6.ip()
-                .to_string()
-                .parse::<std::net::Ipv6Addr>()
-                .unwrap()
-                .octets()
-        );
+        let IpAddr::V6(address) = v6.ip() else {
+            unreachable!("an IPv6 address")
+        };
+        assert_eq!(code[32..], address.octets());
     }
 
     #[test]

@@ -139,7 +139,8 @@ pub struct StuckDetector {
     /// Deadlines of the visits entered in about the last [`SETTLE`], in the order entered: each
     /// at least `2 * SETTLE` after its visit began.
     settling: VecDeque<Settling>,
-    /// No deadline in `settling` is earlier (the earliest queued there since it was last empty).
+    /// No deadline in `settling` is earlier (the earliest queued there since it was last empty;
+    /// meaningless while it is empty).
     settling_earliest: Option<Timestamp>,
 }
 
@@ -164,6 +165,11 @@ impl StuckDetector {
             self.watch(slot, visit, deadline);
             return;
         }
+        // Counted afresh once the queue has emptied: an earliest from before is a looser bound.
+        self.settling_earliest = Some(match self.settling_earliest {
+            Some(earliest) if !self.settling.is_empty() => earliest.min(deadline),
+            _ => deadline,
+        });
         self.settling.push_back(Settling {
             entered,
             pending: Pending {
@@ -172,7 +178,6 @@ impl StuckDetector {
                 visit,
             },
         });
-        self.settling_earliest = Some(self.settling_earliest.map_or(deadline, |d| d.min(deadline)));
     }
 
     /// Queues the deadlines that have settled by `now` and whose visit `is_current(slot, visit)`
@@ -187,9 +192,6 @@ impl StuckDetector {
             if is_current(pending.slot, pending.visit) {
                 self.pending.push(Reverse(pending));
             }
-        }
-        if self.settling.is_empty() {
-            self.settling_earliest = None;
         }
     }
 
@@ -257,9 +259,6 @@ impl StuckDetector {
             .retain(|Reverse(pending)| is_live(pending.slot, pending.visit));
         self.settling
             .retain(|settling| is_live(settling.pending.slot, settling.pending.visit));
-        if self.settling.is_empty() {
-            self.settling_earliest = None;
-        }
         self.release_spare();
     }
 }

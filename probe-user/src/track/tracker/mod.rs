@@ -332,7 +332,7 @@ impl Tracker {
     ) -> Vec<StuckAlert> {
         let mut alerts = Vec::new();
         let table = &self.table;
-        let is_current = |slot, visit| table.at(slot).is_some_and(|t: &Tracked| t.visit == visit);
+        let is_current = |slot, visit| visit_is_current(table, slot, visit);
         for due in self.detector.due(now, DEADLINES_AT_ONCE, is_current) {
             // A deadline is for the state visit it was queued in: a slot reused since, or a
             // connection that moved on, has another visit number.
@@ -512,9 +512,15 @@ impl Tracker {
         if self.detector.pending() > limit {
             let table = &self.table;
             self.detector
-                .retain(|slot, visit| table.at(slot).is_some_and(|tracked| tracked.visit == visit));
+                .retain(|slot, visit| visit_is_current(table, slot, visit));
         }
     }
+}
+
+/// Whether the connection in table slot `slot` is still in its state visit `visit` (a slot
+/// reused since, or a connection that moved on, has another visit number).
+fn visit_is_current(table: &Table<Tracked>, slot: u32, visit: u32) -> bool {
+    table.at(slot).is_some_and(|tracked| tracked.visit == visit)
 }
 
 /// The local endpoints sockets listen on, to tell the connections they accepted.
