@@ -4,12 +4,17 @@
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
-    net::{SocketAddr, TcpListener, TcpStream},
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream},
+    os::fd::AsRawFd,
     thread,
     time::Duration,
 };
 
 use anyhow::{Context, Result, bail};
+use nix::sys::socket::{
+    AddressFamily, SockFlag, SockType, SockaddrIn, SockaddrStorage, bind, connect, setsockopt,
+    socket, sockopt,
+};
 
 const BODY: &str = "hello from the demo server\n";
 
@@ -125,10 +130,11 @@ pub fn churn(connections: usize, concurrency: usize) -> Result<f64> {
     let started = std::time::Instant::now();
     let per_client = connections.div_ceil(concurrency);
     let clients: Vec<_> = (0..concurrency)
-        .map(|_| {
+        .map(|client| {
+            let source = client_address(client);
             thread::spawn(move || -> std::io::Result<()> {
                 for _ in 0..per_client {
-                    let mut stream = TcpStream::connect(server)?;
+                    let mut stream = connect_from(source, server)?;
                     stream.write_all(b"?")?;
                     let mut reply = [0u8; 1];
                     stream.read_exact(&mut reply)?;
@@ -144,6 +150,36 @@ pub fn churn(connections: usize, concurrency: usize) -> Result<f64> {
             .context("a client failed")?;
     }
     Ok((per_client * concurrency) as f64 / started.elapsed().as_secs_f64())
+}
+
+/// The loopback address client `client` of the churn connects from: one of its own, because
+/// each source address has its own ephemeral ports. From one address, the churn reuses each of
+/// the 28,232 ports about once a second, while the TIME_WAIT socket of its last connection still
+/// holds it, and every connect searched the range for a port it may take. That search took half
+/// the workload's time, and how long it took depended on how many TIME_WAIT sockets the runs
+/// before it had left (the kernel stops making them past `tcp_max_tw_buckets`).
+fn client_address(client: usize) -> Ipv4Addr {
+    let first = u32::from(Ipv4Addr::new(127, 1, 0, 1));
+    Ipv4Addr::from(first + client as u32)
+}
+
+/// A connection to `server` from `source` (port chosen at connect, for the 4-tuple).
+fn connect_from(source: Ipv4Addr, server: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    // Without it, bind would pick a port for the address alone, and keep it from every other
+    // destination: the connect picks it instead.
+    setsockopt(&socket, sockopt::IpBindAddressNoPort, &true)?;
+    bind(
+        socket.as_raw_fd(),
+        &SockaddrIn::from(SocketAddrV4::new(source, 0)),
+    )?;
+    connect(socket.as_raw_fd(), &SockaddrStorage::from(server))?;
+    Ok(TcpStream::from(socket))
 }
 
 fn answer_and_close(mut stream: TcpStream) {

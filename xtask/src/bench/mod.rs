@@ -2,17 +2,19 @@
 //!
 //! Configurations are interleaved round by round, and the workload runs alone before the first
 //! tracer run of a round and after every one: each tracer run is reported as its ratio to the
-//! mean of the runs alone on both sides of it (median and spread over the rounds). Absolute times
-//! on a shared 2-core machine are noise: this one flips between two speeds, one about 40%
-//! slower, for tens of seconds at a time. A run whose two neighbours alone differ by more than
-//! [`STEADY`] had the machine change speed around it, and is left out of the ratios.
+//! mean of the runs alone on both sides of it (median and spread over the rounds). Each run of a
+//! workload has a network namespace of its own (see [`netns`]). Absolute times on a shared
+//! 2-core machine are noise: this one changes speed by about a fifth for tens of seconds at a
+//! time. A run whose two neighbours alone differ by more than [`STEADY`] had the machine change
+//! speed around it, and is left out of the ratios.
 
+mod netns;
 mod procfs;
 mod report;
 mod scale;
 mod workers;
 
-use std::{fs, path::Path};
+use std::{fs, path::Path, thread, time::Duration};
 
 use anyhow::{Context, Result};
 
@@ -251,8 +253,13 @@ struct Workloads<'a> {
     concurrency: usize,
 }
 
+/// How long the kernel may take to free the network namespace of the run before (its tens of
+/// thousands of TIME_WAIT sockets: about 60 ms of a kernel worker here), so that no run pays for it.
+const TEARDOWN: Duration = Duration::from_millis(300);
+
 fn measure(config: Config, probe: &Path, workloads: &Workloads) -> Result<Run> {
     let (connections, concurrency) = (workloads.connections, workloads.concurrency);
+    thread::sleep(TEARDOWN);
     let workload = if config.baseline() == Config::GoBaseline {
         Worker::go_churn(workloads.go_churn, connections, concurrency)?
     } else {

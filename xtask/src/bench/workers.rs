@@ -18,6 +18,7 @@ use anyhow::{Context, Result, bail};
 
 use super::{
     BPFTRACE_TCPSTATES, Run,
+    netns::in_own_network,
     procfs::{bpf_program_stats, cpu_seconds, peak_rss_kib},
 };
 
@@ -79,19 +80,22 @@ impl Worker {
         })
     }
 
-    /// The churn workload, held until [`Worker::run_churn`].
+    /// The churn workload, held until [`Worker::run_churn`], in a network namespace of its own.
     pub(super) fn churn(xtask: &Path, connections: usize, concurrency: usize) -> Result<Worker> {
-        let args = [
+        let mut command = Command::new(xtask);
+        command.args([
             "churn".to_string(),
             "--connections".into(),
             connections.to_string(),
             "--concurrency".into(),
             concurrency.to_string(),
-        ];
-        Worker::start(xtask, &args, "the workload")
+        ]);
+        in_own_network(&mut command);
+        Worker::spawn(command, "the workload")
     }
 
-    /// The Go HTTP churn ([`build_go_churn`]), held until [`Worker::run_churn`].
+    /// The Go HTTP churn ([`build_go_churn`]), held until [`Worker::run_churn`], in a network
+    /// namespace of its own.
     pub(super) fn go_churn(
         binary: &Path,
         connections: usize,
@@ -99,6 +103,7 @@ impl Worker {
     ) -> Result<Worker> {
         let mut command = Command::new(binary);
         command.args([connections.to_string(), concurrency.to_string()]);
+        in_own_network(&mut command);
         Worker::spawn(command, "the Go workload")
     }
 
