@@ -53,6 +53,10 @@ enum Task {
         /// TCP sockets held open on the host while probe attaches to it host-wide (0: skip).
         #[arg(long, default_value_t = 1_000_000)]
         scale_sockets: usize,
+        /// Also measure probe built from this git revision (rows marked "before"), in the same
+        /// rounds as this code.
+        #[arg(long, value_name = "REV")]
+        before: Option<String>,
     },
     /// The benchmark's workload: waits for `go` on stdin, churns, prints `rate CONN_PER_S`.
     #[command(hide = true)]
@@ -155,7 +159,14 @@ fn main() -> Result<()> {
             connections,
             concurrency,
             scale_sockets,
-        } => bench::bench(rounds.into(), connections, concurrency, scale_sockets),
+            before,
+        } => bench::bench(
+            rounds.into(),
+            connections,
+            concurrency,
+            scale_sockets,
+            before.as_deref(),
+        ),
         Task::Churn {
             connections,
             concurrency,

@@ -8,6 +8,7 @@
 //! time. A run whose two neighbours alone differ by more than [`STEADY`] had the machine change
 //! speed around it, and is left out of the ratios.
 
+mod before;
 mod netns;
 mod procfs;
 mod report;
@@ -55,6 +56,12 @@ enum Config {
     ProbeHostWide,
     /// probe tracing an unrelated idle process: in-kernel filtering only.
     ProbeIdle,
+    /// [`Config::Probe`] with probe built from the `--before` revision.
+    BeforeProbe,
+    /// [`Config::ProbeHostWide`] with probe built from the `--before` revision.
+    BeforeHostWide,
+    /// [`Config::ProbeIdle`] with probe built from the `--before` revision.
+    BeforeIdle,
     /// The same with the classic tracepoint program.
     ProbeIdleClassic,
     /// bpftrace with a tcpstates-style script.
@@ -79,6 +86,9 @@ impl Config {
             Config::ProbeIdle => "3. probe --pid IDLE (unrelated)",
             Config::ProbeIdleClassic => "3b. probe --pid IDLE --attach tracepoint",
             Config::ProbeHostWide => "2d. probe host-wide (no target)",
+            Config::BeforeProbe => "2 (before). probe --pid WORKLOAD",
+            Config::BeforeHostWide => "2d (before). probe host-wide (no target)",
+            Config::BeforeIdle => "3 (before). probe --pid IDLE (unrelated)",
             Config::Bpftrace => "4. bpftrace tcpstates-style script",
             Config::GoBaseline => "5. Go HTTP churn, no tracer (its baseline)",
             Config::GoProbe => "5a. probe --pid GO_CHURN (runtime uprobes)",
@@ -138,7 +148,9 @@ pub fn bench(
     connections: usize,
     concurrency: usize,
     scale_sockets: usize,
+    before: Option<&str>,
 ) -> Result<()> {
+    let before = before.map(before::build).transpose()?;
     let built = build::all()?;
     let xtask = std::env::current_exe().context("cannot find the xtask binary")?;
     let bpftrace = tool_exists("bpftrace") || crate::toolchain::apt_install(&["bpftrace"]).is_ok();
@@ -153,6 +165,13 @@ pub fn bench(
         Config::ProbeIdle,
         Config::ProbeIdleClassic,
     ];
+    if before.is_some() {
+        configs.extend([
+            Config::BeforeProbe,
+            Config::BeforeHostWide,
+            Config::BeforeIdle,
+        ]);
+    }
     if bpftrace {
         configs.push(Config::Bpftrace);
     }
@@ -162,6 +181,10 @@ pub fn bench(
         Config::GoProbeNoHooks,
         Config::GoProbeNoStacks,
     ]);
+    let probes = Probes {
+        now: &built.probe,
+        before: before.as_ref().map(|before| before.probe.as_path()),
+    };
     let workloads = Workloads {
         xtask: &xtask,
         go_churn: &go_churn,
@@ -185,7 +208,7 @@ pub fn bench(
         let mut order = tracers.clone();
         order.rotate_left(round % tracers.len());
         let measure_alone = |runs: &mut Vec<(usize, Config, Run)>, baseline: Config| {
-            let mut run = measure(baseline, &built.probe, &workloads)
+            let mut run = measure(baseline, &probes, &workloads)
                 .with_context(|| format!("round {round}, {}", baseline.label()))?;
             run.paired_rate = run.rate;
             run.steady = true;
@@ -200,7 +223,7 @@ pub fn bench(
                 Some((kind, run)) if kind == baseline => run,
                 _ => measure_alone(&mut runs, baseline)?,
             };
-            let mut traced = measure(config, &built.probe, &workloads)
+            let mut traced = measure(config, &probes, &workloads)
                 .with_context(|| format!("round {round}, {}", config.label()))?;
             let after = measure_alone(&mut runs, baseline)?;
             traced.paired_rate = (before.rate + after.rate) / 2.0;
@@ -225,16 +248,24 @@ pub fn bench(
     let stats = BpfStats::enable();
     let mut timed: Vec<(Config, Run)> = Vec::new();
     for &config in &tracers {
-        let run = measure(config, &built.probe, &workloads)
+        let run = measure(config, &probes, &workloads)
             .with_context(|| format!("timing round, {}", config.label()))?;
         timed.push((config, run));
     }
     drop(stats);
     let memory = measure_memory(&built.probe, &xtask, 100_000)?;
+    let memory_before = before
+        .as_ref()
+        .map(|before| measure_memory(&before.probe, &xtask, 100_000))
+        .transpose()?;
     let measured = Measured {
         runs: &runs,
         timed: &timed,
         memory: &memory,
+        before: before
+            .as_ref()
+            .zip(memory_before.as_ref())
+            .map(|(before, memory)| (before.revision.as_str(), memory)),
         scale: scale.as_ref(),
     };
     let report = report(measured, &configs, rounds, connections, concurrency, &bcc);
@@ -243,6 +274,12 @@ pub fn bench(
     fs::write(&path, report).with_context(|| format!("cannot write {}", path.display()))?;
     eprintln!("xtask: wrote {}", path.display());
     Ok(())
+}
+
+/// The probe binaries measured: this code's, and the `--before` revision's.
+struct Probes<'a> {
+    now: &'a Path,
+    before: Option<&'a Path>,
 }
 
 /// The workloads' binaries and size.
@@ -257,7 +294,13 @@ struct Workloads<'a> {
 /// thousands of TIME_WAIT sockets: about 60 ms of a kernel worker here), so that no run pays for it.
 const TEARDOWN: Duration = Duration::from_millis(300);
 
-fn measure(config: Config, probe: &Path, workloads: &Workloads) -> Result<Run> {
+fn measure(config: Config, probes: &Probes, workloads: &Workloads) -> Result<Run> {
+    let probe = probes.now;
+    let before = || {
+        probes
+            .before
+            .context("a `before` configuration without --before")
+    };
     let (connections, concurrency) = (workloads.connections, workloads.concurrency);
     thread::sleep(TEARDOWN);
     let workload = if config.baseline() == Config::GoBaseline {
@@ -281,6 +324,9 @@ fn measure(config: Config, probe: &Path, workloads: &Workloads) -> Result<Run> {
         Config::ProbeHostWide => Some(Tracer::host_wide(probe)?),
         Config::ProbeIdle => Some(Tracer::probe(probe, idle.pid(), &[])?),
         Config::ProbeIdleClassic => Some(Tracer::probe(probe, idle.pid(), CLASSIC)?),
+        Config::BeforeProbe => Some(Tracer::probe(before()?, workload.pid(), &[])?),
+        Config::BeforeHostWide => Some(Tracer::host_wide(before()?)?),
+        Config::BeforeIdle => Some(Tracer::probe(before()?, idle.pid(), &[])?),
         Config::Bpftrace => Some(Tracer::bpftrace()?),
     };
     let rate = workload.run_churn()?;

@@ -44,6 +44,8 @@ pub(super) struct Measured<'a> {
     pub(super) runs: &'a [(usize, Config, Run)],
     pub(super) timed: &'a [(Config, Run)],
     pub(super) memory: &'a Memory,
+    /// The `--before` revision and its memory run.
+    pub(super) before: Option<(&'a str, &'a Memory)>,
     pub(super) scale: Option<&'a Scale>,
 }
 
@@ -59,6 +61,7 @@ pub(super) fn report(
         runs,
         timed,
         memory,
+        before,
         scale,
     } = measured;
     let mut out = String::new();
@@ -150,8 +153,7 @@ pub(super) fn report(
             },
         );
     }
-    let per_connection = (memory.loaded_rss_kib.saturating_sub(memory.idle_rss_kib) * 1024) as f64
-        / memory.connections as f64;
+    let per_connection = bytes_per_connection(memory);
     let _ = writeln!(
         out,
         "\nMemory with {} open connections tracked (both ends of {} loopback connections, held by processes that probe traces): probe's anonymous memory (its heap: RssAnon) {:.1} MiB, against {:.1} MiB when tracing an idle process: **{:.0} bytes per tracked connection**; {} events lost while they opened.\n",
@@ -162,6 +164,16 @@ pub(super) fn report(
         per_connection,
         memory.lost
     );
+    if let Some((revision, memory)) = before {
+        let _ = writeln!(
+            out,
+            "The same with probe built from {revision} (`--before`): {:.1} MiB against {:.1} MiB, **{:.0} bytes per tracked connection**; {} events lost.\n",
+            memory.loaded_rss_kib as f64 / 1024.0,
+            memory.idle_rss_kib as f64 / 1024.0,
+            bytes_per_connection(memory),
+            memory.lost
+        );
+    }
     if let Some(scale) = scale {
         let _ = writeln!(
             out,
@@ -199,6 +211,12 @@ pub(super) fn report(
         out,
         "- probe attaches its BTF tracepoint program (`tp_btf`) by default: the kernel hands it the socket without filling a trace record, and it reads the socket's fields only for transitions it keeps. 2c and 3b run the classic tracepoint program (`--attach tracepoint`, for kernels without BTF), which copies the record the kernel fills for every transition."
     );
+    if let Some((revision, _)) = before {
+        let _ = writeln!(
+            out,
+            "- Rows marked (before) run probe built from {revision} (`cargo xtask bench --before {revision}`), in the same rounds as this code: the before and after of the changes since."
+        );
+    }
     let _ = writeln!(
         out,
         "- Transitions delivered/s is over the workload's run time; a tracer that keeps up delivers about ten per connection."
@@ -218,6 +236,12 @@ pub(super) fn report(
         }
     }
     out
+}
+
+/// probe's anonymous memory per tracked connection, over what it holds tracing an idle process.
+fn bytes_per_connection(memory: &Memory) -> f64 {
+    (memory.loaded_rss_kib.saturating_sub(memory.idle_rss_kib) * 1024) as f64
+        / memory.connections as f64
 }
 
 fn machine() -> String {
