@@ -96,3 +96,24 @@ fn extract(commit: &str, into: &Path) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_revision_is_resolved_to_its_commit() {
+        let head = commit_of("HEAD").unwrap();
+        assert_eq!(head.len(), 40, "{head}");
+        assert!(head.chars().all(|c| c.is_ascii_hexdigit()), "{head}");
+        assert_eq!(commit_of(&head[..12]).unwrap(), head);
+    }
+
+    #[test]
+    fn what_names_no_commit_is_refused_with_what_to_give() {
+        for revision in ["no-such-revision", "--help", "HEAD:Cargo.toml", ""] {
+            let error = commit_of(revision).unwrap_err().to_string();
+            assert!(error.contains("names no commit"), "{revision:?}: {error}");
+        }
+    }
+}
