@@ -56,14 +56,14 @@ enum Config {
     ProbeHostWide,
     /// probe tracing an unrelated idle process: in-kernel filtering only.
     ProbeIdle,
+    /// The same with the classic tracepoint program.
+    ProbeIdleClassic,
     /// [`Config::Probe`] with probe built from the `--before` revision.
     BeforeProbe,
     /// [`Config::ProbeHostWide`] with probe built from the `--before` revision.
     BeforeHostWide,
     /// [`Config::ProbeIdle`] with probe built from the `--before` revision.
     BeforeIdle,
-    /// The same with the classic tracepoint program.
-    ProbeIdleClassic,
     /// bpftrace with a tcpstates-style script.
     Bpftrace,
     /// The Go HTTP churn alone.
@@ -148,9 +148,9 @@ pub fn bench(
     connections: usize,
     concurrency: usize,
     scale_sockets: usize,
-    before: Option<&str>,
+    before_revision: Option<&str>,
 ) -> Result<()> {
-    let before = before.map(before::build).transpose()?;
+    let earlier = before_revision.map(before::build).transpose()?;
     let built = build::all()?;
     let xtask = std::env::current_exe().context("cannot find the xtask binary")?;
     let bpftrace = tool_exists("bpftrace") || crate::toolchain::apt_install(&["bpftrace"]).is_ok();
@@ -165,7 +165,7 @@ pub fn bench(
         Config::ProbeIdle,
         Config::ProbeIdleClassic,
     ];
-    if before.is_some() {
+    if earlier.is_some() {
         configs.extend([
             Config::BeforeProbe,
             Config::BeforeHostWide,
@@ -183,7 +183,7 @@ pub fn bench(
     ]);
     let probes = Probes {
         now: &built.probe,
-        before: before.as_ref().map(|before| before.probe.as_path()),
+        before: earlier.as_ref().map(|earlier| earlier.probe.as_path()),
     };
     let workloads = Workloads {
         xtask: &xtask,
@@ -254,18 +254,18 @@ pub fn bench(
     }
     drop(stats);
     let memory = measure_memory(&built.probe, &xtask, 100_000)?;
-    let memory_before = before
+    let memory_before = earlier
         .as_ref()
-        .map(|before| measure_memory(&before.probe, &xtask, 100_000))
+        .map(|earlier| measure_memory(&earlier.probe, &xtask, 100_000))
         .transpose()?;
     let measured = Measured {
         runs: &runs,
         timed: &timed,
         memory: &memory,
-        before: before
+        before: earlier
             .as_ref()
             .zip(memory_before.as_ref())
-            .map(|(before, memory)| (before.revision.as_str(), memory)),
+            .map(|(earlier, memory)| (earlier.revision.as_str(), memory)),
         scale: scale.as_ref(),
     };
     let report = report(measured, &configs, rounds, connections, concurrency, &bcc);
