@@ -31,7 +31,7 @@ impl AddressSpace {
         let executable = process
             .exe()
             .ok()
-            .map(|path| path.to_string_lossy().into_owned());
+            .map(|path| file_path(&path.to_string_lossy()));
         let mut mappings: Vec<Mapping> = process
             .maps()
             .map(|maps| {
@@ -41,7 +41,7 @@ impl AddressSpace {
                         start: map.address.0,
                         end: map.address.1,
                         path: match map.pathname {
-                            MMapPath::Path(path) => Some(path.to_string_lossy().into_owned()),
+                            MMapPath::Path(path) => Some(file_path(&path.to_string_lossy())),
                             MMapPath::Vdso => Some("[vdso]".into()),
                             _ => None,
                         },
@@ -75,9 +75,7 @@ impl AddressSpace {
             Some(Mapping {
                 path: Some(path), ..
             }) => {
-                // A deleted or replaced file keeps its name with " (deleted)".
-                let path = path.trim_end_matches(" (deleted)");
-                if self.executable.as_deref() == Some(path) {
+                if self.executable.as_deref() == Some(path.as_str()) {
                     Module::Program
                 } else {
                     Module::File(path)
@@ -99,17 +97,44 @@ impl AddressSpace {
                 .map(|&(start, end, path)| Mapping {
                     start,
                     end,
-                    path: path.map(Into::into),
+                    path: path.map(file_path),
                 })
                 .collect(),
-            executable: Some(executable.into()),
+            executable: Some(file_path(executable)),
         }
     }
+}
+
+/// A mapped file's path, or the executable's, as the kernel names it, without the
+/// " (deleted)" it adds to both once the file was replaced on disk (every deploy that renames
+/// a new build over the old one): the running process still maps, and runs, the old file.
+fn file_path(named: &str) -> String {
+    named
+        .strip_suffix(" (deleted)")
+        .unwrap_or(named)
+        .to_string()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A deploy renamed a new build over the running executable: the kernel says " (deleted)"
+    /// after its name in the mappings and in `/proc/PID/exe` alike, and its code is still the
+    /// program's.
+    #[test]
+    fn a_replaced_executable_is_still_the_program() {
+        let space = AddressSpace::of(
+            "/srv/app (deleted)",
+            &[
+                (0x1000, 0x2000, Some("/srv/app (deleted)")),
+                (0x9000, 0xa000, Some("/usr/lib/libc.so.6 (deleted)")),
+            ],
+        );
+        assert_eq!(space.module(0x1800), Module::Program);
+        assert_eq!(space.module(0x9000), Module::File("/usr/lib/libc.so.6"));
+        assert_eq!(space.executable(), Some("/srv/app"));
+    }
 
     #[test]
     fn addresses_are_found_in_their_mappings() {

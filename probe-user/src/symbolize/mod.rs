@@ -33,9 +33,17 @@ use perf_map::PerfMap;
 
 type Resolved = Arc<Mutex<HashMap<StackRef, Option<Arc<CodePath>>>>>;
 
-/// What a runtime needs to be started with for its program's frames to be named, by the
-/// stacks that named none: the runtime (its executable's name) and the hint.
-type Hints = Arc<Mutex<HashMap<StackRef, (String, &'static str)>>>;
+/// What a runtime needs to be started with for its program's frames to be named, by process:
+/// the runtime (its executable's name), the hint, and whether any stack of the process (its
+/// connects' or its requesters') named the program after all.
+type Hints = Arc<Mutex<HashMap<u32, RuntimeHint>>>;
+
+/// What to say of one process whose runtime may need flags for probe to name its code.
+struct RuntimeHint {
+    runtime: String,
+    hint: &'static str,
+    named: bool,
+}
 
 /// What the worker is asked.
 enum Request {
@@ -167,18 +175,17 @@ impl Worker {
             {
                 self.unnamed_jit.insert(stack, addresses);
             }
-            let mut hints = self.hints.lock().unwrap_or_else(PoisonError::into_inner);
-            match classify::naming_hint(&view.program) {
-                Some(hint) if !path.has_app_frames() => {
-                    let runtime = Path::new(&view.program.path)
+            if let Some(hint) = classify::naming_hint(&view.program) {
+                let mut hints = self.hints.lock().unwrap_or_else(PoisonError::into_inner);
+                let entry = hints.entry(stack.pid).or_insert_with(|| RuntimeHint {
+                    runtime: Path::new(&view.program.path)
                         .file_name()
                         .map(|name| name.to_string_lossy().into_owned())
-                        .unwrap_or_default();
-                    hints.insert(stack, (runtime, hint));
-                }
-                _ => {
-                    hints.remove(&stack);
-                }
+                        .unwrap_or_default(),
+                    hint,
+                    named: false,
+                });
+                entry.named |= path.has_app_frames();
             }
             Some(Arc::new(path))
         });
@@ -215,17 +222,20 @@ impl CodePaths {
         }
     }
 
-    /// For each runtime whose stacks named none of its program's functions, what to start it
-    /// with so they are: `node (pid 42): start node with ...`.
+    /// For each process of a runtime none of whose stacks (connects' or requesters') named
+    /// its program's functions, what to start it with so they are, once per process:
+    /// `node (pid 42) ran code probe cannot name; to name it, start node with ...`. A process
+    /// whose code was named, even once, gets no hint: it runs with what naming needs.
     pub fn naming_hints(&self) -> Vec<String> {
         let hints = self.hints.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut by_runtime = BTreeMap::new();
-        for (stack, (runtime, hint)) in hints.iter() {
-            by_runtime.entry(runtime).or_insert((stack.pid, hint));
-        }
-        by_runtime
+        let unnamed: BTreeMap<u32, &RuntimeHint> = hints
             .iter()
-            .map(|(runtime, (pid, hint))| {
+            .filter(|(_, hint)| !hint.named)
+            .map(|(pid, hint)| (*pid, hint))
+            .collect();
+        unnamed
+            .iter()
+            .map(|(pid, RuntimeHint { runtime, hint, .. })| {
                 format!("{runtime} (pid {pid}) ran code probe cannot name; to name it, {hint}")
             })
             .collect()

@@ -8,7 +8,7 @@ use object::{Object, ObjectSection, ReadCache};
 
 use crate::{
     process::binary::{GoBuildInfo, LastLink, open_regular},
-    track::code_path::classify::Program,
+    track::code_path::classify::{Program, java_application_prefix, java_main_class},
 };
 
 /// The facts about process `pid`'s executable (read through `/proc/PID/exe`, which works
@@ -18,6 +18,9 @@ pub fn program(pid: u32, executable: Option<&str>) -> Program {
         path: executable.unwrap_or_default().to_string(),
         ..Program::default()
     };
+    if Path::new(&program.path).file_name() == Some("java".as_ref()) {
+        program.java_app_prefix = java_app_prefix(pid);
+    }
     let exe = format!("/proc/{pid}/exe");
     let Ok(file) = open_regular(Path::new(&exe), LastLink::Follow) else {
         return program;
@@ -33,6 +36,16 @@ pub fn program(pid: u32, executable: Option<&str>) -> Program {
         program.go_main_module = GoBuildInfo::parse(info).main_module;
     }
     program
+}
+
+/// The package prefix of JVM `pid`'s application classes, from the main class on its command
+/// line (bounded: a command line is at most a few pages, read once per process).
+fn java_app_prefix(pid: u32) -> Option<String> {
+    let command_line = procfs::process::Process::new(pid as i32)
+        .and_then(|process| process.cmdline())
+        .ok()?;
+    let main_class = java_main_class(command_line.iter().skip(1).map(String::as_str))?;
+    Some(java_application_prefix(main_class))
 }
 
 #[cfg(test)]

@@ -23,7 +23,8 @@ pub mod view;
 
 pub use activity::{Activity, ExistingSocket, Queues};
 pub use code_path::{
-    CodePath, CodePathSource, Frame, FrameKind, NoCodePaths, Origin, SHOWN_FRAMES, StackRef,
+    CodePath, CodePathSource, Frame, FrameKind, NoCodePaths, Origin, SHOWN_FRAMES, ShownStack,
+    StackRef,
 };
 pub use diagnosis::Diagnosis;
 pub use event::{DecodeError, Endpoints, Family, Transition};

@@ -132,6 +132,14 @@ pub struct CodePathGroup {
 }
 
 impl CodePathGroup {
+    /// Where they came from: the first one's connect stack and its requester's.
+    pub fn origin(&self) -> super::Origin<'_> {
+        super::Origin {
+            opened_at: self.opened_at.as_deref(),
+            requested_at: self.requested_at.as_deref(),
+        }
+    }
+
     /// Where they come from, said in words, for a group without a code path: stacks are taken
     /// at connect() only, and only for connections opened while probe runs.
     pub fn origin_without_stack(&self) -> &'static str {

@@ -38,11 +38,23 @@ fn leak_under_probe_with(
     extra: &[&str],
     before_summary: impl FnOnce(u32) -> TestResult,
 ) -> Result<Told, String> {
+    leak_under_probe_after(command, extra, |_| Ok(()), before_summary)
+}
+
+/// [`leak_under_probe_with`], with `before_go` run once the client is ready, before it leaks
+/// (and before probe starts).
+fn leak_under_probe_after(
+    command: Command,
+    extra: &[&str],
+    before_go: impl FnOnce(u32) -> TestResult,
+    before_summary: impl FnOnce(u32) -> TestResult,
+) -> Result<Told, String> {
     let mut client = Helper::program(command)?;
     ensure(client.hear()? == "ready", || {
         "the client did not start".into()
     })?;
     let pid = client.pid();
+    before_go(pid)?;
     let pid_text = pid.to_string();
     let mut args = vec!["--pid", pid_text.as_str(), "--close-wait-after", "1s"];
     args.extend_from_slice(extra);
@@ -102,7 +114,7 @@ pub fn a_go_http_clients_leak_is_named_by_the_function_that_made_the_request() -
     let dir = TempPath::directory("go-client")?;
     let binary = go_client(&dir)?;
     let addr = server("127.0.0.1:0", ServerMode::HttpIdleTimeout)?;
-    for mode in ["transport", "default", "dial"] {
+    for mode in ["transport", "dialfunc", "default", "dial"] {
         let mut command = Command::new(&binary);
         command.args([mode, &addr.to_string(), &LEAKED.to_string()]);
         let told = leak_under_probe(command, |_| Ok(()))?;
@@ -119,6 +131,17 @@ pub fn a_go_http_clients_leak_is_named_by_the_function_that_made_the_request() -
             ensure(has_app_frame(&group["opened_at"], "main.doRequest"), || {
                 format!("dial: {}", render(&told.groups))
             })?;
+        } else if mode == "dialfunc" {
+            // The seed: the connect ran in the program's own dial function, on the transport's
+            // goroutine. The requester is named first, the dial function after it.
+            ensure(
+                has_app_frame(&group["opened_at"], "main.dialTimeout")
+                    && has_app_frame(&group["requested_at"], "main.doRequest")
+                    && group["shown"] == "requested_at"
+                    && code.contains("via net/http.")
+                    && code.contains("; dialed in main.dialTimeout (leaky.go:"),
+                || format!("dialfunc: {}", render(&told.groups)),
+            )?;
         } else {
             // The connect ran on the transport's goroutine: only the request names the program.
             ensure(
@@ -140,6 +163,36 @@ pub fn a_go_http_clients_leak_is_named_by_the_function_that_made_the_request() -
     ensure(
         group["requested_at"].is_null() && !has_any_app_frame(&group["opened_at"]),
         || format!("--no-runtime-hooks: {}", render(&told.groups)),
+    )?;
+    Ok(())
+}
+
+/// A deploy renamed a new build over the running Go service's executable: the process still
+/// runs the old file, and probe names its code from that file (through the process), not
+/// from what the path holds now (which named it `runtime.goexit`, with `main.main` counted as
+/// a library's).
+pub fn a_go_service_whose_binary_was_replaced_on_disk_is_still_named() -> TestResult {
+    let dir = TempPath::directory("go-deployed")?;
+    let built = go_client(&dir)?;
+    let deployed = dir.0.join("service");
+    std::fs::copy(&built, &deployed).map_err(|e| format!("cannot copy the client: {e}"))?;
+    let addr = server("127.0.0.1:0", ServerMode::HttpIdleTimeout)?;
+    let mut command = Command::new(&deployed);
+    command.args(["transport", &addr.to_string(), &LEAKED.to_string()]);
+    let replace = |_pid: u32| -> TestResult {
+        // Another build, renamed over the running one, as deploy tools do.
+        let next = dir.0.join("service.new");
+        std::fs::copy("/bin/true", &next).map_err(|e| format!("cannot copy: {e}"))?;
+        std::fs::rename(&next, &deployed).map_err(|e| format!("cannot rename: {e}"))
+    };
+    let told = leak_under_probe_after(command, &[], replace, |_| Ok(()))?;
+    let group = the_group(&told)?;
+    let code = group["code"].as_str().unwrap_or_default();
+    eprintln!("go, replaced on disk: {code}");
+    ensure(
+        code.starts_with("main.doRequest (leaky.go:")
+            && has_app_frame(&group["requested_at"], "main.main"),
+        || format!("replaced: {}", render(&told.groups)),
     )?;
     Ok(())
 }
@@ -242,6 +295,10 @@ pub fn node_functions_are_named_from_the_perf_map_or_the_flag_is_named() -> Test
                 .is_some_and(|c| c.starts_with("doRequest (leaky.js:")),
         || render(&told.groups),
     )?;
+    // Named with the flags: no note asking for them.
+    ensure(!told.stderr.contains("cannot name"), || {
+        format!("a naming note for node run with the flags: {}", told.stderr)
+    })?;
     let mut unnamed = Command::new(&node);
     unnamed.current_dir(&dir.0).arg(&script).args(&target);
     let told = leak_under_probe(unnamed, |_| Ok(()))?;
@@ -285,6 +342,12 @@ pub fn java_methods_are_named_from_the_jvms_perf_map() -> TestResult {
             .is_some_and(|c| c.starts_with("Leaky.")),
         || render(&told.groups),
     )?;
+    ensure(!told.stderr.contains("cannot name"), || {
+        format!(
+            "a naming note for a JVM run with the flags: {}",
+            told.stderr
+        )
+    })?;
     Ok(())
 }
 

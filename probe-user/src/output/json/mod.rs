@@ -14,7 +14,8 @@ use serde::Serialize;
 use crate::{
     clock::WallClock,
     track::{
-        CodePath, ConnectionView, OpenConnection, StateChange, StuckAlert, Summary, Timestamp,
+        CodePath, ConnectionView, OpenConnection, Origin, ShownStack, StateChange, StuckAlert,
+        Summary, Timestamp,
     },
 };
 
@@ -158,6 +159,10 @@ struct StuckRecord<'a> {
     opened_at: Option<Vec<FrameRecord<'a>>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     requested_at: Option<Vec<FrameRecord<'a>>>,
+    /// Which of the two stacks the code named comes from: `"requested_at"` where a runtime
+    /// dialed on behalf of the program's code (named first), else `"opened_at"`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    shown: Option<&'static str>,
 }
 
 #[derive(Serialize)]
@@ -177,6 +182,10 @@ struct OpenRecord<'a> {
     opened_at: Option<Vec<FrameRecord<'a>>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     requested_at: Option<Vec<FrameRecord<'a>>>,
+    /// Which of the two stacks the code named comes from: `"requested_at"` where a runtime
+    /// dialed on behalf of the program's code (named first), else `"opened_at"`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    shown: Option<&'static str>,
 }
 
 /// Stuck connections of one state opened by one code path.
@@ -194,6 +203,10 @@ struct CodePathRecord<'a> {
     opened_at: Option<Vec<FrameRecord<'a>>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     requested_at: Option<Vec<FrameRecord<'a>>>,
+    /// Which of the two stacks the code named comes from: `"requested_at"` where a runtime
+    /// dialed on behalf of the program's code (named first), else `"opened_at"`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    shown: Option<&'static str>,
 }
 
 #[derive(Serialize)]
@@ -269,6 +282,11 @@ fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// Which stack a record's code is named from (see [`Origin::shows`]).
+fn shown(origin: Origin<'_>) -> Option<&'static str> {
+    origin.shows().map(ShownStack::field)
+}
+
 fn open_record(open: &OpenConnection) -> OpenRecord<'_> {
     let view = &open.connection;
     OpenRecord {
@@ -284,6 +302,7 @@ fn open_record(open: &OpenConnection) -> OpenRecord<'_> {
         opened_by: open.opened_by.name(),
         opened_at: view.opened_at.as_deref().map(frames),
         requested_at: view.requested_at.as_deref().map(frames),
+        shown: shown(view.origin()),
     }
 }
 
@@ -360,6 +379,7 @@ impl<W: Write> Sink for JsonSink<W> {
             dropped: alert.dropped,
             opened_at: view.opened_at.as_deref().map(frames),
             requested_at: view.requested_at.as_deref().map(frames),
+            shown: shown(view.origin()),
         };
         self.line(&record)
     }
@@ -393,6 +413,7 @@ impl<W: Write> Sink for JsonSink<W> {
                     code: group.shown.as_deref(),
                     opened_at: group.opened_at.as_deref().map(frames),
                     requested_at: group.requested_at.as_deref().map(frames),
+                    shown: shown(group.origin()),
                 })
                 .collect(),
             mid_incident: summary.mid_incident().map(|mid| MidIncidentRecord {

@@ -48,6 +48,10 @@ pub struct Program {
     pub go_main_module: Option<String>,
     /// The binary is Go (it has Go's build information).
     pub is_go: bool,
+    /// For a JVM, the package prefix of the application's own classes (see
+    /// [`java_application_prefix`]): `com.acme.` for `com.acme.orders.Main`, empty for a
+    /// main class in the unnamed package; `None` when the main class is not known.
+    pub java_app_prefix: Option<String>,
 }
 
 /// File names of runtimes and the C library: their frames are under the program.
@@ -126,7 +130,7 @@ pub fn classify(function: &str, module: Module<'_>, program: &Program) -> FrameK
         Module::Program if is_runtime_executable(&program.path) => FrameKind::Runtime,
         Module::Program if program.is_go => go_symbol(function, program),
         Module::Program => native_symbol(function, program),
-        Module::Jit => jit_symbol(function),
+        Module::Jit => jit_symbol(function, program),
         Module::Unknown => FrameKind::Runtime,
     }
 }
@@ -219,11 +223,16 @@ pub fn java_method(name: &str) -> Option<&str> {
 }
 
 /// A JIT frame, by the name its perf map gives (see [`super::perf_name`]): JavaScript outside
-/// node's own modules, Java outside the JDK, Python outside the standard library are the
-/// program; the rest (V8 builtins and stubs, the JVM's interpreter, the JDK) is not.
-fn jit_symbol(function: &str) -> FrameKind {
+/// node's own modules and `node_modules`, Java of the application's packages (outside the JDK
+/// where those are not known), Python outside the standard library and installed packages are
+/// the program; the rest (V8 builtins and stubs, the JVM's interpreter, the JDK, third-party
+/// libraries) is not.
+fn jit_symbol(function: &str, program: &Program) -> FrameKind {
     if let Some(rest) = function.strip_prefix("JS:") {
-        return if rest.contains("node:") || rest.contains("internal/") {
+        return if rest.contains("node:")
+            || rest.contains("internal/")
+            || rest.contains("/node_modules/")
+        {
             FrameKind::Library
         } else {
             FrameKind::App
@@ -241,17 +250,79 @@ fn jit_symbol(function: &str) -> FrameKind {
         (function.contains("::") && !function.contains(' '))
             .then(|| function.trim_start_matches('L'))
     });
-    if let Some(class) = java {
-        return if [
-            "java.", "jdk.", "sun.", "com.sun.", "javax.", "java/", "jdk/", "sun/",
-        ]
-        .iter()
-        .any(|p| class.starts_with(p))
-        {
-            FrameKind::Library
-        } else {
+    if let Some(method) = java {
+        let method = method.replace('/', ".");
+        let is_app = match &program.java_app_prefix {
+            // The unnamed package: the application's classes have no package either.
+            Some(prefix) if prefix.is_empty() => {
+                let class = method.split("::").next().unwrap_or(&method);
+                let class = class.rsplit_once('.').map_or(class, |(class, _)| class);
+                !class.contains('.')
+            }
+            Some(prefix) => method.starts_with(prefix.as_str()),
+            None => !["java.", "jdk.", "sun.", "com.sun.", "javax."]
+                .iter()
+                .any(|p| method.starts_with(p)),
+        };
+        return if is_app {
             FrameKind::App
+        } else {
+            FrameKind::Library
         };
     }
     FrameKind::Runtime
+}
+
+/// The package prefix of a Java application's own classes, from its main class: its first two
+/// package names (`com.acme.` for `com.acme.orders.Main`: an organisation's code usually
+/// shares them, while third-party libraries such as `org.apache.hc.` do not), or empty for
+/// a main class in the unnamed package.
+pub fn java_application_prefix(main_class: &str) -> String {
+    let parts: Vec<&str> = main_class.split('.').collect();
+    let package = &parts[..parts.len().saturating_sub(1)];
+    package
+        .iter()
+        .take(2)
+        .map(|part| format!("{part}."))
+        .collect()
+}
+
+/// The main class of a `java` command line (its arguments after the executable), the first
+/// argument that is not an option or an option's value; `--module M/C` gives `C`. `None` for
+/// `-jar` (the manifest names it) and anything unrecognised.
+pub fn java_main_class<'a>(arguments: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    /// The launcher's options that take the next argument as their value.
+    const WITH_VALUE: &[&str] = &[
+        "-cp",
+        "-classpath",
+        "--class-path",
+        "-p",
+        "--module-path",
+        "--upgrade-module-path",
+        "--add-modules",
+        "--add-opens",
+        "--add-exports",
+        "--add-reads",
+        "--patch-module",
+        "--limit-modules",
+        "--enable-native-access",
+    ];
+    let mut arguments = arguments.into_iter();
+    while let Some(argument) = arguments.next() {
+        match argument {
+            "-jar" => return None,
+            "-m" | "--module" => {
+                return arguments
+                    .next()
+                    .and_then(|module| module.split_once('/'))
+                    .map(|(_, class)| class);
+            }
+            option if WITH_VALUE.contains(&option) => {
+                arguments.next();
+            }
+            option if option.starts_with('-') => {}
+            class => return Some(class),
+        }
+    }
+    None
 }

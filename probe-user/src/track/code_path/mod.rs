@@ -163,24 +163,65 @@ pub struct Origin<'a> {
     pub requested_at: Option<&'a CodePath>,
 }
 
+/// Which of an [`Origin`]'s stacks the outputs name first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ShownStack {
+    /// The connect's own stack.
+    OpenedAt,
+    /// The stack of the code that asked a runtime for the connection.
+    RequestedAt,
+}
+
+impl ShownStack {
+    /// The JSON field the stack is in: `"opened_at"` or `"requested_at"`.
+    pub const fn field(self) -> &'static str {
+        match self {
+            ShownStack::OpenedAt => "opened_at",
+            ShownStack::RequestedAt => "requested_at",
+        }
+    }
+}
+
 impl Origin<'_> {
-    /// The stack that names the program: the requester's where the connect's own has no frame
-    /// of the program (or none at all).
-    pub fn best(&self) -> Option<&CodePath> {
+    /// Which stack names the code to fix. The requester's, where it has a frame of the
+    /// program: a runtime dialed on its behalf, and the requester is what leaks (the dialer,
+    /// even a custom dial function of the program, only did as asked). Otherwise the connect's
+    /// own, or whichever there is.
+    pub fn shows(&self) -> Option<ShownStack> {
         match (self.opened_at, self.requested_at) {
-            (Some(opened), Some(requested))
-                if !opened.has_app_frames() && requested.has_app_frames() =>
-            {
-                Some(requested)
-            }
-            (None, requested) => requested,
-            (opened, _) => opened,
+            (_, Some(requested)) if requested.has_app_frames() => Some(ShownStack::RequestedAt),
+            (Some(_), _) => Some(ShownStack::OpenedAt),
+            (None, Some(_)) => Some(ShownStack::RequestedAt),
+            (None, None) => None,
         }
     }
 
-    /// [`CodePath::describe`] of [`Origin::best`]; `None` without any stack.
+    /// The stack that names the code to fix (see [`Origin::shows`]).
+    pub fn best(&self) -> Option<&CodePath> {
+        match self.shows()? {
+            ShownStack::OpenedAt => self.opened_at,
+            ShownStack::RequestedAt => self.requested_at,
+        }
+    }
+
+    /// [`CodePath::describe`] of [`Origin::best`]; where that is the requester's and the
+    /// connect ran in the program's own code elsewhere (a custom dial function), that code
+    /// follows: `main.doRequest (main.go:28) <- main.main (main.go:44), via
+    /// net/http.(*Client).Post; dialed in main.dialTimeout (main.go:20)`. `None` without any
+    /// stack.
     pub fn describe(&self, depth: usize) -> Option<String> {
-        self.best().map(|path| path.describe(depth))
+        let best = self.best()?;
+        let mut text = best.describe(depth);
+        if let (Some(ShownStack::RequestedAt), Some(opened)) = (self.shows(), self.opened_at)
+            && opened.has_app_frames()
+        {
+            let dialer = opened.shown().frames.first();
+            if let Some(dialer) = dialer.filter(|d| best.shown().frames.first() != Some(*d)) {
+                text.push_str("; dialed in ");
+                text.push_str(&dialer.to_string());
+            }
+        }
+        Some(text)
     }
 }
 

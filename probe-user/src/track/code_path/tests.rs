@@ -21,6 +21,7 @@ fn go(functions: &[(&str, Option<(&str, u32)>)]) -> CodePath {
         path: "/srv/leaky".into(),
         go_main_module: Some("example.com/leaky".into()),
         is_go: true,
+        java_app_prefix: None,
     };
     CodePath {
         frames: functions
@@ -117,6 +118,58 @@ fn the_requesters_stack_names_the_program_when_the_connects_does_not() {
     assert_eq!(Origin::default().describe(2), None);
 }
 
+/// The project's seed: a Transport per request with a custom dial function of the program's
+/// own. The connect's stack names the program (the dial function), but the code to fix is the
+/// requester's: it is named first, the dial function after it.
+#[test]
+fn the_requester_is_named_first_and_the_programs_dial_function_after_it() {
+    let dialer = go(&[
+        ("syscall.connect", None),
+        ("net.(*netFD).connect", Some(("fd_unix.go", 60))),
+        ("net.DialTimeout", Some(("dial.go", 333))),
+        ("main.dialTimeout", Some(("main.go", 20))),
+        ("net/http.(*Transport).dial", Some(("transport.go", 1166))),
+        ("net/http.(*Transport).dialConnFor", None),
+        ("runtime.goexit", None),
+    ]);
+    let requester = go(&[
+        ("net/http.(*Transport).queueForDial", None),
+        ("net/http.(*Client).Post", Some(("client.go", 845))),
+        ("main.doRequest", Some(("main.go", 28))),
+        ("main.main", Some(("main.go", 44))),
+    ]);
+    let origin = Origin {
+        opened_at: Some(&dialer),
+        requested_at: Some(&requester),
+    };
+    assert_eq!(origin.shows(), Some(ShownStack::RequestedAt));
+    assert_eq!(origin.best(), Some(&requester));
+    assert_eq!(
+        origin.describe(3).as_deref(),
+        Some(
+            "main.doRequest (main.go:28) <- main.main (main.go:44), via \
+             net/http.(*Client).Post; dialed in main.dialTimeout (main.go:20)"
+        )
+    );
+    // Where the runtime's hook saw the same code ask and connect, it is said once.
+    let same = Origin {
+        opened_at: Some(&requester),
+        requested_at: Some(&requester),
+    };
+    assert_eq!(
+        same.describe(3).as_deref(),
+        Some("main.doRequest (main.go:28) <- main.main (main.go:44), via net/http.(*Client).Post")
+    );
+    // Without a requester, the connect's own stack, with no mention of a dialer.
+    let alone = Origin {
+        opened_at: Some(&dialer),
+        requested_at: None,
+    };
+    assert_eq!(alone.shows(), Some(ShownStack::OpenedAt));
+    assert!(alone.describe(3).is_some_and(|text| text.starts_with("main.dialTimeout")
+        && !text.contains("dialed in")));
+}
+
 #[test]
 fn unknown_frames_show_their_address_and_an_empty_stack_says_so() {
     assert_eq!(
@@ -141,6 +194,7 @@ fn go_packages_are_told_apart_by_path() {
         path: "/srv/api".into(),
         go_main_module: Some("example.com/api".into()),
         is_go: true,
+        java_app_prefix: None,
     };
     let kind = |f: &str| classify(f, Module::Program, &program);
     assert_eq!(
@@ -218,6 +272,93 @@ fn native_frames_by_module_and_crate() {
         classify("node::TCPWrap::Connect", Module::Program, &node),
         FrameKind::Runtime
     );
+}
+
+/// Java: the application's own classes are the main class's packages; a third-party library
+/// (Apache HttpClient) is a library, not the program, once the main class is known.
+#[test]
+fn java_frames_are_the_programs_by_the_main_classs_package() {
+    let java = |main: &str| Program {
+        path: "/usr/lib/jvm/java-17-openjdk-amd64/bin/java".into(),
+        java_app_prefix: Some(classify::java_application_prefix(main)),
+        ..Program::default()
+    };
+    let acme = java("com.acme.orders.Main");
+    let kind = |f: &str, p: &Program| classify(f, Module::Jit, p);
+    assert_eq!(
+        kind(
+            "void com.acme.orders.http.Client.fetch(java.lang.String)",
+            &acme
+        ),
+        FrameKind::App
+    );
+    assert_eq!(
+        kind("void com.acme.common.Pool.open()", &acme),
+        FrameKind::App
+    );
+    let apache = "org.apache.hc.client5.http.impl.classic.ExecChainElement.execute";
+    assert_eq!(kind(&format!("void {apache}()"), &acme), FrameKind::Library);
+    assert_eq!(
+        kind(
+            "void java.net.Socket.connect(java.net.SocketAddress, int)",
+            &acme
+        ),
+        FrameKind::Library
+    );
+    // A main class in the unnamed package: only unpackaged classes are the program's.
+    let leaky = java("Leaky");
+    assert_eq!(
+        kind("void Leaky.fetchWithHttpClient5(java.lang.String)", &leaky),
+        FrameKind::App
+    );
+    assert_eq!(
+        kind(&format!("void {apache}()"), &leaky),
+        FrameKind::Library
+    );
+    assert_eq!(kind("Leaky::doRequest", &leaky), FrameKind::App);
+    // Without a main class, everything outside the JDK, as before.
+    assert_eq!(
+        kind(&format!("void {apache}()"), &Program::default()),
+        FrameKind::App
+    );
+}
+
+#[test]
+fn a_java_command_lines_main_class() {
+    fn main(line: &str) -> Option<&str> {
+        classify::java_main_class(line.split(' '))
+    }
+    assert_eq!(
+        main("-XX:+PreserveFramePointer -cp /srv/app Leaky 127.0.0.1 80"),
+        Some("Leaky")
+    );
+    assert_eq!(
+        main("-Xmx1g --class-path a.jar:b.jar -Dx=y com.acme.orders.Main --port 9"),
+        Some("com.acme.orders.Main")
+    );
+    assert_eq!(
+        main("-p mods -m com.acme/com.acme.orders.Main"),
+        Some("com.acme.orders.Main")
+    );
+    assert_eq!(main("-jar app.jar Leaky"), None);
+    assert_eq!(main("-version"), None);
+    assert_eq!(
+        classify::java_application_prefix("com.acme.orders.Main"),
+        "com.acme."
+    );
+    assert_eq!(classify::java_application_prefix("app.Main"), "app.");
+    assert_eq!(classify::java_application_prefix("Leaky"), "");
+}
+
+/// node: modules installed under `node_modules` are libraries, like node's own.
+#[test]
+fn node_modules_are_libraries() {
+    let kind = |f: &str| classify(f, Module::Jit, &Program::default());
+    assert_eq!(
+        kind("JS:*request /srv/app/node_modules/axios/lib/core/dispatch.js:10:3"),
+        FrameKind::Library
+    );
+    assert_eq!(kind("JS:*doRequest /srv/app/leaky.js:3:19"), FrameKind::App);
 }
 
 #[test]
