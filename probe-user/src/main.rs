@@ -40,6 +40,6 @@ fn fail(error: &anyhow::Error) -> ExitCode {
     if broken_pipe {
         return ExitCode::SUCCESS;
     }
-    eprintln!("probe: error: {error:#}");
+    probe_user::say!("probe: error: {error:#}");
     ExitCode::FAILURE
 }

@@ -28,6 +28,7 @@ use sources::StopSignals;
 
 /// Runs probe as configured.
 pub fn run(config: &Config) -> anyhow::Result<()> {
+    refuse_a_closed_stdout(config)?;
     return_large_buffers_to_the_system();
     raise_the_fd_limit();
     // A single-threaded runtime: the command is forked below while probe has one thread only.
@@ -48,7 +49,7 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
     let attached = attach(config)?;
     // Attached, seeded, the command started: what probe needs from here on is much less.
     privilege::drop_unneeded().context("cannot drop the capabilities probe no longer needs")?;
-    eprintln!(
+    crate::say!(
         "probe: tracing TCP state changes of {}{}{}; Ctrl-C to stop",
         attached.targets,
         if config.targets.follow_forks {
@@ -116,7 +117,7 @@ fn attach(config: &Config) -> anyhow::Result<Attached> {
     tracer_config.cgroups = cgroups.iter().map(|c| (c.id, c.level)).collect();
     let max_sockets = tracer_config.max_sockets;
     if Kernel::socket_slots_mib(max_sockets) >= 256 {
-        eprintln!(
+        crate::say!(
             "probe: room for {max_sockets} sockets takes about {} MiB of kernel memory, reserved \
              up front (and a few seconds to set up); lower --max-sockets if that is too much",
             Kernel::socket_slots_mib(max_sockets)
@@ -147,7 +148,7 @@ fn attach(config: &Config) -> anyhow::Result<Attached> {
     let mut processes = traced;
     let pids: Vec<u32> = processes.iter().map(|p| p.pid).collect();
     if untraced > 0 {
-        eprintln!(
+        crate::say!(
             "probe: warning: {untraced} process(es) not traced: probe traces at most {} at once",
             crate::cli::MAX_TARGETS
         );
@@ -177,7 +178,7 @@ fn attach(config: &Config) -> anyhow::Result<Attached> {
     let refused = tracer.seed(&existing)?;
     log::debug!("seeded in {:?}", seeding.elapsed());
     if refused > 0 {
-        eprintln!(
+        crate::say!(
             "probe: warning: {refused} of the {} TCP sockets already open do not fit in \
              --max-sockets {max_sockets}: they are not followed (counted as untracked); raise \
              --max-sockets",
@@ -303,8 +304,35 @@ fn start_command(command: &Command, config: &Config, tracer: &mut Tracer) -> any
 /// Says what probe could not do for some processes, once each.
 pub(crate) fn say_notes(notes: Vec<String>) {
     for note in notes {
-        eprintln!("probe: note: {}", terminal(&note));
+        crate::say!("probe: note: {}", terminal(&note));
     }
+}
+
+/// Refuses a closed standard output (`probe >&-`) when it is all probe writes to: the Rust
+/// runtime replaces a closed standard stream with /dev/null opened read-write before `main`
+/// (so the next file probe opens cannot take its number), and every line would be lost
+/// without a word. A /dev/null the shell opened (`> /dev/null`) is write-only and left alone,
+/// and so is any stdout when a report or the metrics endpoint is what the user reads.
+fn refuse_a_closed_stdout(config: &Config) -> anyhow::Result<()> {
+    if config.report.is_some() || config.metrics_addr.is_some() {
+        return Ok(());
+    }
+    let Ok(stdout) = nix::sys::stat::fstat(libc::STDOUT_FILENO) else {
+        bail!("cannot write output: standard output is closed; redirect it instead (`> FILE`)");
+    };
+    let null = nix::sys::stat::stat("/dev/null").ok();
+    let is_null = null.is_some_and(|null| {
+        stdout.st_mode & libc::S_IFMT == libc::S_IFCHR && stdout.st_rdev == null.st_rdev
+    });
+    // SAFETY: F_GETFL only reads the descriptor's status flags.
+    let flags = unsafe { libc::fcntl(libc::STDOUT_FILENO, libc::F_GETFL) };
+    if is_null && flags != -1 && flags & libc::O_ACCMODE == libc::O_RDWR {
+        bail!(
+            "cannot write output: standard output is closed; redirect it instead (`> FILE`, or \
+             `> /dev/null` to discard it)"
+        );
+    }
+    Ok(())
 }
 
 /// A tcp_info dump of 100,000 sockets takes tens of MiB for a moment. glibc would serve the
@@ -347,7 +375,7 @@ fn resolve_pids(pids: &[u32]) -> anyhow::Result<Vec<Process>> {
     for &pid in pids {
         let process = process::resolve_target(pid)?;
         if let Some(thread) = process.named_thread {
-            eprintln!(
+            crate::say!(
                 "probe: {thread} is a thread of process {} ({}): tracing the whole process",
                 process.pid,
                 terminal(&process.comm)

@@ -38,9 +38,9 @@ impl MetricsListener {
         let web = web_config.map(WebConfig::load).transpose()?;
         let address = listener.local_addr().unwrap_or(address);
         let scheme = web.as_ref().map_or("http", WebConfig::scheme);
-        eprintln!("probe: serving metrics at {scheme}://{address}/metrics");
+        crate::say!("probe: serving metrics at {scheme}://{address}/metrics");
         if !address.ip().is_loopback() && web.is_none() {
-            eprintln!(
+            crate::say!(
                 "probe: anyone who can reach {address} can read the metrics (process names, \
                  endpoints): protect them with --metrics-web-config (TLS, basic auth) or a \
                  firewall"
@@ -90,7 +90,7 @@ pub fn make(
     let stdout = io::stdout();
     let terminal = stdout.is_terminal();
     if config.view == View::Live && !terminal {
-        eprintln!(
+        crate::say!(
             "probe: --live needs a terminal; standard output is not one, so plain lines follow"
         );
     }

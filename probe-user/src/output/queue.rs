@@ -73,6 +73,26 @@ impl Room {
     pub fn lines_dropped(&self) -> u64 {
         self.shared.dropped.load(Ordering::Relaxed)
     }
+
+    /// Waits until every byte handed over is written, and says whether it was: the last
+    /// word's error (`/dev/full`, a closed stdout) would otherwise be found only by a thread
+    /// nobody asks. A queue whose writing thread has ended takes nothing more.
+    pub fn wait_until_written(&self) -> io::Result<()> {
+        let mut failed = self.shared.failed.lock().unwrap_or_else(|p| p.into_inner());
+        while failed.is_none() && self.shared.queued.load(Ordering::Relaxed) > 0 {
+            // The timeout covers a batch written between the check and the wait.
+            failed = self
+                .shared
+                .written
+                .wait_timeout(failed, Duration::from_millis(50))
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        match *failed {
+            Some(kind) => Err(kind.into()),
+            None => Ok(()),
+        }
+    }
 }
 
 /// Whether a line sink writes a line per transition: when asked to, and while its reader
@@ -347,6 +367,31 @@ mod tests {
         assert_eq!(out.written, b"1234567\nabcdefg\n");
         drop(out);
         reader.join().unwrap();
+    }
+
+    /// The last write's failure is found by whoever waits for it, even with nothing written
+    /// after it (host-wide, the summary is all there is).
+    #[test]
+    fn waiting_until_written_says_whether_the_last_write_failed() {
+        let mut full = OutputQueue::start(
+            std::fs::File::options()
+                .write(true)
+                .open("/dev/full")
+                .unwrap(),
+        )
+        .unwrap();
+        let room = full.room();
+        full.write_all(b"== summary ==\n").unwrap();
+        full.flush().unwrap();
+        let failed = room.wait_until_written().unwrap_err();
+        assert_eq!(failed.kind(), io::ErrorKind::StorageFull);
+
+        let mut fine = OutputQueue::start(Vec::new()).unwrap();
+        let room = fine.room();
+        fine.write_all(b"== summary ==\n").unwrap();
+        fine.flush().unwrap();
+        room.wait_until_written().unwrap();
+        assert_eq!(fine.finish().unwrap(), b"== summary ==\n");
     }
 
     #[test]

@@ -2,7 +2,12 @@
 //! writes), opened so that it cannot stall or flood probe, and what a Go executable says about
 //! itself in its build information.
 
-use std::{fs::File, io, os::unix::fs::OpenOptionsExt, path::Path};
+use std::{
+    fs::File,
+    io::{self, Read},
+    os::unix::fs::OpenOptionsExt,
+    path::Path,
+};
 
 /// Whether a symbolic link as the last part of the path is followed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -25,6 +30,23 @@ pub fn open_regular(path: &Path, last_link: LastLink) -> io::Result<File> {
         return Err(io::ErrorKind::InvalidInput.into());
     }
     Ok(file)
+}
+
+/// The bytes of `path` (opened with [`open_regular`]), at most `limit` of them: a longer file is
+/// an error ([`io::ErrorKind::FileTooLarge`]), not read on (`/dev/zero` named as a certificate
+/// would grow probe until the kernel kills it).
+pub fn read_regular(path: &Path, last_link: LastLink, limit: u64) -> io::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    open_regular(path, last_link)?
+        .take(limit.saturating_add(1))
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limit {
+        return Err(io::Error::new(
+            io::ErrorKind::FileTooLarge,
+            format!("larger than {limit} bytes"),
+        ));
+    }
+    Ok(bytes)
 }
 
 /// What a Go binary's `.go.buildinfo` section says (Go 1.18 and later write its strings

@@ -386,3 +386,74 @@ pub fn a_secured_endpoint_serves_prometheus_and_refuses_everyone_else() -> TestR
     probe.stop()?;
     Ok(())
 }
+
+/// Clients without the password cannot starve a scraper that has it: 200 connections that
+/// never send a request (stalled handshakes or headers) and 100 that send one without
+/// credentials and keep the connection open, against an endpoint of 64 connections. Each
+/// denied client is answered 401 and disconnected, and the scrape with the password is served
+/// at once (it waited for the stalled ones to time out, up to a minute, before).
+pub fn clients_without_the_password_cannot_keep_the_scraper_out() -> TestResult {
+    use std::{
+        io::{Read, Write},
+        net::TcpStream,
+        time::Instant,
+    };
+    let dir = TempPath::directory("lockout")?;
+    let password = "scrape-secret";
+    let hash = bcrypt::hash(password, 8).map_err(|e| e.to_string())?;
+    std::fs::write(
+        dir.0.join("web.yml"),
+        format!("basic_auth_users:\n  prometheus: {hash}\n"),
+    )
+    .map_err(|e| e.to_string())?;
+    let idle = Idle::start()?;
+    let metrics = format!("127.0.0.1:{}", free_port()?);
+    let web_config = dir.0.join("web.yml").display().to_string();
+    let probe = Probe::start(&[
+        "--pid",
+        &idle.pid(),
+        "--metrics-addr",
+        &metrics,
+        "--metrics-web-config",
+        &web_config,
+    ])?;
+    let address: SocketAddr = metrics.parse().map_err(|e| format!("{e}"))?;
+    let connect = || TcpStream::connect(address).map_err(|e| format!("cannot connect: {e}"));
+    let stalled: Vec<TcpStream> = (0..200).map(|_| connect()).collect::<Result<_, _>>()?;
+    let mut denied = Vec::new();
+    for _ in 0..100 {
+        let mut stream = connect()?;
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: probe\r\nConnection: keep-alive\r\n\r\n")
+            .map_err(|e| e.to_string())?;
+        denied.push(stream);
+    }
+    let url = format!("http://{metrics}/metrics");
+    let credentials = format!("prometheus:{password}");
+    let started = Instant::now();
+    let (code, status) = curl(&url, &["-u", &credentials, "--max-time", "3"])?;
+    let took = started.elapsed();
+    ensure(code == 0 && status == "200", || {
+        format!("the scrape with the password: exit {code}, HTTP {status} after {took:?}")
+    })?;
+    // The denied clients that were served are told 401 and disconnected; the rest were closed
+    // to make room. None is left holding a connection.
+    let mut told = 0;
+    for stream in &mut denied {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .map_err(|e| e.to_string())?;
+        let mut answer = Vec::new();
+        stream
+            .read_to_end(&mut answer)
+            .map_err(|e| format!("a denied client is still connected: {e}"))?;
+        if answer.starts_with(b"HTTP/1.1 401") {
+            told += 1;
+        }
+    }
+    ensure(told > 0, || "no denied client was answered 401".into())?;
+    drop(stalled);
+    eprintln!("scrape served in {took:?} past 300 unauthenticated connections ({told} told 401)");
+    probe.stop()?;
+    Ok(())
+}

@@ -8,6 +8,8 @@
 //!
 //! One module per theme; [`harness`] holds what they share. This binary is also every helper
 //! process of the tests: `integration helper ROLE_JSON` (see [`harness::roles`]).
+// The test runner reads what the tests say on stderr (it is no terminal that can go away).
+#![allow(clippy::disallowed_macros)]
 
 mod attach;
 mod code_paths;
@@ -64,6 +66,7 @@ fn main() -> ExitCode {
         code_paths::stuck_connections_are_grouped_by_the_function_that_opened_them,
         code_paths::without_stacks_there_is_no_stack_map_and_no_opened_at,
         runtimes::a_go_http_clients_leak_is_named_by_the_function_that_made_the_request,
+        runtimes::a_go_service_whose_binary_was_replaced_on_disk_is_still_named,
         runtimes::a_c_client_is_named_with_or_without_frame_pointers,
         runtimes::attached_mid_incident_the_leak_is_traced_to_where_it_goes_on,
         runtimes::node_functions_are_named_from_the_perf_map_or_the_flag_is_named,
@@ -71,6 +74,8 @@ fn main() -> ExitCode {
         robustness::bad_input_gets_a_clear_error_and_no_panic,
         targets::a_thread_id_means_its_process,
         robustness::closing_stdout_ends_probe_cleanly,
+        robustness::an_output_that_cannot_be_written_is_an_error_in_every_scope,
+        robustness::a_stderr_nobody_reads_is_no_panic,
         robustness::sigterm_still_prints_the_summary,
         robustness::kernel_objects_are_freed_even_after_sigkill,
         robustness::an_unprivileged_user_is_told_what_to_do,
@@ -118,6 +123,7 @@ fn main() -> ExitCode {
         stuck_kinds::kinds_found_at_attach_are_flagged,
         fleet::prometheus_scrapes_probe_and_the_alerts_fire,
         fleet::a_secured_endpoint_serves_prometheus_and_refuses_everyone_else,
+        fleet::clients_without_the_password_cannot_keep_the_scraper_out,
     ];
     // Run alone, after the others: they load the whole host (tens of thousands of sockets, a
     // churn at full speed, probe host-wide), which would skew what the others measure and be

@@ -495,3 +495,63 @@ pub fn the_reader_is_woken_per_batch_not_per_event() -> TestResult {
     })?;
     churn.finish()
 }
+
+/// probe's output cannot be written (`> /dev/full`, a closed stdout): the same error and exit
+/// code in every scope and output, host-wide too, where the summary is the only thing written
+/// and its failure was found by no one (exit 0, the summary lost without a word).
+pub fn an_output_that_cannot_be_written_is_an_error_in_every_scope() -> TestResult {
+    let idle = Idle::start()?;
+    let pid = idle.pid();
+    let scopes: [&[&str]; 5] = [
+        &[],
+        &["--transitions"],
+        &["--json"],
+        &["--pid", &pid],
+        &["--pid", &pid, "--json"],
+    ];
+    for scope in scopes {
+        for (what, closed, expected) in [
+            ("/dev/full", false, "cannot write output: no storage space"),
+            ("a closed stdout", true, "standard output is closed"),
+        ] {
+            let mut command = Command::new(env!("CARGO_BIN_EXE_probe"));
+            command.args(scope).args(["-d", "1s"]);
+            let full = std::fs::File::options()
+                .write(true)
+                .open("/dev/full")
+                .map_err(|e| e.to_string())?;
+            if closed {
+                // SAFETY: in the child between fork and exec: close() is async-signal-safe.
+                unsafe {
+                    std::os::unix::process::CommandExt::pre_exec(&mut command, || {
+                        libc::close(libc::STDOUT_FILENO);
+                        Ok(())
+                    });
+                }
+            } else {
+                command.stdout(full);
+            }
+            let output = command.output().map_err(|e| e.to_string())?;
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            ensure(
+                output.status.code() == Some(1) && stderr.contains(expected),
+                || format!("{scope:?} to {what}: {}: {stderr}", output.status),
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// stderr's reader went away (`( probe 2>&1 >/dev/null ) | true`): probe's messages have
+/// nobody to reach, and it finishes as it would (exit 0), without a panic.
+pub fn a_stderr_nobody_reads_is_no_panic() -> TestResult {
+    let (reader, writer) = nix::unistd::pipe().map_err(|e| e.to_string())?;
+    drop(reader);
+    let output = Command::new(env!("CARGO_BIN_EXE_probe"))
+        .args(["-d", "1s"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::from(writer))
+        .status()
+        .map_err(|e| e.to_string())?;
+    ensure(output.success(), || format!("probe exited {output}"))
+}

@@ -369,7 +369,7 @@ impl Session {
         let mut summary = self.tracker.summary(now, self.code_path_source(), losses);
         summary.add_triage(&self.triage, now);
         if losses.lost_events > 0 || losses.untracked_sockets > 0 || counters.target_map_full > 0 {
-            eprintln!(
+            crate::say!(
                 "probe: warning: {} event(s) lost (ring buffer full: raise --ring-buffer-kib; \
                  {} unreadable), {} socket(s) untracked (raise --max-sockets), {} process(es) \
                  not followed",
@@ -381,7 +381,7 @@ impl Session {
         }
         let dropped = self.output_room.as_ref().map_or(0, Room::lines_dropped);
         if dropped > 0 {
-            eprintln!(
+            crate::say!(
                 "probe: warning: {dropped} transition line(s) not written: the reader of \
                  standard output fell more than {} MiB behind (the alerts, the table and the \
                  summary are complete); write to a file, or show fewer transitions (--state, \
@@ -389,7 +389,14 @@ impl Session {
                 crate::output::queue::ROOM >> 20
             );
         }
-        match shown.and_then(|()| self.sink.summary(&summary)) {
+        let written = shown
+            .and_then(|()| self.sink.summary(&summary))
+            .and_then(|()| {
+                self.output_room
+                    .as_ref()
+                    .map_or(Ok(()), Room::wait_until_written)
+            });
+        match written {
             Err(error) if error.kind() != io::ErrorKind::BrokenPipe && stop != Stop::HungUp => {
                 Err(error).context("cannot write output")
             }

@@ -2,16 +2,26 @@
 //! configuration file says), kept serving whatever clients do. It runs on a thread of its own,
 //! so that no client (a flood of handshakes, of wrong passwords) can slow the event loop down;
 //! a flood of idle connections or running out of file descriptors must not take it down for
-//! the rest of a run: connections are capped, idle ones and slow handshakes time out, and a
-//! failed accept is retried after a pause.
+//! the rest of a run: connections are capped, idle ones and slow handshakes time out, a
+//! client denied is disconnected, the connections not yet served make room for new ones
+//! (clients without the password cannot keep a scraper out), and a failed accept is retried
+//! after a pause.
 
-use std::{io, net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    collections::VecDeque,
+    io,
+    net::SocketAddr,
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
 
 use http_body_util::Full;
 use hyper::{
-    Request, Response, StatusCode,
+    Method, Request, Response, StatusCode,
     body::{Bytes, Incoming},
-    header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE},
+    header::{
+        ACCEPT, ALLOW, AUTHORIZATION, CONNECTION, CONTENT_TYPE, HeaderValue, WWW_AUTHENTICATE,
+    },
     server::conn::http1,
     service::service_fn,
 };
@@ -20,6 +30,7 @@ use tokio::{
     io::{AsyncRead, AsyncWrite},
     net::TcpListener,
     sync::Semaphore,
+    task::AbortHandle,
 };
 use tokio_rustls::TlsAcceptor;
 
@@ -29,7 +40,8 @@ use super::{
     web::{BasicAuth, Verdict, WebConfig},
 };
 
-/// Connections served at once; more wait in the listen backlog.
+/// Connections served at once; past it, the oldest that has not been served the metrics
+/// (see `Unproven`) is closed for a newcomer.
 const MAX_CONNECTIONS: usize = 64;
 /// A client has this long to send its request headers, each time, and to finish a TLS
 /// handshake.
@@ -97,12 +109,9 @@ async fn serve(
         .map(TlsAcceptor::from);
     let users = web.and_then(|web| web.users);
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let unproven = Arc::new(Mutex::new(Unproven::default()));
     let mut backoff = Duration::from_millis(10);
     loop {
-        // Waits for a free slot before accepting: over the cap, clients wait in the backlog.
-        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
-            return Ok(());
-        };
         let stream = match listener.accept().await {
             Ok((stream, _)) => {
                 backoff = Duration::from_millis(10);
@@ -119,20 +128,43 @@ async fn serve(
                 continue;
             }
         };
+        // Over the cap, the connection that has gone longest without a good request makes
+        // room: stalled handshakes and denied clients cannot keep a scraper out. Connections
+        // that were served keep their slots; if all are, the newcomer is refused.
+        let slot = match Arc::clone(&slots).try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) if lock(&unproven).evict_oldest() => {
+                match Arc::clone(&slots).acquire_owned().await {
+                    Ok(slot) => slot,
+                    Err(_) => return Ok(()),
+                }
+            }
+            Err(_) => {
+                log::debug!("metrics connection refused: {MAX_CONNECTIONS} served at once");
+                continue;
+            }
+        };
         let (metrics, users, tls) = (metrics.clone(), users.clone(), tls.clone());
-        tokio::spawn(async move {
+        let id = lock(&unproven).next_id();
+        let proven = {
+            let unproven = Arc::clone(&unproven);
+            move || lock(&unproven).proven(id)
+        };
+        let task = tokio::spawn(async move {
             let served = async {
                 match tls {
                     Some(acceptor) => {
                         let handshake =
                             tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(stream));
                         match handshake.await {
-                            Ok(Ok(stream)) => serve_connection(stream, metrics, users).await,
+                            Ok(Ok(stream)) => {
+                                serve_connection(stream, metrics, users, proven).await
+                            }
                             Ok(Err(error)) => log::debug!("metrics TLS handshake: {error}"),
                             Err(_) => log::debug!("metrics TLS handshake timed out"),
                         }
                     }
-                    None => serve_connection(stream, metrics, users).await,
+                    None => serve_connection(stream, metrics, users, proven).await,
                 }
             };
             if tokio::time::timeout(CONNECTION_LIFETIME, served)
@@ -143,16 +175,71 @@ async fn serve(
             }
             drop(slot);
         });
+        let mut unproven = lock(&unproven);
+        unproven.admit(id, task.abort_handle());
+        unproven.forget_finished();
     }
 }
 
-/// Serves HTTP/1 requests on one connection (plain or TLS).
-async fn serve_connection<S>(stream: S, metrics: Metrics, users: Option<Arc<BasicAuth>>)
-where
+fn lock(unproven: &Mutex<Unproven>) -> std::sync::MutexGuard<'_, Unproven> {
+    unproven.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The connections that have not yet had a request answered with the metrics (handshaking,
+/// silent, or denied), oldest first: the ones to close when the endpoint is full.
+#[derive(Default)]
+struct Unproven {
+    connections: VecDeque<(u64, AbortHandle)>,
+    next: u64,
+}
+
+impl Unproven {
+    fn next_id(&mut self) -> u64 {
+        self.next += 1;
+        self.next
+    }
+
+    fn admit(&mut self, id: u64, task: AbortHandle) {
+        self.connections.push_back((id, task));
+    }
+
+    /// Connection `id` was served the metrics: it is a scraper's, and keeps its slot.
+    fn proven(&mut self, id: u64) {
+        self.connections.retain(|(other, _)| *other != id);
+    }
+
+    /// Closes the oldest unproven connection (its slot is free once its task is dropped);
+    /// false when there is none.
+    fn evict_oldest(&mut self) -> bool {
+        self.forget_finished();
+        match self.connections.pop_front() {
+            Some((_, task)) => {
+                task.abort();
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn forget_finished(&mut self) {
+        self.connections.retain(|(_, task)| !task.is_finished());
+    }
+}
+
+/// Serves HTTP/1 requests on one connection (plain or TLS); `proven` is called once a request
+/// is answered with the metrics. A denied request closes the connection: a client without the
+/// password does not get to hold it.
+async fn serve_connection<S>(
+    stream: S,
+    metrics: Metrics,
+    users: Option<Arc<BasicAuth>>,
+    proven: impl Fn() + Send + Sync + 'static,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let proven = Arc::new(proven);
     let service = service_fn(move |request: Request<Incoming>| {
-        let (metrics, users) = (metrics.clone(), users.clone());
+        let (metrics, users, proven) = (metrics.clone(), users.clone(), Arc::clone(&proven));
         async move {
             let verdict = match &users {
                 Some(users) => {
@@ -162,7 +249,10 @@ where
                 None => Verdict::Allowed,
             };
             Ok::<_, hyper::Error>(match verdict {
-                Verdict::Allowed => respond(&request, &metrics),
+                Verdict::Allowed => {
+                    proven();
+                    respond(&request, &metrics)
+                }
                 Verdict::Denied => unauthorized(),
             })
         }
@@ -180,14 +270,27 @@ where
 fn unauthorized() -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from_static(b"Unauthorized\n")));
     *response.status_mut() = StatusCode::UNAUTHORIZED;
-    response.headers_mut().insert(
+    let headers = response.headers_mut();
+    headers.insert(
         WWW_AUTHENTICATE,
-        r#"Basic realm="probe""#.parse().expect("a valid header value"),
+        HeaderValue::from_static(r#"Basic realm="probe""#),
     );
+    // hyper closes the connection after a response that says so.
+    headers.insert(CONNECTION, HeaderValue::from_static("close"));
     response
 }
 
 fn respond(request: &Request<Incoming>, metrics: &Metrics) -> Response<Full<Bytes>> {
+    if request.method() != Method::GET && request.method() != Method::HEAD {
+        let mut response = Response::new(Full::new(Bytes::from_static(
+            b"probe: metrics are read with GET\n",
+        )));
+        *response.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+        response
+            .headers_mut()
+            .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return response;
+    }
     if request.uri().path() != "/metrics" {
         let mut response = Response::new(Full::new(Bytes::from_static(
             b"probe: metrics are at /metrics\n",

@@ -78,7 +78,7 @@ impl Sink for Report {
         });
         file.commit(page.as_bytes())
             .map_err(|error| io::Error::other(format!("{error}: {}", source_of(&error))))?;
-        eprintln!("probe: report written to {}", self.shown_path);
+        crate::say!("probe: report written to {}", self.shown_path);
         Ok(())
     }
 

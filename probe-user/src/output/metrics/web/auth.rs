@@ -12,6 +12,12 @@ use super::WebConfigError;
 
 /// Checks that may run at once.
 const CONCURRENT_CHECKS: usize = 2;
+/// The cheapest bcrypt cost bcrypt itself allows.
+pub const MIN_COST: u32 = 4;
+/// The costliest hash accepted. Each step doubles a check's time: cost 12 takes about 0.25 s
+/// of a core here, 14 about 1 s; cost 18 held a check for over 25 s and 31 would hold it for
+/// days, with every scrape waiting behind it. A check is never longer than this allows.
+pub const MAX_COST: u32 = 14;
 /// Passwords remembered as good (per user and password, as the exporter-toolkit caches).
 const REMEMBERED: usize = 16;
 
@@ -32,13 +38,26 @@ pub enum Verdict {
 }
 
 impl BasicAuth {
-    /// Users -> hashes; every hash must parse as bcrypt.
+    /// Users -> hashes. Every user name must be one a client can send (not empty, no `:`),
+    /// and every hash bcrypt of a cost bcrypt allows (4 to 31) and a scraper can wait for (at
+    /// most [`MAX_COST`]).
     pub fn new(users: BTreeMap<String, String>) -> Result<BasicAuth, WebConfigError> {
         for (user, hash) in &users {
-            bcrypt::HashParts::from_str(hash).map_err(|source| WebConfigError::BadHash {
-                user: user.clone(),
-                source,
-            })?;
+            if user.is_empty() || user.contains(':') {
+                return Err(WebConfigError::BadUser { user: user.clone() });
+            }
+            let parts =
+                bcrypt::HashParts::from_str(hash).map_err(|source| WebConfigError::BadHash {
+                    user: user.clone(),
+                    source,
+                })?;
+            let cost = parts.get_cost();
+            if !(MIN_COST..=MAX_COST).contains(&cost) {
+                return Err(WebConfigError::HashCost {
+                    user: user.clone(),
+                    cost,
+                });
+            }
         }
         Ok(BasicAuth {
             users,

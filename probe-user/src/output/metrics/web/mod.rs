@@ -14,6 +14,8 @@ use std::{
 
 use serde::Deserialize;
 
+use crate::process::binary::{LastLink, read_regular};
+
 pub use auth::{BasicAuth, Verdict};
 
 /// What the file says, as the exporter-toolkit names it. Unknown keys are errors (a misspelt
@@ -40,7 +42,10 @@ pub struct WebConfig {
 /// What is wrong with a web configuration file; each says what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum WebConfigError {
-    #[error("cannot read the web configuration file {path}: check the path and its permissions")]
+    #[error(
+        "cannot read the web configuration file {path} (a regular file of at most 1 MiB): \
+         check the path and its permissions"
+    )]
     Read {
         path: PathBuf,
         #[source]
@@ -66,23 +71,56 @@ pub enum WebConfigError {
         #[source]
         source: bcrypt::BcryptError,
     },
-    #[error("{0}")]
+    #[error(
+        "user name {user:?} in basic_auth_users cannot log in (basic auth sends `user:password`): \
+         use a name that is not empty and has no colon"
+    )]
+    BadUser { user: String },
+    #[error(
+        "the password hash of user {user:?} has bcrypt cost {cost}: use a cost from {min} to \
+         {max} (`htpasswd -nBC 10 {user}`); past {max}, every check makes scrapes wait seconds \
+         to days",
+        min = auth::MIN_COST,
+        max = auth::MAX_COST
+    )]
+    HashCost { user: String, cost: u32 },
+    #[error(
+        "the web configuration file {path} configures neither TLS (tls_server_config) nor \
+         users (basic_auth_users): it would leave the endpoint open; configure one, or leave \
+         out --metrics-web-config"
+    )]
+    Empty { path: PathBuf },
+    #[error(transparent)]
     Tls(#[from] tls::TlsError),
+}
+
+/// The largest web configuration, certificate or key file read: real ones are a few KiB, and
+/// a path the user mistyped (`/dev/zero`, a log file) must not be read without end.
+pub(crate) const MAX_CONFIG_FILE_BYTES: u64 = 1 << 20;
+
+/// The text of a file the configuration names: a regular file (never a FIFO, where open would
+/// wait for a writer, nor a device), at most [`MAX_CONFIG_FILE_BYTES`].
+pub(crate) fn read_config_file(path: &Path) -> std::io::Result<Vec<u8>> {
+    read_regular(path, LastLink::Follow, MAX_CONFIG_FILE_BYTES)
 }
 
 impl WebConfig {
     /// Reads and checks the file at `path`: certificates and keys are loaded (paths relative
     /// to the file's directory, as exporters resolve them) and every password hash is parsed.
     pub fn load(path: &Path) -> Result<WebConfig, WebConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| WebConfigError::Read {
+        let text = read_config_file(path).map_err(|source| WebConfigError::Read {
             path: path.to_path_buf(),
             source,
         })?;
-        let file: WebConfigFile =
-            yaml_serde::from_str(&text).map_err(|source| WebConfigError::Parse {
+        // An empty document says nothing: no TLS and no users (refused below).
+        let file: WebConfigFile = if text.iter().all(u8::is_ascii_whitespace) {
+            WebConfigFile::default()
+        } else {
+            yaml_serde::from_slice(&text).map_err(|source| WebConfigError::Parse {
                 path: path.to_path_buf(),
                 source,
-            })?;
+            })?
+        };
         if file.http_server_config.is_some() {
             return Err(WebConfigError::Unsupported {
                 path: path.to_path_buf(),
@@ -101,6 +139,11 @@ impl WebConfig {
             .map(BasicAuth::new)
             .transpose()?
             .map(Arc::new);
+        if tls.is_none() && users.is_none() {
+            return Err(WebConfigError::Empty {
+                path: path.to_path_buf(),
+            });
+        }
         Ok(WebConfig { tls, users })
     }
 

@@ -35,18 +35,7 @@ fn load(yaml: &str) -> Result<WebConfig, WebConfigError> {
 }
 
 fn error(yaml: &str) -> String {
-    match load(yaml) {
-        Ok(_) => panic!("{yaml} loaded"),
-        Err(error) => {
-            let mut text = error.to_string();
-            let mut source = std::error::Error::source(&error);
-            while let Some(cause) = source {
-                text.push_str(&format!(": {cause}"));
-                source = cause.source();
-            }
-            text
-        }
-    }
+    error_of(load(yaml))
 }
 
 mod tempdir {
@@ -215,4 +204,134 @@ fn basic_auth_lets_in_the_right_password_only() {
             assert_eq!(verdict, expected, "{authorization:?}");
         }
     });
+}
+
+/// A file that would leave the endpoint open (no TLS, no users) is refused, as the README
+/// promises, rather than served as plain, unauthenticated HTTP.
+#[test]
+fn a_file_that_protects_nothing_is_refused() {
+    for yaml in ["", "\n", "basic_auth_users: {}\n", "basic_auth_users:\n"] {
+        let message = error(yaml);
+        assert!(message.contains("neither TLS"), "{yaml:?}: {message}");
+    }
+    let message = WebConfig::load(Path::new("/dev/null"))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(message.contains("regular file"), "{message}");
+}
+
+/// Users a client cannot log in as, and hashes that cannot be checked in a scraper's time.
+#[test]
+fn user_names_and_hash_costs_no_scraper_can_use_are_refused() {
+    let at_cost = |cost: &str| hash("x").replacen("$04$", &format!("${cost}$"), 1);
+    for (yaml, expected) in [
+        (
+            format!("basic_auth_users:\n  \"a:b\": {}\n", hash("x")),
+            "no colon",
+        ),
+        (
+            format!("basic_auth_users:\n  \"\": {}\n", hash("x")),
+            "not empty",
+        ),
+        (
+            format!("basic_auth_users:\n  a: \"{}\"\n", at_cost("31")),
+            "bcrypt cost 31",
+        ),
+        (
+            format!("basic_auth_users:\n  a: \"{}\"\n", at_cost("15")),
+            "bcrypt cost 15",
+        ),
+        (
+            format!("basic_auth_users:\n  a: \"{}\"\n", at_cost("03")),
+            "bcrypt cost 3",
+        ),
+    ] {
+        let message = error(&yaml);
+        assert!(message.contains(expected), "{yaml:?}: {message}");
+    }
+    assert!(load(&format!("basic_auth_users:\n  a: \"{}\"\n", at_cost("14"))).is_ok());
+}
+
+/// TLS 1.0 and 1.1 are not spoken: a minimum of them is said, not raised silently to 1.2.
+#[test]
+fn old_tls_versions_are_refused() {
+    for version in ["TLS10", "TLS11"] {
+        let message = error(&format!(
+            "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n  \
+             min_version: {version}\n"
+        ));
+        assert!(
+            message.contains("use TLS12 or TLS13"),
+            "{version}: {message}"
+        );
+    }
+}
+
+/// Every file the configuration names is read as a regular file of bounded size: a device
+/// (`/dev/zero` never ends), a FIFO (opening it would wait for a writer forever) and a huge
+/// file are errors at once.
+#[test]
+fn the_files_it_names_are_regular_and_bounded() {
+    let (dir, file) = config("");
+    let fifo = dir.path().join("fifo");
+    let fifo_c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: mkfifo reads a NUL-terminated path that lives across the call.
+    assert_eq!(unsafe { libc::mkfifo(fifo_c.as_ptr(), 0o600) }, 0);
+    let large = dir.path().join("large.crt");
+    fs::write(&large, vec![b'#'; (MAX_CONFIG_FILE_BYTES + 1) as usize]).unwrap();
+    for named in [Path::new("/dev/zero"), fifo.as_path(), large.as_path()] {
+        // As the configuration file itself.
+        let message = WebConfig::load(named).err().unwrap().to_string();
+        assert!(
+            message.contains("regular file of at most 1 MiB"),
+            "{named:?}: {message}"
+        );
+        // As its certificate, key, and client CA.
+        for field in ["cert_file", "key_file", "client_ca_file"] {
+            let mut yaml = String::from("tls_server_config:\n");
+            for (key, default) in [("cert_file", "server.crt"), ("key_file", "server.key")] {
+                let value = if key == field {
+                    named.to_str().unwrap()
+                } else {
+                    default
+                };
+                yaml.push_str(&format!("  {key}: {value}\n"));
+            }
+            if field == "client_ca_file" {
+                yaml.push_str(&format!(
+                    "  client_ca_file: {}\n  client_auth_type: RequireAndVerifyClientCert\n",
+                    named.display()
+                ));
+            }
+            fs::write(&file, &yaml).unwrap();
+            let message = error_of(WebConfig::load(&file));
+            assert!(
+                message.contains("regular file of at most 1 MiB"),
+                "{yaml}: {message}"
+            );
+        }
+    }
+}
+
+/// Each error is said once: a wrapped error is not printed again as its own cause.
+#[test]
+fn an_error_is_said_once() {
+    let message = error("tls_server_config:\n  cert_file: server.crt\n");
+    assert_eq!(
+        message.matches("needs a certificate").count(),
+        1,
+        "{message}"
+    );
+}
+
+fn error_of(result: Result<WebConfig, WebConfigError>) -> String {
+    let error = result.err().expect("loaded");
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(&error);
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    text
 }

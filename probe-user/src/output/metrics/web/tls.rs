@@ -39,6 +39,15 @@ pub struct TlsServerConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error(
+        "cannot read {path} (a regular file of at most 1 MiB): check the path in \
+         tls_server_config and its permissions"
+    )]
+    Unreadable {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
         "tls_server_config in {config} needs a certificate (cert_file or cert) and its key (key_file or key)"
     )]
     Incomplete { config: PathBuf },
@@ -88,11 +97,11 @@ pub enum TlsError {
     Unsupported { config: PathBuf, what: &'static str },
 }
 
-/// TLS versions by exporter-toolkit name, oldest first; TLS 1.0 and 1.1 are not spoken, so a
-/// minimum of them means TLS 1.2.
+/// TLS versions by exporter-toolkit name, oldest first. TLS 1.0 and 1.1 are not spoken: a
+/// minimum of them is an error that says so, not silently raised to TLS 1.2.
 fn version_rank(value: &str) -> Option<u8> {
     match value {
-        "TLS10" | "TLS11" | "TLS12" => Some(2),
+        "TLS12" => Some(2),
         "TLS13" => Some(3),
         _ => None,
     }
@@ -126,9 +135,11 @@ impl TlsServerConfig {
         let key = match (&self.key_file, &self.key) {
             (Some(path), _) => {
                 let path = resolve(path);
-                PrivateKeyDer::from_pem_file(&path).map_err(|source| TlsError::Key {
-                    what: path.display().to_string(),
-                    source,
+                PrivateKeyDer::from_pem_slice(&read_file(&path)?).map_err(|source| {
+                    TlsError::Key {
+                        what: path.display().to_string(),
+                        source,
+                    }
                 })?
             }
             (None, Some(pem)) => {
@@ -232,13 +243,21 @@ impl TlsServerConfig {
     }
 }
 
+/// A certificate or key file, read as the configuration file is (see
+/// [`super::read_config_file`]).
+fn read_file(path: &Path) -> Result<Vec<u8>, TlsError> {
+    super::read_config_file(path).map_err(|source| TlsError::Unreadable {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
 fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let error = |source| TlsError::Certificate {
         what: path.display().to_string(),
         source,
     };
-    let certificates = CertificateDer::pem_file_iter(path)
-        .map_err(error)?
+    let certificates = CertificateDer::pem_slice_iter(&read_file(path)?)
         .collect::<Result<Vec<_>, _>>()
         .map_err(error)?;
     if certificates.is_empty() {
