@@ -487,6 +487,14 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains(r#"comm="cron""#), "{text}");
+        // A name with control bytes is escaped in its label, as on a terminal.
+        table.processes = vec![report(20, "\x1b]0;x\x07", 50)];
+        metrics.tick(Timestamp::from_nanos(1), &table).unwrap();
+        let text = metrics.encode();
+        assert!(
+            !text.contains(['\x1b', '\x07']) && text.contains("e]0;x"),
+            "{text}"
+        );
     }
 
     #[test]

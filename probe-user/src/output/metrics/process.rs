@@ -216,7 +216,9 @@ impl ProcessMetrics {
     fn labels(&self, report: &ProcessReport) -> ProcessLabels {
         let placement = &report.placement;
         ProcessLabels {
-            comm: report.comm.to_string(),
+            // The process chose its name: its control bytes are shown escaped, as on a
+            // terminal (a dashboard, `curl`, or a log of the scrape shows them too).
+            comm: crate::output::escape::terminal(&report.comm).into_owned(),
             container: placement
                 .container
                 .as_deref()

@@ -9,6 +9,7 @@ use probe_common::TcpState;
 use super::{chart, timeline::Timeline};
 use crate::{
     clock::WallClock,
+    output::escape::terminal,
     output::format::{age, rfc3339, short_duration},
     track::{Diagnosis, OpenConnection, SHOWN_FRAMES, Summary},
 };
@@ -48,10 +49,12 @@ code, .mono { font-family: 'DejaVu Sans Mono', monospace; font-size: 12px; }
 .fix { background: #f4f7fb; padding: 8px 12px; border-radius: 4px; }
 ";
 
-/// Escapes text for HTML element content and attribute values.
+/// Escapes text for HTML element content and attribute values; control characters (a process
+/// chooses its name, its paths, its symbols) are shown escaped as on a terminal
+/// ([`terminal`]), not passed raw to whoever opens or copies the report.
 fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
+    for c in terminal(text).chars() {
         match c {
             '&' => out.push_str("&amp;"),
             '<' => out.push_str("&lt;"),
@@ -418,6 +421,16 @@ mod tests {
         assert_eq!(
             escape(r#"<a href="x">Tom & 'Jerry'</a>"#),
             "&lt;a href=&quot;x&quot;&gt;Tom &amp; &#39;Jerry&#39;&lt;/a&gt;"
+        );
+    }
+
+    /// A name the process chose reaches the page with its control bytes escaped, as on a
+    /// terminal, and its markup inert.
+    #[test]
+    fn control_bytes_and_markup_are_escaped() {
+        assert_eq!(
+            super::escape("\x1b]0;owned\x07<b>x</b>"),
+            "\\e]0;owned\\x07&lt;b&gt;x&lt;/b&gt;"
         );
     }
 }
