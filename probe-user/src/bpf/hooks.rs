@@ -191,10 +191,11 @@ fn inspect(file: &File) -> Hookable {
         return Hookable::Nothing;
     };
     if let Some(info) = elf.section_by_name(".go.buildinfo") {
-        let version = info
-            .data()
-            .ok()
-            .and_then(|info| GoBuildInfo::parse(info).minor_version);
+        let parsed = info.data().map(GoBuildInfo::parse);
+        if parsed.as_ref().map_or(true, |info| info.unreadable) {
+            return Hookable::GoWithout("whose build information is unreadable (corrupt)");
+        }
+        let version = parsed.ok().and_then(|info| info.minor_version);
         return match version {
             // Older build information does not say its version inline; Go 1.17 has the
             // register ABI, but cannot be told from older Go here.

@@ -57,28 +57,46 @@ pub struct GoBuildInfo {
     pub minor_version: Option<u32>,
     /// The main module's path.
     pub main_module: Option<String>,
+    /// The section is not build information as any Go writes it (no magic, or inline strings
+    /// that do not parse): corrupt, not old.
+    pub unreadable: bool,
 }
+
+/// The start of every `.go.buildinfo` section.
+const MAGIC: &[u8] = b"\xff Go buildinf:";
+/// The header flag of Go 1.18 and later: the strings follow the header.
+const INLINE_STRINGS: u8 = 2;
 
 impl GoBuildInfo {
     /// Parses a `.go.buildinfo` section: its header, then the version and the module
     /// information as varint-prefixed strings (as `go version -m` reads them).
     pub fn parse(info: &[u8]) -> GoBuildInfo {
-        inline_strings(info)
-            .map(|(version, modinfo)| GoBuildInfo {
+        let Some(flags) = info.get(15).filter(|_| info.starts_with(MAGIC)) else {
+            return GoBuildInfo {
+                unreadable: true,
+                ..GoBuildInfo::default()
+            };
+        };
+        if flags & INLINE_STRINGS == 0 {
+            // Go 1.17 or older: the strings are elsewhere, behind pointers.
+            return GoBuildInfo::default();
+        }
+        match inline_strings(info) {
+            Some((version, modinfo)) => GoBuildInfo {
                 minor_version: minor_version(version),
                 main_module: main_module(&String::from_utf8_lossy(modinfo)),
-            })
-            .unwrap_or_default()
+                unreadable: false,
+            },
+            None => GoBuildInfo {
+                unreadable: true,
+                ..GoBuildInfo::default()
+            },
+        }
     }
 }
 
 /// The version and module information strings of an inline-strings build information section.
 fn inline_strings(info: &[u8]) -> Option<(&[u8], &[u8])> {
-    const MAGIC: &[u8] = b"\xff Go buildinf:";
-    const INLINE_STRINGS: u8 = 2;
-    if !info.starts_with(MAGIC) || info.get(15)? & INLINE_STRINGS == 0 {
-        return None;
-    }
     let mut rest = info.get(32..)?;
     let mut next_string = || -> Option<&[u8]> {
         let (length, used) = uvarint(rest)?;
@@ -144,6 +162,7 @@ mod tests {
             GoBuildInfo {
                 minor_version: Some(19),
                 main_module: Some("example.com/leaky".into()),
+                unreadable: false,
             }
         );
         info[15] = 0;
@@ -156,7 +175,13 @@ mod tests {
             GoBuildInfo::parse(&build_info("devel go1.22-abc", "")).minor_version,
             None
         );
-        assert_eq!(GoBuildInfo::parse(b"nothing"), GoBuildInfo::default());
+        // Corrupt, not old: no magic, or inline strings that run past the section.
+        assert!(GoBuildInfo::parse(b"nothing").unreadable);
+        let mut cut = build_info("go1.19.8", "mod\texample.com/leaky\n");
+        cut.truncate(40);
+        assert!(GoBuildInfo::parse(&cut).unreadable);
+        info[15] = 0;
+        assert!(!GoBuildInfo::parse(&info).unreadable);
     }
 
     #[test]

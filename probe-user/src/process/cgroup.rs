@@ -216,11 +216,31 @@ pub fn container(prefix: &str) -> Result<PathBuf, CgroupError> {
     match found.as_slice() {
         [] => Err(CgroupError::NoContainer(prefix.to_string())),
         [(_, cgroup)] => Ok(root.join(cgroup.trim_start_matches('/'))),
-        many => Err(CgroupError::AmbiguousContainer {
-            prefix: prefix.to_string(),
-            ids: many.iter().map(|(id, _)| id[..12].to_string()).collect(),
-        }),
+        many => {
+            let ids: Vec<&str> = many.iter().map(|(id, _)| id.as_str()).collect();
+            Err(CgroupError::AmbiguousContainer {
+                prefix: prefix.to_string(),
+                ids: distinguishing_prefixes(&ids),
+            })
+        }
     }
+}
+
+/// The ids, each cut to as many characters as tell them all apart (12 at least, as
+/// `docker ps` shows them): two containers whose ids share their first 12 digits are not
+/// listed as the same id.
+fn distinguishing_prefixes(ids: &[&str]) -> Vec<String> {
+    let shared = |a: &str, b: &str| a.bytes().zip(b.bytes()).take_while(|(x, y)| x == y).count();
+    let longest_shared = ids
+        .iter()
+        .enumerate()
+        .flat_map(|(i, a)| ids[i + 1..].iter().map(move |b| shared(a, b)))
+        .max()
+        .unwrap_or(0);
+    let length = (longest_shared + 1).max(12);
+    ids.iter()
+        .map(|id| id[..length.min(id.len())].to_string())
+        .collect()
 }
 
 #[cfg(test)]
@@ -228,6 +248,20 @@ mod tests {
     use super::*;
 
     const ID: &str = "9f1c2ab3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f";
+
+    #[test]
+    fn ambiguous_ids_are_shown_as_long_as_it_takes_to_tell_them_apart() {
+        let a = "9f1c2ab3c4d5e6f7aaaa";
+        let b = "9f1c2ab3c4d5e6f7bbbb";
+        assert_eq!(
+            distinguishing_prefixes(&[a, b]),
+            ["9f1c2ab3c4d5e6f7a", "9f1c2ab3c4d5e6f7b"]
+        );
+        assert_eq!(
+            distinguishing_prefixes(&["9f1c2ab3c4d5e6f7", "0123456789abcdef"]),
+            ["9f1c2ab3c4d5", "0123456789ab"]
+        );
+    }
 
     #[test]
     fn containers_and_pods_of_every_runtime() {
