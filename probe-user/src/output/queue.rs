@@ -51,6 +51,26 @@ struct Shared {
     written: Condvar,
 }
 
+impl Shared {
+    /// Waits while more than `most` bytes wait for the reader, or until the writing thread
+    /// fails; its failure, if any.
+    fn wait_while_queued_over(&self, most: usize) -> io::Result<()> {
+        let mut failed = self.failed.lock().unwrap_or_else(|p| p.into_inner());
+        while failed.is_none() && self.queued.load(Ordering::Relaxed) > most {
+            // The timeout covers a batch written between the check and the wait.
+            failed = self
+                .written
+                .wait_timeout(failed, Duration::from_millis(50))
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        match *failed {
+            Some(kind) => Err(kind.into()),
+            None => Ok(()),
+        }
+    }
+}
+
 /// Whether the reader keeps up: asked before a transition line is written.
 #[derive(Clone, Debug)]
 pub struct Room {
@@ -78,20 +98,7 @@ impl Room {
     /// word's error (`/dev/full`, a closed stdout) would otherwise be found only by a thread
     /// nobody asks. A queue whose writing thread has ended takes nothing more.
     pub fn wait_until_written(&self) -> io::Result<()> {
-        let mut failed = self.shared.failed.lock().unwrap_or_else(|p| p.into_inner());
-        while failed.is_none() && self.shared.queued.load(Ordering::Relaxed) > 0 {
-            // The timeout covers a batch written between the check and the wait.
-            failed = self
-                .shared
-                .written
-                .wait_timeout(failed, Duration::from_millis(50))
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-        }
-        match *failed {
-            Some(kind) => Err(kind.into()),
-            None => Ok(()),
-        }
+        self.shared.wait_while_queued_over(0)
     }
 }
 
@@ -209,20 +216,7 @@ impl<W: Write + Send + 'static> OutputQueue<W> {
     /// Waits while more than `most` bytes wait for the reader (or until the writing thread
     /// fails).
     fn wait_for_the_reader(&self) -> io::Result<()> {
-        let mut failed = self.shared.failed.lock().unwrap_or_else(|p| p.into_inner());
-        while failed.is_none() && self.shared.queued.load(Ordering::Relaxed) > self.most {
-            // The timeout covers a batch written between the check and the wait.
-            failed = self
-                .shared
-                .written
-                .wait_timeout(failed, Duration::from_millis(50))
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-        }
-        match *failed {
-            Some(kind) => Err(kind.into()),
-            None => Ok(()),
-        }
+        self.shared.wait_while_queued_over(self.most)
     }
 
     /// Waits until everything handed over is written; the destination, back.
