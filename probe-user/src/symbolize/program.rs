@@ -39,7 +39,8 @@ pub fn program(pid: u32, executable: Option<&str>) -> Program {
 }
 
 /// The package prefix of JVM `pid`'s application classes, from the main class on its command
-/// line (bounded: a command line is at most a few pages, read once per process).
+/// line (read once per process; the kernel bounds a command line by the exec's argument
+/// limit, a quarter of the stack limit).
 fn java_app_prefix(pid: u32) -> Option<String> {
     let command_line = procfs::process::Process::new(pid as i32)
         .and_then(|process| process.cmdline())

@@ -247,6 +247,25 @@ fn curl(url: &str, args: &[&str]) -> Result<(i32, String), String> {
     ))
 }
 
+/// probe tracing an idle process and serving metrics on a free loopback port, protected by
+/// `web_yaml` (written as `web.yml` in `dir`, beside any certificates it names): probe, the
+/// idle process (to keep while probe runs), and the metrics address.
+fn secured_endpoint(dir: &Path, web_yaml: &str) -> Result<(Probe, Idle, String), String> {
+    let web_config = dir.join("web.yml");
+    std::fs::write(&web_config, web_yaml).map_err(|e| e.to_string())?;
+    let idle = Idle::start()?;
+    let metrics = format!("127.0.0.1:{}", free_port()?);
+    let probe = Probe::start(&[
+        "--pid",
+        &idle.pid(),
+        "--metrics-addr",
+        &metrics,
+        "--metrics-web-config",
+        &web_config.display().to_string(),
+    ])?;
+    Ok((probe, idle, metrics))
+}
+
 /// The endpoint as the DaemonSet serves it: TLS and basic auth from a web configuration file.
 /// Prometheus scrapes it with the CA and the password; with a wrong password its target is
 /// down (401); curl without credentials gets 401, with a CA that did not sign the certificate
@@ -257,26 +276,13 @@ pub fn a_secured_endpoint_serves_prometheus_and_refuses_everyone_else() -> TestR
     certificates(&dir.0)?;
     let password = "scrape-secret";
     let hash = bcrypt::hash(password, 8).map_err(|e| e.to_string())?;
-    std::fs::write(
-        dir.0.join("web.yml"),
-        format!(
+    let (probe, _idle, metrics) = secured_endpoint(
+        &dir.0,
+        &format!(
             "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n\
              basic_auth_users:\n  prometheus: {hash}\n"
         ),
-    )
-    .map_err(|e| e.to_string())?;
-    let idle = Idle::start()?;
-    let port = free_port()?;
-    let metrics = format!("127.0.0.1:{port}");
-    let web_config = dir.0.join("web.yml").display().to_string();
-    let probe = Probe::start(&[
-        "--pid",
-        &idle.pid(),
-        "--metrics-addr",
-        &metrics,
-        "--metrics-web-config",
-        &web_config,
-    ])?;
+    )?;
     let url = format!("https://{metrics}/metrics");
     ensure(
         probe
@@ -401,22 +407,10 @@ pub fn clients_without_the_password_cannot_keep_the_scraper_out() -> TestResult 
     let dir = TempPath::directory("lockout")?;
     let password = "scrape-secret";
     let hash = bcrypt::hash(password, 8).map_err(|e| e.to_string())?;
-    std::fs::write(
-        dir.0.join("web.yml"),
-        format!("basic_auth_users:\n  prometheus: {hash}\n"),
-    )
-    .map_err(|e| e.to_string())?;
-    let idle = Idle::start()?;
-    let metrics = format!("127.0.0.1:{}", free_port()?);
-    let web_config = dir.0.join("web.yml").display().to_string();
-    let probe = Probe::start(&[
-        "--pid",
-        &idle.pid(),
-        "--metrics-addr",
-        &metrics,
-        "--metrics-web-config",
-        &web_config,
-    ])?;
+    let (probe, _idle, metrics) = secured_endpoint(
+        &dir.0,
+        &format!("basic_auth_users:\n  prometheus: {hash}\n"),
+    )?;
     let address: SocketAddr = metrics.parse().map_err(|e| format!("{e}"))?;
     let connect = || TcpStream::connect(address).map_err(|e| format!("cannot connect: {e}"));
     let stalled: Vec<TcpStream> = (0..200).map(|_| connect()).collect::<Result<_, _>>()?;
