@@ -58,6 +58,13 @@ pub mod names {
     /// Stack id -> [`CallerWords`](crate::CallerWords) read at the user stack pointer of its
     /// connect (the BTF program, with stacks).
     pub const STACK_CALLERS: &str = "STACK_CALLERS";
+    /// The ring buffer of [`StackCopy`](crate::StackCopy)s: the user registers and the top of
+    /// the user stack at a connect, for userspace to unwind code built without frame pointers
+    /// (the BTF program, with stacks).
+    pub const STACK_COPIES: &str = "STACK_COPIES";
+    /// [`ProcessStack`](crate::ProcessStack) -> unused: the stacks copied already (a stack is
+    /// copied once per process and stack id).
+    pub const COPIED_STACKS: &str = "COPIED_STACKS";
     /// Global `u32`: the offset of `thread.fsbase` in `struct task_struct` (0: unknown), read by
     /// userspace from the kernel's BTF, for the program to find a Go thread's current goroutine.
     pub const TASK_FSBASE: &str = "TASK_FSBASE";
@@ -490,6 +497,45 @@ pub const CALLER_WORDS: usize = 8;
 /// is, which a frame-pointer walk skips.
 pub type CallerWords = [u64; CALLER_WORDS];
 
+/// How many bytes of user stack, from the stack pointer up, the BTF program copies at a connect:
+/// perf's default for `--call-graph dwarf`, enough for the frames of a few dozen calls.
+pub const STACK_COPY_BYTES: usize = 8192;
+
+/// The user registers and the top of the user stack of a connect, copied by the kernel program
+/// for userspace to unwind with the modules' unwind tables (`.eh_frame`): what a frame-pointer
+/// walk cannot follow through code built without frame pointers.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct StackCopy {
+    /// The process that connected.
+    pub tgid: u32,
+    /// The id of the frame-pointer walk of the same connect, in the stack map: what the event
+    /// names, and how userspace finds this copy again.
+    pub stack_id: i32,
+    /// The user instruction pointer at the system call.
+    pub ip: u64,
+    /// The user stack pointer at the system call: the address of `bytes[0]`.
+    pub sp: u64,
+    /// The user frame pointer (`rbp`) at the system call.
+    pub bp: u64,
+    /// How many bytes of `bytes` were copied (the stack may end before
+    /// [`STACK_COPY_BYTES`]).
+    pub len: u32,
+    /// Explicit padding, always zero.
+    pub _pad: u32,
+    /// The user stack from `sp` up.
+    pub bytes: [u8; STACK_COPY_BYTES],
+}
+
+/// A stack of one process: the key of the stacks copied already (stack ids are shared by
+/// every process, their addresses are not).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ProcessStack {
+    pub tgid: u32,
+    pub stack_id: i32,
+}
+
 /// Indexes of the per-CPU counters of things the kernel program could not do.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -504,7 +550,8 @@ pub enum Counter {
     ProcessEventsFull = 3,
     /// Children not followed because the target map was full.
     TargetMapFull = 4,
-    /// Stacks not captured (the stack map was full, or the stack could not be walked).
+    /// Stacks not captured (the stack map was full, or the stack could not be walked), or user
+    /// stacks not copied (their ring buffer was full, or the stack could not be read).
     StackMissing = 5,
     /// Transitions, forks or execs skipped because a field could not be read (a layout the
     /// program does not understand, or memory it could not copy).
@@ -525,6 +572,9 @@ mod pod {
 
     // SAFETY: see above.
     unsafe impl aya::Pod for super::ListenerKey {}
+
+    // SAFETY: see above.
+    unsafe impl aya::Pod for super::StackCopy {}
 
     // SAFETY: see above.
     unsafe impl aya::Pod for super::ProcessPointer {}
@@ -565,6 +615,8 @@ mod tests {
         assert_eq!(core::mem::size_of::<OpenFile>(), 16);
         assert_eq!(core::mem::size_of::<SocketTuple>(), 40);
         assert_eq!(core::mem::size_of::<ProcessEvent>(), 32);
+        assert_eq!(core::mem::size_of::<StackCopy>(), 40 + STACK_COPY_BYTES);
+        assert_eq!(core::mem::size_of::<ProcessStack>(), 8);
     }
 
     #[test]

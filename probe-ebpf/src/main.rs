@@ -25,6 +25,8 @@ mod process;
 #[cfg(feature = "stacks")]
 mod runtimes;
 mod set_state;
+#[cfg(feature = "stacks")]
+mod stack_copy;
 
 use aya_ebpf::{
     Global,

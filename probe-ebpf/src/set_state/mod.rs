@@ -62,12 +62,21 @@ trait SocketFields {
     fn cookie(&self) -> u64;
 }
 
+/// The user registers at the system call that made a transition: the instruction, stack and
+/// frame pointers.
+// Only the object built with stacks reads them (see `code_path`).
+#[cfg_attr(not(feature = "stacks"), allow(dead_code))]
+pub(crate) struct UserRegs {
+    pub ip: u64,
+    pub sp: u64,
+    pub bp: u64,
+}
+
 /// What a program can learn of the user registers at the system call that made a transition.
 trait SyscallRegs {
-    /// The user stack pointer, where the program can read it.
-    // Only the object built with stacks reads it (see `code_path`).
+    /// The user registers, where the program can read them.
     #[cfg_attr(not(feature = "stacks"), allow(dead_code))]
-    fn user_sp(&self) -> Option<u64>;
+    fn user_regs(&self) -> Option<UserRegs>;
 }
 
 /// A field copied out of the kernel: `size_of::<T>()` bytes at `offset` of `bytes` (checked, for
@@ -302,8 +311,9 @@ fn code_path<C: StackIdContext + SyscallRegs>(
     let opened = user_stack(ctx);
     #[cfg(feature = "stacks")]
     {
-        if let Some(user_sp) = ctx.user_sp() {
-            crate::runtimes::note_caller_words(opened, user_sp);
+        if let Some(regs) = ctx.user_regs() {
+            crate::runtimes::note_caller_words(opened, regs.sp);
+            crate::stack_copy::copy_stack(owner, opened, &regs);
         }
         Stacks {
             opened,

@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use probe_common::SetStateLayout;
 
-use super::{Endpoints, SocketFields, Transition, field, handle};
+use super::{Endpoints, SocketFields, Transition, UserRegs, field, handle};
 use crate::{COPY, CopyBytes, LAYOUT, count_failure};
 
 #[tracepoint(category = "sock", name = "inet_sock_set_state")]
@@ -46,7 +46,7 @@ struct Record<'a> {
 
 /// A classic tracepoint program cannot ask for the task's registers.
 impl super::SyscallRegs for TracePointContext {
-    fn user_sp(&self) -> Option<u64> {
+    fn user_regs(&self) -> Option<UserRegs> {
         None
     }
 }

@@ -14,7 +14,7 @@ use aya_ebpf::{
 };
 use probe_common::{AF_INET6, SOCK_INET_BYTES, SockLayout, v4_mapped};
 
-use super::{Endpoints, SocketFields, Transition, field, handle};
+use super::{Endpoints, SocketFields, Transition, UserRegs, field, handle};
 use crate::{COPY, SOCK_LAYOUT, count_failure};
 
 #[btf_tracepoint(function = "inet_sock_set_state")]
@@ -35,16 +35,23 @@ pub fn inet_sock_set_state_btf(ctx: BtfTracePointContext) -> u32 {
 
 /// The user registers are the task's, saved when the system call entered the kernel.
 impl super::SyscallRegs for BtfTracePointContext {
-    fn user_sp(&self) -> Option<u64> {
+    fn user_regs(&self) -> Option<UserRegs> {
         // SAFETY: the current task, as a BTF pointer, is always valid in a tracing program.
         let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) };
         if regs == 0 {
             return None;
         }
         let regs = regs as *const aya_ebpf::bindings::pt_regs;
-        // SAFETY: bpf_probe_read_kernel copies the saved user stack pointer out of the task's
-        // pt_regs and fails cleanly on a bad address.
-        unsafe { bpf_probe_read_kernel(core::ptr::addr_of!((*regs).rsp)) }.ok()
+        // SAFETY: bpf_probe_read_kernel copies each saved user register out of the task's
+        // pt_regs (one at a time: the whole struct would not fit the BPF stack) and fails
+        // cleanly on a bad address.
+        unsafe {
+            Some(UserRegs {
+                ip: bpf_probe_read_kernel(core::ptr::addr_of!((*regs).rip)).ok()?,
+                sp: bpf_probe_read_kernel(core::ptr::addr_of!((*regs).rsp)).ok()?,
+                bp: bpf_probe_read_kernel(core::ptr::addr_of!((*regs).rbp)).ok()?,
+            })
+        }
     }
 }
 

@@ -181,6 +181,8 @@ pub struct Streams {
     pub stacks: Option<StackTraceMap<MapData>>,
     /// The words at the user stack pointer of each stack's connect (the BTF program).
     pub stack_callers: Option<HashMap<MapData, u32, CallerWords>>,
+    /// The user stacks copied at connect, for unwinding (the BTF program, with stacks).
+    pub stack_copies: Option<RingBuf<MapData>>,
 }
 
 impl Tracer {
@@ -291,6 +293,10 @@ impl Tracer {
             Some(map) => Some(typed(names::STACK_CALLERS, map)?),
             None => None,
         };
+        let stack_copies = match ebpf.take_map(names::STACK_COPIES) {
+            Some(map) => Some(typed(names::STACK_COPIES, map)?),
+            None => None,
+        };
         let process_events = take(&mut ebpf, names::PROCESS_EVENTS)?;
         let targets = take(&mut ebpf, names::TARGETS)?;
         let owners = take(&mut ebpf, names::OWNERS)?;
@@ -333,6 +339,7 @@ impl Tracer {
                 logger,
                 stacks,
                 stack_callers,
+                stack_copies,
             },
         ))
     }

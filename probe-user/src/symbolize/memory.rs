@@ -10,6 +10,8 @@ use crate::track::code_path::classify::Module;
 struct Mapping {
     start: u64,
     end: u64,
+    /// Where in the file the mapping starts.
+    offset: u64,
     /// The file mapped, as the process names it; `None` for anonymous memory (JIT code).
     path: Option<String>,
 }
@@ -40,6 +42,7 @@ impl AddressSpace {
                     .map(|map| Mapping {
                         start: map.address.0,
                         end: map.address.1,
+                        offset: map.offset,
                         path: match map.pathname {
                             MMapPath::Path(path) => Some(file_path(&path.to_string_lossy())),
                             MMapPath::Vdso => Some("[vdso]".into()),
@@ -84,6 +87,16 @@ impl AddressSpace {
         }
     }
 
+    /// Where `address` lies in the file mapped there: the file's name and the offset in it
+    /// (`libcurl.so.4+0x3a2f0`), for a frame no symbol names.
+    pub fn file_offset(&self, address: u64) -> Option<String> {
+        let mapping = self.mapping(address)?;
+        let path = mapping.path.as_deref()?;
+        let name = path.rsplit('/').next().unwrap_or(path);
+        let offset = mapping.offset.checked_add(address - mapping.start)?;
+        Some(format!("{name}+{offset:#x}"))
+    }
+
     /// The executable's path.
     pub fn executable(&self) -> Option<&str> {
         self.executable.as_deref()
@@ -97,6 +110,7 @@ impl AddressSpace {
                 .map(|&(start, end, path)| Mapping {
                     start,
                     end,
+                    offset: 0x1000,
                     path: path.map(file_path),
                 })
                 .collect(),
@@ -151,6 +165,12 @@ mod tests {
         assert_eq!(space.module(0x5800), Module::Jit);
         assert_eq!(space.module(0x9000), Module::File("/usr/lib/libc.so.6"));
         assert!(space.is_code(0x1000) && !space.is_code(0x31) && !space.is_code(0xa000));
+        // A frame no symbol names is placed in its file (each mapping here is at offset 0x1000).
+        assert_eq!(
+            space.file_offset(0x9010).as_deref(),
+            Some("libc.so.6+0x1010")
+        );
+        assert_eq!(space.file_offset(0x5800), None);
     }
 
     #[test]

@@ -8,6 +8,7 @@ mod caller;
 mod memory;
 mod perf_map;
 mod program;
+mod unwind;
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -17,7 +18,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aya::maps::{HashMap as BpfHashMap, MapData, StackTraceMap};
+use aya::maps::{HashMap as BpfHashMap, MapData, RingBuf, StackTraceMap};
 use blazesym::symbolize::{
     Input, Symbolized, Symbolizer,
     source::{Process, Source},
@@ -30,6 +31,10 @@ use crate::track::{
 };
 use memory::AddressSpace;
 use perf_map::PerfMap;
+use unwind::StackCopies;
+
+/// How often the worker looks for stack copies when it is asked nothing.
+const COPY_POLL: Duration = Duration::from_millis(50);
 
 type Resolved = Arc<Mutex<HashMap<StackRef, Option<Arc<CodePath>>>>>;
 
@@ -87,6 +92,8 @@ struct Worker {
     /// The words at the user stack pointer of each stack's connect, where the kernel program
     /// saves them (the BTF program).
     callers: Option<BpfHashMap<MapData, u32, CallerWords>>,
+    /// The user stacks the kernel program copied (the BTF program), unwound on arrival.
+    copies: Option<StackCopies>,
     results: Resolved,
     hints: Hints,
     /// Stacks with JIT frames no perf map named yet, and their addresses.
@@ -95,7 +102,19 @@ struct Worker {
 
 impl Worker {
     fn run(mut self, requests: mpsc::Receiver<Request>) {
-        while let Ok(first) = requests.recv() {
+        loop {
+            // Copies are unwound as they come, while their process is there to be read: a
+            // short-lived client (curl) is gone by the time its stack is asked for.
+            let first = match requests.recv_timeout(COPY_POLL) {
+                Ok(first) => first,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if let Some(copies) = &mut self.copies {
+                        copies.drain();
+                    }
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            };
             // One symbolizer per burst of requests: its caches (the parsed debug info of the
             // traced binaries, often tens of MiB) go when the burst is done, rather than
             // staying for the rest of the run.
@@ -130,8 +149,26 @@ impl Worker {
 
     /// The return addresses of `stack`, innermost first: the walk the kernel made, cut where
     /// it stops being code (what a walk through code built without frame pointers finds),
-    /// with the caller it skipped put back.
-    fn addresses(&self, stack: StackRef, view: &ProcessView) -> Option<Vec<u64>> {
+    /// with the caller it skipped put back; or, where the kernel program copied the stack, the
+    /// unwind of the copy, when it reached the stack's root or goes further than the walk (a
+    /// JVM's deep stack of frames with frame pointers may go on past the copy). Go keeps its
+    /// walk: its frame pointers are always there, and its code has no unwind tables.
+    fn addresses(&mut self, stack: StackRef, view: &ProcessView) -> Option<Vec<u64>> {
+        let unwound = self.copies.as_mut().and_then(|copies| copies.take(stack));
+        let walked = self.walked(stack, view);
+        match (unwound, walked) {
+            (Some(unwound), walked) if !view.program.is_go => match walked {
+                Some(walked) if !unwound.complete && walked.len() >= unwound.frames.len() => {
+                    Some(walked)
+                }
+                _ => Some(unwound.frames),
+            },
+            (_, walked) => walked,
+        }
+    }
+
+    /// The kernel's frame-pointer walk of `stack`, as [`Worker::addresses`] says.
+    fn walked(&self, stack: StackRef, view: &ProcessView) -> Option<Vec<u64>> {
         let trace = self.stacks.get(&stack.id, 0).ok()?;
         let walked: Vec<u64> = trace.frames().iter().map(|frame| frame.ip).collect();
         let valid = walked
@@ -202,6 +239,7 @@ impl CodePaths {
     pub fn start(
         stacks: StackTraceMap<MapData>,
         callers: Option<BpfHashMap<MapData, u32, CallerWords>>,
+        copies: Option<RingBuf<MapData>>,
     ) -> Self {
         let (requests, pending) = mpsc::channel::<Request>();
         let resolved: Resolved = Arc::default();
@@ -209,6 +247,7 @@ impl CodePaths {
         let worker = Worker {
             stacks,
             callers,
+            copies: copies.map(StackCopies::new),
             results: Arc::clone(&resolved),
             hints: Arc::clone(&hints),
             unnamed_jit: HashMap::new(),
@@ -337,6 +376,19 @@ fn frame(view: &ProcessView, address: u64, symbol: Symbolized<'_>) -> Frame {
             }
             None => unknown(address, module, &view.program),
         },
+        (Module::Program | Module::File(_), Symbolized::Unknown(_)) if !view.program.is_go => {
+            // A stripped binary (curl, wget, most of a distribution): no name, but where in
+            // which file, which debug symbols installed later resolve; in the program's own
+            // executable, the program's code.
+            let label = view.space.file_offset(address).unwrap_or_default();
+            Frame {
+                kind: classify::classify(&label, module, &view.program),
+                function: label,
+                file: None,
+                line: None,
+                address,
+            }
+        }
         (_, Symbolized::Unknown(_)) => unknown(address, module, &view.program),
     }
 }

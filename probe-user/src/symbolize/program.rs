@@ -1,14 +1,16 @@
 //! What is known of a traced executable, for classifying its frames: whether it is Go, and
 //! then its main module (from the build information the Go linker writes in
-//! `.go.buildinfo`, as `go version -m` reads it).
+//! `.go.buildinfo`, as `go version -m` reads it); for Rust, the crate of its `main`.
 
 use std::path::Path;
 
-use object::{Object, ObjectSection, ReadCache};
+use object::{Object, ObjectSection, ObjectSymbol, ReadCache};
 
 use crate::{
     process::binary::{GoBuildInfo, LastLink, open_regular},
-    track::code_path::classify::{Program, java_application_prefix, java_main_class},
+    track::code_path::classify::{
+        Program, java_application_prefix, java_main_class, rust_main_crate,
+    },
 };
 
 /// The facts about process `pid`'s executable (read through `/proc/PID/exe`, which works
@@ -34,6 +36,10 @@ pub fn program(pid: u32, executable: Option<&str>) -> Program {
     {
         program.is_go = true;
         program.go_main_module = GoBuildInfo::parse(info).main_module;
+    } else {
+        program.rust_main_crate = file
+            .symbols()
+            .find_map(|symbol| rust_main_crate(symbol.name().ok()?).map(str::to_string));
     }
     program
 }
@@ -57,5 +63,12 @@ mod tests {
     fn this_rust_binary_is_not_go() {
         let program = program(std::process::id(), None);
         assert!(!program.is_go && program.go_main_module.is_none());
+    }
+
+    /// A test binary's `main` is the test harness's, generated into the crate under test.
+    #[test]
+    fn this_rust_binarys_crate_is_found() {
+        let program = program(std::process::id(), None);
+        assert_eq!(program.rust_main_crate.as_deref(), Some("probe_user"));
     }
 }

@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use crate::harness::{
     Helper, Probe, ServerMode, TempPath, TestResult, WAIT, ensure, render,
-    runtimes::{c_client, fixture, go_client, java_client, tool},
+    runtimes::{c_client, fixture, go_client, java_client, rust_client, tool},
     server, stuck, wait_for_ss,
 };
 
@@ -197,9 +197,10 @@ pub fn a_go_service_whose_binary_was_replaced_on_disk_is_still_named() -> TestRe
     Ok(())
 }
 
-/// C built with and without frame pointers: the function that connected (`do_request`) is
-/// named either way; without frame pointers, from the return address on the stack at the
-/// connect (the frame a frame-pointer walk skips), checked to follow a call instruction.
+/// C built with and without frame pointers: the function that connected (`do_request`) and
+/// its caller (`main`) are named either way; without frame pointers, from the copy of the stack
+/// the kernel program takes at the connect, unwound with the binary's `.eh_frame`. Stripped,
+/// the program's frames are placed in its file.
 pub fn a_c_client_is_named_with_or_without_frame_pointers() -> TestResult {
     let dir = TempPath::directory("c-client")?;
     let addr = server("127.0.0.1:0", ServerMode::HttpIdleTimeout)?;
@@ -218,14 +219,63 @@ pub fn a_c_client_is_named_with_or_without_frame_pointers() -> TestResult {
         let opened: usize = told
             .groups
             .iter()
-            .filter(|g| has_app_frame(&g["opened_at"], "do_request"))
+            .filter(|g| {
+                has_app_frame(&g["opened_at"], "do_request")
+                    && has_app_frame(&g["opened_at"], "main")
+            })
             .map(|g| g["connections"].as_u64().unwrap_or(0) as usize)
             .sum();
         ensure(opened == LEAKED, || {
             format!("{name}: {}", render(&told.groups))
         })?;
     }
-    Ok(())
+    // Stripped, as distributions ship their binaries (curl, wget): no names, but the program's
+    // own frames are still its own, placed by file and offset (which debug symbols installed
+    // later resolve), rather than the C library's `connect` alone.
+    let binary = c_client(&dir, "leaky-stripped", &["-O2", "-s", "-fomit-frame-pointer"])?;
+    let mut command = Command::new(binary);
+    command.args(["127.0.0.1", &addr.port().to_string(), &LEAKED.to_string()]);
+    let told = leak_under_probe(command, |_| Ok(()))?;
+    let group = the_group(&told)?;
+    eprintln!("c leaky-stripped: {}", group["code"]);
+    let own_frames = group["opened_at"].as_array().map_or(0, |frames| {
+        frames
+            .iter()
+            .filter(|f| {
+                f["kind"] == "app"
+                    && f["function"]
+                        .as_str()
+                        .is_some_and(|name| name.starts_with("leaky-stripped+0x"))
+            })
+            .count()
+    });
+    ensure(own_frames >= 2, || render(&told.groups))
+}
+
+/// Rust built for release (no frame pointers): its own function and its caller are named,
+/// from the stack the kernel program copies at the connect, and the standard library it
+/// connects through is a library, not the program. The binary is not named like its crate
+/// (`client-rs`, crate `leaky`): the crate of its `main` says which code is the program's.
+pub fn a_rust_release_client_is_named_by_its_own_function() -> TestResult {
+    let dir = TempPath::directory("rust-client")?;
+    let addr = server("127.0.0.1:0", ServerMode::HttpIdleTimeout)?;
+    let binary = rust_client(&dir)?;
+    let mut command = Command::new(binary);
+    command.args([&addr.to_string(), &LEAKED.to_string()]);
+    let told = leak_under_probe(command, |_| Ok(()))?;
+    let group = the_group(&told)?;
+    eprintln!("rust: {}", group["code"]);
+    let opened = &group["opened_at"];
+    ensure(
+        has_app_frame(opened, "leaky::do_request") && has_app_frame(opened, "leaky::main"),
+        || opened.to_string(),
+    )?;
+    ensure(
+        group["code"]
+            .as_str()
+            .is_some_and(|code| code.starts_with("leaky::do_request")),
+        || format!("{}", group["code"]),
+    )
 }
 
 /// Attached mid-incident: the C client leaked before probe came and goes on leaking after;

@@ -197,9 +197,9 @@ impl Session {
                     .context("cannot poll the kernel's process events")?,
                 logs: readable(streams.logger).context("cannot poll the kernel log")?,
             },
-            code_paths: streams
-                .stacks
-                .map(|stacks| CodePaths::start(stacks, streams.stack_callers)),
+            code_paths: streams.stacks.map(|stacks| {
+                CodePaths::start(stacks, streams.stack_callers, streams.stack_copies)
+            }),
             sink,
             keys,
             signals,

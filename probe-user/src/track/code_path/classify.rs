@@ -52,6 +52,10 @@ pub struct Program {
     /// [`java_application_prefix`]): `com.acme.` for `com.acme.orders.Main`, empty for a
     /// main class in the unnamed package; `None` when the main class is not known.
     pub java_app_prefix: Option<String>,
+    /// For a Rust program, the crate of its `main` function (from the symbol table): the
+    /// program's own crate, whatever the executable is named (a renamed or hard-linked binary,
+    /// a `[[bin]]` whose name is not its crate's).
+    pub rust_main_crate: Option<String>,
 }
 
 /// File names of runtimes and the C library: their frames are under the program.
@@ -201,13 +205,39 @@ fn native_symbol(function: &str, program: &Program) -> FrameKind {
     // A Rust path whose crate is not the program's (named like its executable) is a library
     // crate linked in; a plain C name, or the program's own crate, is the program.
     if let Some((krate, _)) = function.trim_start_matches('<').split_once("::") {
-        let program_crate = file_name(&program.path).replace('-', "_");
-        let program_crate = program_crate.split('_').next().unwrap_or(&program_crate);
-        if !krate.starts_with(program_crate) && !krate.contains(' ') {
+        let own = match &program.rust_main_crate {
+            Some(main_crate) => krate == main_crate,
+            None => {
+                let program_crate = file_name(&program.path).replace('-', "_");
+                let program_crate = program_crate.split('_').next().unwrap_or(&program_crate);
+                krate.starts_with(program_crate)
+            }
+        };
+        if !own && !krate.contains(' ') {
             return FrameKind::Library;
         }
     }
     FrameKind::App
+}
+
+/// The crate of a Rust program's `main` function, from a symbol of its symbol table, if
+/// `symbol` is that function: `_ZN5xtask4main17h0123456789abcdefE` (the legacy mangling
+/// rustc uses by default) is `xtask::main`. Written by hand: a demangler would name every
+/// symbol of the table to find this one pattern.
+pub fn rust_main_crate(symbol: &str) -> Option<&str> {
+    let rest = symbol.strip_prefix("_ZN")?;
+    let digits = rest.find(|c: char| !c.is_ascii_digit())?;
+    let length: usize = rest[..digits].parse().ok()?;
+    let rest = &rest[digits..];
+    let krate = rest.get(..length)?;
+    let hash = rest[length..].strip_prefix("4main17h")?.strip_suffix('E')?;
+    let is_crate_name = !krate.is_empty()
+        && krate
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        && !matches!(krate, "std" | "core" | "alloc");
+    (is_crate_name && hash.len() == 16 && hash.bytes().all(|b| b.is_ascii_hexdigit()))
+        .then_some(krate)
 }
 
 /// The qualified method (`com.example.Leaky.doRequest`) of a JDK perf map's name for a

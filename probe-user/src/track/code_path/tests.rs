@@ -1,7 +1,7 @@
 //! What a reader is shown of a stack, and whose code each frame is.
 
 use super::{
-    classify::{Module, Program, classify, naming_hint},
+    classify::{Module, Program, classify, naming_hint, rust_main_crate},
     *,
 };
 
@@ -22,6 +22,7 @@ fn go(functions: &[(&str, Option<(&str, u32)>)]) -> CodePath {
         go_main_module: Some("example.com/leaky".into()),
         is_go: true,
         java_app_prefix: None,
+        rust_main_crate: None,
     };
     CodePath {
         frames: functions
@@ -195,6 +196,7 @@ fn go_packages_are_told_apart_by_path() {
         go_main_module: Some("example.com/api".into()),
         is_go: true,
         java_app_prefix: None,
+        rust_main_crate: None,
     };
     let kind = |f: &str| classify(f, Module::Program, &program);
     assert_eq!(
@@ -218,6 +220,30 @@ fn go_packages_are_told_apart_by_path() {
         classify("example.com/x.F", Module::Program, &unknown_module),
         FrameKind::App
     );
+}
+
+#[test]
+fn a_rust_programs_crate_is_the_one_of_its_main() {
+    assert_eq!(
+        rust_main_crate("_ZN5xtask4main17h0123456789abcdefE"),
+        Some("xtask")
+    );
+    assert_eq!(
+        rust_main_crate("_ZN11leaky_agent4main17hfedcba9876543210E"),
+        Some("leaky_agent")
+    );
+    // Other functions, the standard library's, and malformed names are not.
+    for symbol in [
+        "_ZN5xtask6client17h0123456789abcdefE",
+        "_ZN3std4main17h0123456789abcdefE",
+        "_ZN5xtask4main17h0123E",
+        "_ZN99xtask4main17h0123456789abcdefE",
+        "_ZN5xt\x1bk4main17h0123456789abcdefE",
+        "main",
+        "_ZN",
+    ] {
+        assert_eq!(rust_main_crate(symbol), None, "{symbol}");
+    }
 }
 
 #[test]
@@ -252,6 +278,16 @@ fn native_frames_by_module_and_crate() {
         FrameKind::Library
     );
     assert_eq!(kind("_start", Module::Program), FrameKind::Runtime);
+    // The crate of `main` decides, whatever the executable is called.
+    let renamed = Program {
+        path: "/srv/demo/leaky-client".into(),
+        rust_main_crate: Some("xtask".into()),
+        ..Program::default()
+    };
+    let renamed_kind = |f: &str| classify(f, Module::Program, &renamed);
+    assert_eq!(renamed_kind("xtask::workload::client"), FrameKind::App);
+    assert_eq!(renamed_kind("leaky_client::do_request"), FrameKind::Library);
+    assert_eq!(renamed_kind("do_request"), FrameKind::App);
     assert_eq!(
         kind(
             "__libc_connect",

@@ -1,4 +1,4 @@
-//! Real clients in other languages (Go, C, node, Java), built from `tests/fixtures/runtimes`
+//! Real clients in other languages (Go, C, Rust, node, Java), built from `tests/fixtures/runtimes`
 //! by their real toolchains into a test's own directory.
 
 use std::{
@@ -72,6 +72,27 @@ pub fn c_client(dir: &TempPath, name: &str, flags: &[&str]) -> Result<PathBuf, S
             .arg("-o")
             .arg(&binary)
             .arg(fixture("leaky.c")),
+    )?;
+    Ok(binary)
+}
+
+/// `leaky.rs` (crate `leaky`) built with `rustc -O` (a release build, without frame pointers)
+/// into `dir` as `client-rs`, with the `rustc` of the toolchain that runs the tests.
+pub fn rust_client(dir: &TempPath) -> Result<PathBuf, String> {
+    let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let binary = dir.0.join("client-rs");
+    build(
+        Command::new(rustc)
+            .args([
+                "-O",
+                "--edition",
+                "2021",
+                "-C",
+                "force-frame-pointers=no",
+                "-o",
+            ])
+            .arg(&binary)
+            .arg(fixture("leaky.rs")),
     )?;
     Ok(binary)
 }

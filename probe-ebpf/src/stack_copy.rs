@@ -1,0 +1,90 @@
+//! The top of the user stack at a connect, copied for userspace to unwind (only in the object
+//! built with stacks, and only by the BTF program, which can read the task's saved user
+//! registers). A frame-pointer walk stops at the first function built without frame pointers:
+//! every C and C++ binary a distribution ships, Rust's release builds, the C library itself.
+//! Their unwind tables (`.eh_frame`) say how to find each caller from the registers and the
+//! stack, which userspace reads from the files (as `perf --call-graph dwarf` does).
+//!
+//! A stack is copied once per process and frame-pointer stack id: the same code path connecting
+//! again costs one map lookup, and a churn of one path costs no copies after the first.
+
+use aya_ebpf::{
+    helpers::generated::bpf_probe_read_user,
+    macros::map,
+    maps::{LruHashMap, RingBuf},
+};
+use probe_common::{Counter, NO_STACK, ProcessStack, STACK_COPY_BYTES, StackCopy};
+
+use crate::{count, set_state::UserRegs};
+
+/// Distinct stacks remembered as copied, at most (the stack map's size).
+const COPIED: u32 = 16384;
+
+/// Stack copies for userspace (each is [`STACK_COPY_BYTES`] and a header).
+#[map]
+static STACK_COPIES: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+
+/// The stacks copied already.
+#[map]
+static COPIED_STACKS: LruHashMap<ProcessStack, u8> = LruHashMap::with_max_entries(COPIED, 0);
+
+/// Copies the registers and the top of the user stack of process `tgid`'s connect whose
+/// frame-pointer walk is `stack`, unless this process's stack of that id was copied already.
+pub fn copy_stack(tgid: u32, stack: i32, regs: &UserRegs) {
+    if stack == NO_STACK || regs.sp == 0 {
+        return;
+    }
+    let key = ProcessStack {
+        tgid,
+        stack_id: stack,
+    };
+    if COPIED_STACKS.get_ptr(key).is_some() {
+        return;
+    }
+    let Some(mut entry) = STACK_COPIES.reserve::<StackCopy>(0) else {
+        count(Counter::StackMissing);
+        return;
+    };
+    let copy = entry.as_mut_ptr();
+    // SAFETY: `copy` points at the reserved record, which this program owns until it submits
+    // or discards it; every field is written before submit, `bytes` up to `len` (userspace reads
+    // no further).
+    let len = unsafe {
+        (*copy).tgid = tgid;
+        (*copy).stack_id = stack;
+        (*copy).ip = regs.ip;
+        (*copy).sp = regs.sp;
+        (*copy).bp = regs.bp;
+        (*copy)._pad = 0;
+        let len = read_stack(&mut (*copy).bytes, regs.sp);
+        (*copy).len = len;
+        len
+    };
+    if len == 0 {
+        entry.discard(0);
+        count(Counter::StackMissing);
+        return;
+    }
+    entry.submit(0);
+    let _ = COPIED_STACKS.insert(key, 1, 0);
+}
+
+/// Copies the user stack from `sp` into `into`: all of it where the stack goes on that far,
+/// else up to one page past the stack pointer's page, else to the end of that page (the
+/// stack's top may lie closer than [`STACK_COPY_BYTES`]). How many bytes were copied; 0 for
+/// none.
+fn read_stack(into: &mut [u8; STACK_COPY_BYTES], sp: u64) -> u32 {
+    const PAGE: u64 = 4096;
+    let to_page_end = PAGE - (sp & (PAGE - 1));
+    for len in [STACK_COPY_BYTES as u64, to_page_end + PAGE, to_page_end] {
+        // The verifier needs the size bounded by the buffer, which each candidate is.
+        let len = len.min(STACK_COPY_BYTES as u64) as u32;
+        // SAFETY: `into` has room for `len` bytes; the helper reads the current process's
+        // memory and fails cleanly (copying nothing usable) where any of it is unmapped.
+        let read = unsafe { bpf_probe_read_user(into.as_mut_ptr().cast(), len, sp as *const _) };
+        if read == 0 {
+            return len;
+        }
+    }
+    0
+}
