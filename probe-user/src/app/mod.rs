@@ -137,13 +137,25 @@ fn attach(config: &Config) -> anyhow::Result<Attached> {
             traced.push(process);
         }
     }
-    if config.scope == Scope::Processes {
-        // Named targets are hooked now; host-wide and in cgroups, a process is hooked when
-        // probe first sees it connect (reading every binary on the host up front is costly).
-        for process in &traced {
-            say_notes(tracer.hook_runtimes(process.pid, None));
+    // Every process in scope is hooked now (host-wide, every process of the host: a binary is
+    // read once, however many run it); the ones that come later as probe meets them.
+    let hooking = std::time::Instant::now();
+    for process in &traced {
+        let notes = tracer.hook_runtimes(process.pid, None);
+        if config.scope == Scope::Processes {
+            say_notes(notes);
+        } else {
+            // Host-wide, a note per unhookable binary on the host would drown the output.
+            for note in notes {
+                log::info!("{}", crate::output::escape::terminal(&note));
+            }
         }
     }
+    log::debug!(
+        "runtimes of {} process(es) looked at for hooks in {:?}",
+        traced.len(),
+        hooking.elapsed()
+    );
     let untraced = pids.len() - traced.len();
     let mut processes = traced;
     let pids: Vec<u32> = processes.iter().map(|p| p.pid).collect();

@@ -8,7 +8,7 @@ use std::{path::Path, process::Command, thread, time::Duration};
 use serde_json::Value;
 
 use crate::harness::{
-    Helper, Probe, ServerMode, TempPath, TestResult, WAIT, ensure, render,
+    Helper, Probe, ServerMode, TempPath, TestCgroup, TestResult, WAIT, ensure, render,
     runtimes::{c_client, fixture, go_client, java_client, rust_client, tool},
     server, stuck, wait_for_ss,
 };
@@ -167,6 +167,49 @@ pub fn a_go_http_clients_leak_is_named_by_the_function_that_made_the_request() -
     Ok(())
 }
 
+/// Host-wide and in its cgroup, the Go client's leak is named as `--pid` names it: probe hooks
+/// the runtimes of every process in scope when it starts (the client was running already, as
+/// a service in an incident is), and of the ones it meets later.
+pub fn a_go_client_is_named_alike_host_wide_and_in_its_cgroup() -> TestResult {
+    let dir = TempPath::directory("go-scopes")?;
+    let binary = go_client(&dir)?;
+    let addr = server("127.0.0.1:0", ServerMode::HttpIdleTimeout)?;
+    let cgroup = TestCgroup::create("probe-test-go-scopes")?;
+    let mut command = Command::new(&binary);
+    command.args(["transport", &addr.to_string(), &LEAKED.to_string()]);
+    let mut client = Helper::program(command)?;
+    ensure(client.hear()? == "ready", || {
+        "the client did not start".into()
+    })?;
+    let pid = client.pid();
+    cgroup.add(pid)?;
+    let scopes = [
+        Probe::start(&["--all", "--close-wait-after", "1s"])?,
+        Probe::start(&["--cgroup", &cgroup.relative(), "--close-wait-after", "1s"])?,
+    ];
+    client.say("go")?;
+    ensure(client.hear()? == "done", || {
+        "the client did not finish".into()
+    })?;
+    wait_for_ss(pid, "close-wait", LEAKED)?;
+    for (scope, mut probe) in ["--all", "--cgroup"].into_iter().zip(scopes) {
+        probe.wait_until("the leak's CLOSE_WAIT alerts", WAIT, |r| {
+            stuck(r, pid, "CLOSE_WAIT").len() >= LEAKED
+        })?;
+        let records = probe.stop()?;
+        let alerts = stuck(&records, pid, "CLOSE_WAIT");
+        let named = alerts
+            .iter()
+            .filter(|alert| has_app_frame(&alert["requested_at"], "main.doRequest"))
+            .count();
+        eprintln!("go {scope}: {named} of {} named", alerts.len());
+        ensure(named == LEAKED, || {
+            format!("{scope}: {}", render(&alerts.into_iter().cloned().collect::<Vec<_>>()))
+        })?;
+    }
+    client.finish()
+}
+
 /// A deploy renamed a new build over the running Go service's executable: the process still
 /// runs the old file, and probe names its code from that file (through the process), not
 /// from what the path holds now (which named it `runtime.goexit`, with `main.main` counted as
@@ -232,7 +275,11 @@ pub fn a_c_client_is_named_with_or_without_frame_pointers() -> TestResult {
     // Stripped, as distributions ship their binaries (curl, wget): no names, but the program's
     // own frames are still its own, placed by file and offset (which debug symbols installed
     // later resolve), rather than the C library's `connect` alone.
-    let binary = c_client(&dir, "leaky-stripped", &["-O2", "-s", "-fomit-frame-pointer"])?;
+    let binary = c_client(
+        &dir,
+        "leaky-stripped",
+        &["-O2", "-s", "-fomit-frame-pointer"],
+    )?;
     let mut command = Command::new(binary);
     command.args(["127.0.0.1", &addr.port().to_string(), &LEAKED.to_string()]);
     let told = leak_under_probe(command, |_| Ok(()))?;

@@ -10,7 +10,7 @@ use std::{io, path::PathBuf, time::Duration};
 use anyhow::Context;
 use aya::maps::{MapData, RingBuf};
 use aya_log::EbpfLogger;
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 use tokio::{
     io::{Interest, unix::AsyncFd},
     time::{Instant, sleep, sleep_until},
@@ -132,6 +132,8 @@ pub struct Session {
     triage: Triage,
     /// Where each process runs (its container and pod), read once.
     placements: FxHashMap<u32, Placement>,
+    /// The processes whose runtimes were looked at for hooks (see [`processes::hook_once`]).
+    hooked: FxHashSet<u32>,
 }
 
 /// Which processes the session looks at when it refreshes.
@@ -189,6 +191,8 @@ impl Session {
             scope,
             triage: Triage::default(),
             placements: FxHashMap::default(),
+            // Every process probe found at start was hooked then.
+            hooked: processes.iter().map(|p| p.pid).collect(),
             tracer,
             tracker,
             streams: Streams {
@@ -459,16 +463,14 @@ impl Session {
                             code_paths.note(stack);
                         }
                     }
-                    // Host-wide and in cgroups, processes are met as they connect: their
-                    // runtimes are hooked then.
+                    // Host-wide and in cgroups, processes started since probe are met as
+                    // they connect: named, and their runtimes hooked, then.
                     if !self.tracker.knows_process(transition.pid)
                         && let Ok(process) = process::resolve(transition.pid)
                     {
                         self.tracker.register_process(transition.pid, &process.comm);
-                        for note in self.tracer.hook_runtimes(transition.pid, None) {
-                            log::info!("{}", crate::output::escape::terminal(&note));
-                        }
                     }
+                    processes::hook_once(&mut self.hooked, &mut self.tracer, transition.pid);
                     self.sink.transition(&self.tracker.apply(&transition))?;
                 }
                 Err(error) => log::warn!("skipping a malformed kernel event: {error}"),

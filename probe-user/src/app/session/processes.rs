@@ -2,6 +2,7 @@
 //! tables and the kernel's socket table (ownership, tcp_info, the triage's samples).
 
 use probe_common::ProcessEventKind;
+use rustc_hash::FxHashSet;
 use tokio::time::Instant;
 
 use std::collections::HashMap;
@@ -11,6 +12,7 @@ use super::{
     refresher::{Reading, Request},
 };
 use crate::{
+    bpf::Tracer,
     clock::monotonic_now,
     output::escape::terminal,
     process::{self, cgroup, watch::ProcessNews},
@@ -60,9 +62,9 @@ impl Session {
         }
         self.tracker.register_process(pid, &news.comm);
         if news.kind == ProcessEventKind::Exec {
-            for note in self.tracer.hook_runtimes(pid, None) {
-                log::info!("{}", crate::output::escape::terminal(&note));
-            }
+            // A new program in the process: its runtime is looked at anew.
+            self.hooked.remove(&pid);
+            self.hook_once(pid);
         }
         if !self.exits.is_alive(pid) {
             log::debug!("now tracing {pid} ({})", terminal(&news.comm));
@@ -121,12 +123,13 @@ impl Session {
                 snapshot.open_files.as_ref(),
             ));
         }
-        for pid in holders.values().flatten() {
-            if !self.tracker.knows_process(*pid)
-                && let Ok(process) = process::resolve(*pid)
+        for &pid in holders.values().flatten() {
+            if !self.tracker.knows_process(pid)
+                && let Ok(process) = process::resolve(pid)
             {
-                self.tracker.register_process(*pid, &process.comm);
+                self.tracker.register_process(pid, &process.comm);
             }
+            self.hook_once(pid);
         }
         let exits = &self.exits;
         let alive = |pid: u32| exits.is_alive(pid) || process::is_running(pid);
@@ -160,10 +163,17 @@ impl Session {
         }
     }
 
+    /// [`hook_once`] this session's process `pid`.
+    pub(super) fn hook_once(&mut self, pid: u32) {
+        hook_once(&mut self.hooked, &mut self.tracer, pid);
+    }
+
     /// Tells the triage how many files each process has open, against its limit, and where it
     /// runs (read once per process).
     fn sample_processes(&mut self, now: Timestamp, fds: &HashMap<u32, u64>) {
         self.placements.retain(|pid, _| fds.contains_key(pid));
+        // A pid seen again after its process exited may be another program's.
+        self.hooked.retain(|pid| fds.contains_key(pid));
         // Names as they are now: a process renames itself (prctl) after probe met it.
         for &pid in fds.keys() {
             if let Some(name) = process::name(pid)
@@ -187,5 +197,17 @@ impl Session {
             })
             .collect();
         self.triage.note_processes(now, &samples);
+    }
+}
+
+/// Hooks the runtimes of process `pid` (see [`Tracer::hook_runtimes`]) unless `hooked` has it:
+/// once per process probe meets (found at start, holding a socket at a refresh, connecting, or
+/// exec'ing), in every scope, so host-wide and cgroup tracing name what `--pid` names. A binary
+/// is read once however many processes run it.
+pub(super) fn hook_once(hooked: &mut FxHashSet<u32>, tracer: &mut Tracer, pid: u32) {
+    if hooked.insert(pid) {
+        for note in tracer.hook_runtimes(pid, None) {
+            log::info!("{}", terminal(&note));
+        }
     }
 }
