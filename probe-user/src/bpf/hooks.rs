@@ -28,7 +28,10 @@ use probe_common::names;
 
 use crate::{
     output::escape::terminal,
-    process::binary::{GoBuildInfo, LastLink, open_regular},
+    process::{
+        binary::{GoBuildInfo, LastLink, open_regular},
+        go_line_table::GoLineTable,
+    },
 };
 
 /// Go's HTTP transport: where a goroutine asks for a connection, and where another dials it.
@@ -203,8 +206,12 @@ fn inspect(file: &File) -> Hookable {
             Some(minor) if minor < 17 => {
                 Hookable::GoWithout("built with Go 1.16 or older (before the register ABI)")
             }
+            // Stripped (every Debian Go package): the line table names the functions too.
             _ if elf.section_by_name(".symtab").is_none() => {
-                Hookable::GoWithout("without a symbol table (stripped)")
+                match GoLineTable::read(&elf).and_then(|lines| go_offsets(&elf, &lines)) {
+                    Some(offsets) => Hookable::Go(offsets),
+                    None => Hookable::GoWithout("without a symbol table or line table"),
+                }
             }
             _ => match offsets(&elf, &GO_HOOKS) {
                 Some(offsets) => Hookable::Go(offsets),
@@ -225,6 +232,17 @@ fn offsets<'data>(
     Some([first?, second?])
 }
 
+/// The file offsets of [`GO_HOOKS`]' functions in the stripped Go binary `elf`, from its line
+/// table `lines`.
+fn go_offsets<'data>(
+    elf: &object::File<'data, impl object::ReadRef<'data>>,
+    lines: &GoLineTable,
+) -> Option<[u64; 2]> {
+    let text = elf.section_by_name(".text")?;
+    let [first, second] = GO_HOOKS.map(|(name, _)| section_offset(&text, lines.entry_of(name)?));
+    Some([first?, second?])
+}
+
 /// The file offset of function `name`'s first instruction in `elf` (where the kernel puts a
 /// uprobe): its address, moved from its section's address to the section's place in the file.
 fn file_offset<'data>(
@@ -239,12 +257,13 @@ fn file_offset<'data>(
         .chain(elf.symbols())
         .find(|symbol| symbol.name() == Ok(name) && symbol.is_definition())?;
     let section = elf.section_by_index(symbol.section_index()?).ok()?;
+    section_offset(&section, symbol.address())
+}
+
+/// The file offset of `address`, which lies in `section`.
+fn section_offset<'data>(section: &impl ObjectSection<'data>, address: u64) -> Option<u64> {
     let (section_offset, _) = section.file_range()?;
-    match UProbeAttachLocation::from_virtual_address(
-        symbol.address(),
-        section.address(),
-        section_offset,
-    ) {
+    match UProbeAttachLocation::from_virtual_address(address, section.address(), section_offset) {
         Ok(UProbeAttachLocation::AbsoluteOffset(offset)) => Some(offset),
         _ => None,
     }

@@ -4,6 +4,7 @@
 
 pub mod binary;
 pub mod cgroup;
+pub mod go_line_table;
 pub mod spawn;
 pub mod watch;
 

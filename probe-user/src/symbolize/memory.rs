@@ -97,6 +97,15 @@ impl AddressSpace {
         Some(format!("{name}+{offset:#x}"))
     }
 
+    /// The first executable mapping of the executable: its start, and where in the file.
+    pub fn executable_mapping(&self) -> Option<(u64, u64)> {
+        let executable = self.executable.as_deref()?;
+        self.mappings
+            .iter()
+            .find(|m| m.path.as_deref() == Some(executable))
+            .map(|m| (m.start, m.offset))
+    }
+
     /// The executable's path.
     pub fn executable(&self) -> Option<&str> {
         self.executable.as_deref()

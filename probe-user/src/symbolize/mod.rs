@@ -25,6 +25,7 @@ use blazesym::symbolize::{
 };
 use probe_common::CallerWords;
 
+use crate::process::go_line_table::{GoLineTable, GoLocation};
 use crate::track::{
     CodePath, CodePathSource, Frame, StackRef,
     code_path::classify::{self, Module, Program},
@@ -72,17 +73,30 @@ struct ProcessView {
     space: AddressSpace,
     program: Program,
     perf_map: PerfMap,
+    /// A stripped Go executable's line table, and where the executable is loaded.
+    go_lines: Option<(GoLineTable, u64)>,
 }
 
 impl ProcessView {
     fn read(pid: u32) -> ProcessView {
         let space = AddressSpace::read(pid);
         let program = program::program(pid, space.executable());
+        let go_lines = program
+            .is_go
+            .then(|| program::stripped_go_lines(pid, &space))
+            .flatten();
         ProcessView {
             space,
             program,
             perf_map: PerfMap::read(pid),
+            go_lines,
         }
+    }
+
+    /// The Go function at `address`, from the line table of a stripped Go executable.
+    fn go_location(&self, address: u64) -> Option<GoLocation> {
+        let (table, base) = self.go_lines.as_ref()?;
+        table.locate(address.checked_sub(*base)?)
     }
 }
 
@@ -376,6 +390,17 @@ fn frame(view: &ProcessView, address: u64, symbol: Symbolized<'_>) -> Frame {
             }
             None => unknown(address, module, &view.program),
         },
+        (Module::Program, Symbolized::Unknown(_))
+            if let Some(located) = view.go_location(address) =>
+        {
+            Frame {
+                kind: classify::classify(&located.function, module, &view.program),
+                function: located.function,
+                file: located.file,
+                line: located.line,
+                address,
+            }
+        }
         (Module::Program | Module::File(_), Symbolized::Unknown(_)) if !view.program.is_go => {
             // A stripped binary (curl, wget, most of a distribution): no name, but where in
             // which file, which debug symbols installed later resolve; in the program's own

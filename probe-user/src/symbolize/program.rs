@@ -6,8 +6,15 @@ use std::path::Path;
 
 use object::{Object, ObjectSection, ObjectSymbol, ReadCache};
 
+use super::{
+    memory::AddressSpace,
+    unwind::{load_base, segments},
+};
 use crate::{
-    process::binary::{GoBuildInfo, LastLink, open_regular},
+    process::{
+        binary::{GoBuildInfo, LastLink, open_regular},
+        go_line_table::GoLineTable,
+    },
     track::code_path::classify::{
         Program, java_application_prefix, java_main_class, rust_main_crate,
     },
@@ -53,6 +60,23 @@ fn java_app_prefix(pid: u32) -> Option<String> {
         .ok()?;
     let main_class = java_main_class(command_line.iter().skip(1).map(String::as_str))?;
     Some(java_application_prefix(main_class))
+}
+
+/// The Go line table of process `pid`'s executable, where the executable is Go with its symbol
+/// table stripped (blazesym then has no names for it), and where the executable is loaded:
+/// the table states addresses as the file does.
+pub fn stripped_go_lines(pid: u32, space: &AddressSpace) -> Option<(GoLineTable, u64)> {
+    let exe = format!("/proc/{pid}/exe");
+    let file = open_regular(Path::new(&exe), LastLink::Follow).ok()?;
+    let cache = ReadCache::new(file);
+    let elf = object::File::parse(&cache).ok()?;
+    if elf.section_by_name(".symtab").is_some() || elf.section_by_name(".go.buildinfo").is_none() {
+        return None;
+    }
+    let table = GoLineTable::read(&elf)?;
+    let (start, offset) = space.executable_mapping()?;
+    let base = load_base(&segments(&elf), start, offset)?;
+    Some((table, base))
 }
 
 #[cfg(test)]

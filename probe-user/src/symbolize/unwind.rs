@@ -75,22 +75,7 @@ impl FileTables {
             debug_frame: data(".debug_frame").map(|(_, data)| data),
             text: section(".text").map(|(_, range)| range),
             got: section(".got").map(|(_, range)| range),
-            segments: elf
-                .segments()
-                .filter_map(|segment| {
-                    let (offset, size) = segment.file_range();
-                    let executable = matches!(
-                        segment.flags(),
-                        SegmentFlags::Elf { p_flags } if p_flags & object::elf::PF_X != 0
-                    );
-                    (size > 0).then_some(Segment {
-                        address: segment.address(),
-                        offset,
-                        size,
-                        executable,
-                    })
-                })
-                .collect(),
+            segments: segments(&elf),
         };
         (tables.eh_frame.is_some() || tables.debug_frame.is_some()).then_some(tables)
     }
@@ -117,9 +102,30 @@ impl FileTables {
     }
 }
 
+/// The loadable segments of `elf`.
+pub(super) fn segments<'data>(
+    elf: &object::File<'data, impl object::ReadRef<'data>>,
+) -> Vec<Segment> {
+    elf.segments()
+        .filter_map(|segment| {
+            let (offset, size) = segment.file_range();
+            let executable = matches!(
+                segment.flags(),
+                SegmentFlags::Elf { p_flags } if p_flags & object::elf::PF_X != 0
+            );
+            (size > 0).then_some(Segment {
+                address: segment.address(),
+                offset,
+                size,
+                executable,
+            })
+        })
+        .collect()
+}
+
 /// A loadable segment of a file, as the file states it.
 #[derive(Clone, Copy, Debug)]
-struct Segment {
+pub(super) struct Segment {
     address: u64,
     offset: u64,
     size: u64,
@@ -130,7 +136,7 @@ struct Segment {
 /// executable segment the mapping holds says which stated address that offset has. A
 /// segment's file offset and address agree modulo the page size, and its mapping starts at
 /// its offset rounded down to a page, where the segment before it may end.
-fn load_base(segments: &[Segment], start: u64, offset: u64) -> Option<u64> {
+pub(super) fn load_base(segments: &[Segment], start: u64, offset: u64) -> Option<u64> {
     const PAGE: u64 = 4096;
     let holds = |segment: &&Segment| {
         (segment.offset & !(PAGE - 1)) <= offset

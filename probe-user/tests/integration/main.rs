@@ -68,6 +68,7 @@ fn main() -> ExitCode {
         runtimes::a_go_http_clients_leak_is_named_by_the_function_that_made_the_request,
         runtimes::a_go_service_whose_binary_was_replaced_on_disk_is_still_named,
         runtimes::a_go_client_is_named_alike_host_wide_and_in_its_cgroup,
+        runtimes::a_stripped_go_binary_is_named_from_its_line_table,
         runtimes::a_c_client_is_named_with_or_without_frame_pointers,
         runtimes::a_rust_release_client_is_named_by_its_own_function,
         runtimes::attached_mid_incident_the_leak_is_traced_to_where_it_goes_on,

@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use crate::harness::{
     Helper, Probe, ServerMode, TempPath, TestCgroup, TestResult, WAIT, ensure, render,
-    runtimes::{c_client, fixture, go_client, java_client, rust_client, tool},
+    runtimes::{c_client, fixture, go_client, java_client, rust_client, stripped_go_client, tool},
     server, stuck, wait_for_ss,
 };
 
@@ -204,10 +204,44 @@ pub fn a_go_client_is_named_alike_host_wide_and_in_its_cgroup() -> TestResult {
             .count();
         eprintln!("go {scope}: {named} of {} named", alerts.len());
         ensure(named == LEAKED, || {
-            format!("{scope}: {}", render(&alerts.into_iter().cloned().collect::<Vec<_>>()))
+            format!(
+                "{scope}: {}",
+                render(&alerts.into_iter().cloned().collect::<Vec<_>>())
+            )
         })?;
     }
     client.finish()
+}
+
+/// A Go binary whose symbol table was stripped (`-ldflags=-s -w`, as Debian's Go packages are)
+/// is named from its line table (`.gopclntab`, which the Go runtime keeps for its tracebacks):
+/// the function, file and line, as `go tool addr2line` gives them, not bare addresses. The
+/// line table also finds the transport's functions to hook: the requester is named too.
+pub fn a_stripped_go_binary_is_named_from_its_line_table() -> TestResult {
+    let dir = TempPath::directory("go-stripped")?;
+    let binary = stripped_go_client(&dir)?;
+    let addr = server("127.0.0.1:0", ServerMode::HttpIdleTimeout)?;
+    for mode in ["dial", "transport"] {
+        let mut command = Command::new(&binary);
+        command.args([mode, &addr.to_string(), &LEAKED.to_string()]);
+        let told = leak_under_probe(command, |_| Ok(()))?;
+        let group = the_group(&told)?;
+        let code = group["code"].as_str().unwrap_or_default();
+        eprintln!("go stripped {mode}: {code}");
+        ensure(
+            code.starts_with("main.doRequest (leaky.go:")
+                && code.contains("<- main.main (leaky.go:")
+                && !told.stderr.contains("stripped"),
+            || format!("{mode}: {}\n{}", render(&told.groups), told.stderr),
+        )?;
+        if mode == "transport" {
+            ensure(
+                has_app_frame(&group["requested_at"], "main.doRequest"),
+                || render(&told.groups),
+            )?;
+        }
+    }
+    Ok(())
 }
 
 /// A deploy renamed a new build over the running Go service's executable: the process still

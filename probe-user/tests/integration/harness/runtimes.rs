@@ -43,11 +43,23 @@ fn build(command: &mut Command) -> Result<(), String> {
 /// `leaky.go` built with the Go toolchain into `dir` (its build cache kept in cargo's
 /// scratch directory, so the standard library is compiled once, not by every run).
 pub fn go_client(dir: &TempPath) -> Result<PathBuf, String> {
+    go_build(dir, "leaky-go", &[])
+}
+
+/// `leaky.go` built as [`go_client`] does, with its symbol table stripped (`-ldflags=-s -w`),
+/// as distributions ship Go programs.
+pub fn stripped_go_client(dir: &TempPath) -> Result<PathBuf, String> {
+    go_build(dir, "leaky-go-stripped", &["-ldflags=-s -w"])
+}
+
+fn go_build(dir: &TempPath, name: &str, flags: &[&str]) -> Result<PathBuf, String> {
     let go = tool("go", "golang-go")?;
-    let binary = dir.0.join("leaky-go");
+    let binary = dir.0.join(name);
     build(
         Command::new(go)
-            .args(["build", "-o"])
+            .arg("build")
+            .args(flags)
+            .arg("-o")
             .arg(&binary)
             .arg(".")
             .current_dir(fixture(""))
