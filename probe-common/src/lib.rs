@@ -62,8 +62,8 @@ pub mod names {
     /// the user stack at a connect, for userspace to unwind code built without frame pointers
     /// (the BTF program, with stacks).
     pub const STACK_COPIES: &str = "STACK_COPIES";
-    /// [`ProcessStack`](crate::ProcessStack) -> unused: the stacks copied already (a stack is
-    /// copied once per process and stack id).
+    /// The stacks copied already (a stack is copied once per process and stack id), by
+    /// [`copied_slot`](crate::copied_slot).
     pub const COPIED_STACKS: &str = "COPIED_STACKS";
     /// Global `u32`: the offset of `thread.fsbase` in `struct task_struct` (0: unknown), read by
     /// userspace from the kernel's BTF, for the program to find a Go thread's current goroutine.
@@ -527,13 +527,17 @@ pub struct StackCopy {
     pub bytes: [u8; STACK_COPY_BYTES],
 }
 
-/// A stack of one process: the key of the stacks copied already (stack ids are shared by
-/// every process, their addresses are not).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct ProcessStack {
-    pub tgid: u32,
-    pub stack_id: i32,
+/// Slots of the table of stacks copied already (a power of two).
+pub const COPIED_SLOTS: u32 = 16384;
+
+/// Where the table of stacks copied already keeps process `tgid`'s stack `stack_id` (a
+/// multiplicative hash of the two), and what the slot holds once it was copied (never 0:
+/// the kernel program copies no stack of pid 0).
+#[inline(always)]
+pub const fn copied_slot(tgid: u32, stack_id: i32) -> (u32, u64) {
+    let key = ((tgid as u64) << 32) | (stack_id as u32 as u64);
+    let slot = key.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - COPIED_SLOTS.trailing_zeros());
+    (slot as u32, key)
 }
 
 /// Indexes of the per-CPU counters of things the kernel program could not do.
@@ -616,7 +620,21 @@ mod tests {
         assert_eq!(core::mem::size_of::<SocketTuple>(), 40);
         assert_eq!(core::mem::size_of::<ProcessEvent>(), 32);
         assert_eq!(core::mem::size_of::<StackCopy>(), 40 + STACK_COPY_BYTES);
-        assert_eq!(core::mem::size_of::<ProcessStack>(), 8);
+    }
+
+    #[test]
+    fn copied_stacks_spread_over_their_slots() {
+        let mut used = [false; COPIED_SLOTS as usize];
+        for tgid in 1000..1064 {
+            for stack in 0..64 {
+                let (slot, key) = copied_slot(tgid, stack);
+                assert!(slot < COPIED_SLOTS && key != 0);
+                used[slot as usize] = true;
+            }
+        }
+        // 4096 keys over 16384 slots: a good hash leaves few collisions (about 11% expected).
+        let distinct = used.iter().filter(|&&u| u).count();
+        assert!(distinct > 3500, "{distinct} slots for 4096 keys");
     }
 
     #[test]

@@ -66,6 +66,19 @@ enum Task {
         #[arg(long)]
         concurrency: usize,
     },
+    /// The benchmark's process churn: waits for `go`, runs PROCESSES clients of one connection
+    /// each, prints `rate CONN_PER_S`.
+    #[command(hide = true)]
+    ProcessChurn {
+        #[arg(long)]
+        processes: usize,
+    },
+    /// One connection to SERVER, a byte each way (a client of the process churn).
+    #[command(hide = true)]
+    ConnectOnce {
+        #[arg(long)]
+        server: std::net::SocketAddr,
+    },
     /// Holds PAIRS loopback connections open until stdin closes (after `go`).
     #[command(hide = true)]
     HoldOpen {
@@ -176,6 +189,13 @@ fn main() -> Result<()> {
             println!("rate {rate:.1}");
             Ok(())
         }
+        Task::ProcessChurn { processes } => {
+            workload::wait_for_go()?;
+            let rate = workload::process_churn(processes)?;
+            println!("rate {rate:.1}");
+            Ok(())
+        }
+        Task::ConnectOnce { server } => workload::connect_once(server),
         Task::HoldOpen { pairs } => workload::hold_open(pairs),
         Task::DemoClient {
             server,

@@ -152,6 +152,44 @@ pub fn churn(connections: usize, concurrency: usize) -> Result<f64> {
     Ok((per_client * concurrency) as f64 / started.elapsed().as_secs_f64())
 }
 
+/// The benchmark's process churn: `processes` short-lived clients (this binary again, run as
+/// `connect-once`) against a server in this process, one after the other, each making one
+/// connection and exiting, as a shell loop of `curl` does. Every connection is then the first
+/// of its process, so probe copies its user stack (see probe-ebpf's `stack_copy`) at every
+/// connect. Returns the connections per second.
+pub fn process_churn(processes: usize) -> Result<f64> {
+    let listener = TcpListener::bind("127.0.0.1:0").context("cannot bind a loopback port")?;
+    let server = listener.local_addr()?;
+    thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            answer_and_close(stream);
+        }
+    });
+    let xtask = std::env::current_exe().context("cannot find the xtask binary")?;
+    let started = std::time::Instant::now();
+    for _ in 0..processes {
+        let status = std::process::Command::new(&xtask)
+            .args(["connect-once", "--server", &server.to_string()])
+            .status()
+            .context("cannot start a client process")?;
+        if !status.success() {
+            bail!("a client process failed: {status}");
+        }
+    }
+    Ok(processes as f64 / started.elapsed().as_secs_f64())
+}
+
+/// One connection to `server` (a byte each way, this side closing first): a client process of
+/// [`process_churn`].
+pub fn connect_once(server: SocketAddr) -> Result<()> {
+    let mut stream =
+        TcpStream::connect(server).with_context(|| format!("cannot connect to {server}"))?;
+    stream.write_all(b"?")?;
+    let mut reply = [0u8; 1];
+    stream.read_exact(&mut reply)?;
+    Ok(())
+}
+
 /// The loopback address client `client` of the churn connects from: one of its own, because
 /// each source address has its own ephemeral ports. From one address, the churn reuses each of
 /// the 28,232 ports about once a second, while the TIME_WAIT socket of its last connection still

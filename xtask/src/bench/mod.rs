@@ -41,6 +41,12 @@ pub(super) const STEADY: f64 = 0.10;
 /// probe's arguments for the classic tracepoint program (the default is the BTF one).
 const CLASSIC: &[&str] = &["--attach", "tracepoint"];
 
+/// probe's arguments to follow the process churn's clients.
+const FOLLOW: &[&str] = &["--follow-forks"];
+
+/// Client processes in a run of the process churn (each one connection): a few seconds.
+const PROCESSES: usize = 1000;
+
 /// What is measured, round after round.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Config {
@@ -74,6 +80,12 @@ enum Config {
     GoProbeNoHooks,
     /// The same without stacks, so without uprobes.
     GoProbeNoStacks,
+    /// The process churn alone: a new process per connection.
+    ProcessBaseline,
+    /// probe following the process churn's children: every connect copies its user stack.
+    ProcessProbe,
+    /// The same without stacks, so without copies.
+    ProcessProbeNoStacks,
 }
 
 impl Config {
@@ -94,6 +106,11 @@ impl Config {
             Config::GoProbe => "5a. probe --pid GO_CHURN (runtime uprobes)",
             Config::GoProbeNoHooks => "5b. probe --pid GO_CHURN --no-runtime-hooks",
             Config::GoProbeNoStacks => "5c. probe --pid GO_CHURN --no-stacks (no uprobes)",
+            Config::ProcessBaseline => "6. process churn, no tracer (its baseline)",
+            Config::ProcessProbe => {
+                "6a. probe --pid CHURN --follow-forks (a stack copy per connect)"
+            }
+            Config::ProcessProbeNoStacks => "6b. probe --pid CHURN --follow-forks --no-stacks",
         }
     }
 
@@ -104,6 +121,9 @@ impl Config {
             | Config::GoProbe
             | Config::GoProbeNoHooks
             | Config::GoProbeNoStacks => Config::GoBaseline,
+            Config::ProcessBaseline | Config::ProcessProbe | Config::ProcessProbeNoStacks => {
+                Config::ProcessBaseline
+            }
             _ => Config::Baseline,
         }
     }
@@ -180,6 +200,9 @@ pub fn bench(
         Config::GoProbe,
         Config::GoProbeNoHooks,
         Config::GoProbeNoStacks,
+        Config::ProcessBaseline,
+        Config::ProcessProbe,
+        Config::ProcessProbeNoStacks,
     ]);
     let probes = Probes {
         now: &built.probe,
@@ -303,14 +326,29 @@ fn measure(config: Config, probes: &Probes, workloads: &Workloads) -> Result<Run
     };
     let (connections, concurrency) = (workloads.connections, workloads.concurrency);
     thread::sleep(TEARDOWN);
-    let workload = if config.baseline() == Config::GoBaseline {
-        Worker::go_churn(workloads.go_churn, connections, concurrency)?
-    } else {
-        Worker::churn(workloads.xtask, connections, concurrency)?
+    let (workload, connections) = match config.baseline() {
+        Config::GoBaseline => (
+            Worker::go_churn(workloads.go_churn, connections, concurrency)?,
+            connections,
+        ),
+        Config::ProcessBaseline => (
+            Worker::process_churn(workloads.xtask, PROCESSES)?,
+            PROCESSES,
+        ),
+        _ => (
+            Worker::churn(workloads.xtask, connections, concurrency)?,
+            connections,
+        ),
     };
     let idle = Sleeper::start()?;
     let tracer = match config {
-        Config::Baseline | Config::GoBaseline => None,
+        Config::Baseline | Config::GoBaseline | Config::ProcessBaseline => None,
+        Config::ProcessProbe => Some(Tracer::probe(probe, workload.pid(), FOLLOW)?),
+        Config::ProcessProbeNoStacks => Some(Tracer::probe(
+            probe,
+            workload.pid(),
+            &["--follow-forks", "--no-stacks"],
+        )?),
         Config::Probe | Config::GoProbe => Some(Tracer::probe(probe, workload.pid(), &[])?),
         Config::ProbeNoStacks | Config::GoProbeNoStacks => {
             Some(Tracer::probe(probe, workload.pid(), &["--no-stacks"])?)

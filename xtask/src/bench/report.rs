@@ -201,6 +201,10 @@ pub(super) fn report(
     );
     let _ = writeln!(
         out,
+        "- 6 is a third workload: a process that runs 1000 short-lived client processes one after the other (this benchmark's own binary, as a shell loop runs `curl`), each making one connection to the server in the parent and exiting; 6a and 6b follow its children (`--follow-forks`). Each connection is the first of its process, so with stacks on (6a) the kernel program copies the registers and 8 KiB of user stack at every connect, and probe unwinds every copy; 6b takes no stacks."
+    );
+    let _ = writeln!(
+        out,
         "- Kernel program ns per run: the average time of the tracer's BPF programs per run (all its programs), measured in one more run of each configuration with `kernel.bpf_stats_enabled` on; it is off during the rounds, because it adds two clock reads to every run of every program. For probe on an unrelated pid (3) every run is a transition it filters out; for (2) most runs deliver an event."
     );
     let _ = writeln!(

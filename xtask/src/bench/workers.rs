@@ -107,6 +107,19 @@ impl Worker {
         Worker::spawn(command, "the Go workload")
     }
 
+    /// The process churn ([`crate::workload::process_churn`]), held until
+    /// [`Worker::run_churn`], in a network namespace of its own.
+    pub(super) fn process_churn(xtask: &Path, processes: usize) -> Result<Worker> {
+        let mut command = Command::new(xtask);
+        command.args([
+            "process-churn".to_string(),
+            "--processes".into(),
+            processes.to_string(),
+        ]);
+        in_own_network(&mut command);
+        Worker::spawn(command, "the process churn")
+    }
+
     pub(super) fn pid(&self) -> u32 {
         self.child.id()
     }
