@@ -178,16 +178,19 @@ fn current_goroutine() -> Option<u64> {
     unsafe { bpf_probe_read_user((fsbase - 8) as *const u64) }.ok()
 }
 
-/// Notes the words at `user_sp` (the user stack pointer when the connect entered the kernel)
-/// for stack `stack`, once per stack.
-pub fn note_caller_words(stack: i32, user_sp: u64) {
-    if stack == NO_STACK || user_sp == 0 {
+/// Notes the words at the user stack pointer when the connect entered the kernel (read by
+/// `user_sp` only when needed) for stack `stack`, once per stack.
+pub fn note_caller_words(stack: i32, user_sp: impl FnOnce() -> Option<u64>) {
+    if stack == NO_STACK {
         return;
     }
     let stack = stack as u32;
     if STACK_CALLERS.get_ptr(stack).is_some() {
         return;
     }
+    let Some(user_sp) = user_sp().filter(|&sp| sp != 0) else {
+        return;
+    };
     // SAFETY: bpf_probe_read_user copies from the current process's memory and fails cleanly.
     if let Ok(words) = unsafe { bpf_probe_read_user(user_sp as *const CallerWords) } {
         let _ = STACK_CALLERS.insert(stack, words, u64::from(aya_ebpf::bindings::BPF_NOEXIST));

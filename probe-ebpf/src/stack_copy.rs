@@ -29,10 +29,11 @@ static STACK_COPIES: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 #[map]
 static COPIED_STACKS: Array<u64> = Array::with_max_entries(COPIED_SLOTS, 0);
 
-/// Copies the registers and the top of the user stack of process `tgid`'s connect whose
-/// frame-pointer walk is `stack`, unless this process's stack of that id was copied already.
-pub fn copy_stack(tgid: u32, stack: i32, regs: &UserRegs) {
-    if stack == NO_STACK || regs.sp == 0 {
+/// Copies the registers (read by `regs` only when needed) and the top of the user stack of
+/// process `tgid`'s connect whose frame-pointer walk is `stack`, unless this process's stack
+/// of that id was copied already.
+pub fn copy_stack(tgid: u32, stack: i32, regs: impl FnOnce() -> Option<UserRegs>) {
+    if stack == NO_STACK {
         return;
     }
     let (slot, key) = copied_slot(tgid, stack);
@@ -43,6 +44,9 @@ pub fn copy_stack(tgid: u32, stack: i32, regs: &UserRegs) {
     if unsafe { *copied } == key {
         return;
     }
+    let Some(regs) = regs().filter(|regs| regs.sp != 0) else {
+        return;
+    };
     let Some(mut entry) = STACK_COPIES.reserve::<StackCopy>(0) else {
         count(Counter::StackMissing);
         return;

@@ -311,10 +311,9 @@ fn code_path<C: StackIdContext + SyscallRegs>(
     let opened = user_stack(ctx);
     #[cfg(feature = "stacks")]
     {
-        if let Some(regs) = ctx.user_regs() {
-            crate::runtimes::note_caller_words(opened, regs.sp);
-            crate::stack_copy::copy_stack(owner, opened, &regs);
-        }
+        // The registers are read only for a stack not seen before: most connects repeat one.
+        crate::runtimes::note_caller_words(opened, || ctx.user_regs().map(|regs| regs.sp));
+        crate::stack_copy::copy_stack(owner, opened, || ctx.user_regs());
         Stacks {
             opened,
             requested: crate::runtimes::requested_stack(owner),

@@ -1,10 +1,13 @@
 //! Turning the kernel's stack ids into code paths, away from the event path: a worker thread
-//! reads each new stack from the kernel's stack map and symbolizes it in the process it came
-//! from (blazesym for the files mapped, probe's own reader for JIT perf maps), classifying
-//! each frame as the program's, a library's or the runtime's; the event loop only notes
-//! stacks and looks the results up when an alert or the summary needs them.
+//! reads each new stack from the kernel's stack map (or unwinds the copy of the user stack the
+//! kernel program made at its connect, for code without frame pointers) and symbolizes it in
+//! the process it came from (blazesym for the files mapped, a stripped Go binary's own line
+//! table, probe's own reader for JIT perf maps), classifying each frame as the program's, a
+//! library's or the runtime's; the event loop only notes stacks and looks the results up when
+//! an alert or the summary needs them.
 
 mod caller;
+mod copies;
 mod memory;
 mod perf_map;
 mod program;
@@ -30,9 +33,9 @@ use crate::track::{
     CodePath, CodePathSource, Frame, StackRef,
     code_path::classify::{self, Module, Program},
 };
+use copies::StackCopies;
 use memory::AddressSpace;
 use perf_map::PerfMap;
-use unwind::StackCopies;
 
 /// How often the worker looks for stack copies when it is asked nothing.
 const COPY_POLL: Duration = Duration::from_millis(50);
