@@ -122,15 +122,20 @@ impl Worker {
         loop {
             // Copies are unwound as they come, while their process is there to be read: a
             // short-lived client (curl) is gone by the time its stack is asked for.
-            let first = match requests.recv_timeout(COPY_POLL) {
-                Ok(first) => first,
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    if let Some(copies) = &mut self.copies {
+            let first = match &mut self.copies {
+                Some(copies) => match requests.recv_timeout(COPY_POLL) {
+                    Ok(first) => first,
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
                         copies.drain();
+                        continue;
                     }
-                    continue;
-                }
-                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                },
+                // Without copies (the classic program), nothing to poll for.
+                None => match requests.recv() {
+                    Ok(first) => first,
+                    Err(_) => return,
+                },
             };
             // One symbolizer per burst of requests: its caches (the parsed debug info of the
             // traced binaries, often tens of MiB) go when the burst is done, rather than

@@ -96,9 +96,9 @@ impl Diagnosis {
                  that is never reused nor closed"
             }
             Diagnosis::ConnectUnanswered => {
-                "connect() is waiting for an answer that does not come: the destination drops \
-                 the SYNs (a firewall, a dead host, a black-holed route), and this client waits \
-                 without a timeout of its own (the kernel gives up after about 2 minutes)"
+                "connect() has had no answer yet: the destination drops the SYNs (a firewall, a \
+                 dead host, a black-holed route); the kernel retries for about 2 minutes unless \
+                 the client gives up sooner"
             }
             Diagnosis::HandshakeUnfinished => {
                 "a client started a connection to this listener and never finished the \
@@ -222,6 +222,15 @@ impl Diagnosis {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unanswered_connect_is_not_blamed_on_a_missing_timeout() {
+        // At 2 s in SYN_SENT (`curl -m 30` included) probe cannot know whether the client set
+        // a timeout: the words say what is known, no answer yet, and what the kernel does.
+        let reason = Diagnosis::ConnectUnanswered.reason();
+        assert!(reason.contains("no answer yet"), "{reason}");
+        assert!(!reason.contains("without a timeout"), "{reason}");
+    }
 
     #[test]
     fn every_kind_has_a_key_that_names_it_back() {
