@@ -56,12 +56,15 @@ impl GoLineTable {
     /// Where function `name` starts, as the binary states it (what a symbol table would say
     /// of it): how hooks find the runtime's functions in a binary whose symbols were stripped.
     pub fn entry_of(&self, name: &str) -> Option<u64> {
+        // The name and its NUL, compared in place: a table's names are read no further than
+        // the length of the one sought (a hostile table's could be 4 KiB each, millions of them).
+        let sought = [name.as_bytes(), &[0]].concat();
         (0..self.functions).find_map(|index| {
             let function = self.function(index)?;
-            (self.c_string(
-                self.names
-                    .checked_add(usize::try_from(self.i32_at(function + 4)?).ok()?)?,
-            )? == name)
+            let at = self
+                .names
+                .checked_add(usize::try_from(self.i32_at(function + 4)?).ok()?)?;
+            (self.table.get(at..at.checked_add(sought.len())?)? == sought.as_slice())
                 .then(|| {
                     self.text_start
                         .checked_add(u64::from(self.u32_at(function)?))
@@ -249,6 +252,46 @@ impl GoLineTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A Go 1.20 table of one function, `main.f`, at 0x1000-0x1010 of text; its name ends
+    /// with `name_end` (a NUL, or not).
+    fn one_function(name_end: u8) -> Vec<u8> {
+        let mut table = vec![0xf1, 0xff, 0xff, 0xff, 0, 0, 1, 8];
+        // nfunc, nfiles, textStart, then the offsets of names, compile units, files, values
+        // and the function table.
+        for word in [1u64, 0, 0x1000, 128, 127, 127, 127, 72] {
+            table.extend_from_slice(&word.to_le_bytes());
+        }
+        // The function table: (entry 0, record at +16), and the end entry 0x10.
+        for word in [0u32, 16, 0x10] {
+            table.extend_from_slice(&word.to_le_bytes());
+        }
+        table.resize(88, 0);
+        // The record: entry 0, name at 0 of the names; every table offset 0.
+        table.resize(128, 0);
+        table.extend_from_slice(b"main.f");
+        table.push(name_end);
+        table
+    }
+
+    #[test]
+    fn a_function_is_found_by_name_and_by_address() {
+        let table = GoLineTable::parse(one_function(0), 0).unwrap();
+        assert_eq!(table.entry_of("main.f"), Some(0x1000));
+        assert_eq!(table.entry_of("main.g"), None);
+        assert_eq!(table.entry_of("main"), None);
+        let located = table.locate(0x1008).unwrap();
+        assert_eq!(located.function, "main.f");
+        assert_eq!(table.locate(0x1010), None);
+        assert_eq!(table.locate(0xfff), None);
+    }
+
+    #[test]
+    fn a_name_that_runs_off_the_table_names_nothing() {
+        let table = GoLineTable::parse(one_function(b'x'), 0).unwrap();
+        assert_eq!(table.entry_of("main.f"), None);
+        assert_eq!(table.locate(0x1008), None);
+    }
 
     #[test]
     fn tables_of_other_layouts_or_cut_short_are_refused() {

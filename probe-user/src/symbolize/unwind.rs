@@ -32,6 +32,11 @@ const MAX_SECTION_BYTES: u64 = 64 << 20;
 /// How many files' unwind tables are kept, and how many processes' module lists.
 const MAX_FILES: usize = 256;
 const MAX_PROCESSES: usize = 64;
+/// The unwind tables kept, in bytes at most, and those one process's modules may hold: a
+/// traced process chooses how many files it maps (a real one maps tens to a few hundred, with
+/// tables of a few MiB between them).
+const MAX_CACHED_BYTES: usize = 512 << 20;
+const MAX_PROCESS_BYTES: usize = 256 << 20;
 /// How long a process's module list is trusted before it is read again (libraries loaded
 /// since are found then, or at once when an unwind starts outside every module).
 const MODULES_TTL: Duration = Duration::from_secs(10);
@@ -75,6 +80,14 @@ impl FileTables {
             segments: segments(&elf),
         };
         (tables.eh_frame.is_some() || tables.debug_frame.is_some()).then_some(tables)
+    }
+
+    /// How many bytes of tables it holds.
+    fn bytes(&self) -> usize {
+        let section = |data: Option<&Data>| data.map_or(0, |data| data.len());
+        section(self.eh_frame.as_ref().map(|(_, data)| data))
+            + section(self.eh_frame_hdr.as_ref().map(|(_, data)| data))
+            + section(self.debug_frame.as_ref())
     }
 
     /// Where the file's stated address 0 lies in a process that maps file offset `offset` at
@@ -168,6 +181,8 @@ impl ProcessModules {
 #[derive(Default)]
 pub struct StackUnwinder {
     files: HashMap<(u64, u64), Option<Arc<FileTables>>>,
+    /// The bytes of the tables in `files`.
+    cached_bytes: usize,
     processes: HashMap<u32, ProcessModules>,
     cache: CacheX86_64,
 }
@@ -231,6 +246,7 @@ impl StackUnwinder {
     fn read_modules(&mut self, pid: u32) -> ProcessModules {
         let mut unwinder = UnwinderX86_64::new();
         let mut code = Vec::new();
+        let mut held_bytes = 0;
         let maps = procfs::process::Process::new(pid as i32)
             .and_then(|process| process.maps())
             .map(|maps| maps.0)
@@ -250,6 +266,11 @@ impl StackUnwinder {
             let Some(base) = tables.base(start, map.offset) else {
                 continue;
             };
+            held_bytes += tables.bytes();
+            if held_bytes > MAX_PROCESS_BYTES {
+                log::debug!("pid {pid} maps more unwind tables than probe reads: some left out");
+                break;
+            }
             code.push(start..end);
             unwinder.add_module(tables.module(
                 path.to_string_lossy().into_owned(),
@@ -279,8 +300,9 @@ impl StackUnwinder {
         if let Some(tables) = self.files.get(&key) {
             return tables.clone();
         }
-        if self.files.len() >= MAX_FILES {
+        if self.files.len() >= MAX_FILES || self.cached_bytes > MAX_CACHED_BYTES {
             self.files.clear();
+            self.cached_bytes = 0;
         }
         let path = format!("/proc/{pid}/map_files/{start:x}-{end:x}");
         let tables = crate::process::binary::open_regular(
@@ -290,6 +312,7 @@ impl StackUnwinder {
         .ok()
         .and_then(FileTables::read)
         .map(Arc::new);
+        self.cached_bytes += tables.as_ref().map_or(0, |tables| tables.bytes());
         self.files.insert(key, tables.clone());
         tables
     }
