@@ -62,9 +62,6 @@ pub mod names {
     /// the user stack at a connect, for userspace to unwind code built without frame pointers
     /// (the BTF program, with stacks).
     pub const STACK_COPIES: &str = "STACK_COPIES";
-    /// The stacks copied already (a stack is copied once per process and stack id), by
-    /// [`copied_slot`](crate::copied_slot).
-    pub const COPIED_STACKS: &str = "COPIED_STACKS";
     /// Global `u32`: the offset of `thread.fsbase` in `struct task_struct` (0: unknown), read by
     /// userspace from the kernel's BTF, for the program to find a Go thread's current goroutine.
     pub const TASK_FSBASE: &str = "TASK_FSBASE";

@@ -83,11 +83,7 @@ struct ProcessView {
 impl ProcessView {
     fn read(pid: u32) -> ProcessView {
         let space = AddressSpace::read(pid);
-        let program = program::program(pid, space.executable());
-        let go_lines = program
-            .is_go
-            .then(|| program::stripped_go_lines(pid, &space))
-            .flatten();
+        let program::Executable { program, go_lines } = program::executable(pid, &space);
         ProcessView {
             space,
             program,
@@ -177,15 +173,18 @@ impl Worker {
     /// walk: its frame pointers are always there, and its code has no unwind tables.
     fn addresses(&mut self, stack: StackRef, view: &ProcessView) -> Option<Vec<u64>> {
         let unwound = self.copies.as_mut().and_then(|copies| copies.take(stack));
-        let walked = self.walked(stack, view);
-        match (unwound, walked) {
-            (Some(unwound), walked) if !view.program.is_go => match walked {
-                Some(walked) if !unwound.complete && walked.len() >= unwound.frames.len() => {
-                    Some(walked)
+        match unwound {
+            Some(unwound) if !view.program.is_go => {
+                // A walk is read (a map lookup, the process's memory) only when it may win.
+                if unwound.complete {
+                    return Some(unwound.frames);
                 }
-                _ => Some(unwound.frames),
-            },
-            (_, walked) => walked,
+                match self.walked(stack, view) {
+                    Some(walked) if walked.len() >= unwound.frames.len() => Some(walked),
+                    _ => Some(unwound.frames),
+                }
+            }
+            _ => self.walked(stack, view),
         }
     }
 

@@ -20,35 +20,57 @@ use crate::{
     },
 };
 
-/// The facts about process `pid`'s executable (read through `/proc/PID/exe`, which works
-/// across mount namespaces; only the parts it needs are read).
-pub fn program(pid: u32, executable: Option<&str>) -> Program {
+/// What is read of a traced process's executable.
+pub struct Executable {
+    /// The facts that classify its frames.
+    pub program: Program,
+    /// A stripped Go executable's line table (blazesym has no names for it then), and where
+    /// the executable is loaded: the table states addresses as the file does.
+    pub go_lines: Option<(GoLineTable, u64)>,
+}
+
+/// The facts about process `pid`'s executable, mapped as `space` shows (read once through
+/// `/proc/PID/exe`, which works across mount namespaces; only the parts needed are read).
+pub fn executable(pid: u32, space: &AddressSpace) -> Executable {
     let mut program = Program {
-        path: executable.unwrap_or_default().to_string(),
+        path: space.executable().unwrap_or_default().to_string(),
         ..Program::default()
     };
     if Path::new(&program.path).file_name() == Some("java".as_ref()) {
         program.java_app_prefix = java_app_prefix(pid);
     }
+    let mut go_lines = None;
     let exe = format!("/proc/{pid}/exe");
-    let Ok(file) = open_regular(Path::new(&exe), LastLink::Follow) else {
-        return program;
-    };
-    let cache = ReadCache::new(file);
-    let Ok(file) = object::File::parse(&cache) else {
-        return program;
-    };
-    if let Some(section) = file.section_by_name(".go.buildinfo")
-        && let Ok(info) = section.data()
-    {
-        program.is_go = true;
-        program.go_main_module = GoBuildInfo::parse(info).main_module;
-    } else {
-        program.rust_main_crate = file
-            .symbols()
-            .find_map(|symbol| rust_main_crate(symbol.name().ok()?).map(str::to_string));
+    if let Ok(file) = open_regular(Path::new(&exe), LastLink::Follow) {
+        let cache = ReadCache::new(file);
+        if let Ok(elf) = object::File::parse(&cache) {
+            if let Some(section) = elf.section_by_name(".go.buildinfo")
+                && let Ok(info) = section.data()
+            {
+                program.is_go = true;
+                program.go_main_module = GoBuildInfo::parse(info).main_module;
+                if elf.section_by_name(".symtab").is_none() {
+                    go_lines = stripped_go_lines(&elf, space);
+                }
+            } else {
+                program.rust_main_crate = elf
+                    .symbols()
+                    .find_map(|symbol| rust_main_crate(symbol.name().ok()?).map(str::to_string));
+            }
+        }
     }
-    program
+    Executable { program, go_lines }
+}
+
+/// The line table of the stripped Go executable `elf`, and where `space` has it loaded.
+fn stripped_go_lines<'data>(
+    elf: &object::File<'data, impl object::ReadRef<'data>>,
+    space: &AddressSpace,
+) -> Option<(GoLineTable, u64)> {
+    let table = GoLineTable::read(elf)?;
+    let (start, offset) = space.executable_mapping()?;
+    let base = load_base(&segments(elf), start, offset)?;
+    Some((table, base))
 }
 
 /// The package prefix of JVM `pid`'s application classes, from the main class on its command
@@ -62,37 +84,26 @@ fn java_app_prefix(pid: u32) -> Option<String> {
     Some(java_application_prefix(main_class))
 }
 
-/// The Go line table of process `pid`'s executable, where the executable is Go with its symbol
-/// table stripped (blazesym then has no names for it), and where the executable is loaded:
-/// the table states addresses as the file does.
-pub fn stripped_go_lines(pid: u32, space: &AddressSpace) -> Option<(GoLineTable, u64)> {
-    let exe = format!("/proc/{pid}/exe");
-    let file = open_regular(Path::new(&exe), LastLink::Follow).ok()?;
-    let cache = ReadCache::new(file);
-    let elf = object::File::parse(&cache).ok()?;
-    if elf.section_by_name(".symtab").is_some() || elf.section_by_name(".go.buildinfo").is_none() {
-        return None;
-    }
-    let table = GoLineTable::read(&elf)?;
-    let (start, offset) = space.executable_mapping()?;
-    let base = load_base(&segments(&elf), start, offset)?;
-    Some((table, base))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn this_process() -> Executable {
+        let pid = std::process::id();
+        executable(pid, &AddressSpace::read(pid))
+    }
+
     #[test]
     fn this_rust_binary_is_not_go() {
-        let program = program(std::process::id(), None);
-        assert!(!program.is_go && program.go_main_module.is_none());
+        let this = this_process();
+        assert!(!this.program.is_go && this.program.go_main_module.is_none());
+        assert!(this.go_lines.is_none());
     }
 
     /// A test binary's `main` is the test harness's, generated into the crate under test.
     #[test]
     fn this_rust_binarys_crate_is_found() {
-        let program = program(std::process::id(), None);
-        assert_eq!(program.rust_main_crate.as_deref(), Some("probe_user"));
+        let this = this_process();
+        assert_eq!(this.program.rust_main_crate.as_deref(), Some("probe_user"));
     }
 }
