@@ -83,6 +83,12 @@ pub mod names {
     pub const NODE_TCP_INIT: &str = "node_tcp_init";
     /// Uprobe on libuv's `uv_tcp_connect`: which thread connects which handle.
     pub const NODE_TCP_CONNECT: &str = "node_tcp_connect";
+    /// Process (tgid) -> [`PythonLayout`](crate::PythonLayout): where its CPython interpreter
+    /// keeps its threads and frames (set by userspace for each CPython process it meets).
+    pub const PYTHON_PROCESSES: &str = "PYTHON_PROCESSES";
+    /// Interpreted stack id -> [`PythonStack`](crate::PythonStack): the CPython frames of a
+    /// connect (the BTF program, with stacks).
+    pub const PYTHON_STACKS: &str = "PYTHON_STACKS";
     /// The [`SetStateLayout`](crate::SetStateLayout) global.
     pub const LAYOUT: &str = "LAYOUT";
     /// The [`SockLayout`](crate::SockLayout) global.
@@ -468,11 +474,13 @@ pub enum InUse {
     GoDials = 3,
     /// `NODE_CONNECTS` (set by the uprobe on `uv_tcp_connect`).
     NodeConnects = 4,
+    /// `PYTHON_PROCESSES` (set by userspace when it meets a CPython process).
+    Python = 5,
 }
 
 impl InUse {
     /// How many slots there are.
-    pub const COUNT: u32 = 5;
+    pub const COUNT: u32 = 6;
 }
 
 /// A pointer in one process: the key of the runtime hooks' maps (pointers of different
@@ -522,6 +530,94 @@ pub struct StackCopy {
     pub _pad: u32,
     /// The user stack from `sp` up.
     pub bytes: [u8; STACK_COPY_BYTES],
+}
+
+/// Where a CPython interpreter keeps the frames of its threads, for the kernel program to walk
+/// them at a connect: the address of the main interpreter's pointer in `_PyRuntime`, and the
+/// offsets of the fields on the way, which differ by version (userspace knows them for 3.8 to
+/// 3.13). The thread is found by its `pthread_self()` (its thread pointer, `fs_base`), which
+/// CPython keeps in each thread state as `thread_id`: while connect() runs the thread has let
+/// go of the GIL, and the interpreter's "current thread" pointers are empty.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PythonLayout {
+    /// The address of `_PyRuntime.interpreters.main` in the process.
+    pub main_interpreter: u64,
+    /// `PyInterpreterState`: the first thread state (`tstate_head`, `threads.head`).
+    pub interpreter_threads: u32,
+    /// `PyThreadState`: the next thread state.
+    pub thread_next: u32,
+    /// `PyThreadState`: `thread_id` (the thread's `pthread_self()`).
+    pub thread_id: u32,
+    /// `PyThreadState`: the current frame (`frame`, `current_frame`), or the `_PyCFrame`
+    /// pointer (`cframe`, 3.11 and 3.12) that holds it at [`PythonLayout::cframe_frame`].
+    pub thread_frame: u32,
+    /// `_PyCFrame`: `current_frame` (3.11, 3.12); [`PythonLayout::NONE`] where the thread
+    /// state holds the frame itself.
+    pub cframe_frame: u32,
+    /// The frame: the calling frame (`f_back`, `previous`).
+    pub frame_previous: u32,
+    /// The frame: its code object (`f_code`, `f_executable`).
+    pub frame_code: u32,
+    /// The frame: its instruction (`f_lasti`, an `int`, up to 3.10; `prev_instr`,
+    /// `instr_ptr`, a pointer, from 3.11), read as 8 bytes and interpreted by userspace.
+    pub frame_instruction: u32,
+    /// The frame: the byte saying who owns it (3.11 and later); [`PythonLayout::NONE`] before.
+    pub frame_owner: u32,
+    /// The owner value of a frame that only marks a C call into the interpreter (3.12 and
+    /// later: `FRAME_OWNED_BY_CSTACK`), skipped; [`PythonLayout::NO_OWNER`] where none is.
+    pub cstack_owner: u32,
+}
+
+impl PythonLayout {
+    /// An offset that does not apply to this version.
+    pub const NONE: u32 = u32::MAX;
+    /// No owner value marks frames to skip.
+    pub const NO_OWNER: u32 = 0x100;
+}
+
+/// How many frames of a CPython stack the kernel program reads, innermost first (a power of
+/// two: the program masks its index with it, which the verifier accepts without tracking it).
+pub const PYTHON_FRAMES: usize = 64;
+
+/// One CPython frame of a connect's stack: its code object, and where in it the frame is.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PythonFrame {
+    /// The address of the frame's code object (`PyCodeObject *`).
+    pub code: u64,
+    /// The frame's instruction field, as [`PythonLayout::frame_instruction`] says.
+    pub instruction: u64,
+}
+
+/// The CPython frames of a connect, innermost first: the value of the `PYTHON_STACKS` map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct PythonStack {
+    /// A 64-bit hash of the frames (the id keeps 30 bits of it): a different stack that hashed
+    /// to the same id is told apart by it.
+    pub hash: u64,
+    /// How many of `frames` are filled.
+    pub len: u32,
+    /// Explicit padding, always zero.
+    pub _pad: u32,
+    pub frames: [PythonFrame; PYTHON_FRAMES],
+}
+
+/// The bit that marks a stack id as an interpreted stack (a key of `PYTHON_STACKS`), not one
+/// of the kernel's stack map (whose ids are below its size, far under this bit).
+pub const INTERPRETED_STACK: u32 = 1 << 30;
+
+/// The id of the interpreted stack whose frames hash to `hash`.
+#[inline(always)]
+pub const fn interpreted_stack_id(hash: u64) -> u32 {
+    INTERPRETED_STACK | (hash as u32 & (INTERPRETED_STACK - 1))
+}
+
+/// Whether stack id `id` names an interpreted stack (see [`INTERPRETED_STACK`]).
+#[inline(always)]
+pub const fn is_interpreted_stack(id: u32) -> bool {
+    id & INTERPRETED_STACK != 0 && id & (1 << 31) == 0
 }
 
 /// Slots of the table of stacks copied already (a power of two).
@@ -576,6 +672,12 @@ mod pod {
 
     // SAFETY: see above.
     unsafe impl aya::Pod for super::StackCopy {}
+
+    // SAFETY: see above.
+    unsafe impl aya::Pod for super::PythonLayout {}
+
+    // SAFETY: see above.
+    unsafe impl aya::Pod for super::PythonStack {}
 
     // SAFETY: see above.
     unsafe impl aya::Pod for super::ProcessPointer {}

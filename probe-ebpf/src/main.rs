@@ -23,6 +23,8 @@
 mod open_files;
 mod process;
 #[cfg(feature = "stacks")]
+mod python;
+#[cfg(feature = "stacks")]
 mod runtimes;
 mod set_state;
 #[cfg(feature = "stacks")]

@@ -161,6 +161,14 @@ fn take(map: &LruHashMap<ProcessPointer, i32>, at: ProcessPointer) -> Option<i32
 
 /// The current goroutine of a Go thread: the word at `fs_base - 8` (Go's TLS slot for `g`).
 fn current_goroutine() -> Option<u64> {
+    let fsbase = thread_pointer().filter(|&fsbase| fsbase >= 8)?;
+    // SAFETY: bpf_probe_read_user copies from the current process's memory and fails cleanly.
+    unsafe { bpf_probe_read_user((fsbase - 8) as *const u64) }.ok()
+}
+
+/// The current thread's thread pointer (`fs_base`: what `pthread_self()` returns, and where
+/// Go keeps its TLS), if the loader found where the task keeps it.
+pub fn thread_pointer() -> Option<u64> {
     let offset = TASK_FSBASE.load();
     if offset == 0 {
         return None;
@@ -169,13 +177,7 @@ fn current_goroutine() -> Option<u64> {
     let task = unsafe { bpf_get_current_task() };
     // SAFETY: bpf_probe_read_kernel copies from kernel memory and fails cleanly; the offset
     // comes from the running kernel's BTF.
-    let fsbase: u64 =
-        unsafe { bpf_probe_read_kernel((task + u64::from(offset)) as *const u64) }.ok()?;
-    if fsbase < 8 {
-        return None;
-    }
-    // SAFETY: bpf_probe_read_user copies from the current process's memory and fails cleanly.
-    unsafe { bpf_probe_read_user((fsbase - 8) as *const u64) }.ok()
+    unsafe { bpf_probe_read_kernel((task + u64::from(offset)) as *const u64) }.ok()
 }
 
 /// Notes the words at the user stack pointer when the connect entered the kernel (read by

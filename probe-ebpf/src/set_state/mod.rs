@@ -308,6 +308,15 @@ fn code_path<C: StackIdContext + SyscallRegs>(
             requested: NO_STACK,
         };
     }
+    #[cfg(feature = "stacks")]
+    if let Some(interpreted) = crate::python::interpreted_stack(owner) {
+        // The interpreter's frames name the code; its native stack would only name the
+        // interpreter's C functions.
+        return Stacks {
+            opened: interpreted,
+            requested: NO_STACK,
+        };
+    }
     let opened = user_stack(ctx);
     #[cfg(feature = "stacks")]
     {

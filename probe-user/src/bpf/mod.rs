@@ -16,8 +16,8 @@ use aya::{
 };
 use aya_log::EbpfLogger;
 use probe_common::{
-    CallerWords, CgroupLevels, Counter, ForkLayout, InUse, ListenerKey, SetStateLayout, SockLayout,
-    SocketTuple, TcpState, names,
+    CallerWords, CgroupLevels, Counter, ForkLayout, InUse, ListenerKey, PythonLayout, PythonStack,
+    SetStateLayout, SockLayout, SocketTuple, TcpState, names,
 };
 
 pub use error::LoadError;
@@ -153,6 +153,11 @@ pub struct Tracer {
     ebpf: Ebpf,
     /// The uprobes on runtimes (with stacks only).
     hooks: Option<hooks::RuntimeHooks>,
+    /// The CPython processes whose frames the kernel program walks (with stacks, the BTF
+    /// program).
+    python_processes: Option<HashMap<MapData, u32, PythonLayout>>,
+    /// Finds those processes' interpreters.
+    pythons: crate::process::python::Finder,
     targets: HashMap<MapData, u32, u8>,
     owners: HashMap<MapData, u64, u32>,
     listeners: HashMap<MapData, ListenerKey, u32>,
@@ -183,6 +188,8 @@ pub struct Streams {
     pub stack_callers: Option<HashMap<MapData, u32, CallerWords>>,
     /// The user stacks copied at connect, for unwinding (the BTF program, with stacks).
     pub stack_copies: Option<RingBuf<MapData>>,
+    /// The CPython frames found at connects (with stacks).
+    pub python_stacks: Option<HashMap<MapData, u32, PythonStack>>,
 }
 
 impl Tracer {
@@ -297,6 +304,14 @@ impl Tracer {
             Some(map) => Some(typed(names::STACK_COPIES, map)?),
             None => None,
         };
+        let python_stacks = match ebpf.take_map(names::PYTHON_STACKS) {
+            Some(map) => Some(typed(names::PYTHON_STACKS, map)?),
+            None => None,
+        };
+        let python_processes = match ebpf.take_map(names::PYTHON_PROCESSES) {
+            Some(map) => Some(typed(names::PYTHON_PROCESSES, map)?),
+            None => None,
+        };
         let process_events = take(&mut ebpf, names::PROCESS_EVENTS)?;
         let targets = take(&mut ebpf, names::TARGETS)?;
         let owners = take(&mut ebpf, names::OWNERS)?;
@@ -321,6 +336,8 @@ impl Tracer {
             Tracer {
                 ebpf,
                 hooks: (config.stacks && config.runtime_hooks).then(hooks::RuntimeHooks::default),
+                python_processes,
+                pythons: Default::default(),
                 targets,
                 owners,
                 listeners,
@@ -340,6 +357,7 @@ impl Tracer {
                 stacks,
                 stack_callers,
                 stack_copies,
+                python_stacks,
             },
         ))
     }
@@ -347,10 +365,40 @@ impl Tracer {
     /// Hooks the runtimes in process `pid` (its executable, or `binary` for a command not
     /// exec'd yet) that connect on behalf of other code, so that their connections name the
     /// code that asked (with stacks only). Returns what could not be hooked, for the user.
+    /// A CPython process's frames are walked by the kernel program from now on (with stacks).
     pub fn hook_runtimes(&mut self, pid: u32, binary: Option<&std::path::Path>) -> Vec<String> {
+        self.follow_python(pid);
         match &mut self.hooks {
             Some(hooks) => hooks.hook(&mut self.ebpf, pid, binary),
             None => Vec::new(),
+        }
+    }
+
+    /// Tells the kernel program where process `pid`'s CPython interpreter keeps its frames, if
+    /// it runs one probe can read (3.8 to 3.13).
+    fn follow_python(&mut self, pid: u32) {
+        let Some(processes) = &mut self.python_processes else {
+            return;
+        };
+        let Some(runtime) = self.pythons.find(pid) else {
+            return;
+        };
+        log::debug!("pid {pid} runs CPython 3.{}", runtime.version.minor);
+        match processes.insert(pid, runtime.kernel_layout(), 0) {
+            Ok(()) => {
+                if let Err(error) = self.mark_in_use(InUse::Python) {
+                    log::debug!("{}", chain(&error));
+                }
+            }
+            Err(error) => log::debug!("cannot follow the Python frames of {pid}: {error}"),
+        }
+    }
+
+    /// Forgets process `pid`'s CPython interpreter (the process is gone: its pid may come back
+    /// as another program).
+    pub fn forget_runtimes(&mut self, pid: u32) {
+        if let Some(processes) = &mut self.python_processes {
+            let _ = processes.remove(&pid);
         }
     }
 

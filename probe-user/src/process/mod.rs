@@ -5,6 +5,7 @@
 pub mod binary;
 pub mod cgroup;
 pub mod go_line_table;
+pub mod python;
 pub mod spawn;
 pub mod watch;
 

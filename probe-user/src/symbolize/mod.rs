@@ -11,6 +11,7 @@ mod copies;
 mod memory;
 mod perf_map;
 mod program;
+mod python;
 mod unwind;
 
 use std::{
@@ -26,9 +27,12 @@ use blazesym::symbolize::{
     Input, Symbolized, Symbolizer,
     source::{Process, Source},
 };
-use probe_common::CallerWords;
+use probe_common::{CallerWords, PythonStack, is_interpreted_stack};
 
-use crate::process::go_line_table::{GoLineTable, GoLocation};
+use crate::process::{
+    go_line_table::{GoLineTable, GoLocation},
+    python as cpython,
+};
 use crate::track::{
     CodePath, CodePathSource, Frame, StackRef,
     code_path::classify::{self, Module, Program},
@@ -36,6 +40,7 @@ use crate::track::{
 use copies::StackCopies;
 use memory::AddressSpace;
 use perf_map::PerfMap;
+use python::PythonProcess;
 
 /// How often the worker looks for stack copies when it is asked nothing.
 const COPY_POLL: Duration = Duration::from_millis(50);
@@ -107,6 +112,10 @@ struct Worker {
     callers: Option<BpfHashMap<MapData, u32, CallerWords>>,
     /// The user stacks the kernel program copied (the BTF program), unwound on arrival.
     copies: Option<StackCopies>,
+    /// The CPython frames the kernel program found at connects (the BTF program).
+    python_stacks: Option<BpfHashMap<MapData, u32, PythonStack>>,
+    /// Finds the interpreters of the processes those come from.
+    pythons: cpython::Finder,
     results: Resolved,
     hints: Hints,
     /// Stacks with JIT frames no perf map named yet, and their addresses.
@@ -138,9 +147,27 @@ impl Worker {
             // staying for the rest of the run.
             let symbolizer = Symbolizer::new();
             let mut processes: HashMap<u32, ProcessView> = HashMap::new();
+            let mut pythons: HashMap<u32, Option<PythonProcess>> = HashMap::new();
             let mut next = Some(first);
             while let Some(request) = next {
                 match request {
+                    Request::Stack(stack) if is_interpreted_stack(stack.id) => {
+                        let python = pythons.entry(stack.pid).or_insert_with(|| {
+                            self.pythons
+                                .find(stack.pid)
+                                .and_then(|runtime| PythonProcess::open(stack.pid, runtime))
+                        });
+                        let path = self
+                            .python_stacks
+                            .as_ref()
+                            .and_then(|map| map.get(&stack.id, 0).ok())
+                            .zip(python.as_mut())
+                            .and_then(|(frames, python)| python.code_path(&frames));
+                        let view = processes
+                            .entry(stack.pid)
+                            .or_insert_with(|| ProcessView::read(stack.pid));
+                        self.record(view, stack, path);
+                    }
                     Request::Stack(stack) => {
                         let view = processes
                             .entry(stack.pid)
@@ -233,24 +260,30 @@ impl Worker {
             {
                 self.unnamed_jit.insert(stack, addresses);
             }
-            if let Some(hint) = classify::naming_hint(&view.program) {
-                let mut hints = self.hints.lock().unwrap_or_else(PoisonError::into_inner);
-                let entry = hints.entry(stack.pid).or_insert_with(|| RuntimeHint {
-                    runtime: Path::new(&view.program.path)
-                        .file_name()
-                        .map(|name| name.to_string_lossy().into_owned())
-                        .unwrap_or_default(),
-                    hint,
-                    named: false,
-                });
-                entry.named |= path.has_app_frames();
-            }
-            Some(Arc::new(path))
+            Some(path)
         });
+        self.record(view, stack, path);
+    }
+
+    /// Keeps `path` as `stack`'s, and notes whether it named the program of a runtime that
+    /// may need flags for that.
+    fn record(&mut self, view: &ProcessView, stack: StackRef, path: Option<CodePath>) {
+        if let (Some(path), Some(hint)) = (&path, classify::naming_hint(&view.program)) {
+            let mut hints = self.hints.lock().unwrap_or_else(PoisonError::into_inner);
+            let entry = hints.entry(stack.pid).or_insert_with(|| RuntimeHint {
+                runtime: Path::new(&view.program.path)
+                    .file_name()
+                    .map(|name| name.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                hint,
+                named: false,
+            });
+            entry.named |= path.has_app_frames();
+        }
         self.results
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(stack, path);
+            .insert(stack, path.map(Arc::new));
     }
 }
 
@@ -261,6 +294,7 @@ impl CodePaths {
         stacks: StackTraceMap<MapData>,
         callers: Option<BpfHashMap<MapData, u32, CallerWords>>,
         copies: Option<RingBuf<MapData>>,
+        python_stacks: Option<BpfHashMap<MapData, u32, PythonStack>>,
     ) -> Self {
         let (requests, pending) = mpsc::channel::<Request>();
         let resolved: Resolved = Arc::default();
@@ -269,6 +303,8 @@ impl CodePaths {
             stacks,
             callers,
             copies: copies.map(StackCopies::new),
+            python_stacks,
+            pythons: cpython::Finder::default(),
             results: Arc::clone(&resolved),
             hints: Arc::clone(&hints),
             unnamed_jit: HashMap::new(),

@@ -71,6 +71,7 @@ fn main() -> ExitCode {
         runtimes::a_stripped_go_binary_is_named_from_its_line_table,
         runtimes::a_c_client_is_named_with_or_without_frame_pointers,
         runtimes::a_rust_release_client_is_named_by_its_own_function,
+        runtimes::python_functions_are_named_from_the_running_interpreter,
         runtimes::attached_mid_incident_the_leak_is_traced_to_where_it_goes_on,
         runtimes::node_functions_are_named_from_the_perf_map_or_the_flag_is_named,
         runtimes::java_methods_are_named_from_the_jvms_perf_map,

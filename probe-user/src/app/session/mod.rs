@@ -202,7 +202,12 @@ impl Session {
                 logs: readable(streams.logger).context("cannot poll the kernel log")?,
             },
             code_paths: streams.stacks.map(|stacks| {
-                CodePaths::start(stacks, streams.stack_callers, streams.stack_copies)
+                CodePaths::start(
+                    stacks,
+                    streams.stack_callers,
+                    streams.stack_copies,
+                    streams.python_stacks,
+                )
             }),
             sink,
             keys,

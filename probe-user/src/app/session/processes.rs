@@ -173,7 +173,14 @@ impl Session {
     fn sample_processes(&mut self, now: Timestamp, fds: &HashMap<u32, u64>) {
         self.placements.retain(|pid, _| fds.contains_key(pid));
         // A pid seen again after its process exited may be another program's.
-        self.hooked.retain(|pid| fds.contains_key(pid));
+        let tracer = &mut self.tracer;
+        self.hooked.retain(|pid| {
+            let alive = fds.contains_key(pid);
+            if !alive {
+                tracer.forget_runtimes(*pid);
+            }
+            alive
+        });
         // Names as they are now: a process renames itself (prctl) after probe met it.
         for &pid in fds.keys() {
             if let Some(name) = process::name(pid)

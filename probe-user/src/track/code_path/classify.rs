@@ -104,9 +104,12 @@ pub fn naming_hint(program: &Program) -> Option<&'static str> {
              before probe's summary",
         )
     } else if name.starts_with("python") {
+        // CPython 3.8 to 3.13 are read as they run: this one is another version (or
+        // interpreter), or its frames could not be read.
         Some(
-            "run a Python 3.12 or later built with frame pointers \
-             (CFLAGS=-fno-omit-frame-pointer) with -X perf (or PYTHONPERFSUPPORT=1)",
+            "run it on CPython 3.8 to 3.13 (probe reads their frames as they run), or on a \
+             Python 3.12 or later built with frame pointers (CFLAGS=-fno-omit-frame-pointer) \
+             with -X perf (or PYTHONPERFSUPPORT=1)",
         )
     } else {
         None
@@ -269,11 +272,7 @@ fn jit_symbol(function: &str, program: &Program) -> FrameKind {
         };
     }
     if let Some(rest) = function.strip_prefix("py::") {
-        return if rest.contains("/lib/python") || rest.contains("<frozen") {
-            FrameKind::Library
-        } else {
-            FrameKind::App
-        };
+        return python_file(rest);
     }
     let java = java_method(function).or_else(|| {
         // perf-map-agent: `package.Class::method`.
@@ -301,6 +300,21 @@ fn jit_symbol(function: &str, program: &Program) -> FrameKind {
         };
     }
     FrameKind::Runtime
+}
+
+/// Whose code a Python function in file `path` is: the standard library (`/lib/python3.N/`,
+/// frozen modules) and installed packages (`site-packages`, `dist-packages`, which live under
+/// a `lib/python3...` too) are libraries; any other file is the program's.
+pub fn python_file(path: &str) -> FrameKind {
+    if path.contains("/lib/python")
+        || path.contains("<frozen")
+        || path.contains("/site-packages/")
+        || path.contains("/dist-packages/")
+    {
+        FrameKind::Library
+    } else {
+        FrameKind::App
+    }
 }
 
 /// The package prefix of a Java application's own classes, from its main class: its first two

@@ -121,3 +121,77 @@ pub fn java_client(dir: &TempPath) -> Result<PathBuf, String> {
     )?;
     Ok(classes)
 }
+
+/// A CPython interpreter to run the Python fixture with.
+pub struct Python {
+    /// What the test calls it (`3.8`, `debian 3.11`).
+    pub label: String,
+    pub executable: PathBuf,
+}
+
+/// The CPython builds the tests run, as production runs them (no flags): pyenv's 3.8 to 3.13
+/// (shared `libpython`, built by `pyenv install`) and Debian's own `/usr/bin/python3.11`
+/// (static, stripped). Missing ones are an error that says how to install them.
+pub fn pythons() -> Result<Vec<Python>, String> {
+    let root = std::env::var_os("PYENV_ROOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/root/.pyenv"));
+    let mut found = Vec::new();
+    for minor in 8..=13 {
+        let versions = std::fs::read_dir(root.join("versions")).map_err(|e| {
+            format!(
+                "cannot list {}/versions ({e}): install pyenv",
+                root.display()
+            )
+        })?;
+        let version = versions
+            .flatten()
+            .map(|entry| entry.file_name().to_string_lossy().into_owned())
+            .filter(|name| name.starts_with(&format!("3.{minor}.")))
+            .max()
+            .ok_or_else(|| format!("no Python 3.{minor} in pyenv: `pyenv install 3.{minor}`"))?;
+        found.push(Python {
+            label: format!("pyenv {version}"),
+            executable: root
+                .join("versions")
+                .join(&version)
+                .join(format!("bin/python3.{minor}")),
+        });
+    }
+    let debian = PathBuf::from("/usr/bin/python3.11");
+    ensure(debian.is_file(), || {
+        "no /usr/bin/python3.11: install python3.11".into()
+    })?;
+    found.push(Python {
+        label: "debian 3.11".into(),
+        executable: debian,
+    });
+    Ok(found)
+}
+
+/// The interpreter of a virtual environment of `python` with `requests` installed from the
+/// registry (made once, in cargo's scratch directory), as services install their libraries.
+pub fn python_with_requests(python: &Python) -> Result<PathBuf, String> {
+    let venv = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("python-venv-{}", python.label.replace(' ', "-")));
+    let interpreter = venv.join("bin/python");
+    let ready = venv.join("requests-installed");
+    if ready.is_file() {
+        return Ok(interpreter);
+    }
+    build(
+        Command::new(&python.executable)
+            .args(["-m", "venv", "--clear"])
+            .arg(&venv),
+    )?;
+    build(Command::new(&interpreter).args([
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        "requests",
+    ]))?;
+    std::fs::write(&ready, "").map_err(|e| e.to_string())?;
+    Ok(interpreter)
+}
