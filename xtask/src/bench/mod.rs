@@ -47,6 +47,9 @@ const FOLLOW: &[&str] = &["--follow-forks"];
 /// Client processes in a run of the process churn (each one connection): a few seconds.
 const PROCESSES: usize = 1000;
 
+/// Connections in a run of the Python churn: a few seconds of one CPython thread.
+const PYTHON_CONNECTIONS: usize = 20_000;
+
 /// What is measured, round after round.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Config {
@@ -86,6 +89,13 @@ enum Config {
     ProcessProbe,
     /// The same without stacks, so without copies.
     ProcessProbeNoStacks,
+    /// The Python churn alone: connections from CPython code.
+    PythonBaseline,
+    /// probe tracing the Python churn: the kernel program walks the interpreter's frames at
+    /// every connect.
+    PythonProbe,
+    /// The same without stacks, so without the walk.
+    PythonProbeNoStacks,
 }
 
 impl Config {
@@ -111,6 +121,9 @@ impl Config {
                 "6a. probe --pid CHURN --follow-forks (a stack copy per connect)"
             }
             Config::ProcessProbeNoStacks => "6b. probe --pid CHURN --follow-forks --no-stacks",
+            Config::PythonBaseline => "7. Python churn, no tracer (its baseline)",
+            Config::PythonProbe => "7a. probe --pid PY_CHURN (a CPython frame walk per connect)",
+            Config::PythonProbeNoStacks => "7b. probe --pid PY_CHURN --no-stacks (no walk)",
         }
     }
 
@@ -123,6 +136,9 @@ impl Config {
             | Config::GoProbeNoStacks => Config::GoBaseline,
             Config::ProcessBaseline | Config::ProcessProbe | Config::ProcessProbeNoStacks => {
                 Config::ProcessBaseline
+            }
+            Config::PythonBaseline | Config::PythonProbe | Config::PythonProbeNoStacks => {
+                Config::PythonBaseline
             }
             _ => Config::Baseline,
         }
@@ -203,6 +219,9 @@ pub fn bench(
         Config::ProcessBaseline,
         Config::ProcessProbe,
         Config::ProcessProbeNoStacks,
+        Config::PythonBaseline,
+        Config::PythonProbe,
+        Config::PythonProbeNoStacks,
     ]);
     let probes = Probes {
         now: &built.probe,
@@ -335,6 +354,10 @@ fn measure(config: Config, probes: &Probes, workloads: &Workloads) -> Result<Run
             Worker::process_churn(workloads.xtask, PROCESSES)?,
             PROCESSES,
         ),
+        Config::PythonBaseline => (
+            Worker::python_churn(PYTHON_CONNECTIONS)?,
+            PYTHON_CONNECTIONS,
+        ),
         _ => (
             Worker::churn(workloads.xtask, connections, concurrency)?,
             connections,
@@ -342,15 +365,20 @@ fn measure(config: Config, probes: &Probes, workloads: &Workloads) -> Result<Run
     };
     let idle = Sleeper::start()?;
     let tracer = match config {
-        Config::Baseline | Config::GoBaseline | Config::ProcessBaseline => None,
+        Config::Baseline
+        | Config::GoBaseline
+        | Config::ProcessBaseline
+        | Config::PythonBaseline => None,
         Config::ProcessProbe => Some(Tracer::probe(probe, workload.pid(), FOLLOW)?),
         Config::ProcessProbeNoStacks => Some(Tracer::probe(
             probe,
             workload.pid(),
             &["--follow-forks", "--no-stacks"],
         )?),
-        Config::Probe | Config::GoProbe => Some(Tracer::probe(probe, workload.pid(), &[])?),
-        Config::ProbeNoStacks | Config::GoProbeNoStacks => {
+        Config::Probe | Config::GoProbe | Config::PythonProbe => {
+            Some(Tracer::probe(probe, workload.pid(), &[])?)
+        }
+        Config::ProbeNoStacks | Config::GoProbeNoStacks | Config::PythonProbeNoStacks => {
             Some(Tracer::probe(probe, workload.pid(), &["--no-stacks"])?)
         }
         Config::GoProbeNoHooks => Some(Tracer::probe(

@@ -205,6 +205,10 @@ pub(super) fn report(
     );
     let _ = writeln!(
         out,
+        "- 7 is a fourth workload: Debian's CPython (`/usr/bin/python3`, no flags) making 20,000 connections one after the other from a function a few calls deep, to a server thread in the same process. With stacks on (7a) the kernel program walks the interpreter's frames at every connect (finding the thread's state, reading each frame's code object and instruction, storing the stack once); 7b takes no stacks, so no walk."
+    );
+    let _ = writeln!(
+        out,
         "- Kernel program ns per run: the average time of the tracer's BPF programs per run (all its programs), measured in one more run of each configuration with `kernel.bpf_stats_enabled` on; it is off during the rounds, because it adds two clock reads to every run of every program. For probe on an unrelated pid (3) every run is a transition it filters out; for (2) most runs deliver an event."
     );
     let _ = writeln!(

@@ -120,6 +120,20 @@ impl Worker {
         Worker::spawn(command, "the process churn")
     }
 
+    /// The Python churn (`python-churn.py`, run by Debian's CPython, installed when missing),
+    /// held until [`Worker::run_churn`], in a network namespace of its own.
+    pub(super) fn python_churn(connections: usize) -> Result<Worker> {
+        const PYTHON: &str = "/usr/bin/python3";
+        if !Path::new(PYTHON).is_file() {
+            crate::toolchain::apt_install(&["python3"])?;
+        }
+        let script = crate::build::workspace_root().join("xtask/src/bench/python-churn.py");
+        let mut command = Command::new(PYTHON);
+        command.arg(script).arg(connections.to_string());
+        in_own_network(&mut command);
+        Worker::spawn(command, "the Python churn")
+    }
+
     pub(super) fn pid(&self) -> u32 {
         self.child.id()
     }
