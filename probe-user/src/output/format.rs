@@ -6,6 +6,7 @@ use std::{
 };
 
 use super::line::Line;
+use crate::track::triage::{ProcessReport, Rank};
 
 /// A short, human duration: `850us`, `12ms`, `4.2s`, `3m07s`, `2h05m`, `3d04h`.
 pub fn short_duration(duration: Duration) -> String {
@@ -81,6 +82,41 @@ impl TimeWriter {
         line.push_str(self.prefix.get(11..).unwrap_or(&self.prefix));
         line.push_byte(b'.');
         line.push_int_zero_padded(since.subsec_millis(), 3);
+    }
+}
+
+/// A rate with one decimal below ten a minute, whole above.
+pub fn per_minute(rate: f64) -> String {
+    if rate < 10.0 {
+        format!("{rate:.1}")
+    } else {
+        format!("{rate:.0}")
+    }
+}
+
+/// `~3m`, `~40s`: a forecast is no measurement.
+pub fn about(left: Duration) -> String {
+    let rounded = if left >= Duration::from_secs(120) {
+        Duration::from_secs(left.as_secs() / 60 * 60)
+    } else {
+        Duration::from_secs(left.as_secs())
+    };
+    format!("~{}", short_duration(rounded))
+}
+
+/// Why the triage ranks a process where it is, in words (the text table's and JSON's
+/// `rank_reason`): `fds run out first: in ~33m at +120/min`.
+pub fn rank_reason(report: &ProcessReport) -> String {
+    let rate = per_minute(report.leak_per_min.unwrap_or(0.0));
+    match report.rank {
+        Rank::FdsRunOut => format!(
+            "fds run out first: in {} at +{}/min",
+            about(report.fd_exhaustion.unwrap_or_default()),
+            per_minute(report.fd_growth.map_or(0.0, |(rate, _, _)| rate))
+        ),
+        Rank::Growing => format!("growing: +{rate}/min"),
+        Rank::NotGrowing => format!("{} stuck, not growing", report.stuck),
+        Rank::NoneStuck => "nothing stuck".into(),
     }
 }
 

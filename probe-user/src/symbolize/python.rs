@@ -69,9 +69,7 @@ impl PythonProcess {
         let code = self.code(frame.code)?;
         let layout = &self.runtime.version.code;
         let offset = instruction_offset(layout, frame)?;
-        let file = Path::new(&code.path)
-            .file_name()
-            .map(|name| name.to_string_lossy().into_owned());
+        let file = Some(shown_path(&code.path));
         Some(Frame {
             kind: classify::python_file(&code.path),
             function: code.function.clone(),
@@ -190,6 +188,26 @@ impl PythonProcess {
     }
 }
 
+/// How a Python file is shown: a module of the standard library or of an installed package by
+/// its path from where imports start (`requests/sessions.py`, `http/client.py`: what names the
+/// library), the program's own files by their name.
+fn shown_path(path: &str) -> String {
+    for root in ["/site-packages/", "/dist-packages/"] {
+        if let Some((_, module)) = path.rsplit_once(root) {
+            return module.to_string();
+        }
+    }
+    if let Some((_, rest)) = path.rsplit_once("/lib/python3.")
+        && let Some((_, module)) = rest.split_once('/')
+    {
+        return module.to_string();
+    }
+    Path::new(path).file_name().map_or_else(
+        || path.to_string(),
+        |name| name.to_string_lossy().into_owned(),
+    )
+}
+
 /// The byte offset into its code of `frame`'s instruction.
 fn instruction_offset(layout: &CodeLayout, frame: &PythonFrame) -> Option<u64> {
     // `f_lasti` is an `int`: the low half of the word the kernel read.
@@ -200,5 +218,31 @@ fn instruction_offset(layout: &CodeLayout, frame: &PythonFrame) -> Option<u64> {
         InstructionField::Pointer => frame
             .instruction
             .checked_sub(frame.code.checked_add(layout.instructions?)?),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_library_module_is_shown_from_where_imports_start_and_the_programs_by_name() {
+        assert_eq!(
+            shown_path("/srv/venv/lib/python3.11/site-packages/requests/sessions.py"),
+            "requests/sessions.py"
+        );
+        assert_eq!(
+            shown_path("/usr/lib/python3/dist-packages/redis/connection.py"),
+            "redis/connection.py"
+        );
+        assert_eq!(
+            shown_path("/root/.pyenv/versions/3.12.1/lib/python3.12/http/client.py"),
+            "http/client.py"
+        );
+        assert_eq!(shown_path("/srv/app/leaky.py"), "leaky.py");
+        assert_eq!(
+            shown_path("<frozen importlib._bootstrap>"),
+            "<frozen importlib._bootstrap>"
+        );
     }
 }

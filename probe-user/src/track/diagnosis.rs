@@ -1,7 +1,11 @@
 //! What a stuck connection means, in plain words, and what usually fixes it: one kind per way
 //! a connection gets stuck.
 
+use std::borrow::Cow;
+
 use probe_common::TcpState;
+
+use super::protocol::Protocol;
 
 /// Why a connection is stuck.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -89,7 +93,7 @@ impl Diagnosis {
         match self {
             Diagnosis::PeerClosedNeverClosedLocally => {
                 "the peer closed the connection, but this process never closed its socket \
-                 (a missing close(): e.g. an HTTP response body never closed)"
+                 (a missing close(): the code that opened it never lets it go)"
             }
             Diagnosis::OpenAndUnused => {
                 "open and unused for a long time: an idle keep-alive pool, or a leaked client \
@@ -135,6 +139,54 @@ impl Diagnosis {
         }
     }
 
+    /// [`Diagnosis::reason`], in the words of `protocol` where they differ (a CLOSE_WAIT
+    /// PostgreSQL connection is one never returned to its pool).
+    pub fn reason_for(self, protocol: Protocol) -> Cow<'static, str> {
+        match (self, close_wait_example(protocol)) {
+            (Diagnosis::PeerClosedNeverClosedLocally, Some(example)) => Cow::Owned(format!(
+                "the peer closed the connection, but this process never closed its socket \
+                 (a missing close(): e.g. {example})"
+            )),
+            _ => Cow::Borrowed(self.reason()),
+        }
+    }
+
+    /// [`Diagnosis::fix`], in the words of `protocol` where they differ.
+    pub fn fix_for(self, protocol: Protocol) -> &'static str {
+        match (self, protocol) {
+            (Diagnosis::PeerClosedNeverClosedLocally, Protocol::Http) => {
+                "Close every socket once the peer is done with it. In an HTTP client, always \
+                 close (and drain) the response body, on error paths too (Go: defer \
+                 resp.Body.Close(); Python requests: a `with` block or response.close()), and \
+                 share one client instead of creating one per request (Go: one http.Client and \
+                 Transport for the whole program; requests: one Session). After the fix, this \
+                 side closes first: FIN_WAIT and TIME_WAIT instead of CLOSE_WAIT."
+            }
+            (Diagnosis::PeerClosedNeverClosedLocally, Protocol::Postgres | Protocol::Mysql) => {
+                "Return every connection to its pool, or close it, on every path (error paths \
+                 too: a `with` block, try/finally, defer), and close cursors and result sets. \
+                 Give the pool a client-side idle timeout and a maximum lifetime below the \
+                 server's (PostgreSQL idle_session_timeout, MySQL wait_timeout, a proxy's), so \
+                 that it drops idle connections before the server does."
+            }
+            (Diagnosis::PeerClosedNeverClosedLocally, Protocol::Redis | Protocol::Memcached) => {
+                "Make one client (with its connection pool) for the whole program instead of one \
+                 per request, and close the clients you make. Keep the client's idle timeout \
+                 below the server's (Redis `timeout`), or check connections before use \
+                 (redis-py: health_check_interval)."
+            }
+            (
+                Diagnosis::PeerClosedNeverClosedLocally,
+                Protocol::MongoDb | Protocol::Kafka | Protocol::Grpc,
+            ) => {
+                "Make one client (MongoClient, producer or consumer, gRPC channel) for the whole \
+                 program instead of one per request, and close it when done, on error paths \
+                 too."
+            }
+            _ => self.fix(),
+        }
+    }
+
     /// The same, said of a group of connections.
     pub const fn group_reason(self) -> &'static str {
         match self {
@@ -158,11 +210,9 @@ impl Diagnosis {
     pub const fn fix(self) -> &'static str {
         match self {
             Diagnosis::PeerClosedNeverClosedLocally => {
-                "Close every socket once the peer is done with it. In an HTTP client, always \
-                 close (and drain) the response body, on error paths too (Go: defer \
-                 resp.Body.Close()), and share one client instead of creating one per request \
-                 (Go: one http.Client and Transport for the whole program). After the fix, this \
-                 side closes first: FIN_WAIT and TIME_WAIT instead of CLOSE_WAIT."
+                "Close every socket once the peer is done with it, on error paths too, and \
+                 reuse clients instead of making one per request. After the fix, this side \
+                 closes first: FIN_WAIT and TIME_WAIT instead of CLOSE_WAIT."
             }
             Diagnosis::OpenAndUnused => {
                 "Reuse connections or let them go. Share one client with a bounded idle pool \
@@ -219,6 +269,26 @@ impl Diagnosis {
     }
 }
 
+/// What a CLOSE_WAIT connection of `protocol` usually is, for [`Diagnosis::reason_for`].
+const fn close_wait_example(protocol: Protocol) -> Option<&'static str> {
+    Some(match protocol {
+        Protocol::Http => "an HTTP response body never closed",
+        Protocol::Postgres => {
+            "a PostgreSQL connection never returned to its pool nor closed, which the server \
+             ended"
+        }
+        Protocol::Mysql => {
+            "a MySQL connection never returned to its pool nor closed, which the server ended"
+        }
+        Protocol::Redis => "a Redis client made per request and never closed",
+        Protocol::Memcached => "a Memcached client made per request and never closed",
+        Protocol::MongoDb => "a MongoDB client made per request and never closed",
+        Protocol::Kafka => "a Kafka producer or consumer never closed",
+        Protocol::Grpc => "a gRPC channel never closed",
+        Protocol::Unknown => return None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -230,6 +300,29 @@ mod tests {
         let reason = Diagnosis::ConnectUnanswered.reason();
         assert!(reason.contains("no answer yet"), "{reason}");
         assert!(!reason.contains("without a timeout"), "{reason}");
+    }
+
+    #[test]
+    fn a_close_wait_is_said_in_the_words_of_its_protocol() {
+        let close_wait = Diagnosis::PeerClosedNeverClosedLocally;
+        let http = close_wait.reason_for(Protocol::Http);
+        let postgres = close_wait.reason_for(Protocol::Postgres);
+        let redis = close_wait.reason_for(Protocol::Redis);
+        assert!(http.contains("HTTP response body"), "{http}");
+        assert!(
+            postgres.contains("PostgreSQL") && postgres.contains("pool"),
+            "{postgres}"
+        );
+        assert!(redis.contains("Redis client"), "{redis}");
+        let neutral = close_wait.reason_for(Protocol::Unknown);
+        assert!(!neutral.contains("HTTP"), "{neutral}");
+        assert!(close_wait.fix_for(Protocol::Postgres).contains("pool"));
+        assert!(!close_wait.fix_for(Protocol::Redis).contains("resp.Body"));
+        assert!(
+            close_wait
+                .fix_for(Protocol::Http)
+                .contains("resp.Body.Close()")
+        );
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod event;
 pub mod lifecycle;
 #[cfg(test)]
 mod properties;
+pub mod protocol;
 pub mod stuck;
 pub mod summary;
 pub mod table;

@@ -8,6 +8,7 @@ use super::{
     code_path::{CodePath, SHOWN_FRAMES},
     diagnosis::Diagnosis,
     lifecycle::{ClosedFirst, Ending, History, OpenedBy, StateVisit},
+    protocol::Protocol,
     time::Timestamp,
     triage::{PortReport, ProcessReport, Triage},
     view::{ConnectionView, Losses},
@@ -175,7 +176,7 @@ pub struct Summary {
     pub closed: ClosedCounts,
     /// What the kernel side could not deliver or follow.
     pub losses: Losses,
-    /// The processes, most stuck first, with their forecasts (see [`Summary::add_triage`]).
+    /// The processes, most urgent first, with their forecasts (see [`Summary::add_triage`]).
     pub processes: Vec<ProcessReport>,
     /// The destinations whose ephemeral ports fill up, fullest first.
     pub ports: Vec<PortReport>,
@@ -225,6 +226,24 @@ impl Summary {
         kinds.sort_unstable();
         kinds.dedup();
         kinds
+    }
+
+    /// The protocol every connection stuck as `kind` speaks (see [`Protocol::of`]), where
+    /// they all speak one; [`Protocol::Unknown`] where they speak several, or nothing says.
+    pub fn protocol_of(&self, kind: Diagnosis) -> Protocol {
+        let mut protocols = self
+            .open
+            .iter()
+            .filter(|open| open.stuck == Some(kind))
+            .map(|open| Protocol::of(&open.connection));
+        let Some(first) = protocols.next() else {
+            return Protocol::Unknown;
+        };
+        if protocols.all(|protocol| protocol == first) {
+            first
+        } else {
+            Protocol::Unknown
+        }
     }
 
     /// Adds the per-process and per-destination figures the triage keeps over the run, its
@@ -384,7 +403,7 @@ pub fn state_rank(state: TcpState) -> (u8, TcpState) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::track::{
         event::{Endpoints, Family},
@@ -392,7 +411,9 @@ mod tests {
         time::Timestamp,
     };
 
-    fn open(
+    /// An open connection of `pid` in `state` to `remote`, `age_s` old (stuck where it is in
+    /// CLOSE_WAIT), for the tests of what the summary is built from.
+    pub(crate) fn open(
         id: u64,
         pid: u32,
         state: TcpState,

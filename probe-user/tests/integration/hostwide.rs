@@ -47,9 +47,10 @@ fn leak(server: SocketAddr, per_second: u32, most: usize) -> Role {
 }
 
 /// `sudo probe` with no target, on a host with a fast leaker, a slow one, a healthy churner
-/// and a leaker in a network namespace and cgroup of its own: the leakers rank by how much
-/// they leak, each one's stuck count is what `ss -tanp` shows for it (inside its namespace for
-/// the last), the churner has none, the faster leaker leaks faster.
+/// and a leaker in a network namespace and cgroup of its own, all of which stop before the
+/// summary: the leakers rank by how much they leaked, each one's stuck count is what `ss
+/// -tanp` shows for it (inside its namespace for the last), the churner has none, and none is
+/// said to grow.
 pub fn the_whole_host_ranks_its_leakers_and_agrees_with_ss() -> TestResult {
     let closing = server("127.0.0.1:0", ServerMode::CloseAtOnce)?;
     let mut fast = Helper::start(&leak(closing, 12, 30))?;
@@ -103,18 +104,19 @@ pub fn the_whole_host_ranks_its_leakers_and_agrees_with_ss() -> TestResult {
         .and_then(|p| p["stuck"].as_u64())
         .unwrap_or(0);
     ensure(churned == 0, || format!("the churner has {churned} stuck"))?;
-    let rate = |pid: u32| {
-        table
-            .get(&u64::from(pid))
-            .and_then(|p| p["leak_per_min"].as_f64())
-    };
-    ensure(rate(fast.pid()) > rate(slow.pid()), || {
-        format!(
-            "leak rates: fast {:?}, slow {:?}\n{summary}",
-            rate(fast.pid()),
-            rate(slow.pid())
-        )
-    })?;
+    // Every leak stopped before the summary (each after its `most`): none is told it grows,
+    // none gets a forecast, each says so.
+    for &(pid, _) in &expected {
+        let record = table.get(&u64::from(pid)).copied().unwrap_or(&Value::Null);
+        ensure(
+            record["leak_per_min"].is_null()
+                && record["fd_exhaustion_s"].is_null()
+                && record["rank_reason"]
+                    .as_str()
+                    .is_some_and(|reason| reason.contains("not growing")),
+            || format!("pid {pid}, whose leak stopped: {record}"),
+        )?;
+    }
     let inside = &table[&u64::from(contained.pid())];
     ensure(inside["cgroup"] == cgroup.relative(), || {
         format!("the contained leaker's record: {inside}")
@@ -447,4 +449,106 @@ fn port_forecast_against_reality(client: &mut Helper, dport: u16) -> TestResult 
         .as_f64()
         .ok_or_else(|| format!("no port forecast: {port}"))?;
     within_a_fifth("port", read_at, left, ended)
+}
+
+/// A leak that goes on ranks above a bigger one that stopped (a burst before probe came): the
+/// growing one first, with its rate, the readings it rests on and when its descriptors run
+/// out; the stopped one after it, "not growing", with no rate and no forecast, its count as
+/// `ss` shows it.
+pub fn a_growing_leak_ranks_above_a_bigger_burst_that_stopped() -> TestResult {
+    let closing = server("127.0.0.1:0", ServerMode::CloseAtOnce)?;
+    let mut burst = Helper::start(&leak(closing, 100, 40))?;
+    burst.say("go")?;
+    wait_for_ss(burst.pid(), "close-wait", 40)?;
+    let mut growing = Helper::start(&Role::Leak {
+        server: closing,
+        per_second: 5,
+        fd_limit: Some(4096),
+        most: None,
+    })?;
+    let probe = Probe::start(&["--close-wait-after", "500ms"])?;
+    growing.say("go")?;
+    thread::sleep(Duration::from_secs(6));
+    let in_ss = ss_sockets_of(burst.pid(), "close-wait")?.len();
+    let records = probe.stop()?;
+    let summary = records.last().ok_or("no summary")?;
+    let table = processes(summary);
+    let (growing_rank, burst_rank) = (rank(summary, growing.pid()), rank(summary, burst.pid()));
+    ensure(
+        matches!((growing_rank, burst_rank), (Some(g), Some(b)) if g < b),
+        || format!("ranks: growing {growing_rank:?}, burst {burst_rank:?}\n{summary}"),
+    )?;
+    let grows = table[&u64::from(growing.pid())];
+    ensure(
+        grows["leak_per_min"]
+            .as_f64()
+            .is_some_and(|rate| rate > 0.0)
+            && grows["leak_readings"].as_u64().is_some_and(|n| n >= 3)
+            && grows["fd_exhaustion_s"].as_f64().is_some()
+            && grows["rank_reason"]
+                .as_str()
+                .is_some_and(|reason| reason.starts_with("fds run out first")),
+        || format!("the growing leak: {grows}"),
+    )?;
+    let stopped = table[&u64::from(burst.pid())];
+    ensure(
+        stopped["stuck"] == in_ss as u64
+            && stopped["leak_per_min"].is_null()
+            && stopped["fd_exhaustion_s"].is_null()
+            && stopped["rank_reason"]
+                .as_str()
+                .is_some_and(|reason| reason.contains("not growing")),
+        || format!("the burst that stopped (ss: {in_ss}): {stopped}"),
+    )?;
+    burst.finish()?;
+    growing.finish()
+}
+
+/// A CLOSE_WAIT is said in the words of its peer's protocol: a client of a PostgreSQL port,
+/// of a Redis port and of an HTTP port (servers of the test's own, in a network namespace of
+/// its own, closing what they accept) are each told what such a leak usually is.
+pub fn a_close_wait_is_said_in_the_words_of_its_peers_protocol() -> TestResult {
+    let namespace = NetworkNamespace::create()?;
+    let ports = [(5432, "PostgreSQL"), (6379, "Redis"), (80, "HTTP")];
+    let mut servers = Vec::new();
+    let mut clients = Vec::new();
+    for (port, _) in ports {
+        let bind = SocketAddr::from(([127, 0, 0, 1], port));
+        let mut server = Helper::start_in(&namespace.name, &Role::ClosingServerAt { bind })?;
+        ensure(server.hear()? == "listening", || {
+            format!("no server on {port}")
+        })?;
+        servers.push(server);
+        clients.push(Helper::start_in(&namespace.name, &leak(bind, 20, 3))?);
+    }
+    let probe = Probe::start(&["--close-wait-after", "500ms"])?;
+    for client in &mut clients {
+        client.say("go")?;
+    }
+    let mut probe = probe;
+    probe.wait_until("every client's CLOSE_WAIT alerts", WAIT, |records| {
+        clients
+            .iter()
+            .all(|client| stuck(records, client.pid(), "CLOSE_WAIT").len() >= 3)
+    })?;
+    let records = probe.stop()?;
+    let mut reasons = Vec::new();
+    for (client, (port, protocol)) in clients.iter().zip(ports) {
+        let alerts = stuck(&records, client.pid(), "CLOSE_WAIT");
+        let alert = alerts.first().ok_or("no alert")?;
+        let reason = alert["reason"].as_str().unwrap_or_default().to_string();
+        ensure(
+            alert["protocol"] == protocol && reason.contains(protocol),
+            || format!("port {port}: {alert}"),
+        )?;
+        reasons.push(reason);
+    }
+    ensure(
+        !reasons[0].contains("HTTP") && !reasons[1].contains("HTTP") && reasons[2].contains("HTTP"),
+        || format!("reasons: {reasons:?}"),
+    )?;
+    for helper in clients.into_iter().chain(servers) {
+        helper.finish()?;
+    }
+    Ok(())
 }

@@ -114,6 +114,8 @@ fn main() -> ExitCode {
         identity::the_same_tuple_in_two_namespaces_belongs_to_each_own_process,
         hostwide::sockets_open_before_a_host_wide_attach_are_found_by_the_kernel,
         hostwide::the_whole_host_ranks_its_leakers_and_agrees_with_ss,
+        hostwide::a_growing_leak_ranks_above_a_bigger_burst_that_stopped,
+        hostwide::a_close_wait_is_said_in_the_words_of_its_peers_protocol,
         hostwide::a_cgroup_is_traced_with_its_pod_and_container,
         hostwide::bad_cgroups_and_containers_are_clear_errors,
         hostwide::the_fd_forecast_matches_when_the_client_runs_out,

@@ -432,7 +432,7 @@ pub fn python_functions_are_named_from_the_running_interpreter() -> TestResult {
                 ensure(
                     frames.iter().any(|frame| {
                         frame["kind"] == "library"
-                            && frame["file"] == "sessions.py"
+                            && frame["file"] == "requests/sessions.py"
                             && frame["function"]
                                 .as_str()
                                 .is_some_and(|f| f.ends_with("send"))

@@ -15,7 +15,7 @@ use crate::{
     clock::WallClock,
     track::{
         CodePath, ConnectionView, OpenConnection, Origin, ShownStack, StateChange, StuckAlert,
-        Summary, Timestamp,
+        Summary, Timestamp, protocol::Protocol,
     },
 };
 
@@ -149,7 +149,11 @@ struct StuckRecord<'a> {
     idle_ms: Option<u64>,
     /// Why it is stuck: the state, or RECEIVE_STALLED, SEND_STALLED, ACCEPT_QUEUE_FULL.
     kind: &'static str,
-    reason: &'static str,
+    /// The protocol the connection speaks, where the code that opened it (its client
+    /// library) or the service's port says: the words of `reason` and `fix` are its own.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    protocol: Option<&'static str>,
+    reason: std::borrow::Cow<'static, str>,
     /// What usually fixes it.
     fix: &'static str,
     /// For a full accept queue: connections the kernel dropped meanwhile (ListenOverflows).
@@ -246,7 +250,7 @@ struct SummaryRecord<'a> {
     /// Transition lines not written because the reader was behind (absent when none).
     #[serde(skip_serializing_if = "Option::is_none")]
     transition_lines_dropped: Option<u64>,
-    /// The processes, most stuck first, with their forecasts.
+    /// The processes, most urgent first (see `rank_reason`), with their forecasts.
     processes: Vec<triage::ProcessRecord<'a>>,
     /// The destinations whose ephemeral ports fill up.
     ports: Vec<triage::PortRecord>,
@@ -364,6 +368,7 @@ impl<W: Write> Sink for JsonSink<W> {
 
     fn stuck(&mut self, alert: &StuckAlert) -> io::Result<()> {
         let view = &alert.connection;
+        let protocol = Protocol::of(view);
         let record = StuckRecord {
             r#type: "stuck",
             ts: self.ts(alert.since().saturating_add(alert.age())),
@@ -374,8 +379,9 @@ impl<W: Write> Sink for JsonSink<W> {
             since_attach: view.since_attach,
             idle_ms: view.idle.map(millis),
             kind: alert.diagnosis.key(),
-            reason: alert.diagnosis.reason(),
-            fix: alert.diagnosis.fix(),
+            protocol: protocol.name(),
+            reason: alert.diagnosis.reason_for(protocol),
+            fix: alert.diagnosis.fix_for(protocol),
             dropped: alert.dropped,
             opened_at: view.opened_at.as_deref().map(frames),
             requested_at: view.requested_at.as_deref().map(frames),

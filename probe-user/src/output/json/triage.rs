@@ -4,7 +4,10 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::track::triage::{PortReport, ProcessReport};
+use crate::{
+    output::format::rank_reason,
+    track::triage::{PortReport, ProcessReport},
+};
 
 /// One process of the triage table.
 #[derive(Serialize)]
@@ -20,15 +23,26 @@ pub struct ProcessRecord<'a> {
     /// The largest group of stuck connections: state, the endpoint they are known by (see
     /// [`crate::track::ConnectionView::known_by`]), count and its rate.
     worst: Option<WorstRecord>,
-    /// Stuck connections per minute, by the trend over the run.
+    /// Stuck connections per minute, where they keep piling up; null where they do not.
     leak_per_min: Option<f64>,
+    /// The readings that rate rests on, and the seconds they span.
+    leak_readings: Option<usize>,
+    leak_span_s: Option<f64>,
+    /// Why the process is where it is in `processes` (ranked by urgency: what runs out first,
+    /// then what grows fastest, then what is stuck most).
+    rank_reason: String,
     /// When the oldest stuck connection entered its state (RFC 3339).
     onset: Option<String>,
     /// That connection predates probe: `onset` is the latest it can have been.
     onset_estimated: bool,
     fds_open: Option<u64>,
     fd_limit: Option<u64>,
-    /// Seconds until no file descriptor is left, at the trend; null when not growing.
+    /// How fast the open file descriptors keep growing, per minute, and the readings and
+    /// seconds that rests on; null where they do not.
+    fd_growth_per_min: Option<f64>,
+    fd_growth_readings: Option<usize>,
+    fd_growth_span_s: Option<f64>,
+    /// Seconds until no file descriptor is left, at `fd_growth_per_min`; null without it.
     fd_exhaustion_s: Option<f64>,
 }
 
@@ -77,10 +91,20 @@ pub fn process(report: &ProcessReport, onset: Option<String>) -> ProcessRecord<'
             per_minute: worst.per_minute.map(round),
         }),
         leak_per_min: report.leak_per_min.map(round),
+        leak_readings: report.leak_evidence.map(|(readings, _)| readings),
+        leak_span_s: report
+            .leak_evidence
+            .map(|(_, span)| round(span.as_secs_f64())),
+        rank_reason: rank_reason(report),
         onset,
         onset_estimated: report.onset_estimated,
         fds_open: report.fds_open,
         fd_limit: report.fd_limit,
+        fd_growth_per_min: report.fd_growth.map(|(rate, _, _)| round(rate)),
+        fd_growth_readings: report.fd_growth.map(|(_, readings, _)| readings),
+        fd_growth_span_s: report
+            .fd_growth
+            .map(|(_, _, span)| round(span.as_secs_f64())),
         fd_exhaustion_s: report.fd_exhaustion.map(|left| round(left.as_secs_f64())),
     }
 }

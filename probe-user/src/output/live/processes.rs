@@ -4,11 +4,13 @@
 
 use std::cmp::Ordering;
 
-use crate::track::triage::ProcessReport;
+use crate::track::triage::{ProcessReport, by_urgency};
 
 /// How the process table is sorted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ProcessSort {
+    /// The triage's ranking: what fails first, first ([`by_urgency`]).
+    Urgency,
     /// Most stuck connections first.
     Stuck,
     /// Fastest leak first.
@@ -21,15 +23,17 @@ impl ProcessSort {
     /// The next order, for the `p` key.
     pub fn next(self) -> ProcessSort {
         match self {
+            ProcessSort::Urgency => ProcessSort::Stuck,
             ProcessSort::Stuck => ProcessSort::Rate,
             ProcessSort::Rate => ProcessSort::TimeLeft,
-            ProcessSort::TimeLeft => ProcessSort::Stuck,
+            ProcessSort::TimeLeft => ProcessSort::Urgency,
         }
     }
 
     /// As the header says it.
     pub fn label(self) -> &'static str {
         match self {
+            ProcessSort::Urgency => "urgency",
             ProcessSort::Stuck => "stuck",
             ProcessSort::Rate => "rate",
             ProcessSort::TimeLeft => "time left",
@@ -41,6 +45,7 @@ impl ProcessSort {
         let rate = |r: &ProcessReport| r.leak_per_min.unwrap_or(0.0);
         rows.sort_by(|a, b| {
             let first = match self {
+                ProcessSort::Urgency => by_urgency(a, b),
                 ProcessSort::Stuck => b.stuck.cmp(&a.stuck),
                 ProcessSort::Rate => rate(b).total_cmp(&rate(a)),
                 ProcessSort::TimeLeft => match (a.fd_exhaustion, b.fd_exhaustion) {
@@ -69,6 +74,7 @@ mod tests {
     use std::{sync::Arc, time::Duration};
 
     use super::*;
+    use crate::track::triage::Rank;
 
     fn row(pid: u32, stuck: usize, rate: f64, left: Option<u64>) -> ProcessReport {
         ProcessReport {
@@ -81,11 +87,18 @@ mod tests {
             stuck_counts: Default::default(),
             worst: None,
             leak_per_min: Some(rate),
+            leak_evidence: None,
             onset: None,
             onset_estimated: false,
             fds_open: None,
             fd_limit: None,
+            fd_growth: None,
             fd_exhaustion: left.map(Duration::from_secs),
+            rank: if left.is_some() {
+                Rank::FdsRunOut
+            } else {
+                Rank::Growing
+            },
         }
     }
 
@@ -102,6 +115,10 @@ mod tests {
         assert_eq!(rows.iter().map(|r| r.pid).collect::<Vec<_>>(), [2, 1, 3]);
         ProcessSort::TimeLeft.sort(&mut rows);
         assert_eq!(rows.iter().map(|r| r.pid).collect::<Vec<_>>(), [3, 2, 1]);
-        assert_eq!(ProcessSort::TimeLeft.next(), ProcessSort::Stuck);
+        ProcessSort::Stuck.sort(&mut rows);
+        ProcessSort::Urgency.sort(&mut rows);
+        assert_eq!(rows.iter().map(|r| r.pid).collect::<Vec<_>>(), [3, 2, 1]);
+        assert_eq!(ProcessSort::TimeLeft.next(), ProcessSort::Urgency);
+        assert_eq!(ProcessSort::Urgency.next(), ProcessSort::Stuck);
     }
 }

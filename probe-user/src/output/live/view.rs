@@ -110,7 +110,7 @@ impl View {
             sort: SortBy::Count,
             only: None,
             processes: Vec::new(),
-            process_sort: ProcessSort::Stuck,
+            process_sort: ProcessSort::Urgency,
         }
     }
 

@@ -387,7 +387,10 @@ mod tests {
             onset_estimated: false,
             fds_open: Some(100),
             fd_limit: Some(1024),
+            fd_growth: Some((3.0, 10, Duration::from_secs(60))),
             fd_exhaustion: Some(Duration::from_secs(600)),
+            leak_evidence: None,
+            rank: crate::track::triage::Rank::FdsRunOut,
         }];
         table.ports = vec![PortReport {
             key: PortKey {
@@ -453,7 +456,10 @@ mod tests {
             onset_estimated: false,
             fds_open: Some(100),
             fd_limit: Some(1024),
+            fd_growth: None,
             fd_exhaustion: None,
+            leak_evidence: None,
+            rank: crate::track::triage::Rank::Growing,
         };
         let mut metrics = Metrics::new(Cardinality {
             pids: false,

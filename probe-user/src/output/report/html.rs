@@ -267,8 +267,8 @@ fn diagnoses(out: &mut String, table: &Summary) {
             out,
             r#"<h3><span class="state" style="color:{colour}">{}</span>: {count} stuck</h3><p>{}</p><div class="fix"><b>Fix:</b> {}</div>"#,
             diagnosis.key(),
-            escape(diagnosis.reason()),
-            escape(diagnosis.fix())
+            escape(&diagnosis.reason_for(table.protocol_of(diagnosis))),
+            escape(diagnosis.fix_for(table.protocol_of(diagnosis)))
         );
         let places: Vec<String> = by_code
             .iter()

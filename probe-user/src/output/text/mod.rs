@@ -6,7 +6,9 @@ use std::io::{self, Write};
 
 use crate::{
     clock::WallClock,
-    track::{Diagnosis, Ending, SHOWN_FRAMES, StateChange, StuckAlert, Summary},
+    track::{
+        Diagnosis, Ending, SHOWN_FRAMES, StateChange, StuckAlert, Summary, protocol::Protocol,
+    },
 };
 
 pub mod triage;
@@ -160,7 +162,7 @@ impl<W: Write> Sink for TextSink<W> {
             "{label}{idle}: pid {} ({}{also}) {endpoints}: {}",
             view.owner.pid,
             terminal(&view.owner.comm),
-            alert.diagnosis.reason()
+            alert.diagnosis.reason_for(Protocol::of(view))
         )?;
         if let Some(dropped) = alert.dropped.filter(|dropped| *dropped > 0) {
             writeln!(
@@ -201,7 +203,8 @@ impl<W: Write> Sink for TextSink<W> {
                     stuck_note
                 )?;
                 for kind in summary.kinds_in(group.state) {
-                    writeln!(self.out, "  why: {}", kind.reason())?;
+                    let protocol = summary.protocol_of(kind);
+                    writeln!(self.out, "  why: {}", kind.reason_for(protocol))?;
                 }
             }
             let pids: Vec<String> = group.pids.iter().map(u32::to_string).collect();

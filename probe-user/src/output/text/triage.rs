@@ -1,11 +1,8 @@
-//! The triage table of the text summary: the processes that leak, most stuck first, how fast
-//! and since when, and how long until their file descriptors or a destination's ephemeral ports
-//! run out.
+//! The triage table of the text summary: the processes that leak, the most urgent first (what
+//! runs out first, then what grows fastest, then what is stuck most), how fast and since when,
+//! and how long until their file descriptors or a destination's ephemeral ports run out.
 
-use std::{
-    io::{self, Write},
-    time::Duration,
-};
+use std::io::{self, Write};
 
 use probe_common::TcpState;
 
@@ -13,7 +10,7 @@ use crate::{
     clock::WallClock,
     output::{
         escape::terminal,
-        format::{short_duration, time_of_day},
+        format::{about, per_minute, short_duration, time_of_day},
     },
     track::{
         Summary,
@@ -33,7 +30,7 @@ pub fn write(out: &mut impl Write, summary: &Summary, clock: WallClock) -> io::R
         .filter(|p| p.stuck > 0 || p.fd_exhaustion.is_some())
         .collect();
     if !telling.is_empty() {
-        writeln!(out, "processes, most stuck first:")?;
+        writeln!(out, "processes, most urgent first:")?;
         for report in telling.iter().take(SHOWN) {
             writeln!(out, "  {}", process_line(report, clock))?;
         }
@@ -56,7 +53,9 @@ pub fn write(out: &mut impl Write, summary: &Summary, clock: WallClock) -> io::R
 }
 
 /// `pid 4242 (api) pod 9f1c2ab3 container 0b1c2d3e4f5a: 412 CLOSE_WAIT to 10.0.3.7:5432,
-/// +38/min since 09:12:01; fds 3980 of 4096: out in ~3m`.
+/// +38/min (12 readings over 1m05s) since 09:12:01; fds 3980 of 4096, +38/min (12 readings
+/// over 1m05s): out in ~3m`, or `..., not growing since ...` for stuck connections that no
+/// longer pile up. Each forecast says the rate it comes from.
 pub fn process_line(report: &ProcessReport, clock: WallClock) -> String {
     let mut line = format!(
         "pid {} ({}){}",
@@ -80,8 +79,14 @@ pub fn process_line(report: &ProcessReport, clock: WallClock) -> String {
             if report.stuck > worst.count {
                 line.push_str(&format!(" ({} stuck in all)", report.stuck));
             }
-            if let Some(rate) = report.leak_per_min.filter(|rate| *rate > 0.0) {
-                line.push_str(&format!(", +{}/min", per_minute(rate)));
+            match (report.leak_per_min, report.leak_evidence) {
+                (Some(rate), Some((readings, span))) => line.push_str(&format!(
+                    ", +{}/min ({readings} readings over {})",
+                    per_minute(rate),
+                    short_duration(span)
+                )),
+                (Some(rate), None) => line.push_str(&format!(", +{}/min", per_minute(rate))),
+                (None, _) => line.push_str(", not growing"),
             }
             if let Some(onset) = report.onset {
                 let since = time_of_day(clock.to_system_time(onset));
@@ -96,8 +101,14 @@ pub fn process_line(report: &ProcessReport, clock: WallClock) -> String {
     }
     if let (Some(open), Some(limit)) = (report.fds_open, report.fd_limit) {
         line.push_str(&format!("; fds {open} of {limit}"));
-        if let Some(left) = report.fd_exhaustion {
-            line.push_str(&format!(": out in {}", about(left)));
+        if let (Some(left), Some((rate, readings, span))) = (report.fd_exhaustion, report.fd_growth)
+        {
+            line.push_str(&format!(
+                ", +{}/min ({readings} readings over {}): out in {}",
+                per_minute(rate),
+                short_duration(span),
+                about(left)
+            ));
         }
     }
     line
@@ -129,23 +140,4 @@ pub fn placement(placement: &Placement) -> String {
         ));
     }
     text
-}
-
-/// A rate with one decimal below ten a minute, whole above.
-fn per_minute(rate: f64) -> String {
-    if rate < 10.0 {
-        format!("{rate:.1}")
-    } else {
-        format!("{rate:.0}")
-    }
-}
-
-/// `~3m`, `~40s`: a forecast is no measurement.
-fn about(left: Duration) -> String {
-    let rounded = if left >= Duration::from_secs(120) {
-        Duration::from_secs(left.as_secs() / 60 * 60)
-    } else {
-        Duration::from_secs(left.as_secs())
-    };
-    format!("~{}", short_duration(rounded))
 }

@@ -18,7 +18,7 @@ use probe_common::TcpState;
 use rustc_hash::FxHashMap;
 
 pub use ports::{PortCounts, PortKey, PortReport, PortSample};
-pub use series::Series;
+pub use series::{Growth, Series};
 
 use super::{summary::OpenConnection, time::Timestamp};
 
@@ -74,17 +74,59 @@ pub struct ProcessReport {
     pub stuck_counts: BTreeMap<TcpState, usize>,
     /// Its largest group of stuck connections.
     pub worst: Option<StuckGroupRate>,
-    /// Stuck connections per minute, by the trend over the run (all its groups).
+    /// Stuck connections per minute, where they keep piling up (all its groups; see
+    /// [`Series::sustained_growth`]); `None` where they do not (a burst that stopped) or
+    /// there are too few readings to say.
     pub leak_per_min: Option<f64>,
+    /// The readings that rate rests on, and the time they span.
+    pub leak_evidence: Option<(usize, Duration)>,
     /// When its oldest stuck connection entered its state.
     pub onset: Option<Timestamp>,
     /// That connection predates probe: `onset` is the latest it can have been (from tcp_info).
     pub onset_estimated: bool,
     pub fds_open: Option<u64>,
     pub fd_limit: Option<u64>,
-    /// How long until it has no file descriptor left, at the trend over the run; `None` when
-    /// the count is not growing (or has no limit).
+    /// How fast its open file descriptors keep growing (see [`Series::sustained_growth`]),
+    /// per minute, with the readings it rests on and the time they span; `None` where they do
+    /// not (a burst that stopped, a count that comes and goes).
+    pub fd_growth: Option<(f64, usize, Duration)>,
+    /// How long until it has no file descriptor left, at `fd_growth`; `None` without it (or
+    /// without a limit).
     pub fd_exhaustion: Option<Duration>,
+    /// Why it is where it is in the ranking.
+    pub rank: Rank,
+}
+
+/// Why a process is where it is in the triage's ranking: what fails first, first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Rank {
+    /// Its leak will use up its file descriptors (the soonest first).
+    FdsRunOut,
+    /// Its stuck connections keep piling up (the fastest first), with no limit to count to.
+    Growing,
+    /// It has stuck connections that no longer grow (the most first).
+    NotGrowing,
+    /// It has open connections, none stuck.
+    NoneStuck,
+}
+
+/// The triage's order: what fails first, first. Processes whose file descriptors run out, the
+/// soonest first; then growing leaks, the fastest first; then the rest, the most stuck first.
+pub fn by_urgency(a: &ProcessReport, b: &ProcessReport) -> std::cmp::Ordering {
+    a.rank
+        .cmp(&b.rank)
+        .then_with(|| match (a.fd_exhaustion, b.fd_exhaustion) {
+            (Some(a), Some(b)) => a.cmp(&b),
+            _ => std::cmp::Ordering::Equal,
+        })
+        .then(
+            b.leak_per_min
+                .unwrap_or(0.0)
+                .total_cmp(&a.leak_per_min.unwrap_or(0.0)),
+        )
+        .then(b.stuck.cmp(&a.stuck))
+        .then(b.open.cmp(&a.open))
+        .then(a.pid.cmp(&b.pid))
 }
 
 #[derive(Debug, Default)]
@@ -184,8 +226,8 @@ impl Triage {
         self.ports.retain(|_, (_, in_use, _)| *in_use > 0);
     }
 
-    /// The processes with connections or a file descriptor forecast, the most stuck (then the
-    /// fastest leaking) first.
+    /// The processes with connections or a file descriptor forecast, ranked by urgency
+    /// ([`by_urgency`]).
     pub fn processes(&self, open: &[OpenConnection], now: Timestamp) -> Vec<ProcessReport> {
         let mut reports: FxHashMap<u32, ProcessReport> = FxHashMap::default();
         let mut groups: FxHashMap<(u32, TcpState, SocketAddr), usize> = FxHashMap::default();
@@ -233,17 +275,15 @@ impl Triage {
                     per_minute: self.group_rate(pid, state, remote),
                 });
         }
-        reports.sort_by(|a, b| {
-            b.stuck
-                .cmp(&a.stuck)
-                .then(
-                    b.leak_per_min
-                        .unwrap_or(0.0)
-                        .total_cmp(&a.leak_per_min.unwrap_or(0.0)),
-                )
-                .then(b.open.cmp(&a.open))
-                .then(a.pid.cmp(&b.pid))
-        });
+        for report in &mut reports {
+            report.rank = match (report.fd_exhaustion, report.leak_per_min, report.stuck) {
+                (Some(_), _, _) => Rank::FdsRunOut,
+                (None, Some(_), _) => Rank::Growing,
+                (None, None, 0) => Rank::NoneStuck,
+                (None, None, _) => Rank::NotGrowing,
+            };
+        }
+        reports.sort_by(by_urgency);
         reports
     }
 
@@ -260,7 +300,10 @@ impl Triage {
                     key: key.clone(),
                     in_use: *in_use,
                     range: *range,
-                    exhaustion: time_left(left, series, now),
+                    exhaustion: series
+                        .slope_per_second()
+                        .filter(|slope| *slope > 1e-9)
+                        .map(|slope| time_left(left, slope, series, now)),
                 }
             })
             .collect();
@@ -270,6 +313,7 @@ impl Triage {
 
     fn blank(&self, pid: u32, comm: Option<&Arc<str>>, now: Timestamp) -> ProcessReport {
         let track = self.processes.get(&pid);
+        let growth = track.and_then(|track| track.stuck.sustained_growth());
         ProcessReport {
             pid,
             comm: comm
@@ -282,40 +326,64 @@ impl Triage {
             stuck: 0,
             stuck_counts: BTreeMap::new(),
             worst: None,
-            leak_per_min: track
-                .and_then(|t| t.stuck.slope_per_second())
-                .map(|slope| slope * 60.0),
+            leak_per_min: growth.map(|growth| growth.per_second * 60.0),
+            leak_evidence: growth
+                .map(|growth| (growth.samples, Duration::from_secs_f64(growth.span_seconds))),
             onset: None,
             onset_estimated: false,
             fds_open: track.and_then(|t| t.fds_open),
             fd_limit: track.and_then(|t| t.fd_limit),
+            fd_growth: track.and_then(ProcessTrack::fd_growth).map(|growth| {
+                (
+                    growth.per_second * 60.0,
+                    growth.samples,
+                    Duration::from_secs_f64(growth.span_seconds),
+                )
+            }),
             fd_exhaustion: track.and_then(|track| track.fd_exhaustion(now)),
+            rank: Rank::NoneStuck,
         }
     }
 
-    /// How fast the stuck connections of one group pile up, by the trend over the run.
+    /// How fast the stuck connections of one group pile up, where they keep doing so.
     fn group_rate(&self, pid: u32, state: TcpState, remote: SocketAddr) -> Option<f64> {
         let series = self.processes.get(&pid)?.groups.get(&(state, remote))?;
-        series.slope_per_second().map(|slope| slope * 60.0)
+        series
+            .sustained_growth()
+            .map(|growth| growth.per_second * 60.0)
     }
 }
 
 impl ProcessTrack {
+    /// How fast its file descriptors keep growing, where they do: growth over the run and its
+    /// newer half, by at least [`FD_GROWTH_MIN`] descriptors over the readings (a process
+    /// whose files come and go, one more now and then, grows nothing).
+    fn fd_growth(&self) -> Option<Growth> {
+        self.fds
+            .sustained_growth()
+            .filter(|growth| growth.per_second * growth.span_seconds >= FD_GROWTH_MIN)
+    }
+
+    /// How long until its file descriptors run out at [`ProcessTrack::fd_growth`], the rate
+    /// shown next to the forecast.
     fn fd_exhaustion(&self, now: Timestamp) -> Option<Duration> {
         let left = self.fd_limit? as f64 - self.fds_open? as f64;
-        time_left(left, &self.fds, now)
+        let growth = self.fd_growth()?;
+        Some(time_left(left, growth.per_second, &self.fds, now))
     }
 }
 
-/// How long from `now` until `left`, what was left at the latest sample of `series`, runs out at
-/// the series' slope; `None` when it is not shrinking. Samples come with the refreshes, seconds
-/// apart (tens of seconds on a host with a million sockets): the time since the latest one is
-/// already gone.
-fn time_left(left: f64, series: &Series, now: Timestamp) -> Option<Duration> {
-    let slope = series.slope_per_second().filter(|slope| *slope > 1e-9)?;
-    let from_sample = left.max(0.0) / slope;
+/// The fewest descriptors a process's count must have grown by, over its readings, for a
+/// forecast.
+const FD_GROWTH_MIN: f64 = 3.0;
+
+/// How long from `now` until `left`, what was left at the latest sample of `series`, runs out
+/// at `per_second`. Samples come with the refreshes, seconds apart (tens of seconds on a host
+/// with a million sockets): the time since the latest one is already gone.
+fn time_left(left: f64, per_second: f64, series: &Series, now: Timestamp) -> Duration {
+    let from_sample = left.max(0.0) / per_second;
     let from_now = from_sample - series.seconds_since_last(now);
-    Some(Duration::from_secs_f64(from_now.clamp(0.0, 1e9)))
+    Duration::from_secs_f64(from_now.clamp(0.0, 1e9))
 }
 
 #[cfg(test)]

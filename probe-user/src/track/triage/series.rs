@@ -64,28 +64,62 @@ impl Series {
     /// Growth per second, by Theil–Sen; `None` with fewer than three samples (two points make
     /// a line, not a trend).
     pub fn slope_per_second(&self) -> Option<f64> {
-        if self.points.len() < 3 {
+        theil_sen(&self.points)
+    }
+
+    /// Growth that goes on: a positive slope over the run, and growth within its latest
+    /// third of readings (at least three: a burst that stopped shows flat readings since),
+    /// with the readings it rests on and the time they span. `None` where the quantity is not
+    /// growing that way.
+    pub fn sustained_growth(&self) -> Option<Growth> {
+        let per_second = self.slope_per_second().filter(|slope| *slope > 1e-9)?;
+        let recent = &self.points[self.points.len() - (self.points.len() / 3).max(3)..];
+        let (first, last) = (recent.first()?, recent.last()?);
+        if last.1 <= first.1 {
             return None;
         }
-        let mut slopes: Vec<f64> = Vec::with_capacity(self.points.len() * self.points.len() / 2);
-        for (i, &(t0, v0)) in self.points.iter().enumerate() {
-            for &(t1, v1) in &self.points[i + 1..] {
-                if t1 > t0 {
-                    slopes.push((v1 - v0) / (t1 - t0));
-                }
-            }
-        }
-        if slopes.is_empty() {
-            return None;
-        }
-        slopes.sort_by(f64::total_cmp);
-        let middle = slopes.len() / 2;
-        Some(if slopes.len() % 2 == 1 {
-            slopes[middle]
-        } else {
-            (slopes[middle - 1] + slopes[middle]) / 2.0
+        let span = self.points.last()?.0 - self.points.first()?.0;
+        Some(Growth {
+            per_second,
+            samples: self.points.len(),
+            span_seconds: span.max(0.0),
         })
     }
+}
+
+/// A growth rate and what it rests on.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Growth {
+    pub per_second: f64,
+    /// How many samples it was read from (the series keeps at most 64, thinned evenly).
+    pub samples: usize,
+    /// The time from the first of them to the last.
+    pub span_seconds: f64,
+}
+
+/// The Theil–Sen slope of `points`; `None` with fewer than three.
+fn theil_sen(points: &[(f64, f64)]) -> Option<f64> {
+    if points.len() < 3 {
+        return None;
+    }
+    let mut slopes: Vec<f64> = Vec::with_capacity(points.len() * points.len() / 2);
+    for (i, &(t0, v0)) in points.iter().enumerate() {
+        for &(t1, v1) in &points[i + 1..] {
+            if t1 > t0 {
+                slopes.push((v1 - v0) / (t1 - t0));
+            }
+        }
+    }
+    if slopes.is_empty() {
+        return None;
+    }
+    slopes.sort_by(f64::total_cmp);
+    let middle = slopes.len() / 2;
+    Some(if slopes.len() % 2 == 1 {
+        slopes[middle]
+    } else {
+        (slopes[middle - 1] + slopes[middle]) / 2.0
+    })
 }
 
 fn seconds(at: Timestamp) -> f64 {
@@ -128,6 +162,21 @@ mod tests {
             flat.push(at(second as f64), 5.0);
         }
         assert_eq!(flat.slope_per_second(), Some(0.0));
+    }
+
+    #[test]
+    fn a_burst_that_stopped_is_no_sustained_growth_and_a_steady_leak_is() {
+        let mut burst = Series::default();
+        let mut leak = Series::default();
+        for second in 0..20 {
+            // 20 in the first 4 s, then none more.
+            burst.push(at(second as f64), (5 * second).min(20) as f64);
+            leak.push(at(second as f64), 2.0 * second as f64);
+        }
+        assert_eq!(burst.sustained_growth(), None);
+        let growth = leak.sustained_growth().unwrap();
+        assert!((growth.per_second - 2.0).abs() < 1e-9, "{growth:?}");
+        assert_eq!((growth.samples, growth.span_seconds), (20, 19.0));
     }
 
     #[test]

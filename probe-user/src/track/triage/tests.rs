@@ -5,33 +5,54 @@ use std::time::Duration;
 use probe_common::TcpState;
 
 use super::*;
-use crate::track::{event::Endpoints, time::Timestamp};
+use crate::track::{event::Endpoints, summary::tests::open as summary_open, time::Timestamp};
 
 fn at(seconds: u64) -> Timestamp {
     Timestamp::from_nanos(seconds * 1_000_000_000)
 }
 
+/// A process that leaks 10 connections a second (each holding a descriptor), fds 100 + 10 a
+/// second, limit 256.
+fn leaking(triage: &mut Triage, pid: u32, second: u64) {
+    let remote = "10.0.3.7:5432".parse().unwrap();
+    triage.note_processes(
+        at(second),
+        &[ProcessSample {
+            pid,
+            comm: "leaker".into(),
+            fds_open: 100 + 10 * second,
+            fd_limit: Some(256),
+            placement: Placement::default(),
+        }],
+    );
+    let mut tally = StuckTally::default();
+    tally.insert((pid, TcpState::CloseWait, remote), 10 * second as usize);
+    triage.note_stuck(at(second), &tally);
+}
+
 #[test]
-fn file_descriptors_run_out_when_the_trend_says() {
+fn file_descriptors_run_out_at_the_rate_shown_beside_the_forecast() {
     let mut triage = Triage::default();
-    // 10 fds a second from 100, limit 256: at 10 s, 200 open, 5.6 s left.
+    // At 10 s, 200 open: 56 left at 10 a second, 5.6 s.
     for second in 0..=10 {
-        triage.note_processes(
-            at(second),
-            &[ProcessSample {
-                pid: 7,
-                comm: "leaker".into(),
-                fds_open: 100 + 10 * second,
-                fd_limit: Some(256),
-                placement: Placement::default(),
-            }],
-        );
+        leaking(&mut triage, 7, second);
     }
     let reports = triage.processes(&[], at(10));
     assert_eq!(reports.len(), 1);
     let left = reports[0].fd_exhaustion.unwrap();
     assert!((left.as_secs_f64() - 5.6).abs() < 0.01, "{left:?}");
     assert_eq!(reports[0].fds_open, Some(200));
+    assert_eq!(reports[0].leak_per_min, Some(600.0));
+    assert_eq!(
+        reports[0].leak_evidence,
+        // From the first stuck connection, at 1 s.
+        Some((10, Duration::from_secs(9)))
+    );
+    assert_eq!(
+        reports[0].fd_growth,
+        Some((600.0, 11, Duration::from_secs(10)))
+    );
+    assert_eq!(reports[0].rank, Rank::FdsRunOut);
     // Asked 2 s after that sample (refreshes come seconds apart): 2 s less; none once past.
     let later = triage.processes(&[], at(12))[0].fd_exhaustion.unwrap();
     assert!((later.as_secs_f64() - 3.6).abs() < 0.01, "{later:?}");
@@ -40,23 +61,71 @@ fn file_descriptors_run_out_when_the_trend_says() {
 }
 
 #[test]
+fn a_process_whose_files_come_and_go_but_which_leaks_nothing_has_no_forecast() {
+    let mut triage = Triage::default();
+    // prometheus scraping: a few more descriptors now and then, none of them stuck.
+    for second in 0..30 {
+        triage.note_processes(
+            at(second),
+            &[ProcessSample {
+                pid: 7,
+                comm: "prometheus".into(),
+                fds_open: 16 + second / 10,
+                fd_limit: Some(1024),
+                placement: Placement::default(),
+            }],
+        );
+    }
+    assert!(triage.processes(&[], at(30)).is_empty(), "nothing to show");
+}
+
+#[test]
+fn a_growing_leak_ranks_above_a_bigger_one_that_stopped() {
+    let mut triage = Triage::default();
+    let burst_to = "10.0.3.7:80";
+    let mut open: Vec<OpenConnection> = (0..150)
+        .map(|id| summary_open(id, 1, TcpState::CloseWait, burst_to, Some(60)))
+        .collect();
+    for second in 0..=20 {
+        triage.note_processes(
+            at(second),
+            &[ProcessSample {
+                pid: 2,
+                comm: "leaker".into(),
+                fds_open: 100 + 10 * second,
+                fd_limit: Some(4096),
+                placement: Placement::default(),
+            }],
+        );
+        // pid 1 leaked 150 in a burst before probe came, and no more since; pid 2 leaks 10
+        // a second.
+        let mut tally = StuckTally::default();
+        tally.insert((1, TcpState::CloseWait, burst_to.parse().unwrap()), 150);
+        tally.insert(
+            (2, TcpState::CloseWait, "10.0.3.7:5432".parse().unwrap()),
+            10 * second as usize,
+        );
+        triage.note_stuck(at(second), &tally);
+    }
+    open.extend(
+        (1000..1200).map(|id| summary_open(id, 2, TcpState::CloseWait, "10.0.3.7:5432", Some(5))),
+    );
+    let processes = triage.processes(&open, at(20));
+    let order: Vec<(u32, Rank)> = processes.iter().map(|p| (p.pid, p.rank)).collect();
+    assert_eq!(order, [(2, Rank::FdsRunOut), (1, Rank::NotGrowing)]);
+    let stopped = &processes[1];
+    assert_eq!(
+        (stopped.leak_per_min, stopped.fd_exhaustion, stopped.stuck),
+        (None, None, 150),
+        "a leak that stopped has no rate and no forecast"
+    );
+}
+
+#[test]
 fn a_process_no_longer_read_has_no_fd_forecast() {
     let mut triage = Triage::default();
-    let sample = |fds_open| ProcessSample {
-        pid: 7,
-        comm: "leaker".into(),
-        fds_open,
-        fd_limit: Some(256),
-        placement: Placement::default(),
-    };
-    let mut tally = StuckTally::default();
-    tally.insert(
-        (7, TcpState::CloseWait, "10.0.3.7:5432".parse().unwrap()),
-        3,
-    );
     for second in 0..=10 {
-        triage.note_processes(at(second), &[sample(100 + 10 * second)]);
-        triage.note_stuck(at(second), &tally);
+        leaking(&mut triage, 7, second);
     }
     assert!(triage.processes(&[], at(10))[0].fd_exhaustion.is_some());
     // It exited: kept for its stuck connections, without a forecast counting down.

@@ -26,6 +26,9 @@ pub enum Role {
     CloseClients { server: SocketAddr, count: usize },
     /// Listens on a fresh loopback port (told on stdout) and closes what it accepts at once.
     ClosingServer,
+    /// Listens on `bind` (a service's well-known port, in a namespace of the test's own),
+    /// answers `listening`, and closes what it accepts at once.
+    ClosingServerAt { bind: SocketAddr },
     /// After `go`, opens `idle` connections that stay silent and `busy` ones that send a byte
     /// every 200 ms; tells the busy ones' local ports.
     IdleAndBusy {
@@ -164,6 +167,17 @@ impl Role {
             }
             Role::ClosingServer => {
                 let listener = listen()?;
+                thread::spawn(move || {
+                    for stream in listener.incoming() {
+                        drop(stream);
+                    }
+                });
+                wait_for_eof();
+                Ok(())
+            }
+            Role::ClosingServerAt { bind } => {
+                let listener = TcpListener::bind(bind).map_err(err)?;
+                answer("listening")?;
                 thread::spawn(move || {
                     for stream in listener.incoming() {
                         drop(stream);
