@@ -25,7 +25,11 @@ const SERVER_IDLE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Runs the demo; it finishes by itself in about fifteen seconds once built.
 pub fn demo() -> Result<()> {
     let built = build::all()?;
-    let listener = TcpListener::bind("127.0.0.1:0").context("cannot bind a loopback port")?;
+    // An HTTP server on HTTP's alternate port where it is free (probe then tells the leak in
+    // HTTP's words, as it would for a real service's), on any port otherwise.
+    let listener = TcpListener::bind("127.0.0.1:8080")
+        .or_else(|_| TcpListener::bind("127.0.0.1:0"))
+        .context("cannot bind a loopback port")?;
     let server = listener.local_addr()?;
     thread::spawn(move || workload::serve(listener, SERVER_IDLE_TIMEOUT));
 

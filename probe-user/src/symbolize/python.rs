@@ -14,8 +14,14 @@ use crate::{
 
 /// The longest name or path read (CPython's own limit on a path is the system's, 4096).
 const MAX_STRING: u64 = 4096;
-/// The longest line table read (a function of tens of thousands of lines).
-const MAX_TABLE: u64 = 1 << 20;
+/// The longest line table read (a function of thousands of lines takes tens of KiB).
+const MAX_TABLE: u64 = 256 << 10;
+/// The most bytes of names and tables kept for one process in one burst: code objects past it
+/// are read for the frame at hand and not kept (a hostile process can point its frames at as
+/// many fake code objects as it likes).
+const MAX_KEPT: usize = 32 << 20;
+/// The most type objects remembered per process and burst.
+const MAX_TYPES: usize = 4096;
 /// `PyObject.ob_type`, `PyTypeObject.tp_name`: the same in every version.
 const OB_TYPE: u64 = 8;
 const TP_NAME: u64 = 24;
@@ -41,6 +47,8 @@ pub struct PythonProcess {
     codes: HashMap<u64, Option<Arc<Code>>>,
     /// Type objects read, by address: whether each is `code`.
     code_types: HashMap<u64, bool>,
+    /// The bytes `codes` holds.
+    kept: usize,
 }
 
 impl PythonProcess {
@@ -52,6 +60,7 @@ impl PythonProcess {
             runtime,
             codes: HashMap::new(),
             code_types: HashMap::new(),
+            kept: 0,
         })
     }
 
@@ -89,7 +98,13 @@ impl PythonProcess {
             return known.clone();
         }
         let code = self.read_code(address).map(Arc::new);
-        self.codes.insert(address, code.clone());
+        let size = code.as_ref().map_or(0, |code| {
+            code.function.len() + code.path.len() + code.line_table.len()
+        });
+        if self.kept + size <= MAX_KEPT {
+            self.kept += size;
+            self.codes.insert(address, code.clone());
+        }
         code
     }
 
@@ -124,7 +139,11 @@ impl PythonProcess {
             .and_then(|at| self.word(at))
             .and_then(|name| self.read::<5>(name))
             == Some(*b"code\0");
-        self.code_types.insert(address, is_code);
+        // A real interpreter has a handful of types that frames point at; a hostile one may
+        // point at many: only so many are remembered.
+        if self.code_types.len() < MAX_TYPES {
+            self.code_types.insert(address, is_code);
+        }
         is_code
     }
 

@@ -10,6 +10,7 @@ use super::{
     lifecycle::{ClosedFirst, Ending, History, OpenedBy, StateVisit},
     protocol::Protocol,
     time::Timestamp,
+    tracker::PairEnd,
     triage::{PortReport, ProcessReport, Triage},
     view::{ConnectionView, Losses},
 };
@@ -20,6 +21,8 @@ pub struct OpenConnection {
     pub connection: ConnectionView,
     /// Flagged as stuck, and why.
     pub stuck: Option<Diagnosis>,
+    /// Where the other end is traced too and the two are stuck as one: which end this is.
+    pub pair: Option<PairEnd>,
     pub opened_by: OpenedBy,
     /// Every state it entered, oldest first (the last one is its state).
     pub history: History,
@@ -447,6 +450,7 @@ pub(crate) mod tests {
             },
             stuck: (state == TcpState::CloseWait)
                 .then_some(Diagnosis::PeerClosedNeverClosedLocally),
+            pair: None,
             opened_by: OpenedBy::Local,
             history: History::default(),
         }

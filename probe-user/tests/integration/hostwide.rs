@@ -552,3 +552,49 @@ pub fn a_close_wait_is_said_in_the_words_of_its_peers_protocol() -> TestResult {
     }
     Ok(())
 }
+
+/// A client holding idle connections to a local server that keeps a process per connection
+/// (as PostgreSQL keeps a backend per client): both ends sit idle in ESTABLISHED, and they are
+/// one problem, the client's (it never uses nor returns them). The summary has one entry, the
+/// client's, with as many stuck as `ss` shows it holding, and the server's processes named
+/// beside it as the other ends; none of them is counted stuck.
+pub fn both_ends_of_an_idle_pool_are_one_entry_the_clients() -> TestResult {
+    const POOLED: usize = 4;
+    let mut server = Helper::start(&Role::ForkingServer)?;
+    let port: u16 = server.hear()?.parse().map_err(|_| "no port")?;
+    let address = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut client = Helper::start(&Role::HoldClients {
+        server: address,
+        count: POOLED,
+    })?;
+    let probe = Probe::start(&["--established-after", "1s"])?;
+    client.say("go")?;
+    ensure(client.hear()? == "ready", || {
+        "the client did not connect".into()
+    })?;
+    thread::sleep(Duration::from_secs(3));
+    let in_ss = ss_sockets_of(client.pid(), "established")?.len();
+    let records = probe.stop()?;
+    let summary = records.last().ok_or("no summary")?;
+    let table = processes(summary);
+    let record = table
+        .get(&u64::from(client.pid()))
+        .copied()
+        .ok_or_else(|| format!("no record of the client: {summary}"))?;
+    let other_ends = record["other_ends"].as_array().cloned().unwrap_or_default();
+    ensure(
+        in_ss == POOLED && record["stuck"] == POOLED as u64 && other_ends.len() == POOLED,
+        || format!("ss: {in_ss}; the client's record: {record}"),
+    )?;
+    for end in &other_ends {
+        let pid = end["pid"].as_u64().unwrap_or_default();
+        let stuck = table
+            .get(&pid)
+            .map_or(0, |p| p["stuck"].as_u64().unwrap_or(0));
+        ensure(end["connections"] == 1 && stuck == 0, || {
+            format!("server process {pid}: {end}, its record stuck {stuck}")
+        })?;
+    }
+    client.finish()?;
+    server.finish()
+}

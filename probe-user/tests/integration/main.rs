@@ -116,6 +116,7 @@ fn main() -> ExitCode {
         hostwide::the_whole_host_ranks_its_leakers_and_agrees_with_ss,
         hostwide::a_growing_leak_ranks_above_a_bigger_burst_that_stopped,
         hostwide::a_close_wait_is_said_in_the_words_of_its_peers_protocol,
+        hostwide::both_ends_of_an_idle_pool_are_one_entry_the_clients,
         hostwide::a_cgroup_is_traced_with_its_pod_and_container,
         hostwide::bad_cgroups_and_containers_are_clear_errors,
         hostwide::the_fd_forecast_matches_when_the_client_runs_out,

@@ -28,6 +28,10 @@ pub struct ProcessRecord<'a> {
     /// The readings that rate rests on, and the seconds they span.
     leak_readings: Option<usize>,
     leak_span_s: Option<f64>,
+    /// The processes holding the other ends of its stuck connections, where those are traced
+    /// too (a local server's workers): they are not counted stuck themselves.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    other_ends: Vec<OtherEndRecord<'a>>,
     /// Why the process is where it is in `processes` (ranked by urgency: what runs out first,
     /// then what grows fastest, then what is stuck most).
     rank_reason: String,
@@ -44,6 +48,13 @@ pub struct ProcessRecord<'a> {
     fd_growth_span_s: Option<f64>,
     /// Seconds until no file descriptor is left, at `fd_growth_per_min`; null without it.
     fd_exhaustion_s: Option<f64>,
+}
+
+#[derive(Serialize)]
+struct OtherEndRecord<'a> {
+    pid: u32,
+    comm: &'a str,
+    connections: usize,
 }
 
 #[derive(Serialize)]
@@ -96,6 +107,15 @@ pub fn process(report: &ProcessReport, onset: Option<String>) -> ProcessRecord<'
             .leak_evidence
             .map(|(_, span)| round(span.as_secs_f64())),
         rank_reason: rank_reason(report),
+        other_ends: report
+            .other_ends
+            .iter()
+            .map(|end| OtherEndRecord {
+                pid: end.pid,
+                comm: &end.comm,
+                connections: end.connections,
+            })
+            .collect(),
         onset,
         onset_estimated: report.onset_estimated,
         fds_open: report.fds_open,

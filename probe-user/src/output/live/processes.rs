@@ -88,6 +88,7 @@ mod tests {
             worst: None,
             leak_per_min: Some(rate),
             leak_evidence: None,
+            other_ends: Vec::new(),
             onset: None,
             onset_estimated: false,
             fds_open: None,

@@ -390,6 +390,7 @@ mod tests {
             fd_growth: Some((3.0, 10, Duration::from_secs(60))),
             fd_exhaustion: Some(Duration::from_secs(600)),
             leak_evidence: None,
+            other_ends: Vec::new(),
             rank: crate::track::triage::Rank::FdsRunOut,
         }];
         table.ports = vec![PortReport {
@@ -459,6 +460,7 @@ mod tests {
             fd_growth: None,
             fd_exhaustion: None,
             leak_evidence: None,
+            other_ends: Vec::new(),
             rank: crate::track::triage::Rank::Growing,
         };
         let mut metrics = Metrics::new(Cardinality {

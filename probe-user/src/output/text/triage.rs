@@ -99,6 +99,20 @@ pub fn process_line(report: &ProcessReport, clock: WallClock) -> String {
         }
         None => line.push_str(&format!(": {} open connection(s)", report.open)),
     }
+    match report.other_ends.as_slice() {
+        [] => {}
+        [one] => line.push_str(&format!(
+            "; the other end held by pid {} ({})",
+            one.pid,
+            terminal(&one.comm)
+        )),
+        [first, rest @ ..] => line.push_str(&format!(
+            "; the other ends held by pid {} ({}) and {} more process(es)",
+            first.pid,
+            terminal(&first.comm),
+            rest.len()
+        )),
+    }
     if let (Some(open), Some(limit)) = (report.fds_open, report.fd_limit) {
         line.push_str(&format!("; fds {open} of {limit}"));
         if let (Some(left), Some((rate, readings, span))) = (report.fd_exhaustion, report.fd_growth)

@@ -125,6 +125,28 @@ const fn before_311(minor: u8, frame_instruction: u32, line_format: LineFormat) 
     }
 }
 
+/// The code objects of 3.11 and later, whose layouts differ only in where the first line and
+/// the instructions are, and in the size of a string's header (3.12 dropped `wstr`).
+const fn from_311(
+    first_line: u64,
+    instructions: u64,
+    ascii_size: u64,
+    compact_size: u64,
+) -> CodeLayout {
+    CodeLayout {
+        filename: 112,
+        name: 120,
+        qualname: Some(128),
+        first_line,
+        line_table: 136,
+        instructions: Some(instructions),
+        line_format: LineFormat::Locations,
+        ascii_size,
+        compact_size,
+        instruction: InstructionField::Pointer,
+    }
+}
+
 /// The versions probe reads, by minor version.
 static VERSIONS: [Version; 6] = [
     before_311(8, 104, LineFormat::Lnotab),
@@ -143,18 +165,7 @@ static VERSIONS: [Version; 6] = [
         frame_instruction: 56,
         frame_owner: 69,
         cstack_owner: PythonLayout::NO_OWNER,
-        code: CodeLayout {
-            filename: 112,
-            name: 120,
-            qualname: Some(128),
-            first_line: 72,
-            line_table: 136,
-            instructions: Some(184),
-            line_format: LineFormat::Locations,
-            ascii_size: 48,
-            compact_size: 72,
-            instruction: InstructionField::Pointer,
-        },
+        code: from_311(72, 184, 48, 72),
     },
     Version {
         minor: 12,
@@ -169,18 +180,7 @@ static VERSIONS: [Version; 6] = [
         frame_instruction: 56,
         frame_owner: 70,
         cstack_owner: 3,
-        code: CodeLayout {
-            filename: 112,
-            name: 120,
-            qualname: Some(128),
-            first_line: 68,
-            line_table: 136,
-            instructions: Some(192),
-            line_format: LineFormat::Locations,
-            ascii_size: 40,
-            compact_size: 56,
-            instruction: InstructionField::Pointer,
-        },
+        code: from_311(68, 192, 40, 56),
     },
     Version {
         minor: 13,
@@ -195,18 +195,7 @@ static VERSIONS: [Version; 6] = [
         frame_instruction: 56,
         frame_owner: 70,
         cstack_owner: 3,
-        code: CodeLayout {
-            filename: 112,
-            name: 120,
-            qualname: Some(128),
-            first_line: 68,
-            line_table: 136,
-            instructions: Some(200),
-            line_format: LineFormat::Locations,
-            ascii_size: 40,
-            compact_size: 56,
-            instruction: InstructionField::Pointer,
-        },
+        code: from_311(68, 200, 40, 56),
     },
 ];
 

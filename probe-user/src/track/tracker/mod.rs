@@ -416,14 +416,23 @@ impl Tracker {
         code_paths: &dyn CodePathSource,
         losses: Losses,
     ) -> Summary {
+        let pairs = pairs::stuck_pairs(self.table.values());
         let mut open: Vec<OpenConnection> = self
             .table
             .values()
-            .map(|tracked| OpenConnection {
-                connection: view(self.context(code_paths), &tracked.connection, now),
-                stuck: tracked.stuck,
-                opened_by: tracked.connection.opened_by(),
-                history: tracked.connection.history,
+            .map(|tracked| {
+                let pair = pairs.get(&tracked.connection.key()).copied();
+                OpenConnection {
+                    connection: view(self.context(code_paths), &tracked.connection, now),
+                    // The end held open for another's end is not stuck by its own doing.
+                    stuck: match pair {
+                        Some(PairEnd::HeldFor { .. }) => None,
+                        _ => tracked.stuck,
+                    },
+                    pair,
+                    opened_by: tracked.connection.opened_by(),
+                    history: tracked.connection.history,
+                }
             })
             .collect();
         // Unknown starts (already open before probe saw them) are the oldest of all.
@@ -433,13 +442,18 @@ impl Tracker {
 
     /// How many connections are stuck now, per process, state and endpoint
     /// ([`crate::track::ConnectionView::known_by`]).
+    /// The end of a pair held open for another process's end is not counted (see
+    /// [`PairEnd`]).
     pub fn stuck_tally(&self) -> StuckTally {
+        let pairs = pairs::stuck_pairs(self.table.values());
         let mut tally = StuckTally::default();
-        for tracked in self
-            .table
-            .values()
-            .filter(|tracked| tracked.stuck.is_some())
-        {
+        for tracked in self.table.values().filter(|tracked| {
+            tracked.stuck.is_some()
+                && !matches!(
+                    pairs.get(&tracked.connection.key()),
+                    Some(PairEnd::HeldFor { .. })
+                )
+        }) {
             let connection = &tracked.connection;
             *tally
                 .entry((connection.pid, connection.state(), connection.known_by()))
@@ -601,9 +615,11 @@ fn owner_of(processes: &FxHashMap<u32, Arc<str>>, pid: u32) -> Owner {
 
 mod destinations;
 mod owners;
+mod pairs;
 mod stalls;
 #[cfg(test)]
 mod tests;
 mod unnamed;
 
 pub use owners::Holders;
+pub use pairs::PairEnd;

@@ -20,7 +20,7 @@ use rustc_hash::FxHashMap;
 pub use ports::{PortCounts, PortKey, PortReport, PortSample};
 pub use series::{Growth, Series};
 
-use super::{summary::OpenConnection, time::Timestamp};
+use super::{summary::OpenConnection, time::Timestamp, tracker::PairEnd};
 
 /// Where a process runs, as its cgroup tells.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -95,6 +95,18 @@ pub struct ProcessReport {
     pub fd_exhaustion: Option<Duration>,
     /// Why it is where it is in the ranking.
     pub rank: Rank,
+    /// The processes that hold the other ends of its stuck connections, where those are
+    /// traced too (a local server's workers): not stuck by their own doing, named here
+    /// instead of ranked (see [`crate::track::tracker::PairEnd`]). Most connections first.
+    pub other_ends: Vec<OtherEnd>,
+}
+
+/// A process holding the other ends of some of a process's stuck connections.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OtherEnd {
+    pub pid: u32,
+    pub comm: Arc<str>,
+    pub connections: usize,
 }
 
 /// Why a process is where it is in the triage's ranking: what fails first, first.
@@ -231,8 +243,16 @@ impl Triage {
     pub fn processes(&self, open: &[OpenConnection], now: Timestamp) -> Vec<ProcessReport> {
         let mut reports: FxHashMap<u32, ProcessReport> = FxHashMap::default();
         let mut groups: FxHashMap<(u32, TcpState, SocketAddr), usize> = FxHashMap::default();
+        let mut other_ends: FxHashMap<(u32, u32), usize> = FxHashMap::default();
+        let comms: FxHashMap<u32, &Arc<str>> = open
+            .iter()
+            .map(|c| (c.connection.owner.pid, &c.connection.owner.comm))
+            .collect();
         for connection in open {
             let view = &connection.connection;
+            if let (Some(_), Some(PairEnd::Acts { peer })) = (connection.stuck, connection.pair) {
+                *other_ends.entry((view.owner.pid, peer)).or_insert(0) += 1;
+            }
             let report = reports
                 .entry(view.owner.pid)
                 .or_insert_with(|| self.blank(view.owner.pid, Some(&view.owner.comm), now));
@@ -260,6 +280,17 @@ impl Triage {
                     .or_insert_with(|| self.blank(pid, None, now));
             }
         }
+        for ((pid, peer), connections) in other_ends {
+            if let Some(report) = reports.get_mut(&pid) {
+                report.other_ends.push(OtherEnd {
+                    pid: peer,
+                    comm: comms
+                        .get(&peer)
+                        .map_or_else(|| Arc::from("?"), |comm| Arc::clone(comm)),
+                    connections,
+                });
+            }
+        }
         let mut reports: Vec<ProcessReport> = reports.into_values().collect();
         for report in &mut reports {
             report.worst = groups
@@ -276,6 +307,9 @@ impl Triage {
                 });
         }
         for report in &mut reports {
+            report
+                .other_ends
+                .sort_by(|a, b| b.connections.cmp(&a.connections).then(a.pid.cmp(&b.pid)));
             report.rank = match (report.fd_exhaustion, report.leak_per_min, report.stuck) {
                 (Some(_), _, _) => Rank::FdsRunOut,
                 (None, Some(_), _) => Rank::Growing,
@@ -342,6 +376,7 @@ impl Triage {
             }),
             fd_exhaustion: track.and_then(|track| track.fd_exhaustion(now)),
             rank: Rank::NoneStuck,
+            other_ends: Vec::new(),
         }
     }
 

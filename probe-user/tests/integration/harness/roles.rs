@@ -26,6 +26,10 @@ pub enum Role {
     CloseClients { server: SocketAddr, count: usize },
     /// Listens on a fresh loopback port (told on stdout) and closes what it accepts at once.
     ClosingServer,
+    /// Listens on a fresh loopback port (told on stdout) and forks a process per connection it
+    /// accepts (as PostgreSQL does: a backend per client), which holds the connection, silent,
+    /// until the client closes it; exits when stdin closes.
+    ForkingServer,
     /// Listens on `bind` (a service's well-known port, in a namespace of the test's own),
     /// answers `listening`, and closes what it accepts at once.
     ClosingServerAt { bind: SocketAddr },
@@ -175,6 +179,7 @@ impl Role {
                 wait_for_eof();
                 Ok(())
             }
+            Role::ForkingServer => forking_server(),
             Role::ClosingServerAt { bind } => {
                 let listener = TcpListener::bind(bind).map_err(err)?;
                 answer("listening")?;
@@ -603,6 +608,50 @@ fn hand_over(server: SocketAddr, count: usize) -> Result<(), String> {
         child => {
             drop(held);
             answer(&child.to_string())
+        }
+    }
+}
+
+fn forking_server() -> Result<(), String> {
+    use std::io::Read;
+    let listener = listen()?;
+    // Accepts on the main thread, which forks: a single-threaded process forks safely.
+    listener.set_nonblocking(true).map_err(err)?;
+    // A child watches stdin (this process must stay single-threaded to fork safely): the
+    // server ends when it does. SAFETY: no thread has started; the child only reads stdin.
+    let watcher = match unsafe { libc::fork() } {
+        -1 => return Err(std::io::Error::last_os_error().to_string()),
+        0 => {
+            wait_for_eof();
+            // SAFETY: _exit ends the child without running the parent's atexit handlers.
+            unsafe { libc::_exit(0) }
+        }
+        watcher => watcher,
+    };
+    loop {
+        let mut status = 0;
+        // SAFETY: a non-blocking wait for the watcher child, which exits when stdin closes.
+        if unsafe { libc::waitpid(watcher, &mut status, libc::WNOHANG) } == watcher {
+            return Ok(());
+        }
+        match listener.accept() {
+            Ok((mut stream, _)) => {
+                // SAFETY: this process is single-threaded; the child reads until the client
+                // closes, then exits.
+                match unsafe { libc::fork() } {
+                    -1 => return Err(std::io::Error::last_os_error().to_string()),
+                    0 => {
+                        drop(listener);
+                        let _ = stream.set_nonblocking(false);
+                        let mut buffer = [0u8; 64];
+                        while matches!(stream.read(&mut buffer), Ok(n) if n > 0) {}
+                        // SAFETY: as above.
+                        unsafe { libc::_exit(0) }
+                    }
+                    _ => drop(stream),
+                }
+            }
+            Err(_) => thread::sleep(Duration::from_millis(10)),
         }
     }
 }
