@@ -416,12 +416,12 @@ impl Tracker {
         code_paths: &dyn CodePathSource,
         losses: Losses,
     ) -> Summary {
-        let pairs = pairs::stuck_pairs(self.table.values());
+        let pairs = pairs::pair_ends(self.table.values());
         let mut open: Vec<OpenConnection> = self
             .table
             .values()
-            .map(|tracked| {
-                let pair = pairs.get(&tracked.connection.key()).copied();
+            .zip(pairs)
+            .map(|(tracked, pair)| {
                 OpenConnection {
                     connection: view(self.context(code_paths), &tracked.connection, now),
                     // The end held open for another's end is not stuck by its own doing.
@@ -445,14 +445,10 @@ impl Tracker {
     /// The end of a pair held open for another process's end is not counted (see
     /// [`PairEnd`]).
     pub fn stuck_tally(&self) -> StuckTally {
-        let pairs = pairs::stuck_pairs(self.table.values());
+        let pairs = pairs::pair_ends(self.table.values());
         let mut tally = StuckTally::default();
-        for tracked in self.table.values().filter(|tracked| {
-            tracked.stuck.is_some()
-                && !matches!(
-                    pairs.get(&tracked.connection.key()),
-                    Some(PairEnd::HeldFor { .. })
-                )
+        for (tracked, _) in self.table.values().zip(pairs).filter(|(tracked, pair)| {
+            tracked.stuck.is_some() && !matches!(pair, Some(PairEnd::HeldFor { .. }))
         }) {
             let connection = &tracked.connection;
             *tally

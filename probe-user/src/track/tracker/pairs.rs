@@ -11,7 +11,6 @@ use probe_common::TcpState;
 use rustc_hash::FxHashMap;
 
 use super::Tracked;
-use crate::track::lifecycle::ConnectionKey;
 
 /// What one end of a stuck pair is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -22,47 +21,63 @@ pub enum PairEnd {
     HeldFor { by: u32 },
 }
 
-/// The stuck connections that are two ends of one, by key. Only stuck connections are looked
-/// at, so the cost follows the stuck ones, not all that are open.
-pub(super) fn stuck_pairs<'a>(
-    tracked: impl Iterator<Item = &'a Tracked>,
-) -> FxHashMap<ConnectionKey, PairEnd> {
-    let stuck: Vec<&Tracked> = tracked.filter(|t| t.stuck.is_some()).collect();
-    let by_ends: FxHashMap<(SocketAddr, SocketAddr), usize> = stuck
+/// Which of `tracked` (in its order) are ends of stuck pairs, and which end each is. Only the
+/// stuck connections are indexed, by a hash of their endpoints: a host-wide run may follow a
+/// million stuck sockets, about 16 bytes each in the index and 16 a socket for the list and
+/// the answer, all freed when done. Two pairs whose hashes collide leave one of them unpaired,
+/// counted as before.
+pub(super) fn pair_ends<'a>(tracked: impl Iterator<Item = &'a Tracked>) -> Vec<Option<PairEnd>> {
+    let all: Vec<&Tracked> = tracked.collect();
+    let by_ends: FxHashMap<u64, u32> = all
         .iter()
         .enumerate()
+        .filter(|(_, t)| t.stuck.is_some())
         .map(|(index, t)| {
             let ends = t.connection.endpoints();
-            ((ends.local, ends.remote), index)
+            (ends_hash(ends.local, ends.remote), index as u32)
         })
         .collect();
-    let mut pairs = FxHashMap::default();
-    for (index, one) in stuck.iter().enumerate() {
-        let ends = one.connection.endpoints();
-        let Some(&other_index) = by_ends.get(&(ends.remote, ends.local)) else {
-            continue;
-        };
-        if other_index <= index {
+    let mut pairs = vec![None; all.len()];
+    for (index, one) in all.iter().enumerate() {
+        if one.stuck.is_none() {
             continue;
         }
-        let other = stuck[other_index];
+        let ends = one.connection.endpoints();
+        let Some(&other_index) = by_ends.get(&ends_hash(ends.remote, ends.local)) else {
+            continue;
+        };
+        let other_index = other_index as usize;
+        let other = all[other_index];
+        let other_ends = other.connection.endpoints();
+        if other_index <= index
+            || (other_ends.local, other_ends.remote) != (ends.remote, ends.local)
+        {
+            continue;
+        }
         let Some((acts, held)) = which_acts(one, other) else {
             continue;
         };
-        pairs.insert(
-            acts.connection.key(),
-            PairEnd::Acts {
-                peer: held.connection.pid,
-            },
-        );
-        pairs.insert(
-            held.connection.key(),
-            PairEnd::HeldFor {
-                by: acts.connection.pid,
-            },
-        );
+        let (acts_index, held_index) = if std::ptr::eq(acts, *one) {
+            (index, other_index)
+        } else {
+            (other_index, index)
+        };
+        pairs[acts_index] = Some(PairEnd::Acts {
+            peer: held.connection.pid,
+        });
+        pairs[held_index] = Some(PairEnd::HeldFor {
+            by: acts.connection.pid,
+        });
     }
     pairs
+}
+
+/// A hash of a connection's (local, remote) endpoints.
+fn ends_hash(local: SocketAddr, remote: SocketAddr) -> u64 {
+    use std::hash::{BuildHasher, Hash, Hasher};
+    let mut hasher = rustc_hash::FxBuildHasher.build_hasher();
+    (local, remote).hash(&mut hasher);
+    hasher.finish()
 }
 
 /// Of two ends of one connection, the one that must act and the other; `None` where neither
