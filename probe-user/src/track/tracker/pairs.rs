@@ -74,10 +74,8 @@ pub(super) fn pair_ends<'a>(tracked: impl Iterator<Item = &'a Tracked>) -> Vec<O
 
 /// A hash of a connection's (local, remote) endpoints.
 fn ends_hash(local: SocketAddr, remote: SocketAddr) -> u64 {
-    use std::hash::{BuildHasher, Hash, Hasher};
-    let mut hasher = rustc_hash::FxBuildHasher.build_hasher();
-    (local, remote).hash(&mut hasher);
-    hasher.finish()
+    use std::hash::BuildHasher;
+    rustc_hash::FxBuildHasher.hash_one((local, remote))
 }
 
 /// Of two ends of one connection, the one that must act and the other; `None` where neither
