@@ -292,26 +292,11 @@ impl Tracer {
         }
 
         let events = take(&mut ebpf, names::EVENTS)?;
-        let stacks = match ebpf.take_map(names::STACKS) {
-            Some(map) => Some(typed(names::STACKS, map)?),
-            None => None,
-        };
-        let stack_callers = match ebpf.take_map(names::STACK_CALLERS) {
-            Some(map) => Some(typed(names::STACK_CALLERS, map)?),
-            None => None,
-        };
-        let stack_copies = match ebpf.take_map(names::STACK_COPIES) {
-            Some(map) => Some(typed(names::STACK_COPIES, map)?),
-            None => None,
-        };
-        let python_stacks = match ebpf.take_map(names::PYTHON_STACKS) {
-            Some(map) => Some(typed(names::PYTHON_STACKS, map)?),
-            None => None,
-        };
-        let python_processes = match ebpf.take_map(names::PYTHON_PROCESSES) {
-            Some(map) => Some(typed(names::PYTHON_PROCESSES, map)?),
-            None => None,
-        };
+        let stacks = take_optional(&mut ebpf, names::STACKS)?;
+        let stack_callers = take_optional(&mut ebpf, names::STACK_CALLERS)?;
+        let stack_copies = take_optional(&mut ebpf, names::STACK_COPIES)?;
+        let python_stacks = take_optional(&mut ebpf, names::PYTHON_STACKS)?;
+        let python_processes = take_optional(&mut ebpf, names::PYTHON_PROCESSES)?;
         let process_events = take(&mut ebpf, names::PROCESS_EVENTS)?;
         let targets = take(&mut ebpf, names::TARGETS)?;
         let owners = take(&mut ebpf, names::OWNERS)?;
@@ -659,6 +644,14 @@ where
 {
     let map = ebpf.take_map(name).ok_or(LoadError::Missing(name))?;
     typed(name, map)
+}
+
+/// A map only one of the kernel objects has (the one built with stacks): `None` in the other.
+fn take_optional<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<Option<T>, LoadError>
+where
+    T: TryFrom<Map, Error = MapError>,
+{
+    ebpf.take_map(name).map(|map| typed(name, map)).transpose()
 }
 
 fn typed<T>(name: &'static str, map: Map) -> Result<T, LoadError>

@@ -266,7 +266,7 @@ impl Worker {
     }
 
     /// Keeps `path` as `stack`'s, and notes whether it named the program of a runtime that
-    /// may need flags for that.
+    /// may need flags for that (or was read from the interpreter itself, which needs none).
     fn record(&mut self, view: &ProcessView, stack: StackRef, path: Option<CodePath>) {
         if let (Some(path), Some(hint)) = (&path, classify::naming_hint(&view.program)) {
             let mut hints = self.hints.lock().unwrap_or_else(PoisonError::into_inner);
@@ -278,7 +278,8 @@ impl Worker {
                 hint,
                 named: false,
             });
-            entry.named |= path.has_app_frames();
+            // The interpreter's own frames were read: no flag would name more.
+            entry.named |= path.has_app_frames() || is_interpreted_stack(stack.id);
         }
         self.results
             .lock()
