@@ -140,8 +140,16 @@ scenario() {{
     /probe --json --attach $1 --close-wait-after 1s -- /xtask leak-scenario \
         --connections {LEAKED} --hold 8s > /tmp/probe.json 2> /tmp/probe.err &
     PROBE=$!
-    sleep 5
-    echo "VM-$1-NETSTAT-CLOSE-WAIT $(netstat -tn | grep -c CLOSE_WAIT)"
+    # The leak starts once probe has attached, which takes seconds under software emulation
+    # (the verifier's work is emulated too): netstat is read each second until it shows the
+    # leak, for as long as the scenario holds it.
+    n=0
+    for i in 1 2 3 4 5 6 7 8 9 10 11 12; do
+        sleep 1
+        n=$(netstat -tn | grep -c CLOSE_WAIT)
+        [ "$n" -ge {LEAKED} ] && break
+    done
+    echo "VM-$1-NETSTAT-CLOSE-WAIT $n"
     wait $PROBE
     echo "VM-$1-PROBE-EXIT $?"
     cat /tmp/probe.err

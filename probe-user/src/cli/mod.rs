@@ -146,7 +146,7 @@ pub struct Cli {
     #[arg(long, value_name = "FILE", requires = "metrics_addr")]
     pub metrics_web_config: Option<PathBuf>,
 
-    /// Per-process metrics for at most this many processes (the most stuck first); the rest
+    /// Per-process metrics for at most this many processes (the most urgent first); the rest
     /// add up under comm="(other)".
     #[arg(long, value_name = "N", default_value_t = 20, requires = "metrics_addr", value_parser = clap::value_parser!(u16).range(1..=1000))]
     pub metrics_top: u16,

@@ -495,6 +495,21 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains(r#"comm="cron""#), "{text}");
+        // The groups kept are the most urgent (the triage's order), not the most stuck: a
+        // small leak that will run out of descriptors first keeps its series.
+        table.processes = vec![
+            report(30, "leaker", 1),
+            report(31, "stopped", 50),
+            report(32, "idle", 40),
+        ];
+        metrics.tick(Timestamp::from_nanos(1), &table).unwrap();
+        let text = metrics.encode();
+        assert!(
+            text.contains(r#"comm="leaker""#)
+                && text.contains(r#"comm="stopped""#)
+                && !text.contains(r#"comm="idle""#),
+            "{text}"
+        );
         // A name with control bytes is escaped in its label, as on a terminal.
         table.processes = vec![report(20, "\x1b]0;x\x07", 50)];
         metrics.tick(Timestamp::from_nanos(1), &table).unwrap();

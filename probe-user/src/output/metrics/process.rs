@@ -1,9 +1,9 @@
 //! Per-process metrics, with their cardinality under control: a fleet scrapes every node, and a
 //! series per pid would grow without bound as processes come and go. By default a process is
 //! named by what outlives it (its name, container and pod; processes that share them add up),
-//! the pid only with `--metrics-pids`; and only the `top` groups with the most stuck
-//! connections (then the most open ones) get series of their own, the rest add up under
-//! `comm="(other)"`. With N traced groups, these families hold at most top+1 series per state,
+//! the pid only with `--metrics-pids`; and only the `top` most urgent groups (the triage's
+//! order: descriptors that run out first, then growing leaks, then the most stuck) get series
+//! of their own, the rest add up under `comm="(other)"`. With N traced groups, these families hold at most top+1 series per state,
 //! plus one per forecast.
 
 use std::collections::BTreeMap;
@@ -69,8 +69,6 @@ pub struct ProcessMetrics {
 struct Group {
     open: BTreeMap<&'static str, i64>,
     stuck: BTreeMap<&'static str, i64>,
-    stuck_total: usize,
-    open_total: usize,
     leak_rate: Option<f64>,
     fds_open: Option<i64>,
     fd_exhaustion: Option<f64>,
@@ -179,21 +177,26 @@ impl ProcessMetrics {
         }
     }
 
-    /// The processes grouped by their labels: the `top` groups (most stuck, then most open),
+    /// The processes grouped by their labels: the `top` groups, the most urgent first (the
+    /// triage's order, in which `processes` come: a group ranks as its most urgent process),
     /// and the rest under `(other)`.
     fn groups(&self, processes: &[ProcessReport]) -> Vec<(ProcessLabels, Group)> {
-        let mut by_labels: BTreeMap<ProcessLabels, Group> = BTreeMap::new();
-        for report in processes {
-            let group = by_labels.entry(self.labels(report)).or_default();
+        let mut by_labels: BTreeMap<ProcessLabels, (usize, Group)> = BTreeMap::new();
+        for (rank, report) in processes.iter().enumerate() {
+            let (_, group) = by_labels
+                .entry(self.labels(report))
+                .or_insert_with(|| (rank, Group::default()));
             add(group, report);
         }
-        let mut groups: Vec<(ProcessLabels, Group)> = by_labels.into_iter().collect();
-        groups.sort_by(|(a_labels, a), (b_labels, b)| {
-            b.stuck_total
-                .cmp(&a.stuck_total)
-                .then(b.open_total.cmp(&a.open_total))
-                .then(a_labels.cmp(b_labels))
-        });
+        let mut ranked: Vec<(usize, ProcessLabels, Group)> = by_labels
+            .into_iter()
+            .map(|(labels, (rank, group))| (rank, labels, group))
+            .collect();
+        ranked.sort_by_key(|(rank, _, _)| *rank);
+        let mut groups: Vec<(ProcessLabels, Group)> = ranked
+            .into_iter()
+            .map(|(_, labels, group)| (labels, group))
+            .collect();
         if groups.len() > self.cardinality.top {
             let rest = groups.split_off(self.cardinality.top);
             let mut other = Group::default();
@@ -249,8 +252,6 @@ fn add(group: &mut Group, report: &ProcessReport) {
     for (state, count) in &report.stuck_counts {
         *group.stuck.entry(state.name()).or_insert(0) += *count as i64;
     }
-    group.stuck_total += report.stuck;
-    group.open_total += report.open;
     if let Some(rate) = report.leak_per_min {
         *group.leak_rate.get_or_insert(0.0) += rate;
     }
@@ -270,8 +271,6 @@ fn merge(into: &mut Group, group: Group) {
     for (state, count) in group.stuck {
         *into.stuck.entry(state).or_insert(0) += count;
     }
-    into.stuck_total += group.stuck_total;
-    into.open_total += group.open_total;
     if let Some(rate) = group.leak_rate {
         *into.leak_rate.get_or_insert(0.0) += rate;
     }
