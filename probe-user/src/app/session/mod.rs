@@ -374,8 +374,10 @@ impl Session {
             crate::app::say_notes(code_paths.naming_hints());
         }
         let now = monotonic_now();
-        self.triage.note_stuck(now, &self.tracker.stuck_tally());
-        let mut summary = self.tracker.summary(now, self.code_path_source(), losses);
+        let (tally, mut summary) =
+            self.tracker
+                .tally_and_summary(now, self.code_path_source(), losses);
+        self.triage.note_stuck(now, &tally);
         summary.add_triage(&self.triage, now);
         if losses.lost_events > 0 || losses.untracked_sockets > 0 || counters.target_map_full > 0 {
             crate::say!(
@@ -502,8 +504,8 @@ impl Session {
     /// look at it.
     fn tick(&mut self) -> io::Result<()> {
         let now = monotonic_now();
-        self.triage.note_stuck(now, &self.tracker.stuck_tally());
         if !self.schedule.ticks {
+            self.triage.note_stuck(now, &self.tracker.stuck_tally());
             return Ok(());
         }
         let losses = match self.tracer.counters() {
@@ -513,7 +515,10 @@ impl Session {
                 Default::default()
             }
         };
-        let mut table = self.tracker.summary(now, self.code_path_source(), losses);
+        let (tally, mut table) =
+            self.tracker
+                .tally_and_summary(now, self.code_path_source(), losses);
+        self.triage.note_stuck(now, &tally);
         table.add_triage(&self.triage, now);
         self.sink.tick(now, &table)
     }

@@ -417,11 +417,46 @@ impl Tracker {
         losses: Losses,
     ) -> Summary {
         let pairs = pairs::pair_ends(self.table.values());
+        self.summary_with(now, code_paths, losses, &pairs)
+    }
+
+    /// How many connections are stuck now, per process, state and endpoint
+    /// ([`crate::track::ConnectionView::known_by`]).
+    /// The end of a pair held open for another process's end is not counted (see
+    /// [`PairEnd`]).
+    pub fn stuck_tally(&self) -> StuckTally {
+        let pairs = pairs::pair_ends(self.table.values());
+        self.tally_with(&pairs)
+    }
+
+    /// [`Tracker::stuck_tally`] and [`Tracker::summary`] at once, the pairs of both ends
+    /// found once for both (a host-wide run may follow a million stuck sockets).
+    pub fn tally_and_summary(
+        &self,
+        now: Timestamp,
+        code_paths: &dyn CodePathSource,
+        losses: Losses,
+    ) -> (StuckTally, Summary) {
+        let pairs = pairs::pair_ends(self.table.values());
+        (
+            self.tally_with(&pairs),
+            self.summary_with(now, code_paths, losses, &pairs),
+        )
+    }
+
+    /// [`Tracker::summary`], with the table's pairs (see [`pairs::pair_ends`]).
+    fn summary_with(
+        &self,
+        now: Timestamp,
+        code_paths: &dyn CodePathSource,
+        losses: Losses,
+        pairs: &[Option<PairEnd>],
+    ) -> Summary {
         let mut open: Vec<OpenConnection> = self
             .table
             .values()
             .zip(pairs)
-            .map(|(tracked, pair)| {
+            .map(|(tracked, &pair)| {
                 OpenConnection {
                     connection: view(self.context(code_paths), &tracked.connection, now),
                     // The end held open for another's end is not stuck by its own doing.
@@ -440,12 +475,8 @@ impl Tracker {
         Summary::new(open, self.closed, losses)
     }
 
-    /// How many connections are stuck now, per process, state and endpoint
-    /// ([`crate::track::ConnectionView::known_by`]).
-    /// The end of a pair held open for another process's end is not counted (see
-    /// [`PairEnd`]).
-    pub fn stuck_tally(&self) -> StuckTally {
-        let pairs = pairs::pair_ends(self.table.values());
+    /// [`Tracker::stuck_tally`], with the table's pairs.
+    fn tally_with(&self, pairs: &[Option<PairEnd>]) -> StuckTally {
         let mut tally = StuckTally::default();
         for (tracked, _) in self.table.values().zip(pairs).filter(|(tracked, pair)| {
             tracked.stuck.is_some() && !matches!(pair, Some(PairEnd::HeldFor { .. }))
