@@ -141,7 +141,7 @@ fn thread_state(layout: &PythonLayout) -> Option<u64> {
             return Some(known);
         }
     }
-    let interpreter = read_word(layout.main_interpreter)?;
+    let interpreter = read_at::<u64>(layout.main_interpreter, 0)?;
     let mut state = read_at::<u64>(interpreter, layout.interpreter_threads)?;
     for _ in 0..THREADS {
         if state == 0 {
@@ -154,13 +154,6 @@ fn thread_state(layout: &PythonLayout) -> Option<u64> {
         state = read_at::<u64>(state, layout.thread_next)?;
     }
     None
-}
-
-/// A word of the current process's memory.
-#[inline(always)]
-fn read_word(address: u64) -> Option<u64> {
-    // SAFETY: bpf_probe_read_user copies from the current process's memory and fails cleanly.
-    unsafe { bpf_probe_read_user(address as *const u64) }.ok()
 }
 
 /// Copies the word at `offset` from `base` in the current process's memory into `into`;
@@ -181,6 +174,6 @@ fn read_into(into: &mut u64, base: u64, offset: u32) -> bool {
 #[inline(always)]
 fn read_at<T: Copy>(base: u64, offset: u32) -> Option<T> {
     let address = base.checked_add(u64::from(offset))?;
-    // SAFETY: as in `read_word`.
+    // SAFETY: bpf_probe_read_user copies from the current process's memory and fails cleanly.
     unsafe { bpf_probe_read_user(address as *const T) }.ok()
 }

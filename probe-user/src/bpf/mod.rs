@@ -366,6 +366,8 @@ impl Tracer {
             return;
         };
         let Some(runtime) = self.pythons.find(pid) else {
+            // A process that exec'd another program keeps no layout of its old interpreter.
+            let _ = processes.remove(&pid);
             return;
         };
         log::debug!("pid {pid} runs CPython 3.{}", runtime.version.minor);

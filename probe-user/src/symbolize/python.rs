@@ -20,6 +20,8 @@ const MAX_TABLE: u64 = 256 << 10;
 /// are read for the frame at hand and not kept (a hostile process can point its frames at as
 /// many fake code objects as it likes).
 const MAX_KEPT: usize = 32 << 20;
+/// What one remembered code object costs beside its names and table (the map's entry).
+const ENTRY_SIZE: usize = 64;
 /// The most type objects remembered per process and burst.
 const MAX_TYPES: usize = 4096;
 /// `PyObject.ob_type`, `PyTypeObject.tp_name`: the same in every version.
@@ -98,9 +100,12 @@ impl PythonProcess {
             return known.clone();
         }
         let code = self.read_code(address).map(Arc::new);
-        let size = code.as_ref().map_or(0, |code| {
-            code.function.len() + code.path.len() + code.line_table.len()
-        });
+        // An address that holds no code object is remembered too, and counts as well: a
+        // hostile process may point its frames at any number of them.
+        let size = ENTRY_SIZE
+            + code.as_ref().map_or(0, |code| {
+                code.function.len() + code.path.len() + code.line_table.len()
+            });
         if self.kept + size <= MAX_KEPT {
             self.kept += size;
             self.codes.insert(address, code.clone());

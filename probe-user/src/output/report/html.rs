@@ -259,6 +259,7 @@ fn diagnoses(out: &mut String, table: &Summary) {
     out.push_str("<h2>Diagnosis and fix</h2>");
     let by_code = table.stuck_by_code_path();
     for (&diagnosis, count) in table.stuck_kinds() {
+        let protocol = table.protocol_of(diagnosis);
         let colour = TcpState::ALL
             .into_iter()
             .find(|state| Diagnosis::for_state(*state) == Some(diagnosis))
@@ -267,8 +268,8 @@ fn diagnoses(out: &mut String, table: &Summary) {
             out,
             r#"<h3><span class="state" style="color:{colour}">{}</span>: {count} stuck</h3><p>{}</p><div class="fix"><b>Fix:</b> {}</div>"#,
             diagnosis.key(),
-            escape(&diagnosis.reason_for(table.protocol_of(diagnosis))),
-            escape(diagnosis.fix_for(table.protocol_of(diagnosis)))
+            escape(&diagnosis.reason_for(protocol)),
+            escape(diagnosis.fix_for(protocol))
         );
         let places: Vec<String> = by_code
             .iter()

@@ -233,8 +233,10 @@ pub struct Interpreter {
     pub minor: u8,
     /// `_PyRuntime`'s stated address.
     pub runtime: u64,
-    /// The file is position-independent (a shared library, a PIE): loaded at a bias.
-    pub relocatable: bool,
+    /// For a position-independent file (a shared library, a PIE, loaded at a bias): the
+    /// stated address of its first loadable segment, which is mapped from the file's start;
+    /// `None` for an executable loaded where it says.
+    pub first_segment: Option<u64>,
 }
 
 /// The interpreter in `file` (the executable, or a `libpython3.N.so`), named `name`: the one
@@ -257,10 +259,15 @@ pub fn interpreter(file: &File, name: &str) -> Option<Interpreter> {
         .and_then(|address| read_stated(&elf, address))
         .map(|hex| (hex >> 16) as u8)
         .or_else(|| minor_in_name(name))?;
+    let first_segment = if elf.kind() == ObjectKind::Dynamic {
+        Some(elf.segments().map(|segment| segment.address()).min()?)
+    } else {
+        None
+    };
     Some(Interpreter {
         minor,
         runtime,
-        relocatable: elf.kind() == ObjectKind::Dynamic,
+        first_segment,
     })
 }
 
@@ -333,10 +340,10 @@ impl Finder {
                 continue;
             };
             let version = Version::of(found.minor)?;
-            let bias = if found.relocatable {
-                load_bias(&file, map.address.0)?
-            } else {
-                0
+            // The file's start is mapped at `map`'s start, with its first loadable segment.
+            let bias = match found.first_segment {
+                Some(first) => map.address.0.checked_sub(first & !0xfff)?,
+                None => 0,
             };
             return Some(PythonRuntime {
                 version,
@@ -345,15 +352,6 @@ impl Finder {
         }
         None
     }
-}
-
-/// The load bias of `file`, whose start (offset 0) the process maps at `start`: the first
-/// loadable segment is mapped from the file's start.
-fn load_bias(file: &File, start: u64) -> Option<u64> {
-    let cache = ReadCache::new(file);
-    let elf = object::File::parse(&cache).ok()?;
-    let first = elf.segments().map(|segment| segment.address()).min()?;
-    start.checked_sub(first & !0xfff)
 }
 
 fn file_name(path: &Path) -> String {
