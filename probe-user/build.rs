@@ -34,6 +34,19 @@ fn main() {
         println!("cargo:rustc-env=PROBE_EBPF_EMBEDDED=1");
     }
     println!("cargo:rustc-env=PROBE_GIT_REVISION={}", git_revision());
+    println!("cargo:rustc-env=PROBE_BUILT_FOR={}", built_for());
+}
+
+/// The target triple, and whether the C library is linked in (`static`) or loaded at run time.
+fn built_for() -> String {
+    let target = env::var("TARGET").unwrap_or_else(|_| "unknown".into());
+    let features = env::var("CARGO_CFG_TARGET_FEATURE").unwrap_or_default();
+    let linking = if features.split(',').any(|feature| feature == "crt-static") {
+        "static"
+    } else {
+        "dynamic"
+    };
+    format!("{target}, {linking}")
 }
 
 /// The short git revision of the source, `unknown` outside a git checkout.

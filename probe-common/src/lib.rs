@@ -521,8 +521,11 @@ pub struct StackCopy {
     pub ip: u64,
     /// The user stack pointer at the system call: the address of `bytes[0]`.
     pub sp: u64,
-    /// The user frame pointer (`rbp`) at the system call.
+    /// The user frame pointer (RBP on x86-64, X29 on arm64) at the system call.
     pub bp: u64,
+    /// The link register (X30) at the system call on arm64, the innermost return address; 0 on
+    /// x86-64, where that address is on the stack.
+    pub lr: u64,
     /// How many bytes of `bytes` were copied (the stack may end before
     /// [`STACK_COPY_BYTES`]).
     pub len: u32,
@@ -718,7 +721,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<OpenFile>(), 16);
         assert_eq!(core::mem::size_of::<SocketTuple>(), 40);
         assert_eq!(core::mem::size_of::<ProcessEvent>(), 32);
-        assert_eq!(core::mem::size_of::<StackCopy>(), 40 + STACK_COPY_BYTES);
+        assert_eq!(core::mem::size_of::<StackCopy>(), 48 + STACK_COPY_BYTES);
     }
 
     #[test]

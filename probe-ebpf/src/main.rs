@@ -20,6 +20,7 @@
 #![no_std]
 #![no_main]
 
+mod arch;
 mod open_files;
 mod process;
 #[cfg(feature = "stacks")]

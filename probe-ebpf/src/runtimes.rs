@@ -4,33 +4,36 @@
 //! SYN_SENT, in the owner's context) the set_state program finds the request again:
 //!
 //! - Go's `net/http` dials on a goroutine of its own. `(*Transport).queueForDial(w)` runs on
-//!   the requesting goroutine: its stack, by `w` (the `*wantConn`, in RBX under Go's register
-//!   ABI, Go 1.17 and later). `(*Transport).dialConnFor(w)` runs on the dialing goroutine (its
-//!   `g` in R14): `g -> w`. At the connect, the current goroutine is the word at `fs_base - 8`.
+//!   the requesting goroutine: its stack, by `w` (the `*wantConn`, its first argument under
+//!   Go's register ABI, Go 1.17 and later). `(*Transport).dialConnFor(w)` runs on the dialing
+//!   goroutine (`g`, in its register): `g -> w`. At the connect, the current goroutine is the
+//!   word at `fs_base - 8` on x86-64, the saved X28 on arm64 (see [`crate::arch`]).
 //! - node (libuv) connects on a later tick than the JavaScript call that asked. `uv_tcp_init`
-//!   runs inside that call: its stack, by handle (RSI). `uv_tcp_connect(req, handle)` then
-//!   connects on the same thread: `thread -> handle`.
+//!   runs inside that call: its stack, by handle (its second argument). `uv_tcp_connect(req,
+//!   handle)` then connects on the same thread: `thread -> handle`.
 //!
 //! Entries are taken out when used (goroutines and handles are reused); the maps are LRU, so
 //! requests that never connect (a failed lookup, a cancelled request) age out.
 
 use aya_ebpf::{
-    helpers::{
-        bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_kernel, bpf_probe_read_user,
-    },
+    helpers::{bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_kernel},
     macros::{map, uprobe},
     maps::LruHashMap,
     programs::ProbeContext,
 };
 use probe_common::{CallerWords, InUse, NO_STACK, ProcessPointer};
 
-use crate::{current_tgid, in_use, mark_in_use, traces_current, user_stack};
+use crate::{
+    arch::{UserRegs, c_second_argument, go_first_argument, go_goroutine},
+    current_tgid, in_use, mark_in_use, traces_current, user_stack,
+};
 
 /// Requests a runtime has not connected for yet (or whose connect probe did not see), at most.
 const PENDING: u32 = 8192;
 
 /// Offset of `thread.fsbase` in `struct task_struct`, set by the loader from the kernel's BTF
-/// (0: unknown, and Go goroutines are not followed).
+/// on x86-64 (0: unknown, and Go goroutines are not followed there; always 0 on arm64, where
+/// nothing reads the thread pointer).
 #[unsafe(no_mangle)]
 static TASK_FSBASE: aya_ebpf::Global<u32> = aya_ebpf::Global::new(0);
 
@@ -84,7 +87,7 @@ pub fn go_queue_for_dial(ctx: ProbeContext) -> u32 {
     };
     let stack = user_stack(&ctx);
     if stack != NO_STACK {
-        let _ = GO_WANTS.insert(key(tgid, regs.rbx), stack, 0);
+        let _ = GO_WANTS.insert(key(tgid, go_first_argument(regs)), stack, 0);
     }
     0
 }
@@ -95,7 +98,7 @@ pub fn go_dial_conn_for(ctx: ProbeContext) -> u32 {
         return 0;
     };
     mark_in_use(InUse::GoDials);
-    let _ = GO_DIALS.insert(key(tgid, regs.r14), regs.rbx, 0);
+    let _ = GO_DIALS.insert(key(tgid, go_goroutine(regs)), go_first_argument(regs), 0);
     0
 }
 
@@ -106,7 +109,7 @@ pub fn node_tcp_init(ctx: ProbeContext) -> u32 {
     };
     let stack = user_stack(&ctx);
     if stack != NO_STACK {
-        let _ = NODE_HANDLES.insert(key(tgid, regs.rsi), stack, 0);
+        let _ = NODE_HANDLES.insert(key(tgid, c_second_argument(regs)), stack, 0);
     }
     0
 }
@@ -118,13 +121,14 @@ pub fn node_tcp_connect(ctx: ProbeContext) -> u32 {
     };
     mark_in_use(InUse::NodeConnects);
     let thread = bpf_get_current_pid_tgid() as u32;
-    let _ = NODE_CONNECTS.insert(thread, regs.rsi, 0);
+    let _ = NODE_CONNECTS.insert(thread, c_second_argument(regs), 0);
     0
 }
 
 /// At a connect of process `tgid`, in its own context: the stack of the code that asked a
-/// runtime for this connection, if a hook noted one; [`NO_STACK`] otherwise.
-pub fn requested_stack(tgid: u32) -> i32 {
+/// runtime for this connection, if a hook noted one; [`NO_STACK`] otherwise. `regs` reads the
+/// user registers of the connect, when needed.
+pub fn requested_stack(tgid: u32, regs: impl FnOnce() -> Option<UserRegs>) -> i32 {
     if in_use(InUse::NodeConnects) {
         let thread = bpf_get_current_pid_tgid() as u32;
         if let Some(handle) = NODE_CONNECTS.get_ptr(thread) {
@@ -137,7 +141,7 @@ pub fn requested_stack(tgid: u32) -> i32 {
         }
     }
     if in_use(InUse::GoDials)
-        && let Some(g) = current_goroutine()
+        && let Some(g) = current_goroutine(regs)
         && let Some(want) = GO_DIALS.get_ptr(key(tgid, g))
     {
         // SAFETY: as above.
@@ -159,11 +163,20 @@ fn take(map: &LruHashMap<ProcessPointer, i32>, at: ProcessPointer) -> Option<i32
     Some(stack)
 }
 
-/// The current goroutine of a Go thread: the word at `fs_base - 8` (Go's TLS slot for `g`).
-fn current_goroutine() -> Option<u64> {
+/// The current goroutine of a Go thread at a system call: on x86-64 the word at `fs_base - 8`
+/// (Go's TLS slot for `g`), whatever the program can read of the registers.
+#[cfg(bpf_target_arch = "x86_64")]
+fn current_goroutine(_regs: impl FnOnce() -> Option<UserRegs>) -> Option<u64> {
     let fsbase = thread_pointer().filter(|&fsbase| fsbase >= 8)?;
     // SAFETY: bpf_probe_read_user copies from the current process's memory and fails cleanly.
-    unsafe { bpf_probe_read_user((fsbase - 8) as *const u64) }.ok()
+    unsafe { aya_ebpf::helpers::bpf_probe_read_user((fsbase - 8) as *const u64) }.ok()
+}
+
+/// The current goroutine of a Go thread at a system call: on arm64 Go keeps it in X28 (only
+/// the BTF program can read the saved registers).
+#[cfg(bpf_target_arch = "aarch64")]
+fn current_goroutine(regs: impl FnOnce() -> Option<UserRegs>) -> Option<u64> {
+    regs().map(|regs| regs.goroutine).filter(|&g| g != 0)
 }
 
 /// The current thread's thread pointer (`fs_base`: what `pthread_self()` returns, and where
@@ -180,9 +193,10 @@ pub fn thread_pointer() -> Option<u64> {
     unsafe { bpf_probe_read_kernel((task + u64::from(offset)) as *const u64) }.ok()
 }
 
-/// Notes the words at the user stack pointer when the connect entered the kernel (read by
-/// `user_sp` only when needed) for stack `stack`, once per stack.
-pub fn note_caller_words(stack: i32, user_sp: impl FnOnce() -> Option<u64>) {
+/// Notes where the caller of the connect's innermost function may be (the registers are read
+/// by `regs` only when needed) for stack `stack`, once per stack: the words at the user stack
+/// pointer on x86-64, where a call leaves its return address; the link register on arm64.
+pub fn note_caller_words(stack: i32, regs: impl FnOnce() -> Option<UserRegs>) {
     if stack == NO_STACK {
         return;
     }
@@ -190,11 +204,23 @@ pub fn note_caller_words(stack: i32, user_sp: impl FnOnce() -> Option<u64>) {
     if STACK_CALLERS.get_ptr(stack).is_some() {
         return;
     }
-    let Some(user_sp) = user_sp().filter(|&sp| sp != 0) else {
+    let Some(regs) = regs().filter(|regs| regs.sp != 0) else {
         return;
     };
-    // SAFETY: bpf_probe_read_user copies from the current process's memory and fails cleanly.
-    if let Ok(words) = unsafe { bpf_probe_read_user(user_sp as *const CallerWords) } {
+    if let Some(words) = caller_words(&regs) {
         let _ = STACK_CALLERS.insert(stack, words, u64::from(aya_ebpf::bindings::BPF_NOEXIST));
     }
+}
+
+#[cfg(bpf_target_arch = "x86_64")]
+fn caller_words(regs: &UserRegs) -> Option<CallerWords> {
+    // SAFETY: bpf_probe_read_user copies from the current process's memory and fails cleanly.
+    unsafe { aya_ebpf::helpers::bpf_probe_read_user(regs.sp as *const CallerWords) }.ok()
+}
+
+#[cfg(bpf_target_arch = "aarch64")]
+fn caller_words(regs: &UserRegs) -> Option<CallerWords> {
+    let mut words: CallerWords = [0; probe_common::CALLER_WORDS];
+    words[0] = regs.lr;
+    Some(words)
 }

@@ -19,7 +19,7 @@ use aya_ebpf::{
 };
 use probe_common::{COPIED_SLOTS, Counter, NO_STACK, STACK_COPY_BYTES, StackCopy, copied_slot};
 
-use crate::{count, set_state::UserRegs};
+use crate::{arch::UserRegs, count};
 
 /// Stack copies for userspace (each is [`STACK_COPY_BYTES`] and a header).
 #[map]
@@ -61,6 +61,7 @@ pub fn copy_stack(tgid: u32, stack: i32, regs: impl FnOnce() -> Option<UserRegs>
         (*copy).ip = regs.ip;
         (*copy).sp = regs.sp;
         (*copy).bp = regs.bp;
+        (*copy).lr = regs.lr;
         (*copy)._pad = 0;
         let len = read_stack(&mut (*copy).bytes, regs.sp);
         (*copy).len = len;

@@ -63,16 +63,27 @@ fn the_man_page_documents_the_options() {
 }
 
 #[test]
-fn the_version_names_the_git_revision() {
+fn the_version_names_the_git_revision_and_the_target() {
     let version = probe(&["--version"]);
-    let revision = version
+    let inside = version
         .trim()
         .strip_suffix(')')
-        .and_then(|v| v.rsplit_once('('))
-        .map(|(_, revision)| revision)
+        .and_then(|v| v.split_once(" (commit "))
+        .map(|(_, inside)| inside)
         .unwrap_or_default();
+    let mut parts = inside.split(", ");
+    let revision = parts.next().unwrap_or_default();
     assert!(
         revision.len() >= 7 && revision.chars().all(|c| c.is_ascii_hexdigit() || c == '-'),
+        "{version}"
+    );
+    let target = parts.next().unwrap_or_default();
+    assert!(
+        target.ends_with("-linux-gnu") && target.starts_with(std::env::consts::ARCH),
+        "{version}"
+    );
+    assert!(
+        matches!(parts.next(), Some("static" | "dynamic")),
         "{version}"
     );
 }

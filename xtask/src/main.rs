@@ -13,6 +13,7 @@ mod workload;
 use std::{ffi::OsString, net::SocketAddr, process::Command, time::Duration};
 
 use anyhow::Result;
+use build::Arch;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -31,8 +32,14 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
-    /// The release binary, shell completions (bash, zsh, fish) and man page, in target/dist/.
-    Dist,
+    /// Static binaries for x86_64 and aarch64 (with completions and man page), Debian packages,
+    /// checksums and the image's build context, in target/dist/.
+    Dist {
+        /// Then install and remove the package with apt, and build and run the image with
+        /// podman, here (root).
+        #[arg(long)]
+        check: bool,
+    },
     /// Lints, unit tests, and the integration tests on the running kernel.
     Test,
     /// The leaking HTTP client, traced by probe, then its fix.
@@ -85,14 +92,6 @@ enum Task {
         #[arg(long)]
         pairs: usize,
     },
-    /// An HTTP server and a leaking client in one process (the scenario of `vm-test`).
-    #[command(hide = true)]
-    LeakScenario {
-        #[arg(long, default_value_t = 4)]
-        connections: usize,
-        #[arg(long, default_value = "8s", value_parser = humantime::parse_duration)]
-        hold: Duration,
-    },
     /// The demo's HTTP client (used by `demo`).
     #[command(hide = true)]
     DemoClient {
@@ -133,39 +132,33 @@ fn main() -> Result<()> {
             };
             cmd::run(command.args(args))
         }
-        Task::Dist => {
-            let dir = dist::dist()?;
+        Task::Dist { check } => {
+            let dist = dist::dist()?;
+            for (arch, binary) in &dist.binaries {
+                eprintln!("xtask: {} (static, {})", binary.display(), arch.name());
+            }
+            for (_, package) in &dist.packages {
+                eprintln!("xtask: {}", package.display());
+            }
             eprintln!(
-                "xtask: {}: probe, completions/ (bash, zsh, fish), man/probe.1",
-                dir.display()
+                "xtask: {}: the tarballs, SHA256SUMS, and the image's build context \
+                 (docker build -f deploy/Dockerfile --platform linux/amd64 {})",
+                dist.dir.display(),
+                dist.dir.display()
             );
+            if check {
+                dist::check(&dist)?;
+            }
             Ok(())
         }
         Task::Test => test::test(),
         Task::Demo => demo::demo(),
-        Task::VmTest => vm::vm_test().map(|verdicts| {
-            for verdict in verdicts {
-                eprintln!(
-                    "xtask: on Linux {}, probe (--attach {}) flagged {} CLOSE_WAIT connections; \
-                     netstat shows {}",
-                    verdict.kernel,
-                    verdict.program,
-                    verdict.probe_stuck,
-                    verdict.netstat_close_wait
-                );
-            }
-        }),
-        Task::LeakScenario { connections, hold } => {
-            let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-            let server = listener.local_addr()?;
-            std::thread::spawn(move || workload::serve(listener, Duration::from_secs(1)));
-            workload::client(
-                server,
-                connections,
-                Duration::from_millis(200),
-                hold,
-                workload::ClientKind::Leaky,
-            )
+        Task::VmTest => {
+            let binaries = Arch::ALL
+                .into_iter()
+                .map(|arch| build::static_probe(arch).map(|binary| (arch, binary)))
+                .collect::<Result<Vec<_>>>()?;
+            vm::vm_test(&binaries).map(|verdicts| vm::tell(&verdicts))
         }
         Task::Bench {
             rounds,

@@ -167,6 +167,22 @@ fn ensure_bpf_linker() -> Result<()> {
     .context("cannot install bpf-linker")
 }
 
+/// Makes sure the host's Rust can build for `target` (its standard library, through rustup).
+pub fn ensure_rust_target(target: &str) -> Result<()> {
+    if !tool_exists("rustup") {
+        // A compiler without rustup has the targets it was installed with; cargo says which
+        // is missing.
+        return Ok(());
+    }
+    let installed = output_of(Command::new("rustup").args(["target", "list", "--installed"]))?;
+    if installed.lines().any(|line| line.trim() == target) {
+        return Ok(());
+    }
+    eprintln!("xtask: adding the Rust target {target}");
+    run(Command::new("rustup").args(["target", "add", target]))
+        .with_context(|| format!("cannot add the Rust target {target} with rustup"))
+}
+
 /// Installs Debian packages (through sudo when not root), refreshing the package lists once if
 /// the first try fails.
 pub fn apt_install(packages: &[&str]) -> Result<()> {

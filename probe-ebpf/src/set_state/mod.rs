@@ -22,8 +22,8 @@ use probe_common::{
 };
 
 use crate::{
-    EVENTS, LISTENERS, NEXT_WAKEUP, OWNERS, SEED_COOKIES, SEEDS, WAKEUP_BYTES, count, current_tgid,
-    in_use, mark_in_use, traces_current, user_stack,
+    EVENTS, LISTENERS, NEXT_WAKEUP, OWNERS, SEED_COOKIES, SEEDS, WAKEUP_BYTES, arch::UserRegs,
+    count, current_tgid, in_use, mark_in_use, traces_current, user_stack,
 };
 
 const CLOSE: u8 = TcpState::Close as u8;
@@ -60,16 +60,6 @@ trait SocketFields {
     fn endpoints(&self) -> Result<Endpoints, i64>;
     /// The socket's cookie; 0 where the program cannot ask for it.
     fn cookie(&self) -> u64;
-}
-
-/// The user registers at the system call that made a transition: the instruction, stack and
-/// frame pointers.
-// Only the object built with stacks reads them (see `code_path`).
-#[cfg_attr(not(feature = "stacks"), allow(dead_code))]
-pub(crate) struct UserRegs {
-    pub ip: u64,
-    pub sp: u64,
-    pub bp: u64,
 }
 
 /// What a program can learn of the user registers at the system call that made a transition.
@@ -321,11 +311,11 @@ fn code_path<C: StackIdContext + SyscallRegs>(
     #[cfg(feature = "stacks")]
     {
         // The registers are read only for a stack not seen before: most connects repeat one.
-        crate::runtimes::note_caller_words(opened, || ctx.user_regs().map(|regs| regs.sp));
+        crate::runtimes::note_caller_words(opened, || ctx.user_regs());
         crate::stack_copy::copy_stack(owner, opened, || ctx.user_regs());
         Stacks {
             opened,
-            requested: crate::runtimes::requested_stack(owner),
+            requested: crate::runtimes::requested_stack(owner, || ctx.user_regs()),
         }
     }
     #[cfg(not(feature = "stacks"))]

@@ -7,8 +7,8 @@ use aya_ebpf::{
 };
 use probe_common::SetStateLayout;
 
-use super::{Endpoints, SocketFields, Transition, UserRegs, field, handle};
-use crate::{COPY, CopyBytes, LAYOUT, count_failure};
+use super::{Endpoints, SocketFields, Transition, field, handle};
+use crate::{COPY, CopyBytes, LAYOUT, arch::UserRegs, count_failure};
 
 #[tracepoint(category = "sock", name = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {

@@ -14,8 +14,12 @@ use aya_ebpf::{
 };
 use probe_common::{AF_INET6, SOCK_INET_BYTES, SockLayout, v4_mapped};
 
-use super::{Endpoints, SocketFields, Transition, UserRegs, field, handle};
-use crate::{COPY, SOCK_LAYOUT, count_failure};
+use super::{Endpoints, SocketFields, Transition, field, handle};
+use crate::{
+    COPY, SOCK_LAYOUT,
+    arch::{UserRegs, read_user_regs},
+    count_failure,
+};
 
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn inet_sock_set_state_btf(ctx: BtfTracePointContext) -> u32 {
@@ -41,17 +45,8 @@ impl super::SyscallRegs for BtfTracePointContext {
         if regs == 0 {
             return None;
         }
-        let regs = regs as *const aya_ebpf::bindings::pt_regs;
-        // SAFETY: bpf_probe_read_kernel copies each saved user register out of the task's
-        // pt_regs (one at a time: the whole struct would not fit the BPF stack) and fails
-        // cleanly on a bad address.
-        unsafe {
-            Some(UserRegs {
-                ip: bpf_probe_read_kernel(core::ptr::addr_of!((*regs).rip)).ok()?,
-                sp: bpf_probe_read_kernel(core::ptr::addr_of!((*regs).rsp)).ok()?,
-                bp: bpf_probe_read_kernel(core::ptr::addr_of!((*regs).rbp)).ok()?,
-            })
-        }
+        // SAFETY: what bpf_task_pt_regs returned for the current task.
+        unsafe { read_user_regs(regs as *const aya_ebpf::bindings::pt_regs) }
     }
 }
 

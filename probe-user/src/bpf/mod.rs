@@ -192,6 +192,11 @@ pub struct Streams {
     pub python_stacks: Option<HashMap<MapData, u32, PythonStack>>,
 }
 
+/// Whether the kernel program reads CPython's frames here. It finds a thread's Python state by
+/// its thread pointer, which is `pthread_self()` on x86-64; on arm64 `pthread_self()` lies a
+/// C-library-specific distance below it, which probe does not know.
+const PYTHON_FRAMES_READ: bool = cfg!(target_arch = "x86_64");
+
 impl Tracer {
     /// Checks privileges, reads the tracepoint layout, loads the program and attaches it.
     pub fn load(config: TracerConfig) -> Result<(Tracer, Streams), LoadError> {
@@ -371,6 +376,17 @@ impl Tracer {
             return;
         };
         log::debug!("pid {pid} runs CPython 3.{}", runtime.version.minor);
+        if !PYTHON_FRAMES_READ {
+            static TOLD: std::sync::Once = std::sync::Once::new();
+            TOLD.call_once(|| {
+                log::warn!(
+                    "pid {pid} runs CPython 3.{}: on this architecture probe cannot read Python \
+                     frames yet, so its connections are named by their native code",
+                    runtime.version.minor
+                );
+            });
+            return;
+        }
         match processes.insert(pid, runtime.kernel_layout(), 0) {
             Ok(()) => {
                 if let Err(error) = self.mark_in_use(InUse::Python) {

@@ -199,11 +199,13 @@ pub struct Cli {
     pub command: Vec<OsString>,
 }
 
-/// The version, with the git revision it was built from.
+/// The version, with the git revision it was built from, its target and how it is linked.
 pub const VERSION: &str = concat!(
     env!("CARGO_PKG_VERSION"),
-    " (",
+    " (commit ",
     env!("PROBE_GIT_REVISION"),
+    ", ",
+    env!("PROBE_BUILT_FOR"),
     ")"
 );
 

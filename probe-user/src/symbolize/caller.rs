@@ -37,10 +37,21 @@ pub fn with_skipped_caller(
     fixed
 }
 
+/// Whether the 7 bytes before a return address end with a call instruction of the architecture
+/// probe runs on.
+fn ends_with_call(before: &[u8; 7]) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return ends_with_x86_64_call(before);
+    #[cfg(target_arch = "aarch64")]
+    return ends_with_aarch64_call(before);
+}
+
 /// Whether the 7 bytes before a return address end with an x86-64 call instruction: `call
 /// rel32` (E8), or an indirect `call` (FF /2) through a register or memory, with or without a
 /// REX prefix, a SIB byte, an 8- or 32-bit displacement.
-fn ends_with_call(before: &[u8; 7]) -> bool {
+// Both decoders are unit-tested on every host; each architecture calls its own.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+fn ends_with_x86_64_call(before: &[u8; 7]) -> bool {
     let at = |back: usize| before[7 - back];
     let indirect = |back: usize, modrm_mod: u8, sib: bool| {
         let modrm = at(back - 1);
@@ -63,6 +74,15 @@ fn ends_with_call(before: &[u8; 7]) -> bool {
         // call [reg+disp32] (mod 10), with or without SIB.
         || indirect(6, 0b10, false)
         || indirect(7, 0b10, true)
+}
+
+/// Whether the 4-byte instruction before a return address is an arm64 call: `bl` (100101 and a
+/// 26-bit offset) or `blr` (a register). On arm64 the kernel program notes the link register,
+/// which holds the return address into the caller of a function that saved no frame record.
+#[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
+fn ends_with_aarch64_call(before: &[u8; 7]) -> bool {
+    let instruction = u32::from_le_bytes([before[3], before[4], before[5], before[6]]);
+    instruction & 0xfc00_0000 == 0x9400_0000 || instruction & 0xffff_fc1f == 0xd63f_0000
 }
 
 /// The 7 bytes before `address` in process `pid`'s memory.
@@ -114,6 +134,22 @@ mod tests {
     }
 
     #[test]
+    fn arm64_calls_are_told_from_other_instructions() {
+        let before = |instruction: u32| {
+            let mut bytes = [0u8; 7];
+            bytes[3..].copy_from_slice(&instruction.to_le_bytes());
+            bytes
+        };
+        // bl #-0x1000, blr x8: calls. ret, b #0x10, br x8, nop: not.
+        for call in [0x97ff_fc00, 0xd63f_0100] {
+            assert!(ends_with_aarch64_call(&before(call)), "{call:#x}");
+        }
+        for other in [0xd65f_03c0, 0x1400_0004, 0xd61f_0100, 0xd503_201f] {
+            assert!(!ends_with_aarch64_call(&before(other)), "{other:#x}");
+        }
+    }
+
+    #[test]
     fn a_walk_that_has_the_caller_is_left_alone() {
         let words = [0x2200, 0, 0, 0, 0, 0, 0, 0];
         let fixed = with_skipped_caller(&[0x1100, 0x2200], &words, &space(), &code(&[0x2200]));
@@ -131,7 +167,7 @@ mod tests {
 
     #[test]
     fn call_instructions_are_recognized() {
-        let ends = |bytes: [u8; 7]| ends_with_call(&bytes);
+        let ends = |bytes: [u8; 7]| ends_with_x86_64_call(&bytes);
         assert!(ends([0, 0, 0xe8, 1, 2, 3, 4]), "call rel32");
         assert!(ends([0, 0, 0, 0, 0, 0xff, 0xd0]), "call rax");
         assert!(ends([0, 0, 0, 0, 0x41, 0xff, 0xd3]), "call r11");

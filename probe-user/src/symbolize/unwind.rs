@@ -16,10 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use framehop::{
-    ExplicitModuleSectionInfo, Module, Unwinder,
-    x86_64::{CacheX86_64, UnwindRegsX86_64, UnwinderX86_64},
-};
+use framehop::{ExplicitModuleSectionInfo, Module, Unwinder};
 use object::{Object, ObjectSection, ObjectSegment, ReadCache, SegmentFlags};
 use probe_common::{STACK_COPY_BYTES, StackCopy};
 use procfs::process::{MMPermissions, MMapPath};
@@ -164,9 +161,28 @@ pub(super) fn load_base(segments: &[Segment], start: u64, offset: u64) -> Option
     start.checked_sub(stated)
 }
 
+#[cfg(target_arch = "x86_64")]
+use framehop::x86_64::{CacheX86_64 as ArchCache, UnwinderX86_64 as ArchUnwinder};
+
+#[cfg(target_arch = "aarch64")]
+use framehop::aarch64::{CacheAarch64 as ArchCache, UnwinderAarch64 as ArchUnwinder};
+
+/// The registers an unwind starts from: on x86-64 the return address is on the stack.
+#[cfg(target_arch = "x86_64")]
+fn unwind_registers(copy: &StackCopy) -> framehop::x86_64::UnwindRegsX86_64 {
+    framehop::x86_64::UnwindRegsX86_64::new(copy.ip, copy.sp, copy.bp)
+}
+
+/// The registers an unwind starts from: on arm64 the innermost return address is in the link
+/// register.
+#[cfg(target_arch = "aarch64")]
+fn unwind_registers(copy: &StackCopy) -> framehop::aarch64::UnwindRegsAarch64 {
+    framehop::aarch64::UnwindRegsAarch64::new(copy.lr, copy.sp, copy.bp)
+}
+
 /// One process's modules, as framehop wants them.
 struct ProcessModules {
-    unwinder: UnwinderX86_64<Data>,
+    unwinder: ArchUnwinder<Data>,
     code: Vec<Range<u64>>,
     read_at: Instant,
 }
@@ -184,7 +200,7 @@ pub struct StackUnwinder {
     /// The bytes of the tables in `files`.
     cached_bytes: usize,
     processes: HashMap<u32, ProcessModules>,
-    cache: CacheX86_64,
+    cache: ArchCache,
 }
 
 impl StackUnwinder {
@@ -210,7 +226,7 @@ impl StackUnwinder {
         };
         let stack = &copy.bytes[..(copy.len as usize).min(STACK_COPY_BYTES)];
         let mut read_stack = |address: u64| read_word(stack, copy.sp, address);
-        let regs = UnwindRegsX86_64::new(copy.ip, copy.sp, copy.bp);
+        let regs = unwind_registers(copy);
         let mut frames =
             modules
                 .unwinder
@@ -244,7 +260,7 @@ impl StackUnwinder {
 
     /// The modules of process `pid`: every file it maps executable, with its unwind tables.
     fn read_modules(&mut self, pid: u32) -> ProcessModules {
-        let mut unwinder = UnwinderX86_64::new();
+        let mut unwinder = ArchUnwinder::new();
         let mut code = Vec::new();
         let mut held_bytes = 0;
         let maps = procfs::process::Process::new(pid as i32)
@@ -393,7 +409,8 @@ mod tests {
     }
 
     /// The registers and 8 KiB of stack of this very thread, as the kernel program copies
-    /// them at a connect.
+    /// them at a connect (on x86-64, where the tests run).
+    #[cfg(target_arch = "x86_64")]
     #[inline(never)]
     fn copy_own_stack() -> Box<StackCopy> {
         let (ip, sp, bp): (u64, u64, u64);
@@ -414,6 +431,7 @@ mod tests {
             ip,
             sp,
             bp,
+            lr: 0,
             len: STACK_COPY_BYTES as u32,
             _pad: 0,
             bytes: [0; STACK_COPY_BYTES],
@@ -425,6 +443,7 @@ mod tests {
         copy
     }
 
+    #[cfg(target_arch = "x86_64")]
     #[inline(never)]
     fn caller_of_the_copy() -> (Box<StackCopy>, u64) {
         let copy = copy_own_stack();
@@ -434,6 +453,7 @@ mod tests {
         )
     }
 
+    #[cfg(target_arch = "x86_64")]
     #[test]
     fn a_copied_stack_unwinds_through_its_callers() {
         let (copy, caller) = caller_of_the_copy();

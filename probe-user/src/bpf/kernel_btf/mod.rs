@@ -96,9 +96,15 @@ pub fn sock_layout_from(bytes: &[u8]) -> Result<SockLayout, BtfError> {
 }
 
 /// Where `thread.fsbase` (a thread's FS base: where its TLS is) sits in this kernel's
-/// `struct task_struct`, for the program to find a Go thread's current goroutine.
+/// `struct task_struct`, for the program to find a Go thread's current goroutine and a
+/// CPython thread's state (x86-64 only: on arm64 the program takes Go's goroutine from its
+/// register and reads no Python frames).
 pub fn task_fsbase() -> Result<u32, BtfError> {
-    from_vmlinux(task_fsbase_from)
+    if cfg!(target_arch = "x86_64") {
+        from_vmlinux(task_fsbase_from)
+    } else {
+        Ok(0)
+    }
 }
 
 fn task_fsbase_from(bytes: &[u8]) -> Result<u32, BtfError> {
