@@ -204,7 +204,8 @@ pub enum Attribution {
     ProcessContext = 1,
     /// An accepted socket, owned by the owner of its listener.
     Listener = 2,
-    /// A socket that existed before attach, seeded by userspace by its 4-tuple.
+    /// A socket that existed before attach, seeded by userspace by its cookie (the BTF program)
+    /// or its 4-tuple (the classic program).
     Snapshot = 3,
 }
 

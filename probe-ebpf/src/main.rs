@@ -13,7 +13,8 @@
 //! - LISTEN -> SYN_RECV (the first transition of an accepted socket): the owner of the listener on
 //!   that local address and port;
 //! - any transition of a socket that existed before attach: the owner userspace seeded for its
-//!   4-tuple (userspace cannot see socket addresses, the tracepoint has the tuple).
+//!   cookie (the BTF program asks the socket for it), or for its 4-tuple (the classic program,
+//!   whose trace record has no cookie; userspace cannot see socket addresses).
 //!
 //! Every later transition of an attributed socket is sent to userspace, whatever runs the CPU.
 //! Entries are removed at CLOSE, because the kernel reuses socket addresses.

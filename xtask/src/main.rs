@@ -5,6 +5,8 @@ mod build;
 mod cmd;
 mod demo;
 mod dist;
+#[cfg(test)]
+mod docs;
 mod test;
 mod toolchain;
 mod vm;

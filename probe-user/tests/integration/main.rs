@@ -32,6 +32,7 @@ use std::process::ExitCode;
 use harness::{
     Role,
     prerequisites::{Missing, prerequisites, required, skip_loudly},
+    registry,
 };
 use libtest_mimic::{Arguments, Trial};
 
@@ -138,7 +139,25 @@ fn main() -> ExitCode {
     let alone = trials![robustness::no_event_is_lost_while_a_refresh_reads_a_large_socket_table];
     let missing = prerequisites();
     let args = Arguments::from_args();
-    let together = libtest_mimic::run(&args, runnable(trials, &missing));
+    let mut together = runnable(trials, &missing);
+    let listed: Vec<String> = together
+        .iter()
+        .chain(&alone)
+        .map(|trial| trial.name().to_string())
+        .collect();
+    // Pure: runs with or without BPF.
+    together.push(Trial::test("every_test_function_is_listed", move || {
+        let listed: Vec<&str> = listed.iter().map(String::as_str).collect();
+        match registry::unlisted(&listed)? {
+            unlisted if unlisted.is_empty() => Ok(()),
+            unlisted => Err(format!(
+                "defined but not listed in trials! (tests/integration/main.rs), so never run: \
+                 {unlisted:?}"
+            )
+            .into()),
+        }
+    }));
+    let together = libtest_mimic::run(&args, together);
     let one_at_a_time = Arguments {
         test_threads: Some(1),
         ..args

@@ -8,6 +8,7 @@ mod netns;
 pub mod prerequisites;
 mod probe;
 mod prometheus;
+pub mod registry;
 pub mod roles;
 pub mod runtimes;
 mod servers;
