@@ -1,5 +1,5 @@
-//! Human-readable output: one line per transition, stuck alerts that stand out, and a summary
-//! grouped by state and remote endpoint.
+//! Human-readable output: one line per transition, stuck alerts that stand out (one entry per
+//! problem, see [`problems`]), and a summary grouped by state and remote endpoint.
 
 use probe_common::TcpState;
 use std::io::{self, Write};
@@ -11,7 +11,10 @@ use crate::{
     },
 };
 
+mod problems;
 pub mod triage;
+
+use problems::{Problems, Telling};
 
 use super::{
     Sink,
@@ -34,6 +37,8 @@ pub struct TextSink<W: Write> {
     times: TimeWriter,
     /// The transition line being written.
     line: Line,
+    /// The problems alerted so far: one entry per problem, not per connection.
+    problems: Problems,
 }
 
 impl<W: Write> TextSink<W> {
@@ -48,6 +53,7 @@ impl<W: Write> TextSink<W> {
             header_written: false,
             times: TimeWriter::default(),
             line: Line::default(),
+            problems: Problems::default(),
         }
     }
 
@@ -123,10 +129,38 @@ impl<W: Write> Sink for TextSink<W> {
     }
 
     fn stuck(&mut self, alert: &StuckAlert) -> io::Result<()> {
+        let telling = self
+            .problems
+            .note(alert, alert.since().saturating_add(alert.age()));
+        if telling == Telling::Held {
+            return Ok(());
+        }
         if self.transitions.are_shown() {
             self.header()?;
         }
         let view = &alert.connection;
+        let what = match alert.diagnosis {
+            Diagnosis::ReceiveStalled => format!("RECEIVE STALLED in {}", view.state.name()),
+            Diagnosis::SendStalled => format!("SEND STALLED in {}", view.state.name()),
+            Diagnosis::AcceptQueueFull => "ACCEPT QUEUE FULL".to_string(),
+            _ => format!("STUCK in {}", view.state.name()),
+        };
+        if let Telling::Again { new, alerts, over } = telling {
+            let peer = if view.known_by == view.endpoints.local {
+                format!("on {}", view.known_by)
+            } else {
+                format!("-> {}", view.known_by)
+            };
+            return writeln!(
+                self.out,
+                "{}: pid {} ({}) {peer}: {new} more in the last {}, {alerts} in all, the same \
+                 way and from the same code as its first alert",
+                self.emphasis(&what),
+                view.owner.pid,
+                terminal(&view.owner.comm),
+                short_duration(over)
+            );
+        }
         let how_long = if view.since_attach {
             format!(
                 "for at least {} (since before probe started)",
@@ -134,12 +168,6 @@ impl<W: Write> Sink for TextSink<W> {
             )
         } else {
             format!("for {}", short_duration(alert.age()))
-        };
-        let what = match alert.diagnosis {
-            Diagnosis::ReceiveStalled => format!("RECEIVE STALLED in {}", view.state.name()),
-            Diagnosis::SendStalled => format!("SEND STALLED in {}", view.state.name()),
-            Diagnosis::AcceptQueueFull => "ACCEPT QUEUE FULL".to_string(),
-            _ => format!("STUCK in {}", view.state.name()),
         };
         let label = self.emphasis(&format!("{what} {how_long}"));
         let idle = view
