@@ -133,8 +133,8 @@ impl<S: Sink> Sink for Filtered<S> {
         self.inner.flush()
     }
 
-    fn wants_ticks(&self) -> bool {
-        self.inner.wants_ticks()
+    fn wants_tick(&self, now: Timestamp) -> bool {
+        self.inner.wants_tick(now)
     }
 
     fn tick(&mut self, now: Timestamp, table: &Summary) -> io::Result<()> {

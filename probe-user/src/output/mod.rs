@@ -25,8 +25,9 @@ pub trait Sink {
     fn summary(&mut self, summary: &Summary) -> io::Result<()>;
     /// Pushes buffered output out (called after each batch of events).
     fn flush(&mut self) -> io::Result<()>;
-    /// Whether this sink wants [`Sink::tick`]: a look at the whole table about once a second.
-    fn wants_ticks(&self) -> bool {
+    /// Whether this sink wants [`Sink::tick`] at `now`: a look at the whole table (offered
+    /// about once a second, and built only when a sink wants it).
+    fn wants_tick(&self, _now: Timestamp) -> bool {
         false
     }
     /// The whole table as of `now` (only for sinks that want ticks).
@@ -101,13 +102,13 @@ impl Sink for Outputs {
         self.each(|sink| sink.flush())
     }
 
-    fn wants_ticks(&self) -> bool {
-        self.sinks.iter().any(|sink| sink.wants_ticks())
+    fn wants_tick(&self, now: Timestamp) -> bool {
+        self.sinks.iter().any(|sink| sink.wants_tick(now))
     }
 
     fn tick(&mut self, now: Timestamp, table: &Summary) -> io::Result<()> {
         self.each(|sink| {
-            if sink.wants_ticks() {
+            if sink.wants_tick(now) {
                 sink.tick(now, table)
             } else {
                 Ok(())
@@ -305,6 +306,61 @@ mod tests {
         let mut out = Vec::new();
         scenario(&mut TextSink::new(&mut out, clock(), false, true));
         insta::assert_snapshot!(String::from_utf8(out).unwrap());
+    }
+
+    #[test]
+    fn the_text_output_tells_the_triage_while_probe_runs_once_it_changed() {
+        let mut tracker = Tracker::new(Thresholds::with_classic(
+            Duration::from_secs(5),
+            Duration::from_secs(60),
+        ));
+        tracker.register_process(4242, "leaky-client");
+        let server = "127.0.0.1:8080";
+        let leak = |tracker: &mut Tracker, id: u64, port: u16, ms: u64| {
+            let local = format!("127.0.0.1:{port}");
+            for step in [
+                transition(id, "127.0.0.1:0", server, Close, SynSent, ms),
+                transition(id, &local, server, SynSent, Established, ms + 1),
+                transition(id, &local, server, Established, CloseWait, ms + 1_001),
+            ] {
+                tracker.apply(&step);
+            }
+        };
+        let table_at = |tracker: &mut Tracker, ms: u64| {
+            let now = at(ms);
+            drop(tracker.due_stuck(now, &crate::track::NoCodePaths));
+            let mut table = tracker.summary(now, &crate::track::NoCodePaths, Losses::default());
+            table.add_triage(&crate::track::triage::Triage::default(), now);
+            table
+        };
+        let mut out = Vec::new();
+        let mut sink = TextSink::new(&mut out, clock(), false, false);
+        leak(&mut tracker, 1, 41000, 0);
+        // The first look sets the pace.
+        assert!(sink.wants_tick(at(0)));
+        sink.tick(at(0), &table_at(&mut tracker, 0)).unwrap();
+        assert!(!sink.wants_tick(at(29_999)));
+        assert!(sink.wants_tick(at(30_000)));
+        sink.tick(at(30_000), &table_at(&mut tracker, 30_000))
+            .unwrap();
+        // Unchanged: not written again.
+        sink.tick(at(60_000), &table_at(&mut tracker, 60_000))
+            .unwrap();
+        leak(&mut tracker, 2, 41001, 61_000);
+        sink.tick(at(90_000), &table_at(&mut tracker, 90_000))
+            .unwrap();
+        drop(sink);
+        let text = String::from_utf8(out).unwrap();
+        let told: Vec<&str> = text
+            .lines()
+            .filter(|line| line.starts_with("== at "))
+            .collect();
+        assert_eq!(told.len(), 2, "{text}");
+        assert!(
+            text.contains("pid 4242 (leaky-client): 1 CLOSE_WAIT")
+                && text.contains("pid 4242 (leaky-client): 2 CLOSE_WAIT"),
+            "{text}"
+        );
     }
 
     #[test]

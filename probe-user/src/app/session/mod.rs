@@ -93,7 +93,6 @@ struct Schedule {
     refreshed_at: Instant,
     /// How long the last refresh took.
     refresh_took: Duration,
-    ticks: bool,
     next_tick: Instant,
     end: Option<Instant>,
     /// Events are waiting beyond the last round's batch: the next round starts at once.
@@ -186,7 +185,6 @@ impl Session {
             keys,
             output_room,
         } = outputs::make(config, targets, metrics_listener)?;
-        let ticks = sink.wants_ticks();
         Ok(Session {
             scope,
             triage: Triage::default(),
@@ -226,7 +224,6 @@ impl Session {
                 refresh_every: config.thresholds.refresh_every(),
                 refreshed_at: Instant::now(),
                 refresh_took: snapshot_took,
-                ticks,
                 next_tick: Instant::now(),
                 end: config.duration.map(|d| Instant::now() + d),
                 backlog: false,
@@ -504,7 +501,7 @@ impl Session {
     /// look at it.
     fn tick(&mut self) -> io::Result<()> {
         let now = monotonic_now();
-        if !self.schedule.ticks {
+        if !self.sink.wants_tick(now) {
             self.triage.note_stuck(now, &self.tracker.stuck_tally());
             return Ok(());
         }
@@ -573,7 +570,6 @@ mod tests {
             refresh_every: Duration::from_millis(2500),
             refreshed_at: Instant::now(),
             refresh_took,
-            ticks: false,
             next_tick: Instant::now(),
             end: None,
             backlog: false,

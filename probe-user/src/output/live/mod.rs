@@ -118,7 +118,7 @@ impl Sink for LiveView {
         Ok(())
     }
 
-    fn wants_ticks(&self) -> bool {
+    fn wants_tick(&self, _now: Timestamp) -> bool {
         true
     }
 

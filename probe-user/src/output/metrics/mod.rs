@@ -266,7 +266,7 @@ impl Sink for Metrics {
         Ok(())
     }
 
-    fn wants_ticks(&self) -> bool {
+    fn wants_tick(&self, _now: Timestamp) -> bool {
         true
     }
 

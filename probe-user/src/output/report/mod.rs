@@ -86,7 +86,7 @@ impl Sink for Report {
         Ok(())
     }
 
-    fn wants_ticks(&self) -> bool {
+    fn wants_tick(&self, _now: Timestamp) -> bool {
         true
     }
 

@@ -2,12 +2,16 @@
 //! problem, see [`problems`]), and a summary grouped by state and remote endpoint.
 
 use probe_common::TcpState;
-use std::io::{self, Write};
+use std::{
+    io::{self, Write},
+    time::Duration,
+};
 
 use crate::{
     clock::WallClock,
     track::{
-        Diagnosis, Ending, SHOWN_FRAMES, StateChange, StuckAlert, Summary, protocol::Protocol,
+        Diagnosis, Ending, SHOWN_FRAMES, StateChange, StuckAlert, Summary, Timestamp,
+        protocol::Protocol,
     },
 };
 
@@ -19,7 +23,7 @@ use problems::{Problems, Telling};
 use super::{
     Sink,
     escape::terminal,
-    format::{TimeWriter, age, short_duration, write_short_duration},
+    format::{TimeWriter, age, short_duration, time_of_day, write_short_duration},
     line::Line,
     queue::{Room, TransitionLines},
 };
@@ -39,7 +43,14 @@ pub struct TextSink<W: Write> {
     line: Line,
     /// The problems alerted so far: one entry per problem, not per connection.
     problems: Problems,
+    /// When the triage is next looked at (`None` until the first tick sets the pace).
+    triage_due: Option<Timestamp>,
+    /// The triage as last written: written again only once it changed.
+    triage_told: Vec<u8>,
 }
+
+/// How often the triage is written while probe runs, at most (and only when it changed).
+const TRIAGE_EVERY: Duration = Duration::from_secs(30);
 
 impl<W: Write> TextSink<W> {
     /// A sink writing to `out`; `colour` only when `out` is a terminal; `transitions` to print
@@ -54,6 +65,8 @@ impl<W: Write> TextSink<W> {
             times: TimeWriter::default(),
             line: Line::default(),
             problems: Problems::default(),
+            triage_due: None,
+            triage_told: Vec::new(),
         }
     }
 
@@ -306,5 +319,32 @@ impl<W: Write> Sink for TextSink<W> {
 
     fn flush(&mut self) -> io::Result<()> {
         self.out.flush()
+    }
+
+    fn wants_tick(&self, now: Timestamp) -> bool {
+        self.triage_due.is_none_or(|due| now >= due)
+    }
+
+    /// The triage (the processes that leak, most urgent first) while probe runs, not only in
+    /// the summary at its end: every [`TRIAGE_EVERY`] at most, when it changed.
+    fn tick(&mut self, now: Timestamp, table: &Summary) -> io::Result<()> {
+        let first = self.triage_due.is_none();
+        self.triage_due = Some(now.saturating_add(TRIAGE_EVERY));
+        if first {
+            return Ok(());
+        }
+        let mut triage = Vec::new();
+        triage::write(&mut triage, table, self.clock)?;
+        if triage.is_empty() || triage == self.triage_told {
+            return Ok(());
+        }
+        writeln!(
+            self.out,
+            "== at {} ==",
+            time_of_day(self.clock.to_system_time(now))
+        )?;
+        self.out.write_all(&triage)?;
+        self.triage_told = triage;
+        Ok(())
     }
 }
