@@ -75,7 +75,11 @@ fn check_invariants(tracker: &Tracker, now: Timestamp) {
     let closed = summary.closed;
     assert!(closed.local_first + closed.remote_first + closed.simultaneous <= closed.total);
     assert!(closed.reset + closed.connect_failed <= closed.total);
-    let groups: usize = summary.groups().iter().map(|g| g.connections).sum();
+    let groups: usize = summary
+        .groups()
+        .iter()
+        .map(|g| g.connections + g.held_ends)
+        .sum();
     assert_eq!(groups, summary.open.len());
 }
 

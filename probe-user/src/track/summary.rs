@@ -115,6 +115,12 @@ pub struct EndpointGroup {
     pub since_attach: bool,
     /// The processes that own them, lowest pid first.
     pub pids: Vec<u32>,
+    /// Sockets of this state and endpoint that are the other ends of connections counted
+    /// elsewhere (both ends on this host, see [`OpenConnection::pair`]): not connections of
+    /// their own, so not in `connections`.
+    pub held_ends: usize,
+    /// The processes that hold those other ends, lowest pid first.
+    pub held_by: Vec<u32>,
 }
 
 /// The stuck connections of one state opened by one code path.
@@ -299,32 +305,42 @@ impl Summary {
                 .iter()
                 .position(|g| g.state == state && g.endpoint == endpoint)
             {
-                Some(index) => {
-                    let group = &mut groups[index];
-                    group.connections += 1;
-                    group.stuck += usize::from(open.stuck.is_some());
-                    index
-                }
+                Some(index) => index,
                 None => {
                     groups.push(EndpointGroup {
                         state,
                         endpoint,
-                        connections: 1,
-                        stuck: usize::from(open.stuck.is_some()),
-                        oldest: connection.age,
-                        since_attach: connection.since_attach,
+                        connections: 0,
+                        stuck: 0,
+                        oldest: None,
+                        since_attach: false,
                         pids: Vec::new(),
+                        held_ends: 0,
+                        held_by: Vec::new(),
                     });
                     groups.len() - 1
                 }
             };
-            let pids = &mut groups[index].pids;
-            pids.push(connection.owner.pid);
-            pids.extend_from_slice(&connection.also_held_by);
+            let group = &mut groups[index];
+            if matches!(open.pair, Some(PairEnd::HeldFor { .. })) {
+                group.held_ends += 1;
+                group.held_by.push(connection.owner.pid);
+                continue;
+            }
+            if group.connections == 0 {
+                group.oldest = connection.age;
+                group.since_attach = connection.since_attach;
+            }
+            group.connections += 1;
+            group.stuck += usize::from(open.stuck.is_some());
+            group.pids.push(connection.owner.pid);
+            group.pids.extend_from_slice(&connection.also_held_by);
         }
         for group in &mut groups {
-            group.pids.sort_unstable();
-            group.pids.dedup();
+            for pids in [&mut group.pids, &mut group.held_by] {
+                pids.sort_unstable();
+                pids.dedup();
+            }
         }
         // Stable sort: keeps oldest-first order inside each state.
         groups.sort_by_key(|g| state_rank(g.state));
@@ -454,6 +470,26 @@ pub(crate) mod tests {
             opened_by: OpenedBy::Local,
             history: History::default(),
         }
+    }
+
+    #[test]
+    fn the_other_end_of_a_connection_on_this_host_is_not_a_connection_of_its_own() {
+        // A client's idle pooled connection and the backend's end of it, both on this host.
+        let client = open(1, 100, TcpState::Established, "127.0.0.1:5432", Some(60));
+        let mut backend = open(2, 200, TcpState::Established, "127.0.0.1:41000", Some(60));
+        backend.connection.known_by = "127.0.0.1:5432".parse().unwrap();
+        backend.pair = Some(PairEnd::HeldFor { by: 100 });
+        let summary = Summary::new(
+            vec![backend, client],
+            ClosedCounts::default(),
+            Losses::default(),
+        );
+        let groups = summary.groups();
+        assert_eq!(groups.len(), 1, "{groups:?}");
+        let group = &groups[0];
+        assert_eq!((group.connections, group.pids.as_slice()), (1, &[100][..]));
+        assert_eq!((group.held_ends, group.held_by.as_slice()), (1, &[200][..]));
+        assert_eq!(group.oldest, Some(Duration::from_secs(60)));
     }
 
     #[test]

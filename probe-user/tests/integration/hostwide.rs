@@ -595,6 +595,31 @@ pub fn both_ends_of_an_idle_pool_are_one_entry_the_clients() -> TestResult {
             format!("server process {pid}: {end}, its record stuck {stuck}")
         })?;
     }
+    // The text output alike: the client's alert, none for the ends held for it, and the
+    // summary's row counts each connection once, naming the processes that hold the other ends.
+    let text = Command::new(env!("CARGO_BIN_EXE_probe"))
+        .args(["--established-after", "1s", "--duration", "6s"])
+        .output()
+        .map_err(|e| format!("cannot run probe: {e}"))?;
+    let stdout = String::from_utf8_lossy(&text.stdout);
+    let alerted = |pid: u64| {
+        stdout
+            .lines()
+            .filter(|line| line.starts_with("STUCK in ESTABLISHED"))
+            .any(|line| line.contains(&format!(": pid {pid} (")))
+    };
+    let held_alerted: Vec<u64> = other_ends
+        .iter()
+        .filter_map(|end| end["pid"].as_u64())
+        .filter(|&pid| alerted(pid))
+        .collect();
+    ensure(
+        alerted(u64::from(client.pid()))
+            && held_alerted.is_empty()
+            && stdout.contains(&format!("{POOLED} connection(s)"))
+            && stdout.contains("their other ends held by pid"),
+        || format!("the ends held for the client alerted: {held_alerted:?}; probe said:\n{stdout}"),
+    )?;
     client.finish()?;
     server.finish()
 }

@@ -15,9 +15,11 @@ use crate::{
     },
 };
 
+mod pairing;
 mod problems;
 pub mod triage;
 
+use pairing::Pairing;
 use problems::{Problems, Telling};
 
 use super::{
@@ -43,6 +45,8 @@ pub struct TextSink<W: Write> {
     line: Line,
     /// The problems alerted so far: one entry per problem, not per connection.
     problems: Problems,
+    /// Both ends of a connection on this host: one alert, the acting end's.
+    pairing: Pairing,
     /// When the triage is next looked at (`None` until the first tick sets the pace).
     triage_due: Option<Timestamp>,
     /// The triage as last written: written again only once it changed.
@@ -65,6 +69,7 @@ impl<W: Write> TextSink<W> {
             times: TimeWriter::default(),
             line: Line::default(),
             problems: Problems::default(),
+            pairing: Pairing::default(),
             triage_due: None,
             triage_told: Vec::new(),
         }
@@ -142,9 +147,64 @@ impl<W: Write> Sink for TextSink<W> {
     }
 
     fn stuck(&mut self, alert: &StuckAlert) -> io::Result<()> {
-        let telling = self
-            .problems
-            .note(alert, alert.since().saturating_add(alert.age()));
+        let at = alert.since().saturating_add(alert.age());
+        match self.pairing.admit(alert.clone(), at) {
+            Some(alert) => self.tell(&alert, at),
+            None => Ok(()),
+        }
+    }
+
+    fn summary(&mut self, summary: &Summary) -> io::Result<()> {
+        for alert in self.pairing.release(None) {
+            let at = alert.since().saturating_add(alert.age());
+            self.tell(&alert, at)?;
+        }
+        self.write_summary(summary)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+
+    fn wants_tick(&self, now: Timestamp) -> bool {
+        self.triage_due.is_none_or(|due| now >= due) || self.pairing.due(now)
+    }
+
+    /// The alerts that waited for their peer's, and the triage (the processes that leak, most
+    /// urgent first) while probe runs, not only in the summary at its end: every
+    /// [`TRIAGE_EVERY`] at most, when it changed.
+    fn tick(&mut self, now: Timestamp, table: &Summary) -> io::Result<()> {
+        for alert in self.pairing.release(Some(now)) {
+            self.tell(&alert, now)?;
+        }
+        if self.triage_due.is_some_and(|due| now < due) {
+            return Ok(());
+        }
+        let first = self.triage_due.is_none();
+        self.triage_due = Some(now.saturating_add(TRIAGE_EVERY));
+        if first {
+            return Ok(());
+        }
+        let mut triage = Vec::new();
+        triage::write(&mut triage, table, self.clock)?;
+        if triage.is_empty() || triage == self.triage_told {
+            return Ok(());
+        }
+        writeln!(
+            self.out,
+            "== at {} ==",
+            time_of_day(self.clock.to_system_time(now))
+        )?;
+        self.out.write_all(&triage)?;
+        self.triage_told = triage;
+        Ok(())
+    }
+}
+
+impl<W: Write> TextSink<W> {
+    /// Writes `alert`, due at `at`: whole for a new problem, as a count for one said before.
+    fn tell(&mut self, alert: &StuckAlert, at: Timestamp) -> io::Result<()> {
+        let telling = self.problems.note(alert, at);
         if telling == Telling::Held {
             return Ok(());
         }
@@ -217,7 +277,7 @@ impl<W: Write> Sink for TextSink<W> {
         Ok(())
     }
 
-    fn summary(&mut self, summary: &Summary) -> io::Result<()> {
+    fn write_summary(&mut self, summary: &Summary) -> io::Result<()> {
         let stuck: usize = summary.stuck().values().sum();
         writeln!(self.out)?;
         writeln!(
@@ -248,10 +308,20 @@ impl<W: Write> Sink for TextSink<W> {
                     writeln!(self.out, "  why: {}", kind.reason_for(protocol))?;
                 }
             }
-            let pids: Vec<String> = group.pids.iter().map(u32::to_string).collect();
+            let held = (group.held_ends > 0).then(|| pid_list(&group.held_by));
+            if group.connections == 0 {
+                writeln!(
+                    self.out,
+                    "  {:<26} the other ends of {} connection(s) counted above, held by pid {}",
+                    group.endpoint.to_string(),
+                    group.held_ends,
+                    held.unwrap_or_default()
+                )?;
+                continue;
+            }
             writeln!(
                 self.out,
-                "  {:<26} {:>5} connection(s), oldest {:<13} stuck {:<5} pid {}",
+                "  {:<26} {:>5} connection(s), oldest {:<13} stuck {:<5} pid {}{}",
                 group.endpoint.to_string(),
                 group.connections,
                 if group.since_attach {
@@ -260,7 +330,9 @@ impl<W: Write> Sink for TextSink<W> {
                     age(group.oldest)
                 },
                 group.stuck,
-                pids.join(",")
+                pid_list(&group.pids),
+                held.map(|held| format!("; their other ends held by pid {held}"))
+                    .unwrap_or_default()
             )?;
         }
         let by_code = summary.stuck_by_code_path();
@@ -316,35 +388,14 @@ impl<W: Write> Sink for TextSink<W> {
         )?;
         self.out.flush()
     }
+}
 
-    fn flush(&mut self) -> io::Result<()> {
-        self.out.flush()
-    }
-
-    fn wants_tick(&self, now: Timestamp) -> bool {
-        self.triage_due.is_none_or(|due| now >= due)
-    }
-
-    /// The triage (the processes that leak, most urgent first) while probe runs, not only in
-    /// the summary at its end: every [`TRIAGE_EVERY`] at most, when it changed.
-    fn tick(&mut self, now: Timestamp, table: &Summary) -> io::Result<()> {
-        let first = self.triage_due.is_none();
-        self.triage_due = Some(now.saturating_add(TRIAGE_EVERY));
-        if first {
-            return Ok(());
-        }
-        let mut triage = Vec::new();
-        triage::write(&mut triage, table, self.clock)?;
-        if triage.is_empty() || triage == self.triage_told {
-            return Ok(());
-        }
-        writeln!(
-            self.out,
-            "== at {} ==",
-            time_of_day(self.clock.to_system_time(now))
-        )?;
-        self.out.write_all(&triage)?;
-        self.triage_told = triage;
-        Ok(())
+/// `pids`, comma-separated: the first few, then how many more.
+fn pid_list(pids: &[u32]) -> String {
+    const SHOWN: usize = 8;
+    let shown: Vec<String> = pids.iter().take(SHOWN).map(u32::to_string).collect();
+    match pids.len().checked_sub(SHOWN) {
+        Some(more) if more > 0 => format!("{} and {more} more", shown.join(",")),
+        _ => shown.join(","),
     }
 }
