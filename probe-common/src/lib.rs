@@ -27,96 +27,109 @@ pub const fn v4_unmapped(address: [u8; 16]) -> Option<[u8; 4]> {
     }
 }
 
-/// Names of the kernel program and maps, so the loader cannot drift from the kernel side.
+/// Defines the names as constants, and [`names::ALL`] listing them.
+macro_rules! names {
+    ($($(#[$doc:meta])* $name:ident = $value:literal;)*) => {
+        $($(#[$doc])* pub const $name: &str = $value;)*
+        /// Every name above: a test checks that the kernel object defines each of them, and
+        /// nothing these do not name.
+        pub const ALL: &[&str] = &[$($name),*];
+    };
+}
+
+/// Names of the kernel programs, maps and globals, as the loader asks for them (the kernel side
+/// names them by its statics; a test of the loader checks that the two agree both ways).
 pub mod names {
-    /// The classic tracepoint program on `sock:inet_sock_set_state` (reads the trace record).
-    pub const PROGRAM: &str = "inet_sock_set_state";
-    /// The BTF tracepoint program on the same tracepoint (reads the socket itself, no record).
-    pub const BTF_PROGRAM: &str = "inet_sock_set_state_btf";
-    /// The ring buffer of [`TransitionEvent`](crate::TransitionEvent)s.
-    pub const EVENTS: &str = "EVENTS";
-    /// Processes (tgids) being traced.
-    pub const TARGETS: &str = "TARGETS";
-    /// Socket address -> owner tgid, for sockets of traced processes.
-    pub const OWNERS: &str = "OWNERS";
-    /// Listening endpoint -> owner tgid, so accepted sockets inherit their listener's owner.
-    pub const LISTENERS: &str = "LISTENERS";
-    /// Per-CPU [`Counter`](crate::Counter)s.
-    pub const COUNTERS: &str = "COUNTERS";
-    /// [`SocketTuple`](crate::SocketTuple) -> owner tgid, for sockets that existed before attach
-    /// (the classic tracepoint program, which knows no cookies).
-    pub const SEEDS: &str = "SEEDS";
-    /// Socket cookie -> owner tgid, for sockets that existed before attach (the BTF program).
-    pub const SEED_COOKIES: &str = "SEED_COOKIES";
-    /// Which of the optional lookup maps hold anything ([`InUse`](crate::InUse) slots), so the
-    /// kernel program skips lookups in empty ones.
-    pub const IN_USE: &str = "IN_USE";
-    /// The ring buffer of [`ProcessEvent`](crate::ProcessEvent)s.
-    pub const PROCESS_EVENTS: &str = "PROCESS_EVENTS";
-    /// User stacks of connects (only in the object built with stacks).
-    pub const STACKS: &str = "STACKS";
-    /// Stack id -> [`CallerWords`](crate::CallerWords) read at the user stack pointer of its
-    /// connect (the BTF program, with stacks).
-    pub const STACK_CALLERS: &str = "STACK_CALLERS";
-    /// The ring buffer of [`StackCopy`](crate::StackCopy)s: the user registers and the top of
-    /// the user stack at a connect, for userspace to unwind code built without frame pointers
-    /// (the BTF program, with stacks).
-    pub const STACK_COPIES: &str = "STACK_COPIES";
-    /// Global `u32`: the offset of `thread.fsbase` in `struct task_struct` (0: unknown), read by
-    /// userspace from the kernel's BTF, for the program to find a Go thread's current goroutine.
-    pub const TASK_FSBASE: &str = "TASK_FSBASE";
-    /// [`ProcessPointer`](crate::ProcessPointer) (a Go `*wantConn`) -> id of the stack of the
-    /// goroutine that asked `net/http` for a connection.
-    pub const GO_WANTS: &str = "GO_WANTS";
-    /// [`ProcessPointer`](crate::ProcessPointer) (a goroutine, `g`) -> the `*wantConn` it dials.
-    pub const GO_DIALS: &str = "GO_DIALS";
-    /// [`ProcessPointer`](crate::ProcessPointer) (a libuv `uv_tcp_t *`) -> id of the stack that
-    /// created the handle (node's JavaScript call that asked for the connection).
-    pub const NODE_HANDLES: &str = "NODE_HANDLES";
-    /// Thread id -> the `uv_tcp_t *` it is connecting.
-    pub const NODE_CONNECTS: &str = "NODE_CONNECTS";
-    /// Uprobe on `net/http.(*Transport).queueForDial`: the requester's stack, by `*wantConn`.
-    pub const GO_QUEUE_FOR_DIAL: &str = "go_queue_for_dial";
-    /// Uprobe on `net/http.(*Transport).dialConnFor`: which goroutine dials which `*wantConn`.
-    pub const GO_DIAL_CONN_FOR: &str = "go_dial_conn_for";
-    /// Uprobe on libuv's `uv_tcp_init`: the stack that creates a TCP handle.
-    pub const NODE_TCP_INIT: &str = "node_tcp_init";
-    /// Uprobe on libuv's `uv_tcp_connect`: which thread connects which handle.
-    pub const NODE_TCP_CONNECT: &str = "node_tcp_connect";
-    /// Process (tgid) -> [`PythonLayout`](crate::PythonLayout): where its CPython interpreter
-    /// keeps its threads and frames (set by userspace for each CPython process it meets).
-    pub const PYTHON_PROCESSES: &str = "PYTHON_PROCESSES";
-    /// Interpreted stack id -> [`PythonStack`](crate::PythonStack): the CPython frames of a
-    /// connect (the BTF program, with stacks).
-    pub const PYTHON_STACKS: &str = "PYTHON_STACKS";
-    /// The [`SetStateLayout`](crate::SetStateLayout) global.
-    pub const LAYOUT: &str = "LAYOUT";
-    /// The [`SockLayout`](crate::SockLayout) global.
-    pub const SOCK_LAYOUT: &str = "SOCK_LAYOUT";
-    /// Global `u64`: wake userspace once this many bytes of events are waiting (it also reads the
-    /// ring buffer on a short timer, so fewer never wait long).
-    pub const WAKEUP_BYTES: &str = "WAKEUP_BYTES";
-    /// The [`ForkLayout`](crate::ForkLayout) global.
-    pub const FORK_LAYOUT: &str = "FORK_LAYOUT";
-    /// Global `u8`: 1 to add the children of traced processes to the targets.
-    pub const FOLLOW_FORKS: &str = "FOLLOW_FORKS";
-    /// Global `[u8; 16]`: a process name whose new execs become targets (all zero: none).
-    pub const COMM_FILTER: &str = "COMM_FILTER";
-    /// Global `u8`: 1 to attribute the sockets of every process (host-wide mode).
-    pub const TRACE_ALL: &str = "TRACE_ALL";
-    /// cgroup v2 id -> unused: processes in these cgroups (or below) are traced.
-    pub const CGROUPS: &str = "CGROUPS";
-    /// The [`CgroupLevels`](crate::CgroupLevels) global.
-    pub const CGROUP_LEVELS: &str = "CGROUP_LEVELS";
-    /// The `task_file` iterator program: one [`OpenFile`](crate::OpenFile) per open file of
-    /// every process, for userspace to find who holds each socket in one read.
-    pub const OPEN_FILES_PROGRAM: &str = "open_files";
-    /// The [`FileLayout`](crate::FileLayout) global.
-    pub const FILE_LAYOUT: &str = "FILE_LAYOUT";
-    /// The tracepoint program on `sched:sched_process_fork`.
-    pub const FORK_PROGRAM: &str = "sched_process_fork";
-    /// The tracepoint program on `sched:sched_process_exec`.
-    pub const EXEC_PROGRAM: &str = "sched_process_exec";
+    names! {
+        /// The classic tracepoint program on `sock:inet_sock_set_state` (reads the trace record).
+        PROGRAM = "inet_sock_set_state";
+        /// The BTF tracepoint program on the same tracepoint (reads the socket itself, no record).
+        BTF_PROGRAM = "inet_sock_set_state_btf";
+        /// The ring buffer of [`TransitionEvent`](crate::TransitionEvent)s.
+        EVENTS = "EVENTS";
+        /// Processes (tgids) being traced.
+        TARGETS = "TARGETS";
+        /// Socket address -> owner tgid, for sockets of traced processes.
+        OWNERS = "OWNERS";
+        /// Listening endpoint -> owner tgid, so accepted sockets inherit their listener's owner.
+        LISTENERS = "LISTENERS";
+        /// Per-CPU [`Counter`](crate::Counter)s.
+        COUNTERS = "COUNTERS";
+        /// [`SocketTuple`](crate::SocketTuple) -> owner tgid, for sockets that existed before attach
+        /// (the classic tracepoint program, which knows no cookies).
+        SEEDS = "SEEDS";
+        /// Socket cookie -> owner tgid, for sockets that existed before attach (the BTF program).
+        SEED_COOKIES = "SEED_COOKIES";
+        /// Which of the optional lookup maps hold anything ([`InUse`](crate::InUse) slots), so the
+        /// kernel program skips lookups in empty ones.
+        IN_USE = "IN_USE";
+        /// The ring buffer of [`ProcessEvent`](crate::ProcessEvent)s.
+        PROCESS_EVENTS = "PROCESS_EVENTS";
+        /// User stacks of connects (only in the object built with stacks).
+        STACKS = "STACKS";
+        /// Stack id -> [`CallerWords`](crate::CallerWords) read at the user stack pointer of its
+        /// connect (the BTF program, with stacks).
+        STACK_CALLERS = "STACK_CALLERS";
+        /// The ring buffer of [`StackCopy`](crate::StackCopy)s: the user registers and the top of
+        /// the user stack at a connect, for userspace to unwind code built without frame pointers
+        /// (the BTF program, with stacks).
+        STACK_COPIES = "STACK_COPIES";
+        /// Global `u32`: the offset of `thread.fsbase` in `struct task_struct` (0: unknown), read by
+        /// userspace from the kernel's BTF, for the program to find a Go thread's current goroutine.
+        TASK_FSBASE = "TASK_FSBASE";
+        /// [`ProcessPointer`](crate::ProcessPointer) (a Go `*wantConn`) -> id of the stack of the
+        /// goroutine that asked `net/http` for a connection.
+        GO_WANTS = "GO_WANTS";
+        /// [`ProcessPointer`](crate::ProcessPointer) (a goroutine, `g`) -> the `*wantConn` it dials.
+        GO_DIALS = "GO_DIALS";
+        /// [`ProcessPointer`](crate::ProcessPointer) (a libuv `uv_tcp_t *`) -> id of the stack that
+        /// created the handle (node's JavaScript call that asked for the connection).
+        NODE_HANDLES = "NODE_HANDLES";
+        /// Thread id -> the `uv_tcp_t *` it is connecting.
+        NODE_CONNECTS = "NODE_CONNECTS";
+        /// Uprobe on `net/http.(*Transport).queueForDial`: the requester's stack, by `*wantConn`.
+        GO_QUEUE_FOR_DIAL = "go_queue_for_dial";
+        /// Uprobe on `net/http.(*Transport).dialConnFor`: which goroutine dials which `*wantConn`.
+        GO_DIAL_CONN_FOR = "go_dial_conn_for";
+        /// Uprobe on libuv's `uv_tcp_init`: the stack that creates a TCP handle.
+        NODE_TCP_INIT = "node_tcp_init";
+        /// Uprobe on libuv's `uv_tcp_connect`: which thread connects which handle.
+        NODE_TCP_CONNECT = "node_tcp_connect";
+        /// Process (tgid) -> [`PythonLayout`](crate::PythonLayout): where its CPython interpreter
+        /// keeps its threads and frames (set by userspace for each CPython process it meets).
+        PYTHON_PROCESSES = "PYTHON_PROCESSES";
+        /// Interpreted stack id -> [`PythonStack`](crate::PythonStack): the CPython frames of a
+        /// connect (the BTF program, with stacks).
+        PYTHON_STACKS = "PYTHON_STACKS";
+        /// The [`SetStateLayout`](crate::SetStateLayout) global.
+        LAYOUT = "LAYOUT";
+        /// The [`SockLayout`](crate::SockLayout) global.
+        SOCK_LAYOUT = "SOCK_LAYOUT";
+        /// Global `u64`: wake userspace once this many bytes of events are waiting (it also reads the
+        /// ring buffer on a short timer, so fewer never wait long).
+        WAKEUP_BYTES = "WAKEUP_BYTES";
+        /// The [`ForkLayout`](crate::ForkLayout) global.
+        FORK_LAYOUT = "FORK_LAYOUT";
+        /// Global `u8`: 1 to add the children of traced processes to the targets.
+        FOLLOW_FORKS = "FOLLOW_FORKS";
+        /// Global `[u8; 16]`: a process name whose new execs become targets (all zero: none).
+        COMM_FILTER = "COMM_FILTER";
+        /// Global `u8`: 1 to attribute the sockets of every process (host-wide mode).
+        TRACE_ALL = "TRACE_ALL";
+        /// cgroup v2 id -> unused: processes in these cgroups (or below) are traced.
+        CGROUPS = "CGROUPS";
+        /// The [`CgroupLevels`](crate::CgroupLevels) global.
+        CGROUP_LEVELS = "CGROUP_LEVELS";
+        /// The `task_file` iterator program: one [`OpenFile`](crate::OpenFile) per open file of
+        /// every process, for userspace to find who holds each socket in one read.
+        OPEN_FILES_PROGRAM = "open_files";
+        /// The [`FileLayout`](crate::FileLayout) global.
+        FILE_LAYOUT = "FILE_LAYOUT";
+        /// The tracepoint program on `sched:sched_process_fork`.
+        FORK_PROGRAM = "sched_process_fork";
+        /// The tracepoint program on `sched:sched_process_exec`.
+        EXEC_PROGRAM = "sched_process_exec";
+    }
 }
 
 /// A TCP state, numbered as in the kernel's `include/net/tcp_states.h`.

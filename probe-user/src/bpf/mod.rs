@@ -692,6 +692,59 @@ mod tests {
         })
     }
 
+    /// The symbols of a kernel object: all of them, and its programs (the functions in a
+    /// program's section, not in `.text`).
+    fn symbols_of(object: &[u8]) -> (Vec<String>, Vec<String>) {
+        use object::{Object, ObjectSection, ObjectSymbol, SymbolKind};
+        let file = object::File::parse(object).expect("the embedded kernel object is ELF");
+        let mut all = Vec::new();
+        let mut programs = Vec::new();
+        for symbol in file.symbols() {
+            let Ok(name) = symbol.name() else { continue };
+            all.push(name.to_string());
+            let section = symbol
+                .section_index()
+                .and_then(|index| file.section_by_index(index).ok())
+                .and_then(|section| section.name().ok().map(str::to_string));
+            if symbol.kind() == SymbolKind::Text && section.is_some_and(|name| name != ".text") {
+                programs.push(name.to_string());
+            }
+        }
+        (all, programs)
+    }
+
+    #[test]
+    fn the_loader_and_the_kernel_object_name_the_same_things() {
+        if !has_kernel_object() {
+            assert!(
+                std::env::var_os("PROBE_REQUIRE_INTEGRATION").is_none(),
+                "no kernel object is embedded: build through cargo xtask"
+            );
+            eprintln!("SKIPPED: no kernel object is embedded (cargo xtask test embeds it)");
+            return;
+        }
+        let (with_stacks, _) = symbols_of(OBJECT);
+        let missing: Vec<&&str> = names::ALL
+            .iter()
+            .filter(|name| !with_stacks.iter().any(|symbol| symbol == *name))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "named but not in the kernel object: {missing:?}"
+        );
+        for object in [OBJECT, OBJECT_NO_STACKS] {
+            let (_, programs) = symbols_of(object);
+            let unnamed: Vec<&String> = programs
+                .iter()
+                .filter(|program| !names::ALL.contains(&program.as_str()))
+                .collect();
+            assert!(
+                unnamed.is_empty(),
+                "programs the loader does not name: {unnamed:?}"
+            );
+        }
+    }
+
     #[test]
     fn a_missing_key_is_gone_and_a_full_map_refuses_but_other_errors_stay_errors() {
         assert!(absent_is_gone(Err(syscall(libc::ENOENT))).is_ok());
