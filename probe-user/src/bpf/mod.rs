@@ -720,7 +720,7 @@ mod tests {
                 std::env::var_os("PROBE_REQUIRE_INTEGRATION").is_none(),
                 "no kernel object is embedded: build through cargo xtask"
             );
-            eprintln!("SKIPPED: no kernel object is embedded (cargo xtask test embeds it)");
+            crate::say!("SKIPPED: no kernel object is embedded (cargo xtask test embeds it)");
             return;
         }
         let (with_stacks, _) = symbols_of(OBJECT);
