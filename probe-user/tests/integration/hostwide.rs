@@ -617,7 +617,8 @@ pub fn both_ends_of_an_idle_pool_are_one_entry_the_clients() -> TestResult {
         alerted(u64::from(client.pid()))
             && held_alerted.is_empty()
             && stdout.contains(&format!("{POOLED} connection(s)"))
-            && stdout.contains("their other ends held by pid"),
+            && stdout.contains("their other ends held by pid")
+            && stdout.contains("of them the other ends of connections below"),
         || format!("the ends held for the client alerted: {held_alerted:?}; probe said:\n{stdout}"),
     )?;
     client.finish()?;

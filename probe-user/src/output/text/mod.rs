@@ -287,7 +287,8 @@ impl<W: Write> TextSink<W> {
             stuck
         )?;
         let mut current = None;
-        for group in summary.groups() {
+        let groups = summary.groups();
+        for group in &groups {
             if current != Some(group.state) {
                 current = Some(group.state);
                 let stuck_here = summary.stuck_count(group.state);
@@ -296,9 +297,21 @@ impl<W: Write> TextSink<W> {
                 } else {
                     String::new()
                 };
+                // The sockets that are the other ends of connections counted in the rows
+                // (both ends on this host), so that the rows add up to the count.
+                let held: usize = groups
+                    .iter()
+                    .filter(|other| other.state == group.state)
+                    .map(|other| other.held_ends)
+                    .sum();
+                let held_note = if held > 0 {
+                    format!(" ({held} of them the other ends of connections below)")
+                } else {
+                    String::new()
+                };
                 writeln!(
                     self.out,
-                    "{}: {} open{}",
+                    "{}: {} open{held_note}{}",
                     group.state.name(),
                     summary.count(group.state),
                     stuck_note

@@ -530,8 +530,12 @@ fn idle_and_busy(server: SocketAddr, idle: usize, busy: usize) -> Result<(), Str
 fn churn(seconds: u64) -> Result<(), String> {
     let listener = TcpListener::bind("127.0.0.1:0").map_err(err)?;
     let server = listener.local_addr().map_err(err)?;
+    // Connections the server side has closed: the count is told only once every connection
+    // is closed at both ends (the last ones' closes would otherwise race the test's stop).
+    let served = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     for _ in 0..2 {
         let listener = listener.try_clone().map_err(err)?;
+        let served = std::sync::Arc::clone(&served);
         thread::spawn(move || {
             for mut stream in listener.incoming().flatten() {
                 let mut byte = [0u8; 1];
@@ -539,6 +543,8 @@ fn churn(seconds: u64) -> Result<(), String> {
                     let _ = stream.write_all(&byte);
                     let _ = stream.read(&mut byte);
                 }
+                drop(stream);
+                served.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             }
         });
     }
@@ -551,6 +557,16 @@ fn churn(seconds: u64) -> Result<(), String> {
         let mut reply = [0u8; 1];
         stream.read_exact(&mut reply).map_err(err)?;
         connections += 1;
+    }
+    let give_up = Instant::now() + Duration::from_secs(10);
+    while served.load(std::sync::atomic::Ordering::SeqCst) < connections {
+        if Instant::now() > give_up {
+            return Err(format!(
+                "the server closed {} of {connections} connections",
+                served.load(std::sync::atomic::Ordering::SeqCst)
+            ));
+        }
+        thread::sleep(Duration::from_millis(1));
     }
     answer(&connections.to_string())?;
     wait_for_eof();
