@@ -108,14 +108,9 @@ pub fn the_whole_host_ranks_its_leakers_and_agrees_with_ss() -> TestResult {
     // none gets a forecast, each says so.
     for &(pid, _) in &expected {
         let record = table.get(&u64::from(pid)).copied().unwrap_or(&Value::Null);
-        ensure(
-            record["leak_per_min"].is_null()
-                && record["fd_exhaustion_s"].is_null()
-                && record["rank_reason"]
-                    .as_str()
-                    .is_some_and(|reason| reason.contains("not growing")),
-            || format!("pid {pid}, whose leak stopped: {record}"),
-        )?;
+        ensure(told_it_stopped(record), || {
+            format!("pid {pid}, whose leak stopped: {record}")
+        })?;
     }
     let inside = &table[&u64::from(contained.pid())];
     ensure(inside["cgroup"] == cgroup.relative(), || {
@@ -451,6 +446,16 @@ fn port_forecast_against_reality(client: &mut Helper, dport: u16) -> TestResult 
     within_a_fifth("port", read_at, left, ended)
 }
 
+/// Whether a process's JSON record tells a leak that stopped: no rate, no forecast, and its
+/// rank says it is not growing.
+fn told_it_stopped(record: &Value) -> bool {
+    record["leak_per_min"].is_null()
+        && record["fd_exhaustion_s"].is_null()
+        && record["rank_reason"]
+            .as_str()
+            .is_some_and(|reason| reason.contains("not growing"))
+}
+
 /// A leak that goes on ranks above a bigger one that stopped (a burst before probe came): the
 /// growing one first, with its rate, the readings it rests on and when its descriptors run
 /// out; the stopped one after it, "not growing", with no rate and no forecast, its count as
@@ -492,12 +497,7 @@ pub fn a_growing_leak_ranks_above_a_bigger_burst_that_stopped() -> TestResult {
     )?;
     let stopped = table[&u64::from(burst.pid())];
     ensure(
-        stopped["stuck"] == in_ss as u64
-            && stopped["leak_per_min"].is_null()
-            && stopped["fd_exhaustion_s"].is_null()
-            && stopped["rank_reason"]
-                .as_str()
-                .is_some_and(|reason| reason.contains("not growing")),
+        stopped["stuck"] == in_ss as u64 && told_it_stopped(stopped),
         || format!("the burst that stopped (ss: {in_ss}): {stopped}"),
     )?;
     burst.finish()?;

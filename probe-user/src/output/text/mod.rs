@@ -148,9 +148,10 @@ impl<W: Write> Sink for TextSink<W> {
 
     fn stuck(&mut self, alert: &StuckAlert) -> io::Result<()> {
         let at = alert.since().saturating_add(alert.age());
-        match self.pairing.admit(alert.clone(), at) {
-            Some(alert) => self.tell(&alert, at),
-            None => Ok(()),
+        if self.pairing.admit(alert, at) {
+            self.tell(alert, at)
+        } else {
+            Ok(())
         }
     }
 

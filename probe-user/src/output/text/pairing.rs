@@ -29,21 +29,22 @@ pub struct Pairing {
 }
 
 impl Pairing {
-    /// Takes `alert`, due at `at`: `Some` to write it now, `None` when it waits for its peer's.
-    pub fn admit(&mut self, alert: StuckAlert, at: Timestamp) -> Option<StuckAlert> {
+    /// Takes `alert`, due at `at`: true to write it now, false when it waits for its peer's
+    /// (kept until then) or is the end held for a peer already alerted.
+    pub fn admit(&mut self, alert: &StuckAlert, at: Timestamp) -> bool {
         let ends = alert.connection.endpoints;
-        if may_be_held(&alert) && self.waiting.len() < MAX_REMEMBERED {
-            if self.acting.contains(&(ends.remote, ends.local)) {
-                return None;
+        if may_be_held(alert) && self.waiting.len() < MAX_REMEMBERED {
+            if !self.acting.contains(&(ends.remote, ends.local)) {
+                self.waiting
+                    .push((alert.clone(), at.saturating_add(HOLD_FOR)));
             }
-            self.waiting.push((alert, at.saturating_add(HOLD_FOR)));
-            return None;
+            return false;
         }
         if self.acting.len() >= MAX_REMEMBERED {
             self.acting.clear();
         }
         self.acting.insert((ends.local, ends.remote));
-        Some(alert)
+        true
     }
 
     /// Whether an alert waits whose time is up at `now`.
@@ -111,13 +112,13 @@ mod tests {
         let backend = || idle_end(200, SERVER, CLIENT, SERVER);
 
         let mut client_first = Pairing::default();
-        assert!(client_first.admit(client(), at(1)).is_some());
-        assert!(client_first.admit(backend(), at(1)).is_none());
+        assert!(client_first.admit(&client(), at(1)));
+        assert!(!client_first.admit(&backend(), at(1)));
         assert!(client_first.release(None).is_empty());
 
         let mut backend_first = Pairing::default();
-        assert!(backend_first.admit(backend(), at(1)).is_none());
-        assert!(backend_first.admit(client(), at(1)).is_some());
+        assert!(!backend_first.admit(&backend(), at(1)));
+        assert!(backend_first.admit(&client(), at(1)));
         assert!(!backend_first.due(at(2)));
         assert!(backend_first.due(at(3)));
         assert!(backend_first.release(Some(at(3))).is_empty());
@@ -127,7 +128,7 @@ mod tests {
     fn a_server_end_whose_peer_is_not_alerted_is_written_once_its_wait_is_over() {
         let mut pairing = Pairing::default();
         let lone = idle_end(200, SERVER, CLIENT, SERVER);
-        assert!(pairing.admit(lone, at(1)).is_none());
+        assert!(!pairing.admit(&lone, at(1)));
         assert!(pairing.release(Some(at(2))).is_empty(), "still waiting");
         assert_eq!(pairing.release(Some(at(3))).len(), 1);
         assert!(!pairing.due(at(10)));
@@ -137,6 +138,6 @@ mod tests {
     fn a_remote_peers_server_end_is_written_at_once() {
         let mut pairing = Pairing::default();
         let remote = idle_end(200, "10.0.0.1:5432", "10.0.0.2:41000", "10.0.0.1:5432");
-        assert!(pairing.admit(remote, at(1)).is_some());
+        assert!(pairing.admit(&remote, at(1)));
     }
 }
